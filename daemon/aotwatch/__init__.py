@@ -1,0 +1,35 @@
+"""aotwatch: capture torch.compile's AOTAutograd metadata and compile metrics, export them.
+
+``aotwatch.attach()`` captures every compile in this process; ``aotwatch.detach()`` stops.
+Importing this package imports neither torch nor Ray.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aotwatch.local import Attachment
+
+try:
+    __version__ = metadata.version("aotwatch")
+except metadata.PackageNotFoundError:
+    __version__ = "0+unknown"
+
+
+def attach(config: Any = None) -> Attachment:
+    """Capture every compile in this process (see ``aotwatch.local.attach``)."""
+    from aotwatch.local import attach as _attach
+
+    return _attach(config)
+
+
+def detach() -> None:
+    """Stop capturing (see ``aotwatch.local.detach``)."""
+    from aotwatch.local import detach as _detach
+
+    _detach()
+
+
+__all__ = ["__version__", "attach", "detach"]

@@ -1,0 +1,210 @@
+"""A pure fold of CompileRecords into bounded counters, histograms and gauges.
+
+``Aggregate`` is not thread-safe: its owner serialises ``add`` and
+``snapshot`` (see ``aotwatch.sink``). Label sets per family are capped; what
+the cap refuses is counted in ``aotwatch_series_dropped_total``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from aotwatch import categories
+from aotwatch.metrics import BY_NAME
+from aotwatch.records import (
+    CACHE_RESULTS,
+    CACHES,
+    MUTATION_KINDS,
+    PLACEMENTS,
+    TOKEN_DIRECTIONS,
+    RecordError,
+    validate_record,
+)
+
+Labels = tuple[str, ...]
+"""Label values in the order of the family's label names."""
+
+PHASES = (
+    "total",
+    "dynamo",
+    "aot_autograd",
+    "inductor",
+    "inductor_codegen",
+    "backward",
+    "pre_grad_passes",
+    "joint_graph_passes",
+    "post_grad_passes",
+    "triton_compile",
+    categories.OTHER,
+)
+_LABEL_VALUE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _bounded(value: Any, allowed: tuple[str, ...]) -> str:
+    return value if value in allowed else categories.OTHER
+
+
+@dataclass
+class Histogram:
+    """Observations per bucket (the last one is +Inf), their sum and count."""
+
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    sum: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = self.counts or [0] * (len(self.buckets) + 1)
+
+    def attach_worker(self, job_name: str, hostname: str, pid: int) -> None:
+        """Count a worker process in ``aotwatch_workers_attached`` (records do this too)."""
+        workers = self._workers.setdefault(job_name, set())
+        if (hostname, pid) not in workers:
+            workers.add((hostname, pid))
+            self.set_gauge("aotwatch_workers_attached", (job_name,), len(workers))
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(le, cumulative count)`` pairs as Prometheus wants them."""
+        pairs, total = [], 0
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            total += count
+            pairs.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+        return pairs
+
+
+@dataclass
+class Snapshot:
+    """Everything an exporter needs, copied out of an Aggregate at one moment."""
+
+    values: dict[str, dict[Labels, float]]
+    histograms: dict[str, dict[Labels, Histogram]]
+
+
+class Aggregate:
+    """Counters, histograms and gauges folded from records, keyed by bounded labels."""
+
+    def __init__(self, max_series_per_metric: int = 1000) -> None:
+        self.max_series_per_metric = max_series_per_metric
+        self._values: dict[str, dict[Labels, float]] = {}
+        self._histograms: dict[str, dict[Labels, Histogram]] = {}
+        self._seen_ids: set[str] = set()
+        self._workers: dict[str, set[tuple[str, int]]] = {}
+
+    # -- generic updates -------------------------------------------------
+
+    def _admit(self, table: dict[Labels, Any], metric: str, labels: Labels) -> bool:
+        if labels in table or len(table) < self.max_series_per_metric:
+            return True
+        self.inc("aotwatch_series_dropped", (metric,))
+        return False
+
+    def inc(self, metric: str, labels: Labels, amount: float = 1) -> None:
+        """Add ``amount`` to a counter (created at zero)."""
+        table = self._values.setdefault(metric, {})
+        if amount >= 0 and self._admit(table, metric, labels):
+            table[labels] = table.get(labels, 0) + amount
+
+    def set_gauge(self, metric: str, labels: Labels, value: float) -> None:
+        table = self._values.setdefault(metric, {})
+        if self._admit(table, metric, labels):
+            table[labels] = value
+
+    def remove_gauge(self, metric: str, labels: Labels) -> None:
+        self._values.get(metric, {}).pop(labels, None)
+
+    def attach_worker(self, job_name: str, hostname: str, pid: int) -> None:
+        """Count a worker process in ``aotwatch_workers_attached`` (records do this too)."""
+        workers = self._workers.setdefault(job_name, set())
+        if (hostname, pid) not in workers:
+            workers.add((hostname, pid))
+            self.set_gauge("aotwatch_workers_attached", (job_name,), len(workers))
+
+    def observe(self, metric: str, labels: Labels, value: float) -> None:
+        table = self._histograms.setdefault(metric, {})
+        if self._admit(table, metric, labels):
+            table.setdefault(labels, Histogram(BY_NAME[metric].buckets)).observe(value)
+
+    # -- records ---------------------------------------------------------
+
+    def add(self, obj: Any) -> bool:
+        """Fold one record; False when it was a duplicate or was rejected (and counted)."""
+        try:
+            record = validate_record(obj)
+        except RecordError as err:
+            self.inc("aotwatch_records_rejected", (err.reason,))
+            return False
+        if record["record_id"] in self._seen_ids:
+            return False
+        self._seen_ids.add(record["record_id"])
+        self.inc("aotwatch_records_received", (record["job_name"],))
+        self.attach_worker(record["job_name"], record["hostname"], record["pid"])
+        rank = (record["job_name"], str(record["rank"]), record["device"])
+        if record["graph"] is None:
+            self._fold_frame(rank, record)
+        else:
+            self._fold_graph(rank, record)
+        for phase, seconds in record["durations_s"].items():
+            self.observe("torch_compile_duration_seconds", (*rank, _bounded(phase, PHASES)), seconds)
+        for cache, results in record["cache"].items():
+            for result, count in results.items():
+                labels = (*rank, _bounded(cache, CACHES), _bounded(result, CACHE_RESULTS))
+                self.inc("torch_compile_cache_lookups", labels, count)
+        last = self._values.get("torch_compile_last_compile_timestamp_seconds", {}).get(rank, 0)
+        self.set_gauge("torch_compile_last_compile_timestamp_seconds", rank, max(last, record["time"]))
+        return True
+
+    def _fold_frame(self, rank: Labels, record: dict[str, Any]) -> None:
+        self.inc("torch_compile_frames", rank)
+        if record["fail_type"] is not None:
+            category = record.get("fail_category") or categories.fail_type_category(
+                record["fail_type"], record.get("fail_reason")
+            )
+            fail_label = _bounded(category, categories.FAIL_TYPES)
+            self.inc("torch_compile_frame_failures", (*rank, fail_label))
+        for graph_break in record["graph_breaks"]:
+            category = graph_break["category"]
+            if not categories.is_graph_break_category(category):
+                category = categories.OTHER
+            self.inc("torch_compile_graph_breaks", (*rank, category))
+        if record["recompile_reason"] is not None:
+            category = record.get("recompile_category") or categories.recompile_category(
+                record["recompile_reason"]
+            )
+            recompile_label = _bounded(category, categories.RECOMPILE_CATEGORIES)
+            self.inc("torch_compile_recompiles", (*rank, recompile_label))
+
+    def _fold_graph(self, rank: Labels, record: dict[str, Any]) -> None:
+        graph = record["graph"]
+        self.inc("torch_compile_graphs", (*rank, graph))
+        if record["nodes"] is not None:
+            self.observe("torch_compile_graph_nodes", (*rank, graph), record["nodes"])
+        inputs = record["inputs"]
+        self.inc("torch_compile_graph_inputs", rank, inputs.get("total", 0))
+        for kind in MUTATION_KINDS:
+            self.inc("torch_compile_input_mutations", (*rank, kind), inputs.get(kind, 0))
+        for placement in PLACEMENTS:
+            count = record.get("mutation_placement", {}).get(placement, 0)
+            self.inc("torch_compile_mutated_inputs", (*rank, placement), count)
+        for output_type, count in record["outputs"].items():
+            label = output_type if _LABEL_VALUE.fullmatch(output_type) else categories.OTHER
+            self.inc("torch_compile_graph_outputs", (*rank, label), count)
+        self.inc("torch_compile_intermediate_bases", rank, record["intermediate_bases"])
+        for direction in TOKEN_DIRECTIONS:
+            count = record["tokens"].get(direction, 0)
+            self.inc("torch_compile_effect_tokens", (*rank, direction), count)
+
+    def snapshot(self) -> Snapshot:
+        """A deep copy that later updates cannot change."""
+        return Snapshot(copy.deepcopy(self._values), copy.deepcopy(self._histograms))
+

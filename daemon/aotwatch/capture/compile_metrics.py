@@ -1,0 +1,96 @@
+"""Read torch's ``CompilationMetrics`` (one per frame, one per lazy backward) into record fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aotwatch import categories
+from aotwatch.records import clip_text
+
+# CompilationMetrics field (microseconds) -> phase label.
+_PHASE_FIELDS_US = (
+    ("dynamo_cumulative_compile_time_us", "dynamo"),
+    ("aot_autograd_cumulative_compile_time_us", "aot_autograd"),
+    ("inductor_cumulative_compile_time_us", "inductor"),
+    ("inductor_code_gen_cumulative_compile_time_us", "inductor_codegen"),
+    ("backward_cumulative_compile_time_us", "backward"),
+    ("pre_grad_pass_time_us", "pre_grad_passes"),
+    ("joint_graph_pass_time_us", "joint_graph_passes"),
+    ("post_grad_pass_time_us", "post_grad_passes"),
+    ("triton_compile_time_us", "triton_compile"),
+)
+# (cache, result) -> CompilationMetrics count fields, local and remote.
+_CACHE_FIELDS = (
+    ("fx_graph", "hit", ("inductor_fx_local_cache_hit_count", "inductor_fx_remote_cache_hit_count")),
+    (
+        "fx_graph",
+        "miss",
+        ("inductor_fx_local_cache_miss_count", "inductor_fx_remote_cache_miss_count"),
+    ),
+    (
+        "aot_autograd",
+        "hit",
+        ("aotautograd_local_cache_hit_count", "aotautograd_remote_cache_hit_count"),
+    ),
+    (
+        "aot_autograd",
+        "miss",
+        ("aotautograd_local_cache_miss_count", "aotautograd_remote_cache_miss_count"),
+    ),
+)
+
+
+def _number(metrics: Any, name: str) -> float:
+    value = getattr(metrics, name, None)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def durations(metrics: Any) -> dict[str, float]:
+    """Phase times in seconds; ``total`` is the whole frame (absent for a lazy backward)."""
+    phases = {}
+    total = _number(metrics, "entire_frame_compile_time_s")
+    if total:
+        phases["total"] = float(total)
+    for name, phase in _PHASE_FIELDS_US:
+        if value := _number(metrics, name):
+            phases[phase] = value / 1e6
+    return phases
+
+
+def cache_counts(metrics: Any, bypasses: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Hits and misses from the metrics, bypasses counted by the caller (torch's counters)."""
+    caches: dict[str, dict[str, int]] = {}
+    for cache, result, names in _CACHE_FIELDS:
+        if count := int(sum(_number(metrics, name) for name in names)):
+            caches.setdefault(cache, {})[result] = count
+    for cache, count in bypasses.items():
+        if count:
+            caches.setdefault(cache, {})["bypass"] = count
+    return caches
+
+
+def frame_fields(metrics: Any, graph_break_reasons: list[str]) -> dict[str, Any]:
+    """Frame-record fields: where, what failed, why it recompiled, which breaks it took."""
+    filename = getattr(metrics, "co_filename", None)
+    line = getattr(metrics, "co_firstlineno", None)
+    user_frame = f"{filename}:{line}" if filename else None
+    recompile_reason = clip_text(getattr(metrics, "recompile_reason", None))
+    fail_type = getattr(metrics, "fail_type", None)
+    fail_reason = clip_text(getattr(metrics, "fail_reason", None))
+    return {
+        "compile_id": getattr(metrics, "compile_id", None),
+        "frame": {"co_name": getattr(metrics, "co_name", None), "filename": filename, "line": line},
+        "graph_breaks": [
+            {
+                "reason": clip_text(reason),
+                "category": categories.graph_break_category(reason),
+                "user_frame": user_frame,
+            }
+            for reason in graph_break_reasons
+        ],
+        "recompile_reason": recompile_reason,
+        "recompile_category": recompile_reason and categories.recompile_category(recompile_reason),
+        "fail_type": fail_type,
+        "fail_category": fail_type and categories.fail_type_category(fail_type, fail_reason),
+        "fail_reason": fail_reason,
+    }

@@ -1,0 +1,118 @@
+"""Node count, device and a cross-process hash of one AOT graph.
+
+A fresh compile has the FX GraphModule; an AOTAutogradCache hit has only
+the readable text torch stored with the entry. Both paths hash the same
+normalised text, so a graph hashes the same whether it was compiled or
+loaded, in any process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_COMMENT_LINE = re.compile(r"^\s*#")
+_TRAILING_COMMENT = re.compile(r"\s+#.*$")
+_BODY_NODE = re.compile(r"^ {8}[A-Za-z_]\w*(: \"[^\"]*\")? = ")
+_BODY_RETURN = re.compile(r"^ {8}return\b")
+_PARAMETER = re.compile(r"\b([A-Za-z_]\w*)(?:: \"[^\"]*\")?")
+_ANNOTATED_DEVICE = re.compile(r": \"[a-z0-9]+\[[^\]]*\]\[[^\]]*\]([a-z]+(?::\d+)?)\"")
+
+
+@dataclass(frozen=True)
+class GraphDigest:
+    """What aotwatch keeps of a graph: plain data, no reference to the graph itself."""
+
+    nodes: int | None
+    graph_hash: str | None
+    device: str | None
+
+
+def readable(module: Any, *, fast_sympy_print: bool) -> str:
+    """The text torch stores in AOTAutogradCache entries for this graph."""
+    return module.print_readable(
+        print_output=False,
+        include_stride=True,
+        include_device=True,
+        fast_sympy_print=fast_sympy_print,
+        expanded_def=True,
+    )
+
+
+def hash_readable(text: str) -> str:
+    """sha256 (first 16 hex digits) of the graph text without comments or blank lines."""
+    lines = []
+    for line in text.splitlines():
+        if _COMMENT_LINE.match(line):
+            continue
+        line = _TRAILING_COMMENT.sub("", line).rstrip()
+        if line:
+            lines.append(line)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def _signature(text: str) -> str:
+    """The parameter list of the top-level ``forward`` (without ``self``)."""
+    start = text.find("    def forward(")
+    if start < 0:
+        return ""
+    end = text.find("):\n", start)
+    body = text[start + len("    def forward(") : end]
+    return "\n".join(_TRAILING_COMMENT.sub("", line) for line in body.splitlines())
+
+
+def count_nodes(text: str) -> int:
+    """FX nodes of the top-level graph: placeholders, body assignments and the output."""
+    params = [name for name in _PARAMETER.findall(_signature(text)) if name != "self"]
+    in_forward = False
+    body = 0
+    for line in text.splitlines():
+        if line.startswith("    def forward("):
+            in_forward = True
+        elif in_forward and line.startswith("    ") and not line.startswith("     "):
+            break  # the next member of the top-level class: forward has ended
+        elif in_forward and (_BODY_NODE.match(line) or _BODY_RETURN.match(line)):
+            body += 1
+    return len(params) + body
+
+
+def device_of(text: str) -> str | None:
+    """The device of the graph's first annotated tensor input, e.g. ``cpu`` or ``cuda:0``."""
+    match = _ANNOTATED_DEVICE.search(_signature(text))
+    return match.group(1) if match else None
+
+
+def digest_text(text: str | None, *, want_nodes: bool, want_hash: bool) -> GraphDigest:
+    """Digest of a graph known only by its readable text (an AOTAutogradCache hit)."""
+    if not text:
+        return GraphDigest(None, None, None)
+    return GraphDigest(
+        count_nodes(text) if want_nodes else None,
+        hash_readable(text) if want_hash else None,
+        device_of(text),
+    )
+
+
+def _placeholder_device(module: Any) -> str | None:
+    for node in module.graph.nodes:
+        if node.op != "placeholder":
+            break
+        device = getattr(node.meta.get("val"), "device", None)
+        if device is not None:
+            return str(device)
+    return None
+
+
+def digest_module(
+    module: Any, text: str | None, *, fast_sympy_print: bool, want_nodes: bool, want_hash: bool
+) -> GraphDigest:
+    """Digest of a freshly compiled GraphModule; ``text`` is torch's own rendering if it made one."""
+    if want_hash and text is None:
+        text = readable(module, fast_sympy_print=fast_sympy_print)
+    return GraphDigest(
+        len(module.graph.nodes) if want_nodes else None,
+        hash_readable(text) if want_hash and text else None,
+        _placeholder_device(module),
+    )

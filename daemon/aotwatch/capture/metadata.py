@@ -1,0 +1,69 @@
+"""Read a live ``ViewAndMutationMeta`` into plain counts, defensively.
+
+Every field is private torch API: a missing one reads as zero or empty,
+never as an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aotwatch.records import MUTATION_KINDS
+
+# InputAliasInfo flag -> mutation kind label.
+_MUTATION_FLAGS = (
+    ("mutates_data", "data"),
+    ("mutates_metadata", "metadata"),
+    ("mutates_storage_metadata", "storage_metadata"),
+    ("mutation_inductor_storage_resize", "storage_resize"),
+    # These two are vacuously True on inputs that are not mutated at all:
+    # they only count for inputs that carry one of the flags above.
+    ("mutations_hidden_from_autograd", "hidden_from_autograd"),
+    ("mutations_under_no_grad_or_inference_mode", "under_no_grad"),
+)
+_MUTATIONS = {"data", "metadata", "storage_metadata", "storage_resize"}
+_PLACEMENTS = {"MUTATED_IN_GRAPH": "in_graph", "MUTATED_OUT_GRAPH": "out_of_graph"}
+
+
+def _input_counts(input_info: list[Any]) -> tuple[dict[str, int], dict[str, int]]:
+    counts = {"total": len(input_info), "subclass": 0, **dict.fromkeys(MUTATION_KINDS, 0)}
+    placement = dict.fromkeys(_PLACEMENTS.values(), 0)
+    for info in input_info:
+        flags = {kind for attr, kind in _MUTATION_FLAGS if getattr(info, attr, False) is True}
+        if not flags & _MUTATIONS:
+            continue  # not mutated: the hidden/no_grad flags are vacuous here
+        for kind in flags:
+            counts[kind] += 1
+        mutation_type = getattr(getattr(info, "mutation_type", None), "name", None)
+        if mutation_type in _PLACEMENTS:
+            placement[_PLACEMENTS[mutation_type]] += 1
+    return counts, placement
+
+
+def _output_counts(output_info: list[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for info in output_info:
+        name = getattr(getattr(info, "output_type", None), "name", None) or "unknown"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def read_metadata(meta: Any) -> dict[str, Any]:
+    """Record fields from a ViewAndMutationMeta (see records.empty_record)."""
+    inputs, placement = _input_counts(list(getattr(meta, "input_info", None) or ()))
+    inputs["subclass"] = sum(
+        1
+        for inp in getattr(meta, "subclass_inp_meta", None) or ()
+        if type(inp).__name__ == "SubclassCreationMeta"
+    )
+    return {
+        "inputs": inputs,
+        "mutation_placement": placement,
+        "outputs": _output_counts(list(getattr(meta, "output_info", None) or ())),
+        "intermediate_bases": int(getattr(meta, "num_intermediate_bases", 0) or 0),
+        "tokens": {
+            "forward": len(getattr(meta, "tokens", None) or ()),
+            "backward": int(getattr(meta, "num_backward_tokens", 0) or 0),
+        },
+        "symints_saved_for_backward": int(getattr(meta, "num_symints_saved_for_bw", 0) or 0),
+    }

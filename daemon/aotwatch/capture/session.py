@@ -1,0 +1,193 @@
+"""Turn the events the torch hooks see into CompileRecords.
+
+A graph's facts arrive in pieces: effect tokens before Inductor unlifts
+them, the graph text when AOTAutograd logs it, the final metadata in
+``RuntimeWrapper.post_compile``, the backward when it compiles lazily,
+and the frame's CompilationMetrics last. The session keeps the pieces
+(plain data, keyed by ``aot_id``, bounded) until a record can be built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from aotwatch.capture import compile_metrics, graphs
+from aotwatch.capture.identity import identity
+from aotwatch.capture.metadata import read_metadata
+from aotwatch.records import new_record
+
+log = logging.getLogger("aotwatch.capture")
+
+_MAX_PENDING = 4096
+"""Graphs whose pieces may wait at once (a forward whose backward never runs waits forever)."""
+
+
+class Sink(Protocol):
+    """Where records go: the local aggregate, an archive, a queue to a collector."""
+
+    def record(self, record: dict[str, Any]) -> None: ...
+
+    def capture_error(self, job_name: str, stage: str) -> None: ...
+
+
+class _Bounded(OrderedDict):
+    """An insertion-ordered dict that forgets its oldest entries past _MAX_PENDING."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        while len(self) > _MAX_PENDING:
+            self.popitem(last=False)
+
+
+class CaptureSession:
+    """State between hook calls; every public method is called by a hook in capture.hooks."""
+
+    def __init__(
+        self, sink: Sink, *, job_name: str, node_counts: bool = True, graph_hashes: bool = True
+    ) -> None:
+        self.sink = sink
+        self.job_name = job_name
+        self.node_counts = node_counts
+        self.graph_hashes = graph_hashes
+        self._lock = threading.Lock()
+        self._digests: _Bounded = _Bounded()  # (aot_id, graph kind) -> GraphDigest
+        self._tokens: _Bounded = _Bounded()  # aot_id -> (forward, backward) before unlifting
+        self._cache_hits: _Bounded = _Bounded()  # aot_id -> True for graphs loaded from cache
+        self._backward_metrics: _Bounded = _Bounded()  # compile_id -> (durations, cache)
+        self._frame_devices: _Bounded = _Bounded()  # compile_id -> device of its graphs
+        self._last_device = "cpu"
+        self._logged_stages: set[str] = set()
+
+    # -- failures inside capture -----------------------------------------
+
+    def failed(self, stage: str) -> None:
+        """Count a failure of aotwatch's own work in ``stage``; log it once per stage."""
+        try:
+            self.sink.capture_error(self.job_name, stage)
+            if stage not in self._logged_stages:
+                self._logged_stages.add(stage)
+                log.warning("aotwatch: capture failed in %s (logged once)", stage, exc_info=True)
+        except Exception:  # noqa: BLE001 - nothing may escape into training code
+            pass
+
+    @contextlib.contextmanager
+    def guard(self, stage: str) -> Iterator[None]:
+        """Swallow and count any failure inside the block: see ``failed``."""
+        try:
+            yield
+        except Exception:  # noqa: BLE001 - capture never raises into training code
+            self.failed(stage)
+
+    # -- pieces of a graph -----------------------------------------------
+
+    def tokens_unlifted(self, aot_id: Any, forward: int, backward: int) -> None:
+        with self._lock:
+            self._tokens[aot_id] = (forward, backward)
+
+    def graph_logged(self, aot_id: Any, kind: str, module: Any, text: str | None) -> None:
+        digest = graphs.digest_module(
+            module,
+            text,
+            fast_sympy_print=kind == "inference",
+            want_nodes=self.node_counts,
+            want_hash=self.graph_hashes,
+        )
+        with self._lock:
+            self._digests[(aot_id, kind)] = digest
+
+    def cache_hit(self, aot_id: Any, forward_text: str | None, backward_text: str | None) -> None:
+        """An AOTAutogradCache entry is being loaded: its graphs are known only as text."""
+        texts = (("forward", forward_text), ("backward", backward_text))
+        if backward_text is None:
+            texts = (("inference", forward_text),)
+        with self._lock:
+            self._cache_hits[aot_id] = True
+            for kind, text in texts:
+                self._digests[(aot_id, kind)] = graphs.digest_text(
+                    text, want_nodes=self.node_counts, want_hash=self.graph_hashes
+                )
+
+    # -- records ---------------------------------------------------------
+
+    def _emit(self, compile_id: str | None, kind: str | None, **fields: Any) -> None:
+        record = new_record(**identity(self.job_name), compile_id=compile_id, graph=kind, **fields)
+        if kind is not None:
+            with self._lock:
+                if compile_id is not None:
+                    self._frame_devices[compile_id] = record["device"]
+                self._last_device = record["device"]
+        self.sink.record(record)
+
+    def _graph_fields(self, aot_id: Any, kind: str) -> dict[str, Any]:
+        with self._lock:
+            digest = self._digests.pop((aot_id, kind), None) or graphs.GraphDigest(None, None, None)
+            cache_hit = self._cache_hits.get(aot_id, False)
+        return {
+            "aot_id": aot_id,
+            "cache_hit": cache_hit,
+            "graph_hash": digest.graph_hash,
+            "nodes": digest.nodes,
+            "device": digest.device or self._last_device,
+        }
+
+    def graph_compiled(
+        self, aot_id: Any, compile_id: str | None, trace_joint: bool, metadata: Any
+    ) -> None:
+        """``RuntimeWrapper.post_compile``: the final metadata of a forward or inference graph."""
+        fields = read_metadata(metadata)
+        with self._lock:
+            unlifted = self._tokens.pop(aot_id, None)
+            cache_hit = self._cache_hits.get(aot_id, False)
+        if unlifted is not None:
+            fields["tokens"] = {"forward": unlifted[0], "backward": unlifted[1]}
+        kind = "forward" if trace_joint else "inference"
+        graph = self._graph_fields(aot_id, kind)
+        self._emit(compile_id, kind, **fields, **graph)
+        if trace_joint and cache_hit:
+            # A cached backward is loaded with its forward: no lazy compile will follow.
+            self._emit_backward(aot_id, compile_id, fields["tokens"]["backward"], {}, {})
+        elif trace_joint and unlifted is not None:
+            with self._lock:
+                self._tokens[aot_id] = unlifted  # the lazy backward still needs its count
+        with self._lock:
+            self._cache_hits.pop(aot_id, None)
+
+    def backward_compiled(self, aot_id: Any, compile_id: str | None, metadata: Any) -> None:
+        """The backward graph compiled (lazily at the first ``.backward()``, or eagerly)."""
+        with self._lock:
+            unlifted = self._tokens.pop(aot_id, None)
+            durations, cache = self._backward_metrics.pop(compile_id, ({}, {}))
+        tokens = unlifted[1] if unlifted else int(getattr(metadata, "num_backward_tokens", 0) or 0)
+        self._emit_backward(aot_id, compile_id, tokens, durations, cache)
+
+    def _emit_backward(
+        self, aot_id: Any, compile_id: str | None, tokens: int, durations: dict, cache: dict
+    ) -> None:
+        self._emit(
+            compile_id,
+            "backward",
+            tokens={"forward": 0, "backward": tokens},
+            durations_s=durations,
+            cache=cache,
+            **self._graph_fields(aot_id, "backward"),
+        )
+
+    def compilation_metrics(
+        self, metrics: Any, graph_break_reasons: list[str], bypasses: dict[str, int]
+    ) -> None:
+        """torch logged a CompilationMetrics: a frame's record, or a lazy backward's times."""
+        durations = compile_metrics.durations(metrics)
+        cache = compile_metrics.cache_counts(metrics, bypasses)
+        if getattr(metrics, "is_forward", True) is False:
+            with self._lock:
+                self._backward_metrics[getattr(metrics, "compile_id", None)] = (durations, cache)
+            return
+        fields = compile_metrics.frame_fields(metrics, graph_break_reasons)
+        with self._lock:
+            device = self._frame_devices.pop(fields["compile_id"], self._last_device)
+        self._emit(fields.pop("compile_id"), None, device=device, durations_s=durations, cache=cache, **fields)

@@ -1,0 +1,329 @@
+"""Daemon configuration: YAML -> frozen dataclasses, with errors that name the file and the key.
+
+The dataclasses below are the single source of truth: every key, its type, its default and its
+allowed values. Types are checked generically from the annotations, ranges from field metadata,
+in ``__post_init__``, so a config built in Python is checked exactly like one read from YAML.
+"""
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+RESERVED_LABEL_NAMES = frozenset(
+    {
+        "job_name",
+        "rank",
+        "device",
+        "instance",
+        "job",
+        "graph",
+        "phase",
+        "reason",
+        "kind",
+        "cache",
+        "result",
+        "placement",
+        "output_type",
+        "direction",
+        "fail_type",
+        "metric",
+        "stage",
+        "le",
+    }
+)
+"""Label names that aotwatch or Prometheus set themselves; ``labels`` may not use them."""
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+class ConfigError(ValueError):
+    """An invalid config; ``str(err)`` is one line: ``<file>: <key>: <problem>; expected <what>``.
+
+    ``file`` and ``key`` are None where there is none (a config built in Python, a YAML error).
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        expected: str | None = None,
+    ) -> None:
+        self.problem, self.file, self.key, self.expected = problem, file, key, expected
+        message = ": ".join(part for part in (file, key, problem) if part)
+        if expected:
+            message += f"; expected {expected}"
+        super().__init__(" ".join(message.splitlines()))
+
+
+_TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping"}
+_EXPECTED = {bool: "true or false", int: "an integer", str: "a string", type(None): "null"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Section):
+        return value.to_dict()
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    return f"{_TYPE_NAMES.get(type(value), type(value).__name__)} {_short(value)}"
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = get_origin(hint)
+    if origin is types.UnionType:
+        return any(_matches(value, arg) for arg in get_args(hint))
+    if origin is not None:
+        return isinstance(value, origin)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _expected(hint: Any) -> str:
+    if dataclasses.is_dataclass(hint):
+        return "a mapping with keys " + ", ".join(sorted(f.name for f in dataclasses.fields(hint)))
+    if get_origin(hint) is types.UnionType:
+        return " or ".join(_expected(arg) for arg in get_args(hint))
+    if get_origin(hint) is Mapping:
+        return "a mapping"
+    return _EXPECTED[hint]
+
+
+def _check_type(value: Any, hint: Any, key: str) -> None:
+    if not _matches(value, hint):
+        raise ConfigError(f"got {_describe(value)}", key=key, expected=_expected(hint))
+    if get_origin(hint) is Mapping:
+        name_hint, item_hint = get_args(hint)
+        for name, item in value.items():
+            if not _matches(name, name_hint):
+                raise ConfigError(
+                    f"the name is {_describe(name)}",
+                    key=f"{key}.{name}",
+                    expected=_expected(name_hint),
+                )
+            _check_type(item, item_hint, f"{key}.{name}")
+
+
+def _between(low: int, high: int) -> dict[str, Callable[[Any, str], None]]:
+    """Field metadata: an integer in ``low..high``."""
+
+    def check(value: int, key: str) -> None:
+        if not low <= value <= high:
+            raise ConfigError(f"{value} is out of range", key=key, expected=f"{low}..{high}")
+
+    return {"check": check}
+
+
+def _length(low: int, high: int) -> dict[str, Callable[[Any, str], None]]:
+    """Field metadata: a string of ``low..high`` characters."""
+
+    def check(value: str, key: str) -> None:
+        if not low <= len(value) <= high:
+            raise ConfigError(
+                f"{_short(value)} has {len(value)} characters",
+                key=key,
+                expected=f"{low}..{high} characters",
+            )
+
+    return {"check": check}
+
+
+def _check_label_names(labels: Mapping[str, str], key: str) -> None:
+    for name in labels:
+        path = f"{key}.{name}"
+        if not _LABEL_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{name!r} is not a valid label name",
+                key=path,
+                expected="letters, digits and underscores, not starting with a digit",
+            )
+        if name.startswith("__"):
+            raise ConfigError(
+                "names starting with '__' are reserved by Prometheus",
+                key=path,
+                expected="a name that does not start with '__'",
+            )
+        if name in RESERVED_LABEL_NAMES:
+            raise ConfigError(
+                f"{name!r} is a label that aotwatch sets itself",
+                key=path,
+                expected=f"a name other than {', '.join(sorted(RESERVED_LABEL_NAMES))}",
+            )
+
+
+class _Section:
+    """Base of the config dataclasses: checks every field and freezes mappings."""
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check_type(value, hints[f.name], f.name)
+            if value is not None and "check" in f.metadata:
+                f.metadata["check"](value, f.name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, f.name, types.MappingProxyType(dict(value)))
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        """Pickle and copy through the constructor: a mappingproxy cannot be pickled."""
+        values = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return type(self), tuple(dict(v) if isinstance(v, Mapping) else v for v in values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain dicts and scalars (for printing, JSON or YAML)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True)
+class ExportConfig(_Section):
+    """The Prometheus /metrics endpoint a process serves itself in local mode."""
+
+    enabled: bool = True
+    """Serve /metrics in local mode."""
+
+    address: str = field(default="127.0.0.1", metadata=_length(1, 255))
+    """Bind address; "0.0.0.0" lets a remote Prometheus scrape."""
+
+    port: int = field(default=9420, metadata=_between(0, 65535))
+    """TCP port, 0..65535; 0 picks any free port. In local mode LOCAL_RANK is added to it."""
+
+
+@dataclass(frozen=True)
+class CaptureConfig(_Section):
+    """What capture computes for every AOT graph (at compile time, never per step)."""
+
+    graph_hashes: bool = True
+    """Compute a stable hash of every AOT graph (needed for cross-rank divergence)."""
+
+    node_counts: bool = True
+    """Count the FX nodes of every AOT graph."""
+
+
+@dataclass(frozen=True)
+class ArchiveConfig(_Section):
+    """Raw records kept on disk besides the aggregated metrics."""
+
+    path: str | None = field(default=None, metadata=_length(1, 4096))
+    """Directory; when set, every record is appended to ``<path>/records.jsonl``."""
+
+
+@dataclass(frozen=True)
+class LimitsConfig(_Section):
+    """Bounds that protect Prometheus."""
+
+    max_series_per_metric: int = field(default=1000, metadata=_between(1, 1_000_000))
+    """Label sets per metric family, 1..1_000_000; new label sets beyond it are dropped."""
+
+
+@dataclass(frozen=True)
+class Config(_Section):
+    """The aotwatch daemon configuration."""
+
+    job_name: str = field(default="default", metadata=_length(1, 128))
+    """The job_name label of every series: non-empty, at most 128 characters."""
+
+    labels: Mapping[str, str] = field(
+        default_factory=dict, hash=False, metadata={"check": _check_label_names}
+    )
+    """Extra constant labels on every series; stored read-only. Names follow Prometheus rules,
+    must not start with "__" and must not be in RESERVED_LABEL_NAMES; values are strings."""
+
+    export: ExportConfig = ExportConfig()
+    """The local-mode /metrics endpoint."""
+
+    capture: CaptureConfig = CaptureConfig()
+    """What capture computes per graph."""
+
+    archive: ArchiveConfig = ArchiveConfig()
+    """Where raw records are archived."""
+
+    limits: LimitsConfig = LimitsConfig()
+    """Cardinality bounds."""
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _build(cls: type[_Section], data: Mapping[Any, Any], prefix: str) -> Any:
+    """Build ``cls`` from a mapping, naming every error by its key path below ``prefix``."""
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        path = _join(prefix, key)
+        if key not in hints:
+            names = sorted(f.name for f in dataclasses.fields(cls))
+            expected = f"one of {', '.join(names)}"
+            close = difflib.get_close_matches(str(key), names, n=1)
+            if close:
+                expected += f"; did you mean {close[0]!r}?"
+            raise ConfigError("unknown key", key=path, expected=expected)
+        hint = hints[key]
+        is_section = dataclasses.is_dataclass(hint)
+        if value is None and (is_section or get_origin(hint) is Mapping):
+            value = {}  # a section whose keys are all commented out
+        if is_section and isinstance(value, Mapping):
+            value = _build(hint, value, path)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(err.problem, key=_join(prefix, err.key), expected=err.expected) from None
+
+
+def config_from_dict(data: Mapping[Any, Any] | None, source: str = "<dict>") -> Config:
+    """Check a parsed config and build it; None or {} gives the defaults.
+
+    A null section (``export:`` with every key commented out) means that section's defaults.
+    Raises ConfigError naming ``source`` and the key path.
+    """
+    if data is None:
+        return Config()
+    if not isinstance(data, Mapping):
+        name = _TYPE_NAMES.get(type(data), type(data).__name__)
+        raise ConfigError(f"the top level must be a mapping of keys; got {name}", file=source)
+    try:
+        return _build(Config, data, "")
+    except ConfigError as err:
+        raise ConfigError(err.problem, file=source, key=err.key, expected=err.expected) from None
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read a YAML config file (``yaml.safe_load``); None gives the defaults.
+
+    Raises ConfigError for an unreadable file, a YAML error or an invalid key.
+    """
+    if path is None:
+        return Config()
+    source = os.fsdecode(path)
+    try:
+        with open(source, encoding="utf-8") as stream:
+            text = stream.read()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise ConfigError(f"cannot read: {reason}", file=source) from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or err
+        raise ConfigError(f"{where}YAML syntax error: {problem}", file=source) from err
+    return config_from_dict(data, source)

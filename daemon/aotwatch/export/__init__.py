@@ -1,0 +1,1 @@
+"""Prometheus exposition of an Aggregate: the Collector and the HTTP server."""

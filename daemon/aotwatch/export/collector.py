@@ -1,0 +1,84 @@
+"""A prometheus_client Collector that builds fresh families from a snapshot at scrape time."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from aotwatch.aggregate import Snapshot
+from aotwatch.metrics import FAMILIES
+
+_FAMILY_TYPES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_info() -> dict[str, str]:
+    """What is running: the labels of ``aotwatch_build_info``."""
+    return {
+        "version": _version("aotwatch"),
+        "torch_version": _version("torch"),
+        "ray_version": _version("ray"),
+        "python_version": platform.python_version(),
+    }
+
+
+class AggregateCollector:
+    """Exposes exactly the METRICS.md families that one collector owns."""
+
+    def __init__(
+        self, snapshot: Callable[[], Snapshot], const_labels: Mapping[str, str] | None = None
+    ) -> None:
+        self._snapshot = snapshot
+        self._const_names = tuple((const_labels or {}).keys())
+        self._const_values = tuple((const_labels or {}).values())
+        self._build_info = build_info()
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._snapshot()
+        info = GaugeMetricFamily(
+            "aotwatch_build_info",
+            "What is running: aotwatch, torch, ray and Python versions.",
+            labels=(*self._build_info, *self._const_names),
+        )
+        info.add_metric((*self._build_info.values(), *self._const_values), 1)
+        yield info
+        for family in FAMILIES:
+            names = (*family.labels, *self._const_names)
+            if family.kind == "histogram":
+                metric = HistogramMetricFamily(family.name, family.help, labels=names)
+                for labels, histogram in sorted(snapshot.histograms.get(family.name, {}).items()):
+                    metric.add_metric(
+                        (*labels, *self._const_values), histogram.cumulative(), histogram.sum
+                    )
+            else:
+                metric = _FAMILY_TYPES[family.kind](family.name, family.help, labels=names)
+                for labels, value in sorted(snapshot.values.get(family.name, {}).items()):
+                    metric.add_metric((*labels, *self._const_values), value)
+            yield metric
+
+
+def registry_for(collector: AggregateCollector) -> CollectorRegistry:
+    """A fresh registry holding only ``collector`` (no process or platform collectors)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def exposition(snapshot: Snapshot, const_labels: Mapping[str, str] | None = None) -> bytes:
+    """The text exposition a live scrape of this snapshot returns."""
+    return generate_latest(registry_for(AggregateCollector(lambda: snapshot, const_labels)))

@@ -1,0 +1,103 @@
+"""Local mode: capture in this process, aggregate here, serve /metrics from here."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from aotwatch.archive import ArchiveWriter
+from aotwatch.capture import hooks
+from aotwatch.capture.identity import identity
+from aotwatch.capture.session import CaptureSession
+from aotwatch.config import Config, load_config
+from aotwatch.export.collector import AggregateCollector, registry_for
+from aotwatch.export.server import MetricsServer, serve_metrics
+from aotwatch.sink import LocalSink
+
+log = logging.getLogger("aotwatch")
+
+
+@dataclass
+class Attachment:
+    """What ``attach()`` set up; ``detach()`` takes it down."""
+
+    config: Config
+    sink: LocalSink
+    session: CaptureSession
+    collector: AggregateCollector
+    server: MetricsServer | None
+
+    @property
+    def url(self) -> str | None:
+        """The /metrics URL, or None when export is disabled."""
+        return self.server.url if self.server else None
+
+
+_lock = threading.Lock()
+_current: Attachment | None = None
+
+
+def export_port(config: Config) -> int:
+    """The configured port, offset by LOCAL_RANK so ranks on one machine don't collide."""
+    port = config.export.port
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    return port + int(local_rank) if port and local_rank.isdigit() else port
+
+
+def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
+    """Capture every compile in this process and serve its metrics; idempotent.
+
+    ``config`` is a Config, the path of a YAML file, or None for the defaults.
+    Raises ConfigError for a bad config and ExportError when /metrics cannot
+    be served; nothing is installed then.
+    """
+    global _current
+    with _lock:
+        if _current is not None:
+            return _current
+        if not isinstance(config, Config):
+            config = load_config(config)
+        archive = ArchiveWriter(config.archive.path) if config.archive.path else None
+        sink = LocalSink(config.limits.max_series_per_metric, archive)
+        collector = AggregateCollector(sink.snapshot, config.labels)
+        server = None
+        if config.export.enabled:
+            try:
+                server = serve_metrics(registry_for(collector), config.export.address, export_port(config))
+            except OSError:
+                if archive:
+                    archive.close()
+                raise
+        session = CaptureSession(
+            sink,
+            job_name=config.job_name,
+            node_counts=config.capture.node_counts,
+            graph_hashes=config.capture.graph_hashes,
+        )
+        installed = hooks.install(session)
+        me = identity(config.job_name)
+        sink.attach_worker(config.job_name, me["hostname"], me["pid"])
+        log.info("aotwatch: attached (%d hooks), metrics at %s", installed, server and server.url)
+        _current = Attachment(config, sink, session, collector, server)
+        return _current
+
+
+def detach() -> None:
+    """Stop capturing, stop serving, close the archive; a no-op when not attached."""
+    global _current
+    with _lock:
+        if _current is None:
+            return
+        hooks.uninstall()
+        if _current.server:
+            _current.server.close()
+        if _current.sink.archive:
+            _current.sink.archive.close()
+        _current = None
+
+
+def current() -> Attachment | None:
+    """The live attachment of this process, if any."""
+    return _current

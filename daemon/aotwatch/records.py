@@ -1,0 +1,177 @@
+"""The CompileRecord schema: plain, versioned, JSON-serialisable dicts.
+
+One record per AOT graph (``graph`` = forward, backward or inference) or per
+compiled frame (``graph`` is None). Records are the boundary between
+processes, so they hold only plain data, and ``record_id`` makes
+re-delivery idempotent. METRICS.md lists the keys others rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+GRAPH_KINDS = ("forward", "backward", "inference")
+MUTATION_KINDS = (
+    "data",
+    "metadata",
+    "storage_metadata",
+    "storage_resize",
+    "hidden_from_autograd",
+    "under_no_grad",
+)
+PLACEMENTS = ("in_graph", "out_of_graph")
+TOKEN_DIRECTIONS = ("forward", "backward")
+CACHES = ("fx_graph", "aot_autograd")
+CACHE_RESULTS = ("hit", "miss", "bypass")
+
+MAX_TEXT = 16_384
+"""Longest string a record may carry (reasons and stack text are truncated to it)."""
+
+
+def empty_record() -> dict[str, Any]:
+    """A record with every field present and empty: capture fills in what it knows."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "record_id": "",
+        "job_name": "default",
+        "rank": 0,
+        "world_size": 1,
+        "device": "cpu",
+        "hostname": "",
+        "pid": 0,
+        "time": 0.0,
+        "compile_id": None,
+        "frame": None,
+        "graph": None,
+        "aot_id": None,
+        "cache_hit": False,
+        "graph_hash": None,
+        "nodes": None,
+        "inputs": {"total": 0, "subclass": 0, **dict.fromkeys(MUTATION_KINDS, 0)},
+        "mutation_placement": dict.fromkeys(PLACEMENTS, 0),
+        "outputs": {},
+        "intermediate_bases": 0,
+        "tokens": dict.fromkeys(TOKEN_DIRECTIONS, 0),
+        "symints_saved_for_backward": 0,
+        "durations_s": {},
+        "cache": {},
+        "graph_breaks": [],
+        "recompile_reason": None,
+        "recompile_category": None,
+        "fail_type": None,
+        "fail_category": None,
+        "fail_reason": None,
+    }
+
+
+def new_record(**fields: Any) -> dict[str, Any]:
+    """A fresh record with a new id and the current time, updated with ``fields``."""
+    record = empty_record()
+    record["record_id"] = uuid.uuid4().hex
+    record["time"] = time.time()
+    record.update(fields)
+    return record
+
+
+def clip_text(text: Any) -> str | None:
+    """``text`` as a string no longer than MAX_TEXT, or None."""
+    if text is None:
+        return None
+    text = str(text)
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
+
+
+class RecordError(ValueError):
+    """A record refused as malformed; ``reason`` is a bounded label value."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+_NUMBER = (int, float)
+_OPTIONAL_STR = (str, type(None))
+_REQUIRED_TYPES: dict[str, tuple[type, ...]] = {
+    "schema": (int,),
+    "record_id": (str,),
+    "job_name": (str,),
+    "rank": (int,),
+    "world_size": (int,),
+    "device": (str,),
+    "hostname": (str,),
+    "pid": (int,),
+    "time": _NUMBER,
+    "compile_id": _OPTIONAL_STR,
+    "frame": (dict, type(None)),
+    "graph": _OPTIONAL_STR,
+    "graph_hash": _OPTIONAL_STR,
+    "nodes": (int, type(None)),
+    "inputs": (dict,),
+    "outputs": (dict,),
+    "intermediate_bases": (int,),
+    "tokens": (dict,),
+    "durations_s": (dict,),
+    "cache": (dict,),
+    "graph_breaks": (list,),
+    "recompile_reason": _OPTIONAL_STR,
+    "fail_type": _OPTIONAL_STR,
+}
+
+
+def _check_counts(record: dict[str, Any], key: str, number_types: tuple[type, ...]) -> None:
+    for name, value in record[key].items():
+        if not isinstance(name, str) or isinstance(value, bool):
+            raise RecordError("wrong_type", f"{key}.{name}")
+        if not isinstance(value, number_types) or value < 0 or not math.isfinite(value):
+            raise RecordError("wrong_type", f"{key}.{name} must be a non-negative number")
+
+
+def validate_record(obj: Any) -> dict[str, Any]:
+    """Return ``obj`` if it is a well-formed record of this schema, else raise RecordError."""
+    if not isinstance(obj, dict):
+        raise RecordError("not_an_object", type(obj).__name__)
+    if obj.get("schema") != SCHEMA_VERSION:
+        raise RecordError("schema_version", f"schema {obj.get('schema')!r}")
+    for key, types in _REQUIRED_TYPES.items():
+        if key not in obj:
+            raise RecordError("missing_field", key)
+        value = obj[key]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise RecordError("wrong_type", f"{key} is {type(value).__name__}")
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            raise RecordError("too_large", key)
+    if not obj["record_id"]:
+        raise RecordError("missing_field", "record_id")
+    if obj["graph"] is not None and obj["graph"] not in GRAPH_KINDS:
+        raise RecordError("wrong_type", f"graph {obj['graph']!r}")
+    for key in ("inputs", "outputs", "tokens"):
+        _check_counts(obj, key, (int,))
+    _check_counts(obj, "durations_s", _NUMBER)
+    for cache, results in obj["cache"].items():
+        if not isinstance(results, dict):
+            raise RecordError("wrong_type", f"cache.{cache}")
+        _check_counts(obj["cache"], cache, (int,))
+    for graph_break in obj["graph_breaks"]:
+        if not isinstance(graph_break, dict) or not isinstance(graph_break.get("category"), str):
+            raise RecordError("wrong_type", "graph_breaks entry")
+    return obj
+
+
+def to_json(record: dict[str, Any]) -> str:
+    """One line of JSON for an archive."""
+    return json.dumps(record, separators=(",", ":"), sort_keys=True)
+
+
+def from_json(line: str) -> dict[str, Any]:
+    """Parse and validate one archive line."""
+    try:
+        obj = json.loads(line)
+    except ValueError as err:
+        raise RecordError("not_json", str(err)) from None
+    return validate_record(obj)
