@@ -155,13 +155,17 @@ class Aggregate:
         else:
             self._fold_graph(rank, record)
         for phase, seconds in record["durations_s"].items():
-            self.observe("torch_compile_duration_seconds", (*rank, _bounded(phase, PHASES)), seconds)
+            self.observe(
+                "torch_compile_duration_seconds", (*rank, _bounded(phase, PHASES)), seconds
+            )
         for cache, results in record["cache"].items():
             for result, count in results.items():
                 labels = (*rank, _bounded(cache, CACHES), _bounded(result, CACHE_RESULTS))
                 self.inc("torch_compile_cache_lookups", labels, count)
         last = self._values.get("torch_compile_last_compile_timestamp_seconds", {}).get(rank, 0)
-        self.set_gauge("torch_compile_last_compile_timestamp_seconds", rank, max(last, record["time"]))
+        self.set_gauge(
+            "torch_compile_last_compile_timestamp_seconds", rank, max(last, record["time"])
+        )
         return True
 
     def _fold_frame(self, rank: Labels, record: dict[str, Any]) -> None:
@@ -207,4 +211,3 @@ class Aggregate:
     def snapshot(self) -> Snapshot:
         """A deep copy that later updates cannot change."""
         return Snapshot(copy.deepcopy(self._values), copy.deepcopy(self._histograms))
-

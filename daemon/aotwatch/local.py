@@ -46,6 +46,15 @@ def export_port(config: Config) -> int:
     return port + int(local_rank) if port and local_rank.isdigit() else port
 
 
+def _show_info_logs() -> None:
+    """Print aotwatch's INFO lines (the metrics URL) unless the application configured logging."""
+    if not logging.getLogger().hasHandlers() and not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
     """Capture every compile in this process and serve its metrics; idempotent.
 
@@ -59,13 +68,16 @@ def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
             return _current
         if not isinstance(config, Config):
             config = load_config(config)
+        _show_info_logs()
         archive = ArchiveWriter(config.archive.path) if config.archive.path else None
         sink = LocalSink(config.limits.max_series_per_metric, archive)
         collector = AggregateCollector(sink.snapshot, config.labels)
         server = None
         if config.export.enabled:
             try:
-                server = serve_metrics(registry_for(collector), config.export.address, export_port(config))
+                server = serve_metrics(
+                    registry_for(collector), config.export.address, export_port(config)
+                )
             except OSError:
                 if archive:
                     archive.close()
@@ -79,7 +91,13 @@ def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
         installed = hooks.install(session)
         me = identity(config.job_name)
         sink.attach_worker(config.job_name, me["hostname"], me["pid"])
-        log.info("aotwatch: attached (%d hooks), metrics at %s", installed, server and server.url)
+        where = server.url if server else "not served (export.enabled: false)"
+        log.info(
+            "aotwatch: capturing compiles of job %r (%d hooks); metrics %s",
+            config.job_name,
+            installed,
+            where,
+        )
         _current = Attachment(config, sink, session, collector, server)
         return _current
 

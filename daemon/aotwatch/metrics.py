@@ -61,7 +61,10 @@ FAMILIES: tuple[Family, ...] = (
         buckets=DURATION_BUCKETS,
     ),
     _rank(
-        "torch_compile_graph_breaks", "counter", "Graph breaks, by registry id or category.", "reason"
+        "torch_compile_graph_breaks",
+        "counter",
+        "Graph breaks, by registry id or category.",
+        "reason",
     ),
     _rank(
         "torch_compile_recompiles",

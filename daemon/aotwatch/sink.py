@@ -28,7 +28,9 @@ class LocalSink:
             try:
                 self.archive.append(record)
             except OSError:
-                self.aggregate.inc("aotwatch_records_dropped", (record["job_name"], "archive_write"))
+                self.aggregate.inc(
+                    "aotwatch_records_dropped", (record["job_name"], "archive_write")
+                )
                 log.warning("aotwatch: cannot append to %s", self.archive.path, exc_info=True)
 
     def capture_error(self, job_name: str, stage: str) -> None:

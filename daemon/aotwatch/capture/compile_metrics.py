@@ -21,7 +21,11 @@ _PHASE_FIELDS_US = (
 )
 # (cache, result) -> CompilationMetrics count fields, local and remote.
 _CACHE_FIELDS = (
-    ("fx_graph", "hit", ("inductor_fx_local_cache_hit_count", "inductor_fx_remote_cache_hit_count")),
+    (
+        "fx_graph",
+        "hit",
+        ("inductor_fx_local_cache_hit_count", "inductor_fx_remote_cache_hit_count"),
+    ),
     (
         "fx_graph",
         "miss",

@@ -108,7 +108,7 @@ def _placeholder_device(module: Any) -> str | None:
 def digest_module(
     module: Any, text: str | None, *, fast_sympy_print: bool, want_nodes: bool, want_hash: bool
 ) -> GraphDigest:
-    """Digest of a freshly compiled GraphModule; ``text`` is torch's own rendering if it made one."""
+    """Digest of a freshly compiled GraphModule; ``text`` is torch's rendering, if it made one."""
     if want_hash and text is None:
         text = readable(module, fast_sympy_print=fast_sympy_print)
     return GraphDigest(

@@ -186,17 +186,13 @@ HOOKS = (
     Hook(f"{_AOT}.graph_compile", "_log_inference_graph", _log_inference_graph),
     Hook(f"{_AOT}.graph_compile", "_log_fw_bw_graphs", _log_fw_bw_graphs),
     Hook(f"{_AOT}.graph_compile", "_aot_stage2b_bw_compile", _eager_backward_compile),
-    Hook(
-        f"{_AOT}.runtime_wrappers", "RuntimeWrapper.post_compile", _runtime_wrapper_post_compile
-    ),
+    Hook(f"{_AOT}.runtime_wrappers", "RuntimeWrapper.post_compile", _runtime_wrapper_post_compile),
     Hook(
         f"{_AOT}.runtime_wrappers",
         "_AutogradBackwardCompiler.get_or_compile",
         _lazy_backward_compile,
     ),
-    Hook(
-        f"{_AOT}.aot_autograd_result", "GenericAOTAutogradResult.wrap_post_compile", _cache_hit
-    ),
+    Hook(f"{_AOT}.aot_autograd_result", "GenericAOTAutogradResult.wrap_post_compile", _cache_hit),
     Hook("torch._dynamo.utils", "log_compilation_event", _log_compilation_event),
 )
 

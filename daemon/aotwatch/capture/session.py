@@ -190,4 +190,11 @@ class CaptureSession:
         fields = compile_metrics.frame_fields(metrics, graph_break_reasons)
         with self._lock:
             device = self._frame_devices.pop(fields["compile_id"], self._last_device)
-        self._emit(fields.pop("compile_id"), None, device=device, durations_s=durations, cache=cache, **fields)
+        self._emit(
+            fields.pop("compile_id"),
+            None,
+            device=device,
+            durations_s=durations,
+            cache=cache,
+            **fields,
+        )

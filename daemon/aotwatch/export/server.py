@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
-
-log = logging.getLogger(__name__)
 
 
 class ExportError(OSError):
@@ -48,6 +45,4 @@ def serve_metrics(registry: CollectorRegistry, address: str, port: int) -> Metri
             f"cannot serve /metrics on {address}:{port}: {err.strerror or err}; "
             "set export.port to a free port (0 picks any free port) or export.enabled: false"
         ) from err
-    running = MetricsServer(server, thread, address)
-    log.info("aotwatch: serving metrics at %s", running.url)
-    return running
+    return MetricsServer(server, thread, address)

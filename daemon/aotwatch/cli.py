@@ -1,0 +1,183 @@
+"""The ``aotwatch`` command: trace a script, report an archive, check a config."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import runpy
+import sys
+import traceback
+from pathlib import Path
+
+import yaml
+
+from aotwatch.config import ArchiveConfig, Config, ConfigError, ExportConfig, load_config
+
+EXAMPLE_MODULE = "aotwatch.examples.tiny_train"
+DEFAULT_TRACE_ARCHIVE = "aotwatch-trace"
+USAGE_ERROR = 2
+
+
+def _fail(message: str) -> int:
+    print(f"aotwatch: error: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def _python_command(command: list[str]) -> tuple[str, str, list[str]]:
+    """``python SCRIPT ARGS`` or ``python -m MODULE ARGS`` -> (kind, target, argv)."""
+    if command and (Path(command[0]).name.startswith("python") or command[0] == sys.executable):
+        command = command[1:]
+    if len(command) >= 2 and command[0] == "-m":
+        return "module", command[1], [command[1], *command[2:]]
+    if not command or command[0].startswith("-"):
+        raise ValueError("expected: -- python SCRIPT [ARGS] or -- python -m MODULE [ARGS]")
+    return "path", command[0], command
+
+
+def _run_python(kind: str, target: str, argv: list[str]) -> int:
+    """Run a script as ``__main__`` in this process, the way ``python -m cProfile`` does."""
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = argv
+    if kind == "path":
+        sys.path.insert(0, str(Path(target).resolve().parent))
+    try:
+        if kind == "module":
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(target, run_name="__main__")
+        return 0
+    except SystemExit as exit_:
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        print(exit_.code, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BaseException:  # noqa: BLE001 - the script's failure is reported like python would
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.argv, sys.path = saved_argv, saved_path
+
+
+def _trace_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    archive = args.archive or config.archive.path or DEFAULT_TRACE_ARCHIVE
+    export = config.export
+    if args.port is not None:
+        export = ExportConfig(enabled=True, address=export.address, port=args.port)
+    changes = {"archive": ArchiveConfig(path=str(archive)), "export": export}
+    if args.job_name:
+        changes["job_name"] = args.job_name
+    return dataclasses.replace(config, **changes)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    import aotwatch
+    from aotwatch import report
+    from aotwatch.export.server import ExportError
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        python = _python_command(command or ["-m", EXAMPLE_MODULE])
+        config = _trace_config(args)
+        if python[0] == "path" and not Path(python[1]).is_file():
+            return _fail(f"{python[1]}: no such script")
+        attachment = aotwatch.attach(config)
+    except (ValueError, ExportError) as err:  # ConfigError is a ValueError
+        return _fail(str(err))
+    archive = attachment.sink.archive.path
+    where = attachment.url or "not served (export.enabled: false)"
+    print(f"aotwatch: metrics {where}; records -> {archive}", file=sys.stderr)
+    try:
+        code = _run_python(*python)
+    finally:
+        snapshot = attachment.sink.snapshot()
+        aotwatch.detach()
+    print(f"\naotwatch summary (records in {archive}):", file=sys.stderr)
+    print(report.table(snapshot), file=sys.stderr)
+    return code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from aotwatch import report
+    from aotwatch.archive import archive_file
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        return _fail(str(err))
+    path = archive_file(args.path)
+    if not path.is_file():
+        return _fail(f"{path}: no archive there (expected a records.jsonl or its directory)")
+    snapshot = report.aggregate_archive(path, config.limits.max_series_per_metric).snapshot()
+    if args.format == "json":
+        print(json.dumps(report.as_json(snapshot), indent=2, sort_keys=True))
+    elif args.format == "prometheus":
+        sys.stdout.write(report.prometheus(snapshot, config.labels))
+    else:
+        print(report.table(snapshot))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as err:
+        return _fail(str(err))
+    print(f"{args.file}: ok")
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aotwatch",
+        description="Capture torch.compile's AOTAutograd metadata and compile metrics; "
+        "export them to Prometheus.",
+    )
+    commands = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    trace = commands.add_parser(
+        "trace",
+        help="run a Python script with capture attached",
+        description="Run SCRIPT in this process with capture attached, append every record to "
+        "DIR/records.jsonl, serve /metrics while it runs and print a summary at the end. "
+        f"Without a command it runs the bundled example ({EXAMPLE_MODULE}). "
+        "The exit status is the script's.",
+        usage="aotwatch trace [--config F] [--archive DIR] [--port N] [-- python SCRIPT [ARGS]]",
+    )
+    trace.add_argument("--config", metavar="F", help="YAML config (default: built-in defaults)")
+    trace.add_argument(
+        "--archive", metavar="DIR", help=f"record directory (default: {DEFAULT_TRACE_ARCHIVE})"
+    )
+    trace.add_argument("--port", type=int, metavar="N", help="serve /metrics on N (0: any free)")
+    trace.add_argument("--job-name", metavar="NAME", help="job_name label (default: from config)")
+    trace.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    trace.set_defaults(func=cmd_trace)
+
+    report = commands.add_parser("report", help="rebuild the metrics from an archive")
+    report.add_argument("path", help="an archive directory or its records.jsonl")
+    report.add_argument("--format", choices=("table", "json", "prometheus"), default="table")
+    report.add_argument("--config", metavar="F", help="config whose labels and limits apply")
+    report.set_defaults(func=cmd_report)
+
+    check = commands.add_parser("check-config", help="validate a config file and print it")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Reports of an Aggregate: a terminal table, JSON per metric and label set, Prometheus text."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from aotwatch.aggregate import Aggregate, Snapshot
+from aotwatch.archive import read_archive
+from aotwatch.export.collector import exposition
+from aotwatch.metrics import BY_NAME, RANK_LABELS
+from aotwatch.records import RecordError
+
+
+def aggregate_archive(path: str | os.PathLike, max_series_per_metric: int = 1000) -> Aggregate:
+    """Fold every record of an archive; malformed lines count as rejected."""
+    aggregate = Aggregate(max_series_per_metric)
+    for item in read_archive(path):
+        if isinstance(item, RecordError):
+            aggregate.inc("aotwatch_records_rejected", (item.reason,))
+        else:
+            aggregate.add(item)
+    return aggregate
+
+
+def as_json(snapshot: Snapshot) -> dict[str, list[dict[str, Any]]]:
+    """Every metric with, per label set, its value (or histogram buckets, sum and count)."""
+    result: dict[str, list[dict[str, Any]]] = {}
+    for name, table in sorted(snapshot.values.items()):
+        names = BY_NAME[name].labels
+        result[name] = [
+            {"labels": dict(zip(names, labels, strict=True)), "value": value}
+            for labels, value in sorted(table.items())
+        ]
+    for name, table in sorted(snapshot.histograms.items()):
+        names = BY_NAME[name].labels
+        result[name] = [
+            {
+                "labels": dict(zip(names, labels, strict=True)),
+                "buckets": dict(histogram.cumulative()),
+                "sum": histogram.sum,
+                "count": histogram.count,
+            }
+            for labels, histogram in sorted(table.items())
+        ]
+    return result
+
+
+def prometheus(snapshot: Snapshot, const_labels: Mapping[str, str] | None = None) -> str:
+    """Exactly what the live exporter serves for this snapshot."""
+    return exposition(snapshot, const_labels).decode()
+
+
+def _total(snapshot: Snapshot, metric: str, rank: tuple[str, ...], **match: str) -> float:
+    names = BY_NAME[metric].labels
+    total = 0.0
+    for labels, value in snapshot.values.get(metric, {}).items():
+        named = dict(zip(names, labels, strict=True))
+        if labels[: len(rank)] == rank and all(named.get(k) == v for k, v in match.items()):
+            total += value
+    return total
+
+
+def _seconds(snapshot: Snapshot, rank: tuple[str, ...], phase: str) -> float:
+    table = snapshot.histograms.get("torch_compile_duration_seconds", {})
+    return table[(*rank, phase)].sum if (*rank, phase) in table else 0.0
+
+
+_COLUMNS = (
+    ("frames", lambda s, r: _total(s, "torch_compile_frames", r)),
+    ("graphs f/b/i", lambda s, r: "/".join(
+        f"{_total(s, 'torch_compile_graphs', r, graph=g):.0f}"
+        for g in ("forward", "backward", "inference"))),
+    ("compile s", lambda s, r: f"{_seconds(s, r, 'total') + _seconds(s, r, 'backward'):.2f}"),
+    ("breaks", lambda s, r: _total(s, "torch_compile_graph_breaks", r)),
+    ("recompiles", lambda s, r: _total(s, "torch_compile_recompiles", r)),
+    ("cache hit/miss", lambda s, r: "{:.0f}/{:.0f}".format(
+        _total(s, "torch_compile_cache_lookups", r, result="hit"),
+        _total(s, "torch_compile_cache_lookups", r, result="miss"))),
+    ("mutated inputs", lambda s, r: _total(s, "torch_compile_mutated_inputs", r)),
+    ("aliased outputs", lambda s, r: _total(s, "torch_compile_graph_outputs", r)
+        - _total(s, "torch_compile_graph_outputs", r, output_type="non_alias")),
+    ("tokens f/b", lambda s, r: "{:.0f}/{:.0f}".format(
+        _total(s, "torch_compile_effect_tokens", r, direction="forward"),
+        _total(s, "torch_compile_effect_tokens", r, direction="backward"))),
+    ("failures", lambda s, r: _total(s, "torch_compile_frame_failures", r)),
+)  # fmt: skip
+
+
+def table(snapshot: Snapshot) -> str:
+    """One row per (job, rank, device): what compiling cost and what it found."""
+    ranks = sorted(
+        {labels[: len(RANK_LABELS)] for labels in snapshot.values.get("torch_compile_frames", {})}
+        | {labels[: len(RANK_LABELS)] for labels in snapshot.values.get("torch_compile_graphs", {})}
+    )
+    header = [*RANK_LABELS, *(name for name, _ in _COLUMNS)]
+    rows = [header]
+    for rank in ranks:
+        cells = [column(snapshot, rank) for _, column in _COLUMNS]
+        rows.append([*rank, *(f"{c:.0f}" if isinstance(c, float) else c for c in cells)])
+    if not ranks:
+        return "no compiles recorded"
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+    )

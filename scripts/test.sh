@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh Debian machine (as root), then run them.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k config`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The CPU build of torch first: a bare `torch` requirement can pull a multi-GB CUDA build.
+python3 -m pip install --quiet --disable-pip-version-check torch==2.13.0
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+if ! command -v promtool >/dev/null 2>&1; then  # promtool checks the exposition format
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+ruff check .
+ruff format --check .
+python3 -m pytest "$@"
