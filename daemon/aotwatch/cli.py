@@ -26,13 +26,14 @@ def _fail(message: str) -> int:
 
 
 def _python_command(command: list[str]) -> tuple[str, str, list[str]]:
-    """``python SCRIPT ARGS`` or ``python -m MODULE ARGS`` -> (kind, target, argv)."""
+    """``python SCRIPT|-m MODULE|-c CODE [ARGS]`` -> (kind, target, argv)."""
     if command and (Path(command[0]).name.startswith("python") or command[0] == sys.executable):
         command = command[1:]
-    if len(command) >= 2 and command[0] == "-m":
-        return "module", command[1], [command[1], *command[2:]]
+    if len(command) >= 2 and command[0] in ("-m", "-c"):
+        kind = "module" if command[0] == "-m" else "code"
+        return kind, command[1], [command[1] if kind == "module" else "-c", *command[2:]]
     if not command or command[0].startswith("-"):
-        raise ValueError("expected: -- python SCRIPT [ARGS] or -- python -m MODULE [ARGS]")
+        raise ValueError("expected: -- python SCRIPT|-m MODULE|-c CODE [ARGS]")
     return "path", command[0], command
 
 
@@ -45,6 +46,8 @@ def _run_python(kind: str, target: str, argv: list[str]) -> int:
     try:
         if kind == "module":
             runpy.run_module(target, run_name="__main__", alter_sys=True)
+        elif kind == "code":
+            exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102
         else:
             runpy.run_path(target, run_name="__main__")
         return 0
@@ -147,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "DIR/records.jsonl, serve /metrics while it runs and print a summary at the end. "
         f"Without a command it runs the bundled example ({EXAMPLE_MODULE}). "
         "The exit status is the script's.",
-        usage="aotwatch trace [--config F] [--archive DIR] [--port N] [-- python SCRIPT [ARGS]]",
+        usage="aotwatch trace [--config F] [--archive DIR] [--port N] "
+        "[-- python SCRIPT|-m MODULE|-c CODE [ARGS]]",
     )
     trace.add_argument("--config", metavar="F", help="YAML config (default: built-in defaults)")
     trace.add_argument(

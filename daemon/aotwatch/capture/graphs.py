@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+_FORWARD = "    def forward("
 _COMMENT_LINE = re.compile(r"^\s*#")
 _TRAILING_COMMENT = re.compile(r"\s+#.*$")
 _BODY_NODE = re.compile(r"^ {8}[A-Za-z_]\w*(: \"[^\"]*\")? = ")
@@ -53,34 +54,35 @@ def hash_readable(text: str) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
-def _signature(text: str) -> str:
-    """The parameter list of the top-level ``forward`` (without ``self``)."""
-    start = text.find("    def forward(")
+def _forward(text: str) -> tuple[str, list[str]]:
+    """The parameter list (comments removed) and the body lines of the top-level ``forward``."""
+    start = text.find(_FORWARD)
     if start < 0:
-        return ""
+        return "", []
     end = text.find("):\n", start)
-    body = text[start + len("    def forward(") : end]
-    return "\n".join(_TRAILING_COMMENT.sub("", line) for line in body.splitlines())
+    params = "\n".join(
+        _TRAILING_COMMENT.sub("", line) for line in text[start + len(_FORWARD) : end].splitlines()
+    )
+    body = []
+    for line in text[end + 3 :].splitlines():
+        if line.strip() and not line.startswith(" " * 8):
+            break  # dedented: the next member of the top-level class
+        body.append(line)
+    return params, body
 
 
 def count_nodes(text: str) -> int:
     """FX nodes of the top-level graph: placeholders, body assignments and the output."""
-    params = [name for name in _PARAMETER.findall(_signature(text)) if name != "self"]
-    in_forward = False
-    body = 0
-    for line in text.splitlines():
-        if line.startswith("    def forward("):
-            in_forward = True
-        elif in_forward and line.startswith("    ") and not line.startswith("     "):
-            break  # the next member of the top-level class: forward has ended
-        elif in_forward and (_BODY_NODE.match(line) or _BODY_RETURN.match(line)):
-            body += 1
-    return len(params) + body
+    params, body = _forward(text)
+    placeholders = [name for name in _PARAMETER.findall(params) if name != "self"]
+    return len(placeholders) + sum(
+        1 for line in body if _BODY_NODE.match(line) or _BODY_RETURN.match(line)
+    )
 
 
 def device_of(text: str) -> str | None:
     """The device of the graph's first annotated tensor input, e.g. ``cpu`` or ``cuda:0``."""
-    match = _ANNOTATED_DEVICE.search(_signature(text))
+    match = _ANNOTATED_DEVICE.search(_forward(text)[0])
     return match.group(1) if match else None
 
 

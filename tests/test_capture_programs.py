@@ -1,0 +1,129 @@
+"""Each program's exported counts equal what torch's own compilers report."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import scrape
+from programs import PROGRAMS, Truth, observed, run_with_truth, truth_backend
+
+from aotwatch.export.collector import exposition
+
+# What each program exists to show: the truth must carry it, or the comparison proves nothing.
+FEATURES = {
+    "input_mutation": lambda t: t.mutations["data"] == 1 and t.placement["in_graph"] == 1,
+    "param_update_under_no_grad": lambda t: t.mutations["under_no_grad"] == 1,
+    "output_aliases_input": lambda t: t.outputs["alias_of_input"] == 1,
+    "outputs_view_one_intermediate": lambda t: t.intermediate_bases == 1,
+    "effect_token": lambda t: t.tokens["forward"] == 1,
+    "graph_break": lambda t: t.graphs["inference"] == 2,
+    "shape_recompile": lambda t: t.graphs["inference"] == 2,
+    "training_step": lambda t: t.graphs["forward"] == 1 and t.graphs["backward"] == 1,
+}
+
+
+def _fresh_truth(name: str) -> Truth:
+    torch._dynamo.reset()
+    truth = run_with_truth(name)
+    torch._dynamo.reset()
+    return truth
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_custom_backend_counts_equal_torch_metadata(capture, name):
+    """Captured while a custom aot_autograd backend compiles: equal to what it was handed."""
+    truth = Truth()
+    PROGRAMS[name](truth_backend(truth), "cpu")
+    assert FEATURES[name](truth), truth
+    snapshot = capture.sink.snapshot()
+    assert observed(snapshot) == truth
+    assert scrape(capture.url) == exposition(snapshot).decode()
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_aot_eager_counts_equal_torch_metadata(capture, name):
+    truth = _fresh_truth(name)
+    capture.sink.aggregate.__init__()  # forget the truth run
+    PROGRAMS[name]("aot_eager", "cpu")
+    assert observed(capture.sink.snapshot()) == truth
+
+
+@pytest.mark.parametrize("name", ["training_step", "input_mutation", "effect_token"])
+def test_inductor_counts_equal_torch_metadata(capture, name):
+    """Inductor decomposes differently (other node counts); all metadata counts must agree."""
+    truth = _fresh_truth(name)
+    capture.sink.aggregate.__init__()
+    PROGRAMS[name]("inductor", "cpu")
+    seen = observed(capture.sink.snapshot())
+    assert dataclasses.replace(seen, nodes=None) == dataclasses.replace(truth, nodes=None)
+    assert set(seen.nodes) == set(truth.nodes)
+
+
+def _frame_metrics():
+    return [m for m in torch._dynamo.utils.get_compilation_metrics() if m.is_forward]
+
+
+def _counter(snapshot, metric, **labels):
+    from aotwatch.metrics import BY_NAME
+
+    names = BY_NAME[metric].labels
+    return sum(
+        value
+        for key, value in snapshot.values.get(metric, {}).items()
+        if all(dict(zip(names, key, strict=True))[k] == v for k, v in labels.items())
+    )
+
+
+def test_graph_breaks_and_frames_equal_dynamo_counters(capture):
+    torch._dynamo.utils.clear_compilation_metrics()
+    before = sum(torch._dynamo.utils.counters["graph_break"].values())
+    PROGRAMS["graph_break"]("aot_eager", "cpu")
+    breaks = sum(torch._dynamo.utils.counters["graph_break"].values()) - before
+    snapshot = capture.sink.snapshot()
+    assert breaks == 1
+    assert _counter(snapshot, "torch_compile_graph_breaks") == breaks
+    assert _counter(snapshot, "torch_compile_graph_breaks", reason="gb0059") == breaks
+    assert _counter(snapshot, "torch_compile_frames") == len(_frame_metrics())
+
+
+def test_recompile_counted_with_its_category(capture):
+    torch._dynamo.utils.clear_compilation_metrics()
+    PROGRAMS["shape_recompile"]("aot_eager", "cpu")
+    reasons = [m.recompile_reason for m in _frame_metrics() if m.recompile_reason]
+    snapshot = capture.sink.snapshot()
+    assert len(reasons) == 1 and "size mismatch" in reasons[0]
+    assert _counter(snapshot, "torch_compile_recompiles", reason="shape") == len(reasons)
+    assert _counter(snapshot, "torch_compile_recompiles") == len(reasons)
+    total_s = sum(m.entire_frame_compile_time_s for m in _frame_metrics())
+    histogram = snapshot.histograms["torch_compile_duration_seconds"][
+        ("default", "0", "cpu", "total")
+    ]
+    assert histogram.count == len(_frame_metrics())
+    assert histogram.sum == pytest.approx(total_s)
+
+
+def test_records_carry_the_metrics_md_fields(capture, tmp_path):
+    from aotwatch.archive import read_archive
+
+    torch._dynamo.utils.clear_compilation_metrics()
+    PROGRAMS["training_step"]("aot_eager", "cpu")
+    (metrics,) = _frame_metrics()
+    records = list(read_archive(tmp_path / "archive"))
+    kinds = sorted(r["graph"] or "frame" for r in records)
+    assert kinds == ["backward", "forward", "frame"]
+    by_kind = {r["graph"]: r for r in records}
+    forward, backward, frame = by_kind["forward"], by_kind["backward"], by_kind[None]
+    assert forward["compile_id"] == backward["compile_id"] == frame["compile_id"] == "0/0"
+    assert len({r["record_id"] for r in records}) == 3
+    assert forward["device"] == backward["device"] == frame["device"] == "cpu"
+    assert (forward["rank"], forward["world_size"]) == (0, 1)
+    assert len(forward["graph_hash"]) == 16 and forward["graph_hash"] != backward["graph_hash"]
+    assert backward["durations_s"]["backward"] > 0
+    assert frame["frame"] == {
+        "co_name": metrics.co_name,
+        "filename": metrics.co_filename,
+        "line": metrics.co_firstlineno,
+    }
+    assert frame["durations_s"]["total"] == metrics.entire_frame_compile_time_s
