@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import scrape
-from programs import PROGRAMS, Truth, observed, run_with_truth, truth_backend
 
 from aotwatch.export.collector import exposition
+from conftest import scrape
+from programs import PROGRAMS, Truth, observed, run_with_truth, truth_backend
 
 # What each program exists to show: the truth must carry it, or the comparison proves nothing.
 FEATURES = {

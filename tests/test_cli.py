@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import scrape
-from programs import PROGRAMS
 
 from aotwatch.archive import read_archive
+from conftest import scrape
+from programs import PROGRAMS
 
 TESTS = Path(__file__).parent
 

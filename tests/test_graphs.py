@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from programs import PROGRAMS
 
 from aotwatch.capture import graphs
+from programs import PROGRAMS
 
 
 @pytest.mark.parametrize("name", PROGRAMS)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_cli import aotwatch, write_script
-
 from aotwatch.archive import read_archive
+from test_cli import aotwatch, write_script
 
 GRAPH_FIELDS = ("graph", "graph_hash", "nodes", "inputs", "mutation_placement", "outputs",
                 "intermediate_bases", "tokens", "device")  # fmt: skip
