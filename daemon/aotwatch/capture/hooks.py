@@ -109,13 +109,14 @@ def _eager_backward_compile(original: Callable, session: CaptureSession) -> Call
 
 
 def _lazy_backward_compile(original: Callable, session: CaptureSession) -> Callable:
+    # Runs once per graph, right before its lazy backward compiles (get_or_compile itself runs
+    # at every backward: it must not be wrapped). The record follows with the backward's
+    # CompilationMetrics.
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        compiled_before = self.compiled_bw is not None
         result = original(self, *args, **kwargs)
-        if not compiled_before:
-            with session.guard("backward_graph"):
-                meta = self.fw_metadata
-                session.backward_compiled(self.aot_config.aot_id, meta.compile_id_str, meta)
+        with session.guard("backward_graph"):
+            meta = self.fw_metadata
+            session.backward_compiling(self.aot_config.aot_id, meta.compile_id_str, meta)
         return result
 
     return wrapper
@@ -189,7 +190,7 @@ HOOKS = (
     Hook(f"{_AOT}.runtime_wrappers", "RuntimeWrapper.post_compile", _runtime_wrapper_post_compile),
     Hook(
         f"{_AOT}.runtime_wrappers",
-        "_AutogradBackwardCompiler.get_or_compile",
+        "_AutogradBackwardCompiler._prepare_lazy_backward_context",
         _lazy_backward_compile,
     ),
     Hook(f"{_AOT}.aot_autograd_result", "GenericAOTAutogradResult.wrap_post_compile", _cache_hit),

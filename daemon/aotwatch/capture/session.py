@@ -58,7 +58,7 @@ class CaptureSession:
         self._digests: _Bounded = _Bounded()  # (aot_id, graph kind) -> GraphDigest
         self._tokens: _Bounded = _Bounded()  # aot_id -> (forward, backward) before unlifting
         self._cache_hits: _Bounded = _Bounded()  # aot_id -> True for graphs loaded from cache
-        self._backward_metrics: _Bounded = _Bounded()  # compile_id -> (durations, cache)
+        self._lazy_backward = threading.local()  # .pending: the backward compiling now
         self._frame_devices: _Bounded = _Bounded()  # compile_id -> device of its graphs
         self._last_device = "cpu"
         self._logged_stages: set[str] = set()
@@ -158,12 +158,17 @@ class CaptureSession:
             self._cache_hits.pop(aot_id, None)
 
     def backward_compiled(self, aot_id: Any, compile_id: str | None, metadata: Any) -> None:
-        """The backward graph compiled (lazily at the first ``.backward()``, or eagerly)."""
+        """The backward graph compiled eagerly, with its forward (symints saved for backward)."""
+        self._emit_backward(aot_id, compile_id, self._backward_tokens(aot_id, metadata), {}, {})
+
+    def backward_compiling(self, aot_id: Any, compile_id: str | None, metadata: Any) -> None:
+        """The lazy backward starts compiling: its record waits for its CompilationMetrics."""
+        self._lazy_backward.pending = (aot_id, compile_id, self._backward_tokens(aot_id, metadata))
+
+    def _backward_tokens(self, aot_id: Any, metadata: Any) -> int:
         with self._lock:
             unlifted = self._tokens.pop(aot_id, None)
-            durations, cache = self._backward_metrics.pop(compile_id, ({}, {}))
-        tokens = unlifted[1] if unlifted else int(getattr(metadata, "num_backward_tokens", 0) or 0)
-        self._emit_backward(aot_id, compile_id, tokens, durations, cache)
+        return unlifted[1] if unlifted else int(getattr(metadata, "num_backward_tokens", 0) or 0)
 
     def _emit_backward(
         self, aot_id: Any, compile_id: str | None, tokens: int, durations: dict, cache: dict
@@ -184,8 +189,10 @@ class CaptureSession:
         durations = compile_metrics.durations(metrics)
         cache = compile_metrics.cache_counts(metrics, bypasses)
         if getattr(metrics, "is_forward", True) is False:
-            with self._lock:
-                self._backward_metrics[getattr(metrics, "compile_id", None)] = (durations, cache)
+            pending = getattr(self._lazy_backward, "pending", None)
+            self._lazy_backward.pending = None
+            if pending is not None and getattr(metrics, "fail_type", None) is None:
+                self._emit_backward(*pending, durations, cache)
             return
         fields = compile_metrics.frame_fields(metrics, graph_break_reasons)
         with self._lock:

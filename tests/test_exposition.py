@@ -1,0 +1,113 @@
+"""The exposition: a golden file for fixed records, and promtool on golden and live output.
+
+Regenerate the golden file after an intended change with
+``UPDATE_GOLDEN=1 python -m pytest tests/test_exposition.py`` and review its diff.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import scrape
+from programs import PROGRAMS
+
+from aotwatch.aggregate import Aggregate
+from aotwatch.export.collector import exposition
+from aotwatch.metrics import FAMILIES
+from aotwatch.records import new_record
+
+GOLDEN = Path(__file__).parent / "golden" / "exposition.prom"
+
+
+def fixed_records() -> list[dict]:
+    """Records that touch every family, with fixed ids and times."""
+    common = {"hostname": "node-1", "pid": 42, "time": 1_700_000_000.0, "job_name": "golden"}
+    graph = {
+        "nodes": 40,
+        "inputs": {"total": 3, "subclass": 0, "data": 1, "metadata": 0, "storage_metadata": 0,
+                   "storage_resize": 0, "hidden_from_autograd": 0, "under_no_grad": 1},
+        "mutation_placement": {"in_graph": 1, "out_of_graph": 0},
+        "outputs": {"non_alias": 1, "alias_of_input": 1},
+        "intermediate_bases": 1,
+        "tokens": {"forward": 1, "backward": 0},
+    }  # fmt: skip
+    return [
+        new_record(record_id="f0", compile_id="0/0", graph="forward", **graph, **common),
+        new_record(record_id="b0", compile_id="0/0", graph="backward", nodes=55,
+                   durations_s={"backward": 0.3}, **common),  # fmt: skip
+        new_record(
+            record_id="fr0",
+            compile_id="0/0",
+            durations_s={"total": 2.5, "dynamo": 2.5, "aot_autograd": 1.9, "inductor": 1.2},
+            cache={"fx_graph": {"miss": 2, "bypass": 1}, "aot_autograd": {"miss": 1}},
+            graph_breaks=[{"reason": "print", "category": "gb0059", "user_frame": "a.py:1"}],
+            **common,
+        ),
+        new_record(
+            record_id="fr1",
+            compile_id="0/1",
+            durations_s={"total": 0.4},
+            recompile_reason="0/0: tensor 'x' size mismatch at index 0",
+            recompile_category="shape",
+            **common,
+        ),
+        new_record(record_id="fr2", compile_id="1/0", fail_type="BackendCompilerFailed",
+                   rank=1, device="cuda:1", **common),  # fmt: skip
+        new_record(record_id="i0", compile_id="2/0", graph="inference", nodes=7, cache_hit=True,
+                   device="cuda:1", rank=1, **{**common, "pid": 43}),  # fmt: skip
+    ]
+
+
+def golden_exposition() -> str:
+    aggregate = Aggregate(max_series_per_metric=100)
+    for record in fixed_records():
+        aggregate.add(record)
+    aggregate.add({"schema": 0})
+    aggregate.inc("aotwatch_capture_errors", ("golden", "graph_metadata"))
+    aggregate.inc("aotwatch_records_dropped", ("golden", "archive_write"))
+    text = exposition(aggregate.snapshot(), {"team": "llm"}).decode()
+    # build_info carries the installed versions: checked by promtool, not by the golden file.
+    return "".join(line for line in text.splitlines(True) if "aotwatch_build_info{" not in line)
+
+
+def test_exposition_matches_the_golden_file():
+    text = golden_exposition()
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_every_metrics_md_family_is_exposed():
+    text = golden_exposition()
+    for family in FAMILIES:
+        sample = {"counter": "_total", "gauge": "", "histogram": "_count"}[family.kind]
+        assert f"\n{family.name}{sample}{{" in text, family.name
+
+
+def promtool_check(text: str) -> subprocess.CompletedProcess:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found: scripts/test.sh installs Debian's prometheus package")
+    return subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_golden_exposition_passes_promtool():
+    result = promtool_check(golden_exposition())
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result
+
+
+def test_live_exposition_passes_promtool(capture):
+    for name in PROGRAMS:
+        PROGRAMS[name]("aot_eager", "cpu")
+        torch._dynamo.reset()
+    text = scrape(capture.url)
+    assert "aotwatch_build_info{" in text and "torch_compile_graphs_total{" in text
+    result = promtool_check(text)
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result
