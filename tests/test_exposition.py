@@ -45,7 +45,10 @@ def fixed_records() -> list[dict]:
             compile_id="0/0",
             durations_s={"total": 2.5, "dynamo": 2.5, "aot_autograd": 1.9, "inductor": 1.2},
             cache={"fx_graph": {"miss": 2, "bypass": 1}, "aot_autograd": {"miss": 1}},
-            graph_breaks=[{"reason": "print", "category": "gb0059", "user_frame": "a.py:1"}],
+            graph_breaks=[  # one more category than the cap of 12 admits
+                {"reason": "...", "category": f"gb{n:04d}", "user_frame": "a.py:1"}
+                for n in range(50, 63)
+            ],
             **common,
         ),
         new_record(
@@ -64,7 +67,7 @@ def fixed_records() -> list[dict]:
 
 
 def golden_exposition() -> str:
-    aggregate = Aggregate(max_series_per_metric=100)
+    aggregate = Aggregate(max_series_per_metric=12)
     for record in fixed_records():
         aggregate.add(record)
     aggregate.add({"schema": 0})
