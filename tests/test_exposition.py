@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import scrape
-from programs import PROGRAMS
 
 from aotwatch.aggregate import Aggregate
 from aotwatch.export.collector import exposition
 from aotwatch.metrics import FAMILIES
 from aotwatch.records import new_record
+from conftest import scrape
+from programs import PROGRAMS
 
 GOLDEN = Path(__file__).parent / "golden" / "exposition.prom"
 
@@ -38,8 +38,14 @@ def fixed_records() -> list[dict]:
     }  # fmt: skip
     return [
         new_record(record_id="f0", compile_id="0/0", graph="forward", **graph, **common),
-        new_record(record_id="b0", compile_id="0/0", graph="backward", nodes=55,
-                   durations_s={"backward": 0.3}, **common),  # fmt: skip
+        new_record(
+            record_id="b0",
+            compile_id="0/0",
+            graph="backward",
+            nodes=55,
+            durations_s={"backward": 0.3},
+            **common,
+        ),  # fmt: skip
         new_record(
             record_id="fr0",
             compile_id="0/0",
@@ -59,10 +65,24 @@ def fixed_records() -> list[dict]:
             recompile_category="shape",
             **common,
         ),
-        new_record(record_id="fr2", compile_id="1/0", fail_type="BackendCompilerFailed",
-                   rank=1, device="cuda:1", **common),  # fmt: skip
-        new_record(record_id="i0", compile_id="2/0", graph="inference", nodes=7, cache_hit=True,
-                   device="cuda:1", rank=1, **{**common, "pid": 43}),  # fmt: skip
+        new_record(
+            record_id="fr2",
+            compile_id="1/0",
+            fail_type="BackendCompilerFailed",
+            rank=1,
+            device="cuda:1",
+            **common,
+        ),  # fmt: skip
+        new_record(
+            record_id="i0",
+            compile_id="2/0",
+            graph="inference",
+            nodes=7,
+            cache_hit=True,
+            device="cuda:1",
+            rank=1,
+            **{**common, "pid": 43},
+        ),  # fmt: skip
     ]
 
 

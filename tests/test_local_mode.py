@@ -10,13 +10,13 @@ import weakref
 
 import pytest
 import torch
-from conftest import scrape, test_config
-from programs import PROGRAMS
 
 import aotwatch
 from aotwatch.capture import hooks
 from aotwatch.export.server import ExportError
 from aotwatch.local import export_port
+from conftest import scrape, test_config
+from programs import PROGRAMS
 
 
 def _graphs(attachment) -> float:
@@ -127,7 +127,7 @@ def test_capture_keeps_no_tensor_or_graph_alive(capture):
     backend = aot_autograd(fw_compiler=keep_weakly, bw_compiler=keep_weakly)
     torch.compile(model, backend=backend)(example).sum().backward()
     refs = [weakref.ref(model), weakref.ref(example), *graph_refs]
-    del model, example, backend, graph_refs
+    del model, example, backend
     torch._dynamo.reset()
     gc.collect()
     assert len(refs) == 4
@@ -174,9 +174,7 @@ def test_rank_and_world_size_come_from_torch_distributed(tmp_path):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
-    )
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         attachment = aotwatch.attach(test_config(tmp_path, job_name="dist"))
         PROGRAMS["input_mutation"]("aot_eager", "cpu")
@@ -184,7 +182,8 @@ def test_rank_and_world_size_come_from_torch_distributed(tmp_path):
 
         records = list(read_archive(tmp_path / "archive"))
         assert {(r["job_name"], r["rank"], r["world_size"]) for r in records} == {("dist", 0, 1)}
-        assert attachment.sink.snapshot().values["torch_compile_frames"] == {("dist", "0", "cpu"): 1}
+        frames = attachment.sink.snapshot().values["torch_compile_frames"]
+        assert frames == {("dist", "0", "cpu"): 1}
     finally:
         aotwatch.detach()
         dist.destroy_process_group()

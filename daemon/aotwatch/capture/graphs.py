@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,10 +81,16 @@ def count_nodes(text: str) -> int:
     )
 
 
+def _main_device(devices: Iterable[str]) -> str | None:
+    """The first accelerator among a graph's input devices, else ``cpu`` (effect tokens and
+    scalars live on the CPU even in a CUDA graph)."""
+    devices = list(devices)
+    return next((d for d in devices if d != "cpu"), devices[0] if devices else None)
+
+
 def device_of(text: str) -> str | None:
-    """The device of the graph's first annotated tensor input, e.g. ``cpu`` or ``cuda:0``."""
-    match = _ANNOTATED_DEVICE.search(_forward(text)[0])
-    return match.group(1) if match else None
+    """Where the graph's tensor inputs live, from their annotations: ``cpu``, ``cuda:0``..."""
+    return _main_device(_ANNOTATED_DEVICE.findall(_forward(text)[0]))
 
 
 def digest_text(text: str | None, *, want_nodes: bool, want_hash: bool) -> GraphDigest:
@@ -98,13 +105,11 @@ def digest_text(text: str | None, *, want_nodes: bool, want_hash: bool) -> Graph
 
 
 def _placeholder_device(module: Any) -> str | None:
-    for node in module.graph.nodes:
-        if node.op != "placeholder":
-            break
-        device = getattr(node.meta.get("val"), "device", None)
-        if device is not None:
-            return str(device)
-    return None
+    return _main_device(
+        str(node.meta["val"].device)
+        for node in module.graph.find_nodes(op="placeholder")
+        if getattr(node.meta.get("val"), "device", None) is not None
+    )
 
 
 def digest_module(

@@ -110,13 +110,12 @@ def _eager_backward_compile(original: Callable, session: CaptureSession) -> Call
 
 def _lazy_backward_compile(original: Callable, session: CaptureSession) -> Callable:
     # Runs once per graph, right before its lazy backward compiles (get_or_compile itself runs
-    # at every backward: it must not be wrapped). The record follows with the backward's
-    # CompilationMetrics.
+    # at every backward: it must not be wrapped). It only names the graph: the record is made
+    # when the backward's CompilationMetrics arrive, which also works on torch without it.
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(self, *args, **kwargs)
         with session.guard("backward_graph"):
-            meta = self.fw_metadata
-            session.backward_compiling(self.aot_config.aot_id, meta.compile_id_str, meta)
+            session.backward_compiling(self.aot_config.aot_id)
         return result
 
     return wrapper

@@ -58,7 +58,9 @@ class CaptureSession:
         self._digests: _Bounded = _Bounded()  # (aot_id, graph kind) -> GraphDigest
         self._tokens: _Bounded = _Bounded()  # aot_id -> (forward, backward) before unlifting
         self._cache_hits: _Bounded = _Bounded()  # aot_id -> True for graphs loaded from cache
-        self._lazy_backward = threading.local()  # .pending: the backward compiling now
+        self._lazy_backwards: _Bounded = _Bounded()  # compile_id -> [(aot_id, bw tokens)]
+        self._eager_backwards: _Bounded = _Bounded()  # aot_id -> True: compiled with its forward
+        self._lazy_hint = threading.local()  # .aot_id: the lazy backward compiling in this thread
         self._frame_devices: _Bounded = _Bounded()  # compile_id -> device of its graphs
         self._last_device = "cpu"
         self._logged_stages: set[str] = set()
@@ -123,10 +125,9 @@ class CaptureSession:
                 self._last_device = record["device"]
         self.sink.record(record)
 
-    def _graph_fields(self, aot_id: Any, kind: str) -> dict[str, Any]:
+    def _graph_fields(self, aot_id: Any, kind: str, cache_hit: bool) -> dict[str, Any]:
         with self._lock:
             digest = self._digests.pop((aot_id, kind), None) or graphs.GraphDigest(None, None, None)
-            cache_hit = self._cache_hits.get(aot_id, False)
         return {
             "aot_id": aot_id,
             "cache_hit": cache_hit,
@@ -142,36 +143,52 @@ class CaptureSession:
         fields = read_metadata(metadata)
         with self._lock:
             unlifted = self._tokens.pop(aot_id, None)
-            cache_hit = self._cache_hits.get(aot_id, False)
+            cache_hit = self._cache_hits.pop(aot_id, False)
+            eager_backward = self._eager_backwards.pop(aot_id, False)
         if unlifted is not None:
             fields["tokens"] = {"forward": unlifted[0], "backward": unlifted[1]}
         kind = "forward" if trace_joint else "inference"
-        graph = self._graph_fields(aot_id, kind)
-        self._emit(compile_id, kind, **fields, **graph)
+        self._emit(compile_id, kind, **fields, **self._graph_fields(aot_id, kind, cache_hit))
+        backward_tokens = fields["tokens"]["backward"]
         if trace_joint and cache_hit:
             # A cached backward is loaded with its forward: no lazy compile will follow.
-            self._emit_backward(aot_id, compile_id, fields["tokens"]["backward"], {}, {})
-        elif trace_joint and unlifted is not None:
-            with self._lock:
-                self._tokens[aot_id] = unlifted  # the lazy backward still needs its count
-        with self._lock:
-            self._cache_hits.pop(aot_id, None)
+            self._emit_backward(aot_id, compile_id, backward_tokens, {}, {}, cache_hit=True)
+        elif trace_joint and not eager_backward:
+            with self._lock:  # the backward compiles at the first .backward(), under compile_id
+                waiting = self._lazy_backwards.get(compile_id, [])
+                self._lazy_backwards[compile_id] = [*waiting, (aot_id, backward_tokens)]
 
     def backward_compiled(self, aot_id: Any, compile_id: str | None, metadata: Any) -> None:
         """The backward graph compiled eagerly, with its forward (symints saved for backward)."""
-        self._emit_backward(aot_id, compile_id, self._backward_tokens(aot_id, metadata), {}, {})
-
-    def backward_compiling(self, aot_id: Any, compile_id: str | None, metadata: Any) -> None:
-        """The lazy backward starts compiling: its record waits for its CompilationMetrics."""
-        self._lazy_backward.pending = (aot_id, compile_id, self._backward_tokens(aot_id, metadata))
-
-    def _backward_tokens(self, aot_id: Any, metadata: Any) -> int:
         with self._lock:
-            unlifted = self._tokens.pop(aot_id, None)
-        return unlifted[1] if unlifted else int(getattr(metadata, "num_backward_tokens", 0) or 0)
+            self._eager_backwards[aot_id] = True
+            unlifted = self._tokens.get(aot_id)
+        tokens = unlifted[1] if unlifted else int(getattr(metadata, "num_backward_tokens", 0) or 0)
+        self._emit_backward(aot_id, compile_id, tokens, {}, {})
+
+    def backward_compiling(self, aot_id: Any) -> None:
+        """Which graph's lazy backward compiles now (when torch lets a hook see it)."""
+        self._lazy_hint.aot_id = aot_id
+
+    def _lazy_backward_done(self, compile_id: str | None) -> tuple[Any, int] | None:
+        """The waiting backward of ``compile_id`` that just compiled: the hinted one, else the
+        first (several wait under one compile id only when a frame has several AOT graphs)."""
+        hint, self._lazy_hint.aot_id = getattr(self._lazy_hint, "aot_id", None), None
+        with self._lock:
+            waiting = self._lazy_backwards.pop(compile_id, [])
+            done = next((w for w in waiting if w[0] == hint), waiting[0] if waiting else None)
+            if done is not None and len(waiting) > 1:
+                self._lazy_backwards[compile_id] = [w for w in waiting if w is not done]
+        return done
 
     def _emit_backward(
-        self, aot_id: Any, compile_id: str | None, tokens: int, durations: dict, cache: dict
+        self,
+        aot_id: Any,
+        compile_id: str | None,
+        tokens: int,
+        durations: dict,
+        cache: dict,
+        cache_hit: bool = False,
     ) -> None:
         self._emit(
             compile_id,
@@ -179,7 +196,7 @@ class CaptureSession:
             tokens={"forward": 0, "backward": tokens},
             durations_s=durations,
             cache=cache,
-            **self._graph_fields(aot_id, "backward"),
+            **self._graph_fields(aot_id, "backward", cache_hit),
         )
 
     def compilation_metrics(
@@ -189,10 +206,10 @@ class CaptureSession:
         durations = compile_metrics.durations(metrics)
         cache = compile_metrics.cache_counts(metrics, bypasses)
         if getattr(metrics, "is_forward", True) is False:
-            pending = getattr(self._lazy_backward, "pending", None)
-            self._lazy_backward.pending = None
-            if pending is not None and getattr(metrics, "fail_type", None) is None:
-                self._emit_backward(*pending, durations, cache)
+            compile_id = getattr(metrics, "compile_id", None)
+            done = self._lazy_backward_done(compile_id)
+            if done is not None and getattr(metrics, "fail_type", None) is None:
+                self._emit_backward(done[0], compile_id, done[1], durations, cache)
             return
         fields = compile_metrics.frame_fields(metrics, graph_break_reasons)
         with self._lock:
