@@ -127,3 +127,21 @@ def test_records_carry_the_metrics_md_fields(capture, tmp_path):
         "line": metrics.co_firstlineno,
     }
     assert frame["durations_s"]["total"] == metrics.entire_frame_compile_time_s
+
+
+def test_lazy_backward_is_recorded_without_the_optional_hook(tmp_path, monkeypatch):
+    """Older torch (2.11) has no _AutogradBackwardCompiler: CompilationMetrics still suffice."""
+    import aotwatch
+    from aotwatch.capture import hooks
+    from conftest import test_config
+
+    optional = "_AutogradBackwardCompiler._prepare_lazy_backward_context"
+    monkeypatch.setattr(hooks, "HOOKS", tuple(h for h in hooks.HOOKS if h.attr != optional))
+    truth = _fresh_truth("training_step")
+    attachment = aotwatch.attach(test_config(tmp_path))
+    try:
+        PROGRAMS["training_step"]("aot_eager", "cpu")
+        assert observed(attachment.sink.snapshot()) == truth
+    finally:
+        aotwatch.detach()
+        torch._dynamo.reset()

@@ -44,3 +44,19 @@ def test_hash_ignores_comments_and_blank_lines_only():
     other = text.replace("f32[2]", "f32[3]")
     assert graphs.hash_readable(text) == graphs.hash_readable(same)
     assert graphs.hash_readable(text) != graphs.hash_readable(other)
+
+
+def test_device_is_the_accelerator_even_behind_a_cpu_effect_token():
+    text = (
+        "class GraphModule(torch.nn.Module):\n"
+        "    def forward(\n"
+        "        self,\n"
+        '        arg0_1: "f32[0][1]cpu",  # token\n'
+        '        arg1_1: "f32[3][1]cuda:0",\n'
+        "    ):\n"
+        '        sin: "f32[3][1]cuda:0" = torch.ops.aten.sin.default(arg1_1)\n'
+        "        return (arg0_1, sin)\n"
+    )
+    assert graphs.device_of(text) == "cuda:0"
+    assert graphs.count_nodes(text) == 4
+    assert graphs.device_of(text.replace("cuda:0", "cpu")) == "cpu"
