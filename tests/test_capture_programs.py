@@ -137,10 +137,17 @@ def test_lazy_backward_is_recorded_without_the_optional_hook(tmp_path, monkeypat
 
     optional = "_AutogradBackwardCompiler._prepare_lazy_backward_context"
     monkeypatch.setattr(hooks, "HOOKS", tuple(h for h in hooks.HOOKS if h.attr != optional))
-    truth = _fresh_truth("training_step")
+    no_backward, truth = (
+        _fresh_truth("outputs_view_one_intermediate"),
+        _fresh_truth("training_step"),
+    )
     attachment = aotwatch.attach(test_config(tmp_path))
     try:
+        PROGRAMS["outputs_view_one_intermediate"]("aot_eager", "cpu")  # its backward never runs
+        attachment.sink.aggregate.__init__()
+        torch._dynamo.reset()  # compile ids start again at 0/0
         PROGRAMS["training_step"]("aot_eager", "cpu")
+        assert no_backward.graphs["forward"] == 1 and "backward" not in no_backward.graphs
         assert observed(attachment.sink.snapshot()) == truth
     finally:
         aotwatch.detach()

@@ -172,11 +172,13 @@ class CaptureSession:
 
     def _lazy_backward_done(self, compile_id: str | None) -> tuple[Any, int] | None:
         """The waiting backward of ``compile_id`` that just compiled: the hinted one, else the
-        first (several wait under one compile id only when a frame has several AOT graphs)."""
+        newest. Several wait under one compile id when a frame has several AOT graphs (their
+        backwards run in reverse order) or when a forward's backward never ran before Dynamo
+        was reset and compile ids started again."""
         hint, self._lazy_hint.aot_id = getattr(self._lazy_hint, "aot_id", None), None
         with self._lock:
             waiting = self._lazy_backwards.pop(compile_id, [])
-            done = next((w for w in waiting if w[0] == hint), waiting[0] if waiting else None)
+            done = next((w for w in waiting if w[0] == hint), waiting[-1] if waiting else None)
             if done is not None and len(waiting) > 1:
                 self._lazy_backwards[compile_id] = [w for w in waiting if w is not done]
         return done
