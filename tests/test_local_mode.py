@@ -188,3 +188,19 @@ def test_rank_and_world_size_come_from_torch_distributed(tmp_path):
         aotwatch.detach()
         dist.destroy_process_group()
         torch._dynamo.reset()
+
+
+def test_a_hook_missing_from_this_torch_is_skipped_and_counted(tmp_path, monkeypatch):
+    missing = hooks.Hook("torch._dynamo.utils", "no_such_function", lambda o, s: o)
+    optional = hooks.Hook("torch._dynamo.utils", "no_such_either", lambda o, s: o, optional=True)
+    monkeypatch.setattr(hooks, "HOOKS", (*hooks.HOOKS, missing, optional))
+    attachment = aotwatch.attach(test_config(tmp_path))
+    try:
+        assert len(hooks._installed) == len(hooks.HOOKS) - 2
+        errors = attachment.sink.snapshot().values["aotwatch_capture_errors"]
+        assert errors == {("default", "install"): 1}
+        PROGRAMS["input_mutation"]("aot_eager", "cpu")
+        assert _graphs(attachment) == 1
+    finally:
+        aotwatch.detach()
+        torch._dynamo.reset()

@@ -173,11 +173,15 @@ def _log_compilation_event(original: Callable, session: CaptureSession) -> Calla
 
 @dataclass(frozen=True)
 class Hook:
-    """Wrap ``module.attr`` (``attr`` may be ``Class.method``) with ``make(original, session)``."""
+    """Wrap ``module.attr`` (``attr`` may be ``Class.method``) with ``make(original, session)``.
+
+    An ``optional`` hook only sharpens what others capture: a torch without it is no error.
+    """
 
     module: str
     attr: str
     make: Callable[[Callable, CaptureSession], Callable]
+    optional: bool = False
 
 
 HOOKS = (
@@ -191,6 +195,7 @@ HOOKS = (
         f"{_AOT}.runtime_wrappers",
         "_AutogradBackwardCompiler._prepare_lazy_backward_context",
         _lazy_backward_compile,
+        optional=True,  # torch >= 2.13; older torch matches backwards by compile id alone
     ),
     Hook(f"{_AOT}.aot_autograd_result", "GenericAOTAutogradResult.wrap_post_compile", _cache_hit),
     Hook("torch._dynamo.utils", "log_compilation_event", _log_compilation_event),
@@ -231,7 +236,10 @@ def install(session: CaptureSession) -> int:
                 original = owner.__dict__[name]
                 wrapper = functools.wraps(original)(hook.make(original, session))
             except Exception:  # noqa: BLE001 - another torch: skip the hook, count it
-                session.failed("install")
+                if hook.optional:
+                    log.debug("aotwatch: optional hook %s.%s absent", hook.module, hook.attr)
+                else:
+                    session.failed("install")
                 continue
             setattr(owner, name, wrapper)
             _installed.append(_Installed(owner, name, original, wrapper))
