@@ -92,8 +92,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     except (ValueError, ExportError) as err:  # ConfigError is a ValueError
         return _fail(str(err))
     archive = attachment.sink.archive.path
-    where = attachment.url or "not served (export.enabled: false)"
-    print(f"aotwatch: metrics {where}; records -> {archive}", file=sys.stderr)
+    print(f"aotwatch: records -> {archive}", file=sys.stderr)
     try:
         code = _run_python(*python)
     finally:
