@@ -25,8 +25,6 @@ class Attachment:
 
     config: Config
     sink: LocalSink
-    session: CaptureSession
-    collector: AggregateCollector
     server: MetricsServer | None
 
     @property
@@ -98,7 +96,7 @@ def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
             installed,
             where,
         )
-        _current = Attachment(config, sink, session, collector, server)
+        _current = Attachment(config, sink, server)
         return _current
 
 
