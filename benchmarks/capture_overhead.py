@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -94,6 +95,29 @@ def attach_aotwatch() -> Any:
     return aotwatch.attach(Config(export=ExportConfig(enabled=False)))
 
 
+def time_capture_work() -> dict[str, float]:
+    """Accumulate the wall time spent inside aotwatch's own capture work (the session methods
+    the hooks call), so its cost can be read apart from the noise of whole compiles."""
+    from aotwatch.capture.session import CaptureSession
+
+    spent = {"own_s": 0.0}
+
+    def timed(method: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent["own_s"] += time.perf_counter() - start
+
+        return wrapper
+
+    for name in ("tokens_unlifted", "graph_logged", "cache_hit", "graph_compiled",
+                 "backward_compiled", "backward_compiling", "compilation_metrics"):  # fmt: skip
+        setattr(CaptureSession, name, timed(getattr(CaptureSession, name)))
+    return spent
+
+
 def captured_counts(attachment: Any) -> dict[str, int]:
     """How many records aotwatch received, and how many capture errors it counted."""
     values = attachment.sink.snapshot().values
@@ -130,8 +154,9 @@ def run_child(model_name: str, backend: str, mode: str, steps: int) -> dict[str,
 
     result: dict[str, Any] = {"torch": torch.__version__}
     import_compile_modules()
-    attachment = None
+    attachment, spent = None, {}
     if mode == "aotwatch":
+        spent = time_capture_work()
         start = time.perf_counter()
         attachment = attach_aotwatch()
         result["attach_s"] = time.perf_counter() - start
@@ -144,7 +169,7 @@ def run_child(model_name: str, backend: str, mode: str, steps: int) -> dict[str,
     if steps:
         result["step_s"] = median_step_seconds(compiled, model, x, steps)
     if attachment is not None:
-        result.update(captured_counts(attachment))
+        result.update(captured_counts(attachment), own_s=spent["own_s"])
     result["load1"] = os.getloadavg()[0]  # to tell runs on a busy machine apart
     return result
 
@@ -166,10 +191,16 @@ def dir_bytes(path: str) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def run_measurement(model: str, backend: str, mode: str, steps: int) -> dict[str, Any]:
-    """Run one child process and return its result; exit with its stderr if it fails."""
+def run_measurement(
+    model: str, backend: str, mode: str, steps: int, warm_cache: str | None = None
+) -> dict[str, Any]:
+    """Run one child process and return its result; exit with its stderr if it fails.
+
+    The child compiles cold, unless ``warm_cache`` names an Inductor cache primed before.
+    """
     with tempfile.TemporaryDirectory(prefix="aotwatch-bench-") as tmp:
-        cache_dir, trace_dir = os.path.join(tmp, "inductor"), os.path.join(tmp, "trace")
+        cache_dir = warm_cache or os.path.join(tmp, "inductor")
+        trace_dir = os.path.join(tmp, "trace")
         cmd = [sys.executable, __file__, "--child", model, backend, mode, "--steps", str(steps)]
         proc = subprocess.run(
             cmd, env=child_env(mode, cache_dir, trace_dir), capture_output=True, text=True
@@ -192,11 +223,18 @@ def plan(reps: int, pairs: list[tuple[str, str]], modes: tuple[str, ...]) -> lis
     return runs
 
 
-def execute(phase: str, runs: list[tuple], steps: int, started: float) -> list[dict[str, Any]]:
+def execute(
+    phase: str,
+    runs: list[tuple],
+    steps: int,
+    started: float,
+    warm_caches: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
     """Run every planned measurement, reporting progress on stderr."""
     results = []
     for i, (rep, model, backend, mode) in enumerate(runs, 1):
-        result = run_measurement(model, backend, mode, steps)
+        warm_cache = (warm_caches or {}).get(backend)
+        result = run_measurement(model, backend, mode, steps, warm_cache)
         results.append(
             {"phase": phase, "rep": rep, "model": model, "backend": backend, "mode": mode, **result}
         )
@@ -257,6 +295,35 @@ def format_table(
     return "\n".join(lines)
 
 
+def format_own_time(results: list[dict[str, Any]]) -> str:
+    """Per (model, backend): aotwatch's own time in ms and as a share of the compile."""
+    lines = ["| model | backend | own (ms) | share of compile |", "|---|---|---|---|"]
+    pairs = dict.fromkeys((r["model"], r["backend"]) for r in results if r["mode"] == "aotwatch")
+    for model, backend in pairs:
+        runs = [
+            r
+            for r in results
+            if (r["model"], r["backend"], r["mode"]) == (model, backend, "aotwatch")
+        ]
+        own = statistics.median(r["own_s"] for r in runs)
+        share = statistics.median(r["own_s"] / r["compile_s"] for r in runs)
+        lines.append(f"| {model} | {backend} | {own * 1e3:.2f} | {share:.4%} |")
+    return "\n".join(lines)
+
+
+def aotwatch_source() -> str:
+    """The git commit and a digest of aotwatch's source files, to tell which code was measured."""
+    import aotwatch
+
+    root = Path(aotwatch.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.read_bytes())
+    git = ["git", "-C", str(root), "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() or "no git"
+    return f"{commit} (source {digest.hexdigest()[:12]})"
+
+
 def machine() -> dict[str, Any]:
     """Where and with what the benchmark ran."""
     import torch
@@ -275,20 +342,33 @@ def machine() -> dict[str, Any]:
 def run_parent(args: argparse.Namespace) -> None:
     """Run both phases, print the tables, optionally write the raw results."""
     started = time.monotonic()
+    source = aotwatch_source()
     pairs = [(m, b) for m in args.models for b in args.backends]
     compile_runs = plan(args.reps, pairs, COMPILE_MODES)
     results = execute("compile", compile_runs, 0, started)
     step_results = []
     if args.steps:
-        step_pairs = [(STEP_MODEL, b) for b in args.backends]
-        step_runs = plan(args.reps, step_pairs, STEP_MODES)
-        step_results = execute("steps", step_runs, args.steps, started)
+        # Steps run after a warm-cache load, the same code for every process: after a cold
+        # Inductor compile the step time of a process is bimodal (0.57 or 0.95 ms), either mode.
+        with tempfile.TemporaryDirectory(prefix="aotwatch-bench-warm-") as warm:
+            warm_caches = {b: os.path.join(warm, b) for b in args.backends}
+            for backend, cache in warm_caches.items():
+                run_measurement(STEP_MODEL, backend, "baseline", 0, cache)  # prime the cache
+            step_pairs = [(STEP_MODEL, b) for b in args.backends]
+            step_runs = plan(args.reps, step_pairs, STEP_MODES)
+            step_results = execute("steps", step_runs, args.steps, started, warm_caches)
     info = machine()
+    info["aotwatch"], info["aotwatch_at_end"] = source, aotwatch_source()
+    if info["aotwatch_at_end"] != source:
+        print(f"warning: aotwatch's source changed during the run (was {source})", file=sys.stderr)
     print(f"{info['date']}  torch {info['torch']}  {info['cpus']} CPUs  reps {args.reps}")
+    print(f"aotwatch {source}")
     print("\nCompile time of the first call, forward + backward (median seconds):\n")
     print(format_table(summarize(results, "compile_s", COMPILE_MODES), COMPILE_MODES, "s", 1))
     attach = statistics.median(r["attach_s"] for r in results if r["mode"] == "aotwatch")
     print(f"\naotwatch.attach() itself, not in the times above: median {attach:.3f} s")
+    print("\nTime inside aotwatch's capture work during the first call (median per process):\n")
+    print(format_own_time(results))
     if step_results:
         print(f"\nSteady-state step time (median of {args.steps} steps per process, ms):\n")
         summary = summarize(step_results, "step_s", STEP_MODES)
