@@ -38,7 +38,8 @@ from typing import Any
 MODELS = ("mlp", "transformer")
 BACKENDS = ("aot_eager", "inductor")
 COMPILE_MODES = ("baseline", "aotwatch", "torch_trace")
-STEP_MODES = ("baseline", "aotwatch")
+STEP_MODES = ("baseline", "aotwatch")  # baseline: the same process with aotwatch detached
+STEP_BLOCKS = 10
 STEP_MODEL = "mlp"
 WARMUP_STEPS = 20
 
@@ -148,6 +149,27 @@ def median_step_seconds(compiled: Any, model: Any, x: Any, steps: int) -> float:
     return statistics.median(times)
 
 
+def interleaved_step_seconds(compiled: Any, model: Any, x: Any, steps: int) -> dict[str, float]:
+    """Step time with aotwatch attached and detached, in alternating blocks of one process.
+
+    The compiled code is the same either way; what could differ is a hook that runs per step.
+    Comparing within one process removes the process-to-process spread (after a compile, a
+    process's step time settles at one of two levels, 0.57 or 0.95 ms here, in either mode).
+    """
+    import aotwatch
+
+    blocks: dict[str, list[float]] = {"aotwatch_step_s": [], "detached_step_s": []}
+    for block in range(STEP_BLOCKS):
+        if block % 2:
+            aotwatch.detach()
+        else:
+            attach_aotwatch()
+        key = "detached_step_s" if block % 2 else "aotwatch_step_s"
+        blocks[key].append(median_step_seconds(compiled, model, x, steps))
+    aotwatch.detach()
+    return {key: statistics.median(times) for key, times in blocks.items()}
+
+
 def run_child(model_name: str, backend: str, mode: str, steps: int) -> dict[str, Any]:
     """Compile one model cold and time its first call (and, if ``steps``, its steady state)."""
     import torch
@@ -167,7 +189,7 @@ def run_child(model_name: str, backend: str, mode: str, steps: int) -> dict[str,
     compiled(x).sum().backward()
     result["compile_s"] = time.perf_counter() - start
     if steps:
-        result["step_s"] = median_step_seconds(compiled, model, x, steps)
+        result.update(interleaved_step_seconds(compiled, model, x, steps))
     if attachment is not None:
         result.update(captured_counts(attachment), own_s=spent["own_s"])
     result["load1"] = os.getloadavg()[0]  # to tell runs on a busy machine apart
@@ -191,16 +213,10 @@ def dir_bytes(path: str) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def run_measurement(
-    model: str, backend: str, mode: str, steps: int, warm_cache: str | None = None
-) -> dict[str, Any]:
-    """Run one child process and return its result; exit with its stderr if it fails.
-
-    The child compiles cold, unless ``warm_cache`` names an Inductor cache primed before.
-    """
+def run_measurement(model: str, backend: str, mode: str, steps: int) -> dict[str, Any]:
+    """Run one child process (a cold Inductor cache) and return its result; exit if it fails."""
     with tempfile.TemporaryDirectory(prefix="aotwatch-bench-") as tmp:
-        cache_dir = warm_cache or os.path.join(tmp, "inductor")
-        trace_dir = os.path.join(tmp, "trace")
+        cache_dir, trace_dir = os.path.join(tmp, "inductor"), os.path.join(tmp, "trace")
         cmd = [sys.executable, __file__, "--child", model, backend, mode, "--steps", str(steps)]
         proc = subprocess.run(
             cmd, env=child_env(mode, cache_dir, trace_dir), capture_output=True, text=True
@@ -223,25 +239,21 @@ def plan(reps: int, pairs: list[tuple[str, str]], modes: tuple[str, ...]) -> lis
     return runs
 
 
-def execute(
-    phase: str,
-    runs: list[tuple],
-    steps: int,
-    started: float,
-    warm_caches: dict[str, str] | None = None,
-) -> list[dict[str, Any]]:
+def execute(phase: str, runs: list[tuple], steps: int, started: float) -> list[dict[str, Any]]:
     """Run every planned measurement, reporting progress on stderr."""
     results = []
     for i, (rep, model, backend, mode) in enumerate(runs, 1):
-        warm_cache = (warm_caches or {}).get(backend)
-        result = run_measurement(model, backend, mode, steps, warm_cache)
+        result = run_measurement(model, backend, mode, steps)
         results.append(
             {"phase": phase, "rep": rep, "model": model, "backend": backend, "mode": mode, **result}
         )
         elapsed = time.monotonic() - started
         shown = f"compile {result['compile_s']:.2f} s"
         if steps:
-            shown += f", step {result['step_s'] * 1e3:.3f} ms"
+            shown += (
+                f", step {result['aotwatch_step_s'] * 1e3:.3f} ms attached,"
+                f" {result['detached_step_s'] * 1e3:.3f} ms detached"
+            )
         print(
             f"[{phase} {i}/{len(runs)}, {elapsed / 60:.1f} min] {model} {backend} {mode}: {shown}",
             file=sys.stderr,
@@ -348,15 +360,13 @@ def run_parent(args: argparse.Namespace) -> None:
     results = execute("compile", compile_runs, 0, started)
     step_results = []
     if args.steps:
-        # Steps run after a warm-cache load, the same code for every process: after a cold
-        # Inductor compile the step time of a process is bimodal (0.57 or 0.95 ms), either mode.
-        with tempfile.TemporaryDirectory(prefix="aotwatch-bench-warm-") as warm:
-            warm_caches = {b: os.path.join(warm, b) for b in args.backends}
-            for backend, cache in warm_caches.items():
-                run_measurement(STEP_MODEL, backend, "baseline", 0, cache)  # prime the cache
-            step_pairs = [(STEP_MODEL, b) for b in args.backends]
-            step_runs = plan(args.reps, step_pairs, STEP_MODES)
-            step_results = execute("steps", step_runs, args.steps, started, warm_caches)
+        step_runs = [
+            (rep, STEP_MODEL, b, "aotwatch") for rep in range(args.reps) for b in args.backends
+        ]
+        for run in execute("steps", step_runs, args.steps, started):
+            for mode in STEP_MODES:  # one process gives both sides of the comparison
+                key = "aotwatch_step_s" if mode == "aotwatch" else "detached_step_s"
+                step_results.append({**run, "mode": mode, "step_s": run[key]})
     info = machine()
     info["aotwatch"], info["aotwatch_at_end"] = source, aotwatch_source()
     if info["aotwatch_at_end"] != source:
@@ -370,7 +380,10 @@ def run_parent(args: argparse.Namespace) -> None:
     print("\nTime inside aotwatch's capture work during the first call (median per process):\n")
     print(format_own_time(results))
     if step_results:
-        print(f"\nSteady-state step time (median of {args.steps} steps per process, ms):\n")
+        print(
+            f"\nSteady-state step time, attached vs detached in {STEP_BLOCKS} alternating blocks"
+            f" of {args.steps} steps in each process (median ms; baseline = detached):\n"
+        )
         summary = summarize(step_results, "step_s", STEP_MODES)
         print(format_table(summary, STEP_MODES, "ms", 1e3))
     if args.json:
