@@ -8,9 +8,14 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-# Before torch is imported anywhere: compile caches live in a directory of this run's own.
+# Before torch or Ray start: caches and Ray's session files live in directories of this run's
+# own; Ray binds loopback, asks for no token and reports no usage.
 os.environ.setdefault(
     "TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="aotwatch-tests-inductor-")
+)
+os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="aotwatch-tests-ray-"))
+os.environ.update(
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0"
 )
 sys.path.insert(0, str(Path(__file__).parent))  # tests/programs.py
 
@@ -47,3 +52,16 @@ def capture(tmp_path: Path) -> Attachment:
     yield attachment
     aotwatch.detach()
     torch._dynamo.reset()
+
+
+def wait_for(condition, timeout: float = 30, interval: float = 0.1, message: str = ""):
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s waiting for {message or condition}")

@@ -127,3 +127,12 @@ def test_fail_type_categories():
     assert categories.fail_type_category("Unsupported", limit) == "recompile_limit"
     assert categories.fail_type_category("torch._dynamo.exc.Unsupported") == "unsupported"
     assert categories.fail_type_category("Weird") == "other"
+
+
+def test_dedupe_window_is_bounded_and_forgets_the_oldest_ids():
+    aggregate = Aggregate(dedupe_window=2)
+    first, second, third = new_record(), new_record(), new_record()
+    for record in (first, second, third):
+        assert aggregate.add(record)
+    assert not aggregate.add(third) and not aggregate.add(second)
+    assert aggregate.add(first)  # forgotten: outside the window of 2

@@ -152,7 +152,10 @@ def test_unknown_key_suggests_the_closest(tmp_path):
 
 def test_unknown_top_level_key_without_a_close_match(tmp_path):
     message = key_error(tmp_path, "zzz: 1\n", "zzz")
-    assert "unknown key; expected one of archive, capture, export, job_name, labels" in message
+    assert (
+        "unknown key; expected one of archive, capture, cluster, collector, export, job_name, "
+        "labels, limits, push" in message
+    )
     assert "did you mean" not in message
 
 

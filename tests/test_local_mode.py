@@ -204,3 +204,20 @@ def test_a_hook_missing_from_this_torch_is_skipped_and_counted(tmp_path, monkeyp
     finally:
         aotwatch.detach()
         torch._dynamo.reset()
+
+
+def test_graph_hashes_and_node_counts_can_be_switched_off(tmp_path):
+    from aotwatch.archive import read_archive
+    from aotwatch.config import CaptureConfig
+
+    config = test_config(tmp_path, capture=CaptureConfig(graph_hashes=False, node_counts=False))
+    aotwatch.attach(config)
+    try:
+        PROGRAMS["training_step"]("aot_eager", "cpu")
+    finally:
+        aotwatch.detach()
+        torch._dynamo.reset()
+    graphs = [r for r in read_archive(tmp_path / "archive") if r["graph"]]
+    assert [r["graph"] for r in graphs] == ["forward", "backward"]
+    assert all(r["graph_hash"] is None and r["nodes"] is None for r in graphs)
+    assert graphs[0]["inputs"]["total"] == 5  # the metadata is still read

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import copy
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,28 @@ PHASES = (
     categories.OTHER,
 )
 _LABEL_VALUE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+DEDUPE_WINDOW = 100_000
+"""Record ids remembered to make re-delivery a no-op. Resends come within seconds (and a
+restarted collector replays its archive, newest ids last), so a window of recent ids keeps
+memory flat in the number of records."""
+
+
+class _RecentIds:
+    """The last ``capacity`` ids seen, as an insertion-ordered set."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, record_id: str) -> bool:
+        """Remember ``record_id``; False if it was already there."""
+        if record_id in self._ids:
+            return False
+        self._ids[record_id] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return True
 
 
 def _bounded(value: Any, allowed: tuple[str, ...]) -> str:
@@ -94,11 +117,13 @@ class Snapshot:
 class Aggregate:
     """Counters, histograms and gauges folded from records, keyed by bounded labels."""
 
-    def __init__(self, max_series_per_metric: int = 1000) -> None:
+    def __init__(
+        self, max_series_per_metric: int = 1000, dedupe_window: int = DEDUPE_WINDOW
+    ) -> None:
         self.max_series_per_metric = max_series_per_metric
         self._values: dict[str, dict[Labels, float]] = {}
         self._histograms: dict[str, dict[Labels, Histogram]] = {}
-        self._seen_ids: set[str] = set()
+        self._seen_ids = _RecentIds(dedupe_window)
         self._workers: dict[str, set[tuple[str, int]]] = {}
 
     # -- generic updates -------------------------------------------------
@@ -146,9 +171,8 @@ class Aggregate:
         except RecordError as err:
             self.inc("aotwatch_records_rejected", (err.reason,))
             return False
-        if record["record_id"] in self._seen_ids:
+        if not self._seen_ids.add(record["record_id"]):
             return False
-        self._seen_ids.add(record["record_id"])
         self.inc("aotwatch_records_received", (record["job_name"],))
         self.attach_worker(record["job_name"], record["hostname"], record["pid"])
         rank = (record["job_name"], str(record["rank"]), record["device"])

@@ -28,9 +28,10 @@ class ArchiveWriter:
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
         self._lock = threading.Lock()
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, *records: dict[str, Any]) -> None:
+        """Append records with one write and one flush."""
         with self._lock:
-            self._file.write(to_json(record) + "\n")
+            self._file.write("".join(to_json(record) + "\n" for record in records))
             self._file.flush()
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import runpy
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -134,6 +135,136 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _targets(status: dict) -> list[str]:
+    return [f"http://{c['ip']}:{c['port']}/metrics" for c in status["collectors"] if "port" in c]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from aotwatch.jobs import load_job
+
+    try:
+        job = load_job(args.job)
+    except ConfigError as err:
+        return _fail(str(err))
+    import ray
+
+    from aotwatch import report
+    from aotwatch.cluster import driver
+    from aotwatch.cluster.attach import runtime_env
+    from aotwatch.cluster.daemon import stop_daemon
+    from aotwatch.jobs import run_command, run_trainer
+
+    config = job.config
+    head = driver.start(config)
+    try:
+        status = ray.get(head.status.remote(), timeout=driver.TIMEOUT_S)
+        print(f"aotwatch: job {job.name!r}; collectors: {', '.join(_targets(status))}")
+        if job.entrypoint:
+            work = lambda: run_trainer(job)  # noqa: E731
+        else:
+            address = ray.get_runtime_context().gcs_address
+            work = lambda: run_command(job, address, runtime_env(config))  # noqa: E731
+        result, error = driver.run_with_progress(work, config)
+        time.sleep(driver.PROGRESS_S)  # the workers' last pushes
+        findings = ray.get(head.check_divergences.remote(final=True), timeout=driver.TIMEOUT_S)
+        print(f"\naotwatch report for job {job.name!r}:")
+        print(report.table(driver.merged_snapshot(config, job.name)))
+        print(f"\nrank divergences: {len(findings) or 'none'}")
+        for finding in findings:
+            groups = "; ".join(f"ranks {','.join(r)}: {v}" for v, r in finding["groups"].items())
+            print(f"  {finding['kind']} at {finding['compile_id']}: {groups}")
+        status = ray.get(head.status.remote(), timeout=driver.TIMEOUT_S)
+        print(f"\nmetrics: {', '.join(_targets(status))}")
+        print(f"head (divergences): http://{status['head']['ip']}:{status['head']['port']}/metrics")
+        print(f"Prometheus file_sd: {status['file_sd']}")
+        if args.linger:
+            print(f"serving for {args.linger} s (Ctrl-C to stop)", flush=True)
+            time.sleep(args.linger)
+        failed = error is not None or (isinstance(result, int) and result != 0)
+        if error is not None:
+            print(f"aotwatch: the job failed: {error}", file=sys.stderr)
+        return 1 if failed else 0
+    finally:
+        if config.cluster.address is None:
+            stop_daemon(config)
+        ray.shutdown()
+
+
+def _print_status(status: dict) -> None:
+    print("collectors:")
+    for c in status["collectors"]:
+        target = f"{c.get('ip')}:{c.get('port')}" if "port" in c else "-"
+        health = "healthy" if c.get("healthy") else "unreachable"
+        print(f"  node {c['node_id'][:12]}  {c.get('hostname', '?')}  {target}  {health}")
+    jobs: dict[str, list] = {}
+    for c in status["collectors"]:
+        for w in c.get("workers", []):
+            jobs.setdefault(w["job_name"], []).append(w)
+    print("jobs:" if jobs else "jobs: none attached")
+    for name, workers in sorted(jobs.items()):
+        ranks = ",".join(
+            str(w.get("rank", "?")) for w in sorted(workers, key=lambda w: str(w.get("rank")))
+        )
+        print(f"  {name}: {len(workers)} workers attached (ranks {ranks})")
+    print(f"divergences: {len(status['divergences']) or 'none'}")
+    for f in status["divergences"]:
+        print(f"  {f['job_name']} {f['kind']} at {f['compile_id']}: {f['groups']}")
+    print(f"file_sd: {status['file_sd']}")
+
+
+def _cluster_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    address = args.address or config.cluster.address or "auto"
+    return dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, address=address))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = _cluster_config(args)
+    except ConfigError as err:
+        return _fail(str(err))
+    import ray
+
+    from aotwatch.cluster import driver
+    from aotwatch.cluster.daemon import stop_daemon
+
+    head = driver.start(config, job_runtime_env=False)
+    print(f"aotwatch: serving on the cluster at {config.cluster.address}; Ctrl-C stops", flush=True)
+    try:
+        while True:
+            _print_status(ray.get(head.status.remote(), timeout=driver.TIMEOUT_S))
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        print("aotwatch: stopping the collectors")
+        return 0
+    finally:
+        stop_daemon(config)
+        ray.shutdown()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        config = _cluster_config(args)
+    except ConfigError as err:
+        return _fail(str(err))
+    import ray
+
+    from aotwatch.cluster import driver
+
+    driver.connect(config)
+    try:
+        head = driver.head_handle(config)
+    except ValueError:
+        print("aotwatch is not running on this cluster (start it with `aotwatch serve`)")
+        ray.shutdown()
+        return 1
+    try:
+        _print_status(ray.get(head.status.remote(), timeout=driver.TIMEOUT_S))
+        return 0
+    finally:
+        ray.shutdown()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aotwatch",
@@ -166,6 +297,30 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("table", "json", "prometheus"), default="table")
     report.add_argument("--config", metavar="F", help="config whose labels and limits apply")
     report.set_defaults(func=cmd_report)
+
+    run = commands.add_parser(
+        "run",
+        help="run a YAML-configured training job on Ray with capture on every worker",
+        description="Run JOB (see config/jobs/) on the Ray cluster it names, or on a new "
+        "local one: start the collectors, run the entrypoint with aotwatch's runtime_env, "
+        "show progress, print the report. Exits non-zero if the job failed.",
+    )
+    run.add_argument("job", help="the job file, e.g. config/jobs/demo.yaml")
+    run.add_argument("--linger", type=float, default=0, metavar="S",
+                     help="keep serving metrics S seconds after the report")  # fmt: skip
+    run.set_defaults(func=cmd_run)
+
+    for name, func, text in (
+        ("serve", cmd_serve, "run the collectors on an existing Ray cluster until interrupted"),
+        ("status", cmd_status, "list collectors, attached workers and rank divergences"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--config", metavar="F", help="YAML config (default: built-in)")
+        sub.add_argument("--address", help="Ray address (default: cluster.address or auto)")
+        if name == "serve":
+            sub.add_argument("--interval", type=float, default=30, metavar="S",
+                             help="print the status every S seconds")  # fmt: skip
+        sub.set_defaults(func=func)
 
     check = commands.add_parser("check-config", help="validate a config file and print it")
     check.add_argument("file")

@@ -12,7 +12,7 @@ import re
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -43,6 +43,9 @@ RESERVED_LABEL_NAMES = frozenset(
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
+S = TypeVar("S")
+
+
 class ConfigError(ValueError):
     """An invalid config; ``str(err)`` is one line: ``<file>: <key>: <problem>; expected <what>``.
 
@@ -69,7 +72,7 @@ _EXPECTED = {bool: "true or false", int: "an integer", str: "a string", type(Non
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, _Section):
+    if isinstance(value, Section):
         return value.to_dict()
     return dict(value) if isinstance(value, Mapping) else value
 
@@ -121,7 +124,7 @@ def _check_type(value: Any, hint: Any, key: str) -> None:
             _check_type(item, item_hint, f"{key}.{name}")
 
 
-def _between(low: int, high: int) -> dict[str, Callable[[Any, str], None]]:
+def between(low: int, high: int) -> dict[str, Callable[[Any, str], None]]:
     """Field metadata: an integer in ``low..high``."""
 
     def check(value: int, key: str) -> None:
@@ -131,7 +134,7 @@ def _between(low: int, high: int) -> dict[str, Callable[[Any, str], None]]:
     return {"check": check}
 
 
-def _length(low: int, high: int) -> dict[str, Callable[[Any, str], None]]:
+def length(low: int, high: int) -> dict[str, Callable[[Any, str], None]]:
     """Field metadata: a string of ``low..high`` characters."""
 
     def check(value: str, key: str) -> None:
@@ -168,7 +171,7 @@ def _check_label_names(labels: Mapping[str, str], key: str) -> None:
             )
 
 
-class _Section:
+class Section:
     """Base of the config dataclasses: checks every field and freezes mappings."""
 
     def __post_init__(self) -> None:
@@ -192,21 +195,21 @@ class _Section:
 
 
 @dataclass(frozen=True)
-class ExportConfig(_Section):
+class ExportConfig(Section):
     """The Prometheus /metrics endpoint a process serves itself in local mode."""
 
     enabled: bool = True
     """Serve /metrics in local mode."""
 
-    address: str = field(default="127.0.0.1", metadata=_length(1, 255))
+    address: str = field(default="127.0.0.1", metadata=length(1, 255))
     """Bind address; "0.0.0.0" lets a remote Prometheus scrape."""
 
-    port: int = field(default=9420, metadata=_between(0, 65535))
+    port: int = field(default=9420, metadata=between(0, 65535))
     """TCP port, 0..65535; 0 picks any free port. In local mode LOCAL_RANK is added to it."""
 
 
 @dataclass(frozen=True)
-class CaptureConfig(_Section):
+class CaptureConfig(Section):
     """What capture computes for every AOT graph (at compile time, never per step)."""
 
     graph_hashes: bool = True
@@ -217,26 +220,75 @@ class CaptureConfig(_Section):
 
 
 @dataclass(frozen=True)
-class ArchiveConfig(_Section):
+class ArchiveConfig(Section):
     """Raw records kept on disk besides the aggregated metrics."""
 
-    path: str | None = field(default=None, metadata=_length(1, 4096))
+    path: str | None = field(default=None, metadata=length(1, 4096))
     """Directory; when set, every record is appended to ``<path>/records.jsonl``."""
 
 
 @dataclass(frozen=True)
-class LimitsConfig(_Section):
+class LimitsConfig(Section):
     """Bounds that protect Prometheus."""
 
-    max_series_per_metric: int = field(default=1000, metadata=_between(1, 1_000_000))
+    max_series_per_metric: int = field(default=1000, metadata=between(1, 1_000_000))
     """Label sets per metric family, 1..1_000_000; new label sets beyond it are dropped."""
 
 
 @dataclass(frozen=True)
-class Config(_Section):
+class ClusterConfig(Section):
+    """The Ray cluster that aotwatch's collectors run on."""
+
+    address: str | None = field(default=None, metadata=length(1, 1024))
+    """Ray address ("auto", "host:6379", "ray://host:10001"); null: the cluster this process is
+    in, or a new local one for ``aotwatch run``."""
+
+    namespace: str = field(default="aotwatch", metadata=length(1, 128))
+    """Ray namespace of aotwatch's named actors (one collector per node, one head)."""
+
+
+@dataclass(frozen=True)
+class CollectorConfig(Section):
+    """The per-node collectors and the head that watches them."""
+
+    address: str = field(default="0.0.0.0", metadata=length(1, 255))
+    """Bind address of each collector's /metrics, /healthz and /readyz (and of the head's)."""
+
+    port: int = field(default=9430, metadata=between(0, 65535))
+    """Collector port on every node, 0..65535; 0 picks any free port (file_sd lists it)."""
+
+    head_port: int = field(default=9429, metadata=between(0, 65535))
+    """Port of the head's /metrics (cross-rank divergences), 0..65535; 0 picks any free port."""
+
+    worker_timeout_s: int = field(default=30, metadata=between(1, 86_400))
+    """A worker silent for this long is gone: its gauges expire (its counters stay)."""
+
+    file_sd_path: str | None = field(default=None, metadata=length(1, 4096))
+    """Where the head writes the Prometheus file_sd JSON; null: <archive dir>/file_sd.json."""
+
+
+@dataclass(frozen=True)
+class PushConfig(Section):
+    """How a worker sends its records to its node's collector."""
+
+    queue_size: int = field(default=10_000, metadata=between(1, 10_000_000))
+    """Records waiting to be sent; capture drops (and counts) what does not fit."""
+
+    batch_size: int = field(default=100, metadata=between(1, 100_000))
+    """Records per call to the collector."""
+
+    flush_interval_ms: int = field(default=200, metadata=between(1, 60_000))
+    """Longest wait before a partial batch is sent."""
+
+    buffer_size: int = field(default=100_000, metadata=between(1, 10_000_000))
+    """Records sent but not yet acknowledged (kept for retry while the collector is away)."""
+
+
+@dataclass(frozen=True)
+class Config(Section):
     """The aotwatch daemon configuration."""
 
-    job_name: str = field(default="default", metadata=_length(1, 128))
+    job_name: str = field(default="default", metadata=length(1, 128))
     """The job_name label of every series: non-empty, at most 128 characters."""
 
     labels: Mapping[str, str] = field(
@@ -257,12 +309,21 @@ class Config(_Section):
     limits: LimitsConfig = LimitsConfig()
     """Cardinality bounds."""
 
+    cluster: ClusterConfig = ClusterConfig()
+    """The Ray cluster."""
+
+    collector: CollectorConfig = CollectorConfig()
+    """Per-node collectors and the head."""
+
+    push: PushConfig = PushConfig()
+    """Worker -> collector delivery."""
+
 
 def _join(prefix: str, key: Any) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
 
 
-def _build(cls: type[_Section], data: Mapping[Any, Any], prefix: str) -> Any:
+def _build(cls: type[Section], data: Mapping[Any, Any], prefix: str) -> Any:
     """Build ``cls`` from a mapping, naming every error by its key path below ``prefix``."""
     hints = get_type_hints(cls)
     kwargs = {}
@@ -288,21 +349,44 @@ def _build(cls: type[_Section], data: Mapping[Any, Any], prefix: str) -> Any:
         raise ConfigError(err.problem, key=_join(prefix, err.key), expected=err.expected) from None
 
 
-def config_from_dict(data: Mapping[Any, Any] | None, source: str = "<dict>") -> Config:
-    """Check a parsed config and build it; None or {} gives the defaults.
+def section_from_dict(cls: type[S], data: Mapping[Any, Any] | None, source: str) -> S:
+    """Check parsed YAML and build the dataclass ``cls`` from it; None or {} gives defaults.
 
     A null section (``export:`` with every key commented out) means that section's defaults.
     Raises ConfigError naming ``source`` and the key path.
     """
     if data is None:
-        return Config()
+        return cls()
     if not isinstance(data, Mapping):
         name = _TYPE_NAMES.get(type(data), type(data).__name__)
         raise ConfigError(f"the top level must be a mapping of keys; got {name}", file=source)
     try:
-        return _build(Config, data, "")
+        return _build(cls, data, "")
     except ConfigError as err:
         raise ConfigError(err.problem, file=source, key=err.key, expected=err.expected) from None
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """Parse a YAML file with ``yaml.safe_load``; ConfigError if unreadable or malformed."""
+    source = os.fsdecode(path)
+    try:
+        with open(source, encoding="utf-8") as stream:
+            text = stream.read()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise ConfigError(f"cannot read: {reason}", file=source) from err
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or err
+        raise ConfigError(f"{where}YAML syntax error: {problem}", file=source) from err
+
+
+def config_from_dict(data: Mapping[Any, Any] | None, source: str = "<dict>") -> Config:
+    """Check a parsed config and build it (see ``section_from_dict``)."""
+    return section_from_dict(Config, data, source)
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:
@@ -312,18 +396,4 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     """
     if path is None:
         return Config()
-    source = os.fsdecode(path)
-    try:
-        with open(source, encoding="utf-8") as stream:
-            text = stream.read()
-    except (OSError, UnicodeDecodeError) as err:
-        reason = getattr(err, "strerror", None) or err
-        raise ConfigError(f"cannot read: {reason}", file=source) from err
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        problem = getattr(err, "problem", None) or err
-        raise ConfigError(f"{where}YAML syntax error: {problem}", file=source) from err
-    return config_from_dict(data, source)
+    return config_from_dict(read_yaml(path), os.fsdecode(path))

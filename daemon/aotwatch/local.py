@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from aotwatch.archive import ArchiveWriter
 from aotwatch.capture import hooks
@@ -24,7 +26,7 @@ class Attachment:
     """What ``attach()`` set up; ``detach()`` takes it down."""
 
     config: Config
-    sink: LocalSink
+    sink: Any  # LocalSink, or in a Ray worker a cluster.push.RecordPusher
     server: MetricsServer | None
 
     @property
@@ -53,12 +55,38 @@ def _show_info_logs() -> None:
         log.setLevel(logging.INFO)
 
 
-def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
-    """Capture every compile in this process and serve its metrics; idempotent.
+def _in_ray() -> bool:
+    if "ray" not in sys.modules:  # never import Ray just to find out
+        return False
+    from aotwatch.cluster.attach import in_ray_worker
 
-    ``config`` is a Config, the path of a YAML file, or None for the defaults.
-    Raises ConfigError for a bad config and ExportError when /metrics cannot
-    be served; nothing is installed then.
+    return in_ray_worker()
+
+
+def _local_sink(config: Config) -> tuple[LocalSink, MetricsServer | None]:
+    archive = ArchiveWriter(config.archive.path) if config.archive.path else None
+    sink = LocalSink(config.limits.max_series_per_metric, archive)
+    me = identity(config.job_name)
+    sink.attach_worker(config.job_name, me["hostname"], me["pid"])
+    if not config.export.enabled:
+        return sink, None
+    collector = AggregateCollector(sink.snapshot, config.labels)
+    try:
+        return sink, serve_metrics(registry_for(collector), config.export.address,
+                                   export_port(config))  # fmt: skip
+    except OSError:
+        if archive:
+            archive.close()
+        raise
+
+
+def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
+    """Capture every compile in this process; idempotent.
+
+    ``config`` is a Config, the path of a YAML file, or None for the defaults. In a Ray
+    worker, records go to the collector of the worker's node; elsewhere this process
+    aggregates them and serves its own /metrics (local mode). Raises ConfigError for a bad
+    config and ExportError when /metrics cannot be served; nothing is installed then.
     """
     global _current
     with _lock:
@@ -67,19 +95,13 @@ def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
         if not isinstance(config, Config):
             config = load_config(config)
         _show_info_logs()
-        archive = ArchiveWriter(config.archive.path) if config.archive.path else None
-        sink = LocalSink(config.limits.max_series_per_metric, archive)
-        collector = AggregateCollector(sink.snapshot, config.labels)
-        server = None
-        if config.export.enabled:
-            try:
-                server = serve_metrics(
-                    registry_for(collector), config.export.address, export_port(config)
-                )
-            except OSError:
-                if archive:
-                    archive.close()
-                raise
+        if _in_ray():
+            from aotwatch.cluster.attach import cluster_sink
+
+            sink, server, where = cluster_sink(config), None, "pushed to this node's collector"
+        else:
+            sink, server = _local_sink(config)
+            where = server.url if server else "not served (export.enabled: false)"
         session = CaptureSession(
             sink,
             job_name=config.job_name,
@@ -87,21 +109,14 @@ def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
             graph_hashes=config.capture.graph_hashes,
         )
         installed = hooks.install(session)
-        me = identity(config.job_name)
-        sink.attach_worker(config.job_name, me["hostname"], me["pid"])
-        where = server.url if server else "not served (export.enabled: false)"
-        log.info(
-            "aotwatch: capturing compiles of job %r (%d hooks); metrics %s",
-            config.job_name,
-            installed,
-            where,
-        )
+        log.info("aotwatch: capturing compiles of job %r (%d hooks); metrics %s",
+                 config.job_name, installed, where)  # fmt: skip
         _current = Attachment(config, sink, server)
         return _current
 
 
 def detach() -> None:
-    """Stop capturing, stop serving, close the archive; a no-op when not attached."""
+    """Stop capturing; deliver or close what is pending; a no-op when not attached."""
     global _current
     with _lock:
         if _current is None:
@@ -109,8 +124,7 @@ def detach() -> None:
         hooks.uninstall()
         if _current.server:
             _current.server.close()
-        if _current.sink.archive:
-            _current.sink.archive.close()
+        _current.sink.close()
         _current = None
 
 

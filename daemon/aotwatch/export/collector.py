@@ -37,6 +37,18 @@ def build_info() -> dict[str, str]:
     }
 
 
+def build_info_family(const_labels: Mapping[str, str] | None = None) -> GaugeMetricFamily:
+    """``aotwatch_build_info``: 1, labelled with what is running."""
+    info, const = build_info(), dict(const_labels or {})
+    family = GaugeMetricFamily(
+        "aotwatch_build_info",
+        "What is running: aotwatch, torch, ray and Python versions.",
+        labels=(*info, *const),
+    )
+    family.add_metric((*info.values(), *const.values()), 1)
+    return family
+
+
 class AggregateCollector:
     """Exposes exactly the METRICS.md families that one collector owns."""
 
@@ -44,19 +56,14 @@ class AggregateCollector:
         self, snapshot: Callable[[], Snapshot], const_labels: Mapping[str, str] | None = None
     ) -> None:
         self._snapshot = snapshot
-        self._const_names = tuple((const_labels or {}).keys())
-        self._const_values = tuple((const_labels or {}).values())
-        self._build_info = build_info()
+        self._const_labels = dict(const_labels or {})
+        self._const_names = tuple(self._const_labels)
+        self._const_values = tuple(self._const_labels.values())
+        self._build_info = build_info_family(self._const_labels)
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._snapshot()
-        info = GaugeMetricFamily(
-            "aotwatch_build_info",
-            "What is running: aotwatch, torch, ray and Python versions.",
-            labels=(*self._build_info, *self._const_names),
-        )
-        info.add_metric((*self._build_info.values(), *self._const_values), 1)
-        yield info
+        yield self._build_info
         for family in FAMILIES:
             names = (*family.labels, *self._const_names)
             if family.kind == "histogram":

@@ -1,0 +1,153 @@
+"""The push path and the collector: enqueue cost, ingest rate, scrape time, memory.
+
+    python benchmarks/push_and_scrape.py
+
+- enqueue: ``RecordPusher.record`` on the calling (training) thread, per record;
+- ingest: records/s into a real collector actor, batches of 100, calls in flight;
+- scrape: GET /metrics of a collector's exposition for 8 ranks x 500 graphs, and for
+  1,000 workers (ranks) with a few graphs each;
+- memory: the collector process's RSS after 10k, 50k and 100k records.
+
+Targets (issue 3): enqueue <= 20 us; ingest >= 100k records/s; scrape <= 50 ms at 8x500 and
+<= 500 ms at 1,000 workers; memory flat in the number of records.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+
+os.environ.update(
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0"
+)
+os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="aotwatch-bench-ray-"))
+
+from aotwatch.aggregate import Aggregate  # noqa: E402
+from aotwatch.config import (  # noqa: E402
+    ArchiveConfig,
+    ClusterConfig,
+    CollectorConfig,
+    Config,
+    PushConfig,  # noqa: E402
+)
+from aotwatch.export.collector import AggregateCollector, registry_for  # noqa: E402
+from aotwatch.export.server import serve_metrics  # noqa: E402
+from aotwatch.records import new_record  # noqa: E402
+
+WORKER = {"job_name": "bench", "hostname": "h", "pid": 1, "rank": 0, "worker_id": "w"}
+
+
+def graph_record(rank: int, compile_index: int) -> dict:
+    return new_record(
+        job_name="bench",
+        rank=rank,
+        hostname="h",
+        pid=1000 + rank,
+        compile_id=f"{compile_index}/0",
+        graph="forward",
+        graph_hash=uuid.uuid4().hex[:16],
+        nodes=100 + compile_index % 50,
+        inputs={"total": 8, "subclass": 0, "data": 1, "metadata": 0, "storage_metadata": 0,
+                "storage_resize": 0, "hidden_from_autograd": 0, "under_no_grad": 0},
+        outputs={"non_alias": 2, "alias_of_input": 1},
+        durations_s={"backward": 0.05},
+    )  # fmt: skip
+
+
+def frame_record(rank: int, compile_index: int) -> dict:
+    return new_record(
+        job_name="bench", rank=rank, hostname="h", pid=1000 + rank,
+        compile_id=f"{compile_index}/0",
+        durations_s={"total": 1.5, "dynamo": 1.5, "aot_autograd": 1.0, "inductor": 0.7},
+        cache={"fx_graph": {"miss": 2}, "aot_autograd": {"miss": 1}},
+        recompile_reason="0/0: tensor 'x' size mismatch at index 0" if compile_index else None,
+        graph_breaks=[{"reason": "x", "category": f"gb{compile_index % 20:04d}",
+                       "user_frame": None}],
+    )  # fmt: skip
+
+
+def scrape_ms(ranks: int, graphs_per_rank: int, repeats: int = 20) -> tuple[float, int]:
+    """Median GET /metrics time over ``repeats``, and the exposition's size in bytes."""
+    aggregate = Aggregate(max_series_per_metric=1_000_000)
+    for rank in range(ranks):
+        for index in range(graphs_per_rank):
+            aggregate.add(graph_record(rank, index))
+            aggregate.add(frame_record(rank, index))
+    registry = registry_for(AggregateCollector(aggregate.snapshot))
+    server = serve_metrics(registry, "127.0.0.1", 0)
+    times, size = [], 0
+    try:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            with urllib.request.urlopen(server.url, timeout=30) as response:
+                size = len(response.read())
+            times.append(time.perf_counter() - start)
+    finally:
+        server.close()
+    return statistics.median(times) * 1e3, size
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ray_benchmarks() -> None:
+    import ray
+
+    from aotwatch.cluster.daemon import ensure_collector
+    from aotwatch.cluster.push import RecordPusher
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    config = Config(
+        archive=ArchiveConfig(path=tempfile.mkdtemp(prefix="aotwatch-bench-archive-")),
+        cluster=ClusterConfig(namespace=f"bench-{uuid.uuid4().hex[:6]}"),
+        collector=CollectorConfig(address="127.0.0.1", port=0),
+    )
+    collector = ensure_collector(ray.get_runtime_context().get_node_id(), config)
+    pid = ray.get(collector.__ray_call__.remote(lambda self: os.getpid()), timeout=60)
+
+    records = [graph_record(0, i) for i in range(100_000)]
+    pusher = RecordPusher(lambda: collector, dict(WORKER),
+                          PushConfig(queue_size=1_000_000, buffer_size=1_000_000))  # fmt: skip
+    chunk_us = []
+    for start in range(0, len(records), 1000):
+        begin = time.perf_counter()
+        for record in records[start : start + 1000]:
+            pusher.record(record)
+        chunk_us.append((time.perf_counter() - begin) / 1000 * 1e6)
+    print(f"enqueue: median {statistics.median(chunk_us):.2f} us/record "
+          f"(max chunk {max(chunk_us):.2f} us), 100k records")  # fmt: skip
+    assert pusher.flush(timeout=120), "the pusher did not drain"
+    pusher.close()
+
+    print(f"collector RSS after the first 100k records: {rss_mb(pid):.0f} MB")
+    for total in (10_000, 50_000, 100_000):
+        batches = [[graph_record(1, i) for i in range(j, j + 100)] for j in range(0, total, 100)]
+        begin = time.perf_counter()
+        ray.get([collector.push.remote(WORKER, batch, {}) for batch in batches], timeout=600)
+        rate = total / (time.perf_counter() - begin)
+        print(f"ingest: {total} records in batches of 100: {rate:,.0f} records/s; "
+              f"collector RSS {rss_mb(pid):.0f} MB")  # fmt: skip
+    ray.kill(collector, no_restart=True)
+    ray.shutdown()
+
+
+def main() -> None:
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    for ranks, graphs in ((8, 500), (1000, 3)):
+        ms, size = scrape_ms(ranks, graphs)
+        print(f"scrape: {ranks} ranks x {graphs} graphs: median {ms:.1f} ms, {size / 1e3:.0f} kB")
+    ray_benchmarks()
+
+
+if __name__ == "__main__":
+    main()

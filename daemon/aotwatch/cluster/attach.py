@@ -1,0 +1,121 @@
+"""The three ways onto Ray workers: a runtime_env setup hook, existing actors, explicit attach.
+
+All three end in ``aotwatch.attach()`` inside the worker process, which finds
+the collector of its node by node id and pushes its records there.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+
+from aotwatch.cluster.push import RecordPusher
+from aotwatch.config import Config, config_from_dict
+
+CONFIG_ENV = "AOTWATCH_CONFIG"
+"""A worker's config, as JSON (set by ``aotwatch run`` in the job's runtime_env)."""
+
+SETUP_HOOK = "aotwatch.cluster.attach.worker_process_setup"
+"""Give this as ``runtime_env={"worker_process_setup_hook": SETUP_HOOK}``."""
+
+
+def in_ray_worker() -> bool:
+    """Whether this process is a Ray worker or driver connected to a cluster."""
+    return "ray" in sys.modules and ray.is_initialized()
+
+
+def cluster_sink(config: Config) -> RecordPusher:
+    """A sink that pushes to this node's collector (created there if the head has not yet)."""
+    from aotwatch.cluster.daemon import ensure_collector
+
+    node_id = ray.get_runtime_context().get_node_id()
+    handle = ensure_collector(node_id, config)
+
+    def collector() -> Any:
+        return handle
+
+    worker = {
+        "job_name": config.job_name,
+        "node_id": node_id,
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    return RecordPusher(collector, worker, config.push)
+
+
+def runtime_env(config: Config, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A runtime_env that attaches aotwatch to every worker process of a Ray job."""
+    env = dict(base or {})
+    env["worker_process_setup_hook"] = SETUP_HOOK
+    env["env_vars"] = {**env.get("env_vars", {}), CONFIG_ENV: json.dumps(config.to_dict())}
+    return env
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``callback`` right after the module ``name`` is first imported, then steps aside."""
+
+    def __init__(self, name: str, callback: Callable[[], None]) -> None:
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module, callback = spec.loader.exec_module, self.callback
+
+        def exec_then_attach(module: Any) -> None:
+            exec_module(module)
+            callback()
+
+        spec.loader.exec_module = exec_then_attach
+        return spec
+
+
+def worker_process_setup() -> None:
+    """The runtime_env setup hook: attach once the process imports ``torch._dynamo``.
+
+    A worker that never compiles pays one meta-path entry; one that does attaches at its
+    first ``torch.compile``, before anything compiles.
+    """
+    import aotwatch
+
+    raw = os.environ.get(CONFIG_ENV)
+    config = config_from_dict(json.loads(raw), source=CONFIG_ENV) if raw else Config()
+
+    def attach() -> None:
+        try:
+            aotwatch.attach(config)
+        except Exception:  # noqa: BLE001 - never break the user's import of torch
+            import logging
+
+            logging.getLogger("aotwatch").warning("aotwatch: attach failed", exc_info=True)
+
+    if "torch._dynamo" in sys.modules:
+        attach()
+    else:
+        sys.meta_path.insert(0, _AfterImport("torch._dynamo", attach))
+
+
+def _attach_in_actor(actor: Any, config: Config) -> int:
+    import aotwatch
+
+    aotwatch.attach(config)
+    return os.getpid()
+
+
+def attach_actors(actors: Sequence[Any], config: Config | None = None, timeout: float = 120):
+    """Attach aotwatch inside each of these existing actors' processes; returns their pids."""
+    config = config or Config()
+    refs = [actor.__ray_call__.remote(_attach_in_actor, config) for actor in actors]
+    return ray.get(refs, timeout=timeout)

@@ -1,0 +1,225 @@
+"""Placing collectors and the head on a Ray cluster.
+
+The head keeps one collector on every alive node (named, detached, pinned to
+its node, ``num_cpus=0``, restarted by Ray when it dies), writes the
+Prometheus file_sd file that lists them, and compares the ranks of each job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from prometheus_client.core import CounterMetricFamily
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from aotwatch import divergence
+from aotwatch.cluster.collector import HEAD_NAME, NodeCollector, archive_root, collector_name
+from aotwatch.config import Config
+from aotwatch.export.collector import build_info_family, registry_for
+from aotwatch.export.server import serve_metrics
+
+log = logging.getLogger(__name__)
+
+RECONCILE_S = 2.0
+CALL_TIMEOUT_S = 10.0
+COMPILE_IDS_SETTLE_S = 10.0
+"""A compile id missing on some ranks counts only once it is still missing after this long
+(ranks compile the same frame at slightly different times)."""
+
+_CollectorActor = ray.remote(NodeCollector)
+
+
+def ensure_collector(node_id: str, config: Config) -> Any:
+    """The collector actor of ``node_id``, created (pinned to that node) if there is none."""
+    return _CollectorActor.options(
+        name=collector_name(node_id),
+        namespace=config.cluster.namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        num_cpus=0,
+        max_restarts=-1,
+        max_task_retries=-1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    ).remote(node_id, config)
+
+
+def alive_nodes() -> list[str]:
+    return [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+
+
+def file_sd_path(config: Config) -> Path:
+    return Path(config.collector.file_sd_path or archive_root(config) / "file_sd.json")
+
+
+def write_file_sd(path: Path, endpoints: list[dict[str, Any]], head: dict[str, Any]) -> None:
+    """Replace ``path`` atomically with one file_sd target group per collector (and the head)."""
+    groups = [
+        {
+            "targets": [f"{e['ip']}:{e['port']}"],
+            "labels": {"node_id": e["node_id"], "hostname": e["hostname"], "role": "collector"},
+        }
+        for e in sorted(endpoints, key=lambda e: e["node_id"])
+    ]
+    groups.append({"targets": [f"{head['ip']}:{head['port']}"], "labels": {"role": "head"}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        json.dump(groups, tmp, indent=2)
+    os.replace(tmp.name, path)
+
+
+class _DivergenceCollector:
+    """Exposes ``torch_compile_rank_divergences_total`` (once per job, no rank label)."""
+
+    def __init__(self, head: Head) -> None:
+        self.head = head
+
+    def collect(self) -> Any:
+        yield build_info_family(self.head.config.labels)
+        names = ("job_name", "kind", *self.head.config.labels)
+        family = CounterMetricFamily(
+            "torch_compile_rank_divergences",
+            "Compiles that differ across the ranks of a job, by kind.",
+            labels=names,
+        )
+        for (job, kind), count in sorted(self.head.divergence_counts().items()):
+            family.add_metric((job, kind, *self.head.config.labels.values()), count)
+        yield family
+
+
+class Head:
+    """Keeps collectors equal to alive nodes, writes file_sd, finds divergences (an actor)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._collectors: dict[str, Any] = {}
+        self._endpoints: dict[str, dict[str, Any]] = {}
+        self._findings: dict[tuple[str, str, str], divergence.Finding] = {}
+        self._candidates: dict[tuple[str, str, str], float] = {}  # compile_ids, first seen
+        registry = registry_for(_DivergenceCollector(self))
+        self.server = serve_metrics(registry, config.collector.address, config.collector.head_port)
+        self.file_sd = file_sd_path(config)
+        self._stop = threading.Event()
+        threading.Thread(target=self._loop, name="aotwatch-head", daemon=True).start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(RECONCILE_S):
+            try:
+                self.reconcile()
+                self.check_divergences()
+            except Exception:  # noqa: BLE001 - keep watching; the next round retries
+                log.warning("aotwatch head: round failed", exc_info=True)
+
+    def reconcile(self) -> list[dict[str, Any]]:
+        """Create collectors on new nodes, forget dead ones, refresh endpoints and file_sd."""
+        alive = set(alive_nodes())
+        with self._lock:
+            for node_id in alive - set(self._collectors):
+                self._collectors[node_id] = ensure_collector(node_id, self.config)
+            for node_id in set(self._collectors) - alive:
+                del self._collectors[node_id]
+                self._endpoints.pop(node_id, None)
+            collectors = dict(self._collectors)
+        refs = {node_id: handle.endpoint.remote() for node_id, handle in collectors.items()}
+        for node_id, ref in refs.items():
+            try:
+                endpoint = {**ray.get(ref, timeout=CALL_TIMEOUT_S), "healthy": True}
+            except Exception:  # noqa: BLE001 - restarting or unreachable: keep its last target
+                endpoint = {**self._endpoints.get(node_id, {}), "healthy": False}
+            with self._lock:
+                self._endpoints[node_id] = endpoint
+        endpoints = self.endpoints()
+        write_file_sd(self.file_sd, [e for e in endpoints if "port" in e], self.head_endpoint())
+        return endpoints
+
+    def check_divergences(self, final: bool = False) -> list[dict[str, Any]]:
+        """Compare the ranks of every job; count each new finding once.
+
+        A compile id missing on some ranks must persist COMPILE_IDS_SETTLE_S, unless ``final``.
+        """
+        with self._lock:
+            collectors = list(self._collectors.values())
+        parts = ray.get([c.fingerprints.remote() for c in collectors], timeout=CALL_TIMEOUT_S)
+        now = time.monotonic()
+        for job, ranks in divergence.merge(parts).items():
+            for finding in divergence.find(job, ranks):
+                with self._lock:
+                    if finding.key in self._findings:
+                        continue
+                    first_seen = self._candidates.setdefault(finding.key, now)
+                    settled = now - first_seen >= COMPILE_IDS_SETTLE_S
+                    if finding.kind != "compile_ids" or settled or final:
+                        self._findings[finding.key] = finding
+                        log.warning("aotwatch: rank divergence: %s", finding.describe())
+        return self.divergences()
+
+    def divergences(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [f.to_dict() for f in self._findings.values()]
+
+    def divergence_counts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        with self._lock:
+            for job, kind, _ in self._findings:
+                counts[(job, kind)] = counts.get((job, kind), 0) + 1
+        return counts
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"node_id": n, **e} for n, e in sorted(self._endpoints.items())]
+
+    def head_endpoint(self) -> dict[str, Any]:
+        return {"ip": ray.util.get_node_ip_address(), "port": self.server.port}
+
+    def status(self) -> dict[str, Any]:
+        """Collectors (node, target, healthy), workers by job, divergences, file_sd path."""
+        return {
+            "collectors": self.endpoints(),
+            "head": self.head_endpoint(),
+            "file_sd": str(self.file_sd),
+            "divergences": self.divergences(),
+        }
+
+    def shutdown(self) -> None:
+        """Kill every collector and stop watching (the caller kills the head)."""
+        self._stop.set()
+        with self._lock:
+            for handle in self._collectors.values():
+                ray.kill(handle, no_restart=True)
+            self._collectors.clear()
+
+
+_HeadActor = ray.remote(Head)
+
+
+def ensure_head(config: Config) -> Any:
+    """The head actor (created if there is none), with collectors on every alive node."""
+    head = _HeadActor.options(
+        name=HEAD_NAME,
+        namespace=config.cluster.namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        num_cpus=0,
+        max_restarts=-1,
+        max_task_retries=-1,
+    ).remote(config)
+    ray.get(head.reconcile.remote(), timeout=120)
+    return head
+
+
+def stop_daemon(config: Config) -> None:
+    """Kill the head and every collector in aotwatch's namespace."""
+    try:
+        head = ray.get_actor(HEAD_NAME, namespace=config.cluster.namespace)
+    except ValueError:
+        return
+    ray.get(head.shutdown.remote(), timeout=CALL_TIMEOUT_S)
+    ray.kill(head, no_restart=True)

@@ -1,0 +1,110 @@
+"""Cross-rank divergence: ranks of one job that compiled different things (pure functions).
+
+Ranks that compile different graphs under the same compile id, compile
+different sets of frames, or hit the cache differently are the usual cause
+of collective hangs. Collectors keep a small fingerprint of every record;
+the head merges them per job and compares the ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("graph_hash", "compile_ids", "cache_pattern")
+
+Fingerprints = dict[str, dict[str, dict[str, dict[str, Any]]]]
+"""job -> rank (str) -> {"graphs": {"<compile_id> <graph>": [hashes]},
+"cache": {compile_id: pattern}}."""
+
+
+def observe(fingerprints: Fingerprints, record: dict[str, Any]) -> None:
+    """Fold one accepted record into ``fingerprints``."""
+    compile_id = record.get("compile_id")
+    if compile_id is None:
+        return
+    rank = fingerprints.setdefault(record["job_name"], {}).setdefault(
+        str(record["rank"]), {"graphs": {}, "cache": {}}
+    )
+    if record["graph"] is not None:
+        if record.get("graph_hash"):
+            hashes = rank["graphs"].setdefault(f"{compile_id} {record['graph']}", [])
+            hashes.append(record["graph_hash"])
+            hashes.sort()
+    else:
+        rank["cache"][compile_id] = ",".join(
+            f"{cache}:{result}"
+            for cache, results in sorted(record["cache"].items())
+            for result in sorted(results)
+        )
+
+
+def merge(parts: list[Fingerprints]) -> Fingerprints:
+    """One job -> rank view from the fingerprints of several collectors."""
+    merged: Fingerprints = {}
+    for part in parts:
+        for job, ranks in part.items():
+            merged.setdefault(job, {}).update(ranks)
+    return merged
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One divergence: ``groups`` maps what each group of ranks had to those ranks."""
+
+    job_name: str
+    kind: str
+    compile_id: str
+    groups: tuple[tuple[str, tuple[str, ...]], ...]
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.job_name, self.kind, self.compile_id
+
+    def describe(self) -> str:
+        parts = "; ".join(f"ranks {','.join(ranks)}: {value}" for value, ranks in self.groups)
+        return f"{self.job_name} {self.kind} at {self.compile_id}: {parts}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_name": self.job_name,
+            "kind": self.kind,
+            "compile_id": self.compile_id,
+            "groups": {value: list(ranks) for value, ranks in self.groups},
+        }
+
+
+def _groups(values: dict[str, str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    by_value: dict[str, list[str]] = {}
+    for rank, value in values.items():
+        by_value.setdefault(value, []).append(rank)
+    return tuple(
+        sorted((value, tuple(sorted(ranks, key=int))) for value, ranks in by_value.items())
+    )
+
+
+def find(job_name: str, ranks: dict[str, dict[str, Any]]) -> list[Finding]:
+    """Every divergence between the ranks of one job."""
+    if len(ranks) < 2:
+        return []
+    findings = []
+    graph_keys = sorted({key for rank in ranks.values() for key in rank["graphs"]})
+    for key in graph_keys:
+        hashes = {r: ",".join(v["graphs"][key]) for r, v in ranks.items() if key in v["graphs"]}
+        if len(set(hashes.values())) > 1:
+            findings.append(Finding(job_name, "graph_hash", key.split(" ")[0], _groups(hashes)))
+    compile_ids = {
+        r: {key.split(" ")[0] for key in v["graphs"]} | set(v["cache"]) for r, v in ranks.items()
+    }
+    for compile_id in sorted(set().union(*compile_ids.values())):
+        present = {
+            r: "compiled" if compile_id in ids else "missing" for r, ids in compile_ids.items()
+        }
+        if "missing" in present.values():
+            findings.append(Finding(job_name, "compile_ids", compile_id, _groups(present)))
+    for compile_id in sorted({c for v in ranks.values() for c in v["cache"]}):
+        patterns = {r: v["cache"][compile_id] or "none" for r, v in ranks.items()
+                    if compile_id in v["cache"]}  # fmt: skip
+        if len(set(patterns.values())) > 1:
+            findings.append(Finding(job_name, "cache_pattern", compile_id, _groups(patterns)))
+    return findings

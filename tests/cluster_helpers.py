@@ -1,0 +1,94 @@
+"""Pieces shared by the Ray tests: a config for tests, a worker actor, reading collectors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ray
+
+from aotwatch.config import (
+    ArchiveConfig,
+    ClusterConfig,
+    CollectorConfig,
+    Config,
+    PushConfig,
+)
+
+TESTS = Path(__file__).parent
+WORKER_ENV = {"env_vars": {"PYTHONPATH": str(TESTS)}}
+
+
+def cluster_config(tmp_path: Path, namespace: str, **changes) -> Config:
+    """Collectors on free loopback ports, archives in ``tmp_path``, quick timeouts."""
+    return Config(
+        job_name=changes.pop("job_name", "ray-test"),
+        archive=ArchiveConfig(path=str(tmp_path / "archive")),
+        cluster=ClusterConfig(namespace=namespace),
+        collector=CollectorConfig(address="127.0.0.1", port=0, head_port=0, worker_timeout_s=3),
+        push=PushConfig(flush_interval_ms=50),
+        **changes,
+    )
+
+
+@ray.remote(num_cpus=0)
+class Worker:
+    """A training worker: compiles test programs, optionally with aotwatch attached."""
+
+    def attach(self, config: Config) -> int:
+        import os
+
+        import aotwatch
+
+        aotwatch.attach(config)
+        return os.getpid()
+
+    def run(self, *names: str, backend: str = "aot_eager") -> None:
+        import torch
+
+        import programs
+
+        for name in names:
+            programs.PROGRAMS[name](backend, "cpu")
+            torch._dynamo.reset()
+
+    def compile_fn(self, source: str) -> None:
+        """Compile and run ``lambda x: <source>`` once (graphs that differ between ranks)."""
+        import torch
+
+        torch.compile(eval(f"lambda x: {source}"), backend="aot_eager")(torch.ones(3))
+
+    def state(self) -> dict:
+        import sys
+
+        import aotwatch.local
+
+        attachment = aotwatch.local.current()
+        return {
+            "attached": attachment is not None,
+            "dynamo_imported": "torch._dynamo" in sys.modules,
+            "pending": attachment.sink.pending() if attachment else None,
+        }
+
+    def flush(self) -> bool:
+        import aotwatch.local
+
+        return aotwatch.local.current().sink.flush(timeout=30)
+
+    def detach(self) -> None:
+        import aotwatch
+
+        aotwatch.detach()
+
+
+def collector_values(handle, metric: str) -> dict:
+    """One metric's values (label tuple -> value) from a collector actor's snapshot."""
+    return ray.get(handle.snapshot.remote(), timeout=30).values.get(metric, {})
+
+
+def total(handle, metric: str) -> float:
+    return sum(collector_values(handle, metric).values())
+
+
+def read_file_sd(path: Path) -> list[dict]:
+    return json.loads(path.read_text())

@@ -1,0 +1,151 @@
+"""aotwatch on a real local Ray cluster: attach modes, the push path, collector restarts."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import ray
+import torch
+
+from aotwatch.cluster.attach import CONFIG_ENV, SETUP_HOOK, attach_actors
+from aotwatch.cluster.collector import collector_name
+from aotwatch.cluster.daemon import ensure_head, stop_daemon
+from cluster_helpers import WORKER_ENV, Worker, cluster_config, collector_values, total
+from conftest import scrape, wait_for
+from programs import observed, run_with_truth
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env=WORKER_ENV)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def config(ray_session, tmp_path):
+    config = cluster_config(tmp_path, namespace=f"aotwatch-test-{uuid.uuid4().hex[:8]}")
+    head = ensure_head(config)
+    yield config
+    del head
+    stop_daemon(config)
+
+
+def node_collector(config):
+    node_id = ray.get_runtime_context().get_node_id()
+    return ray.get_actor(collector_name(node_id), namespace=config.cluster.namespace)
+
+
+def truth_of(*names: str):
+    truth = None
+    for name in names:
+        torch._dynamo.reset()
+        one = run_with_truth(name)
+        truth = one if truth is None else _add(truth, one)
+    torch._dynamo.reset()
+    return truth
+
+
+def _add(a, b):
+    import dataclasses
+
+    return type(a)(**{
+        f.name: getattr(a, f.name) + getattr(b, f.name) for f in dataclasses.fields(a)
+    })  # fmt: skip
+
+
+def test_explicit_attach_pushes_to_the_node_collector(config):
+    worker = Worker.remote()
+    ray.get(worker.attach.remote(config), timeout=120)
+    ray.get(worker.run.remote("training_step", "input_mutation"), timeout=300)
+    assert ray.get(worker.flush.remote(), timeout=60)
+    collector = node_collector(config)
+    snapshot = ray.get(collector.snapshot.remote(), timeout=30)
+    assert observed(snapshot) == truth_of("training_step", "input_mutation")
+    endpoint = ray.get(collector.endpoint.remote(), timeout=30)
+    text = scrape(f"http://127.0.0.1:{endpoint['port']}/metrics")
+    assert 'torch_compile_graphs_total{device="cpu",graph="backward",job_name="ray-test"' in text
+    assert scrape(f"http://127.0.0.1:{endpoint['port']}/healthz") == "ok\n"
+    assert scrape(f"http://127.0.0.1:{endpoint['port']}/readyz") == "ok\n"
+    assert collector_values(collector, "aotwatch_workers_attached") == {("ray-test",): 1}
+
+
+def test_attach_to_existing_actors(config):
+    workers = [Worker.remote() for _ in range(2)]
+    pids = attach_actors(workers, config)
+    assert len(set(pids)) == 2
+    ray.get([w.run.remote("effect_token") for w in workers], timeout=300)
+    assert all(ray.get([w.flush.remote() for w in workers], timeout=60))
+    collector = node_collector(config)
+    assert total(collector, "torch_compile_effect_tokens") == 2
+    assert collector_values(collector, "aotwatch_workers_attached") == {("ray-test",): 2}
+
+
+def test_setup_hook_attaches_at_the_first_compile_only(config):
+    env = {
+        "worker_process_setup_hook": SETUP_HOOK,
+        "env_vars": {**WORKER_ENV["env_vars"], CONFIG_ENV: json.dumps(config.to_dict())},
+    }
+    worker = Worker.options(runtime_env=env).remote()
+    before = ray.get(worker.state.remote(), timeout=120)
+    assert before == {"attached": False, "dynamo_imported": False, "pending": None}
+    ray.get(worker.run.remote("graph_break"), timeout=300)
+    assert ray.get(worker.state.remote(), timeout=30)["attached"]
+    assert ray.get(worker.flush.remote(), timeout=60)
+    assert total(node_collector(config), "torch_compile_graph_breaks") == 1
+
+
+def test_collector_killed_mid_job_loses_and_doubles_nothing(config):
+    worker = Worker.remote()
+    ray.get(worker.attach.remote(config), timeout=120)
+    collector = node_collector(config)
+    programs = ["training_step", "input_mutation", "output_aliases_input"]
+    for name in programs:
+        ray.get(worker.run.remote(name), timeout=300)
+        ray.kill(collector, no_restart=False)  # Ray restarts it; it replays its archive
+    assert ray.get(worker.flush.remote(), timeout=120)
+    snapshot = ray.get(collector.snapshot.remote(), timeout=60)
+    assert observed(snapshot) == truth_of(*programs)
+    endpoint = ray.get(collector.endpoint.remote(), timeout=30)
+    assert endpoint["replayed"] > 0  # this instance rebuilt itself from the archive
+
+
+def test_a_worker_that_exits_keeps_its_counters_and_loses_its_gauges(config):
+    worker = Worker.remote()
+    ray.get(worker.attach.remote(config), timeout=120)
+    ray.get(worker.run.remote("input_mutation"), timeout=300)
+    assert ray.get(worker.flush.remote(), timeout=60)
+    collector = node_collector(config)
+    assert collector_values(collector, "aotwatch_workers_attached") == {("ray-test",): 1}
+    assert collector_values(collector, "torch_compile_last_compile_timestamp_seconds")
+    ray.kill(worker)  # no goodbye: the collector notices its silence
+    attached = lambda: collector_values(collector, "aotwatch_workers_attached")  # noqa: E731
+    wait_for(lambda: not attached().get(("ray-test",)), timeout=30, message="the worker to expire")
+    assert collector_values(collector, "torch_compile_last_compile_timestamp_seconds") == {}
+    assert total(collector, "torch_compile_graphs") == 1
+
+
+def test_divergent_ranks_are_found(config):
+    head = ray.get_actor("aotwatch-head", namespace=config.cluster.namespace)
+    ranks = [
+        Worker.options(
+            runtime_env={
+                "env_vars": {**WORKER_ENV["env_vars"], "RANK": str(rank), "WORLD_SIZE": "2"}
+            }
+        ).remote()  # fmt: skip
+        for rank in range(2)
+    ]
+    ray.get([w.attach.remote(config) for w in ranks], timeout=120)
+    ray.get([ranks[0].compile_fn.remote("x * 2"), ranks[1].compile_fn.remote("x + 1")],
+            timeout=120)  # fmt: skip
+    assert all(ray.get([w.flush.remote() for w in ranks], timeout=60))
+    findings = ray.get(head.check_divergences.remote(final=True), timeout=60)
+    kinds = {(f["kind"], f["compile_id"]) for f in findings}
+    assert ("graph_hash", "0/0") in kinds
+    (graph_hash,) = [f for f in findings if f["kind"] == "graph_hash"]
+    assert sorted(rank for ranks in graph_hash["groups"].values() for rank in ranks) == ["0", "1"]
+    status = ray.get(head.status.remote(), timeout=30)
+    text = scrape(f"http://127.0.0.1:{status['head']['port']}/metrics")
+    assert 'torch_compile_rank_divergences_total{job_name="ray-test",kind="graph_hash"} 1.0' in text

@@ -1,0 +1,77 @@
+"""``aotwatch run`` on the demo job, end to end: progress, report, and every collector scraped."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from aotwatch.metrics import FAMILIES
+from conftest import scrape
+
+REPO = Path(__file__).parent.parent
+
+
+def demo_job(tmp_path: Path) -> Path:
+    """config/jobs/demo.yaml with aot_eager (Inductor's cold compiles are slow on 2 cores)."""
+    job = yaml.safe_load((REPO / "config/jobs/demo.yaml").read_text())
+    job["name"] = "demo-test"
+    job["train_loop_config"] = {"backend": "aot_eager", "steps": "4"}
+    job["aotwatch"] = {
+        "archive": {"path": str(tmp_path / "archive")},
+        "collector": {"address": "127.0.0.1", "port": 0, "head_port": 0},
+    }
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def read_until(process: subprocess.Popen, marker: str, timeout: float) -> list[str]:
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if marker in line:
+            return lines
+    raise AssertionError(f"no {marker!r} in the output:\n" + "\n".join(lines[-60:]))
+
+
+def test_demo_job_end_to_end(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aotwatch.cli", "run", str(demo_job(tmp_path)), "--linger", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = read_until(process, "serving for", timeout=600)
+        output = "\n".join(lines)
+        assert re.search(r"workers attached 2, graphs captured [1-9]", output), output
+        report = lines[lines.index("aotwatch report for job 'demo-test':") + 1 :]
+        rows = {tuple(line.split()[:3]) for line in report[1:3]}
+        assert rows == {("demo-test", "0", "cpu"), ("demo-test", "1", "cpu")}, output
+        file_sd = Path(next(line for line in lines if "file_sd:" in line).split(": ", 1)[1])
+        groups = json.loads(file_sd.read_text())
+        texts = [scrape(f"http://{group['targets'][0]}/metrics") for group in groups]
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+    exposition = "\n".join(texts)
+    for family in (f.name for f in FAMILIES):
+        assert re.search(rf"# TYPE {family}(_total)? ", exposition), family
+    assert "# TYPE torch_compile_rank_divergences_total counter" in exposition
+    for rank in ("0", "1"):
+        labels = f'job_name="demo-test",kind="data",rank="{rank}"'
+        assert re.search(rf"torch_compile_input_mutations_total{{device=\"cpu\",{labels}}} [1-9]",
+                         exposition), rank  # fmt: skip
+        for family in ("effect_tokens", "recompiles", "graph_breaks"):
+            assert re.search(rf'torch_compile_{family}_total{{[^}}]*rank="{rank}"[^}}]*}} [1-9]',
+                             exposition), (family, rank)  # fmt: skip
