@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
 import ray
 import torch
 
-from aotwatch.cluster.attach import CONFIG_ENV, SETUP_HOOK, attach_actors
+from aotwatch.cluster.attach import attach_actors
 from aotwatch.cluster.collector import collector_name
 from aotwatch.cluster.daemon import ensure_head, stop_daemon
 from cluster_helpers import WORKER_ENV, Worker, cluster_config, collector_values, total
@@ -83,33 +82,21 @@ def test_attach_to_existing_actors(config):
     assert collector_values(collector, "aotwatch_workers_attached") == {("ray-test",): 2}
 
 
-def test_setup_hook_attaches_at_the_first_compile_only(config):
-    env = {
-        "worker_process_setup_hook": SETUP_HOOK,
-        "env_vars": {**WORKER_ENV["env_vars"], CONFIG_ENV: json.dumps(config.to_dict())},
-    }
-    worker = Worker.options(runtime_env=env).remote()
-    before = ray.get(worker.state.remote(), timeout=120)
-    assert before == {"attached": False, "dynamo_imported": False, "pending": None}
-    ray.get(worker.run.remote("graph_break"), timeout=300)
-    assert ray.get(worker.state.remote(), timeout=30)["attached"]
-    assert ray.get(worker.flush.remote(), timeout=60)
-    assert total(node_collector(config), "torch_compile_graph_breaks") == 1
-
-
 def test_collector_killed_mid_job_loses_and_doubles_nothing(config):
     worker = Worker.remote()
     ray.get(worker.attach.remote(config), timeout=120)
     collector = node_collector(config)
-    programs = ["training_step", "input_mutation", "output_aliases_input"]
-    for name in programs:
+    for name in ("training_step", "input_mutation"):  # acknowledged, then the collector dies
         ray.get(worker.run.remote(name), timeout=300)
+        assert ray.get(worker.flush.remote(), timeout=120)
         ray.kill(collector, no_restart=False)  # Ray restarts it; it replays its archive
+    ray.get(worker.run.remote("output_aliases_input"), timeout=300)
+    ray.kill(collector, no_restart=False)  # while records may be in flight
     assert ray.get(worker.flush.remote(), timeout=120)
     snapshot = ray.get(collector.snapshot.remote(), timeout=60)
-    assert observed(snapshot) == truth_of(*programs)
+    assert observed(snapshot) == truth_of("training_step", "input_mutation", "output_aliases_input")
     endpoint = ray.get(collector.endpoint.remote(), timeout=30)
-    assert endpoint["replayed"] > 0  # this instance rebuilt itself from the archive
+    assert endpoint["replayed"] >= 4  # this instance rebuilt itself from the archive
 
 
 def test_a_worker_that_exits_keeps_its_counters_and_loses_its_gauges(config):

@@ -6,9 +6,11 @@ the collector of its node by node id and pushes its records there.
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import importlib.machinery
 import json
+import logging
 import os
 import socket
 import sys
@@ -82,11 +84,28 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-def worker_process_setup() -> None:
-    """The runtime_env setup hook: attach once the process imports ``torch._dynamo``.
+def _attach_at_first_compile(attach: Callable[[], None]) -> None:
+    """Make the first ``torch.compile`` call attach, then hand ``torch.compile`` back."""
+    import torch
 
-    A worker that never compiles pays one meta-path entry; one that does attaches at its
-    first ``torch.compile``, before anything compiles.
+    original = torch.compile
+
+    @functools.wraps(original)
+    def compile_after_attaching(*args: Any, **kwargs: Any) -> Any:
+        if torch.compile is compile_after_attaching:
+            torch.compile = original
+        attach()
+        return original(*args, **kwargs)
+
+    torch.compile = compile_after_attaching
+
+
+def worker_process_setup() -> None:
+    """The runtime_env setup hook: attach at the process's first ``torch.compile``.
+
+    A worker that never compiles pays one meta-path entry (or, if torch is imported already,
+    one wrapped function). Attaching while torch is still being imported would run into
+    torch's own circular imports, so the wrap waits until ``import torch`` has finished.
     """
     import aotwatch
 
@@ -96,15 +115,15 @@ def worker_process_setup() -> None:
     def attach() -> None:
         try:
             aotwatch.attach(config)
-        except Exception:  # noqa: BLE001 - never break the user's import of torch
-            import logging
-
+        except Exception:  # noqa: BLE001 - never break the user's compile
             logging.getLogger("aotwatch").warning("aotwatch: attach failed", exc_info=True)
 
     if "torch._dynamo" in sys.modules:
         attach()
+    elif "torch" in sys.modules:
+        _attach_at_first_compile(attach)
     else:
-        sys.meta_path.insert(0, _AfterImport("torch._dynamo", attach))
+        sys.meta_path.insert(0, _AfterImport("torch", lambda: _attach_at_first_compile(attach)))
 
 
 def _attach_in_actor(actor: Any, config: Config) -> int:
