@@ -146,6 +146,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         job = load_job(args.job)
     except ConfigError as err:
         return _fail(str(err))
+    if job.config.cluster.address is None and not os.environ.get("RAY_ADDRESS"):
+        # A local cluster serves this machine only: loopback, no usage reports. Ray reads
+        # these when it is imported.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     from aotwatch import report

@@ -129,7 +129,7 @@ class NodeCollector:
         return {
             "node_id": self.node_id,
             "hostname": self.hostname,
-            "ip": _node_ip(),
+            "ip": scrape_host(self.config.collector.address),
             "port": self.server.port,
             "ready": self._ready,
             "replayed": self.replayed,
@@ -144,7 +144,11 @@ class NodeCollector:
         return self._ready
 
 
-def _node_ip() -> str:
+def scrape_host(bind_address: str) -> str:
+    """Where Prometheus reaches an endpoint bound to ``bind_address``: that address, or the
+    node's IP for a wildcard bind."""
+    if bind_address not in ("0.0.0.0", "::"):
+        return bind_address
     import ray
 
     return ray.util.get_node_ip_address()

@@ -21,7 +21,13 @@ from prometheus_client.core import CounterMetricFamily
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from aotwatch import divergence
-from aotwatch.cluster.collector import HEAD_NAME, NodeCollector, archive_root, collector_name
+from aotwatch.cluster.collector import (
+    HEAD_NAME,
+    NodeCollector,
+    archive_root,
+    collector_name,
+    scrape_host,
+)
 from aotwatch.config import Config
 from aotwatch.export.collector import build_info_family, registry_for
 from aotwatch.export.server import serve_metrics
@@ -177,7 +183,7 @@ class Head:
             return [{"node_id": n, **e} for n, e in sorted(self._endpoints.items())]
 
     def head_endpoint(self) -> dict[str, Any]:
-        return {"ip": ray.util.get_node_ip_address(), "port": self.server.port}
+        return {"ip": scrape_host(self.config.collector.address), "port": self.server.port}
 
     def status(self) -> dict[str, Any]:
         """Collectors (node, target, healthy), workers by job, divergences, file_sd path."""
