@@ -8,7 +8,6 @@ the cap refuses is counted in ``aotwatch_series_dropped_total``.
 from __future__ import annotations
 
 import bisect
-import copy
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -93,6 +92,9 @@ class Histogram:
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.sum += value
 
+    def copy(self) -> Histogram:
+        return Histogram(self.buckets, list(self.counts), self.sum)
+
     @property
     def count(self) -> int:
         return sum(self.counts)
@@ -137,10 +139,16 @@ class Aggregate:
         return False
 
     def inc(self, metric: str, labels: Labels, amount: float = 1) -> None:
-        """Add ``amount`` to a counter (created at zero)."""
-        table = self._values.setdefault(metric, {})
-        if amount >= 0 and self._admit(table, metric, labels):
-            table[labels] = table.get(labels, 0) + amount
+        """Add ``amount`` (>= 0) to a counter, created at zero (so zero series exist too)."""
+        table = self._values.get(metric)
+        if table is None:
+            table = self._values[metric] = {}
+        current = table.get(labels)
+        if current is not None:
+            if amount > 0:
+                table[labels] = current + amount
+        elif amount >= 0 and self._admit(table, metric, labels):
+            table[labels] = amount
 
     def set_gauge(self, metric: str, labels: Labels, value: float) -> None:
         table = self._values.setdefault(metric, {})
@@ -235,5 +243,11 @@ class Aggregate:
             self.inc("torch_compile_effect_tokens", (*rank, direction), count)
 
     def snapshot(self) -> Snapshot:
-        """A deep copy that later updates cannot change."""
-        return Snapshot(copy.deepcopy(self._values), copy.deepcopy(self._histograms))
+        """A copy that later updates cannot change."""
+        return Snapshot(
+            {metric: dict(table) for metric, table in self._values.items()},
+            {
+                metric: {labels: h.copy() for labels, h in table.items()}
+                for metric, table in self._histograms.items()
+            },
+        )

@@ -13,8 +13,15 @@ from typing import Any
 
 KINDS = ("graph_hash", "compile_ids", "cache_pattern")
 
+MAX_GRAPHS_PER_ID = 64
+"""Distinct graph hashes kept per compile id and graph kind (DDP buckets make several)."""
+
+MAX_COMPILE_IDS = 10_000
+"""Compile ids remembered per rank (the oldest go first): memory stays bounded however long
+a job runs."""
+
 Fingerprints = dict[str, dict[str, dict[str, dict[str, Any]]]]
-"""job -> rank (str) -> {"graphs": {"<compile_id> <graph>": [hashes]},
+"""job -> rank (str) -> {"graphs": {"<compile_id> <graph>": [distinct hashes]},
 "cache": {compile_id: pattern}}."""
 
 
@@ -27,16 +34,24 @@ def observe(fingerprints: Fingerprints, record: dict[str, Any]) -> None:
         str(record["rank"]), {"graphs": {}, "cache": {}}
     )
     if record["graph"] is not None:
-        if record.get("graph_hash"):
-            hashes = rank["graphs"].setdefault(f"{compile_id} {record['graph']}", [])
-            hashes.append(record["graph_hash"])
+        key, graph_hash = f"{compile_id} {record['graph']}", record.get("graph_hash")
+        hashes = rank["graphs"].setdefault(key, [])
+        if graph_hash and graph_hash not in hashes and len(hashes) < MAX_GRAPHS_PER_ID:
+            hashes.append(graph_hash)
             hashes.sort()
+        _forget_oldest(rank["graphs"])
     else:
         rank["cache"][compile_id] = ",".join(
             f"{cache}:{result}"
             for cache, results in sorted(record["cache"].items())
             for result in sorted(results)
         )
+        _forget_oldest(rank["cache"])
+
+
+def _forget_oldest(table: dict[str, Any]) -> None:
+    while len(table) > MAX_COMPILE_IDS:
+        del table[next(iter(table))]
 
 
 def merge(parts: list[Fingerprints]) -> Fingerprints:

@@ -95,77 +95,85 @@ class RecordError(ValueError):
         self.reason = reason
 
 
-_NUMBER = (int, float)
-_OPTIONAL_STR = (str, type(None))
-_REQUIRED_TYPES: dict[str, tuple[type, ...]] = {
-    "schema": (int,),
-    "record_id": (str,),
-    "job_name": (str,),
-    "rank": (int,),
-    "world_size": (int,),
-    "device": (str,),
-    "hostname": (str,),
-    "pid": (int,),
-    "time": _NUMBER,
-    "compile_id": _OPTIONAL_STR,
-    "frame": (dict, type(None)),
-    "graph": _OPTIONAL_STR,
-    "graph_hash": _OPTIONAL_STR,
-    "nodes": (int, type(None)),
-    "inputs": (dict,),
-    "outputs": (dict,),
-    "intermediate_bases": (int,),
-    "tokens": (dict,),
-    "durations_s": (dict,),
-    "cache": (dict,),
-    "graph_breaks": (list,),
-    "recompile_reason": _OPTIONAL_STR,
-    "fail_type": _OPTIONAL_STR,
-}
+_NONE = type(None)
+_REQUIRED_TYPES: tuple[tuple[str, frozenset[type]], ...] = tuple(
+    (key, frozenset(types))
+    for key, types in {
+        "schema": (int,),
+        "record_id": (str,),
+        "job_name": (str,),
+        "rank": (int,),
+        "world_size": (int,),
+        "device": (str,),
+        "hostname": (str,),
+        "pid": (int,),
+        "time": (int, float),
+        "compile_id": (str, _NONE),
+        "frame": (dict, _NONE),
+        "graph": (str, _NONE),
+        "graph_hash": (str, _NONE),
+        "nodes": (int, _NONE),
+        "inputs": (dict,),
+        "outputs": (dict,),
+        "intermediate_bases": (int,),
+        "tokens": (dict,),
+        "durations_s": (dict,),
+        "cache": (dict,),
+        "graph_breaks": (list,),
+        "recompile_reason": (str, _NONE),
+        "fail_type": (str, _NONE),
+    }.items()
+)
+"""Exact types (``type(v) in ...``: a bool is not an int here) of the fields others rely on."""
+_INT = frozenset({int})
+_NUMBER = frozenset({int, float})
 
 
-def _check_counts(record: dict[str, Any], key: str, number_types: tuple[type, ...]) -> None:
-    for name, value in record[key].items():
-        if not isinstance(name, str) or isinstance(value, bool):
+def _check_counts(counts: dict[Any, Any], key: str, number_types: frozenset[type]) -> None:
+    for name, value in counts.items():
+        if type(name) is not str or type(value) not in number_types:
             raise RecordError("wrong_type", f"{key}.{name}")
-        if not isinstance(value, number_types) or value < 0 or not math.isfinite(value):
+        if value < 0 or value != value or value == math.inf:
             raise RecordError("wrong_type", f"{key}.{name} must be a non-negative number")
 
 
 def validate_record(obj: Any) -> dict[str, Any]:
     """Return ``obj`` if it is a well-formed record of this schema, else raise RecordError."""
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise RecordError("not_an_object", type(obj).__name__)
     if obj.get("schema") != SCHEMA_VERSION:
         raise RecordError("schema_version", f"schema {obj.get('schema')!r}")
-    for key, types in _REQUIRED_TYPES.items():
-        if key not in obj:
-            raise RecordError("missing_field", key)
-        value = obj[key]
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+    for key, types in _REQUIRED_TYPES:
+        value = obj.get(key, obj)  # obj itself stands for "missing"
+        if type(value) not in types:
+            if value is obj:
+                raise RecordError("missing_field", key)
             raise RecordError("wrong_type", f"{key} is {type(value).__name__}")
-        if isinstance(value, str) and len(value) > MAX_TEXT:
+        if type(value) is str and len(value) > MAX_TEXT:
             raise RecordError("too_large", key)
     if not obj["record_id"]:
         raise RecordError("missing_field", "record_id")
     if obj["graph"] is not None and obj["graph"] not in GRAPH_KINDS:
         raise RecordError("wrong_type", f"graph {obj['graph']!r}")
     for key in ("inputs", "outputs", "tokens"):
-        _check_counts(obj, key, (int,))
-    _check_counts(obj, "durations_s", _NUMBER)
+        _check_counts(obj[key], key, _INT)
+    _check_counts(obj["durations_s"], "durations_s", _NUMBER)
     for cache, results in obj["cache"].items():
-        if not isinstance(results, dict):
+        if type(results) is not dict:
             raise RecordError("wrong_type", f"cache.{cache}")
-        _check_counts(obj["cache"], cache, (int,))
+        _check_counts(results, f"cache.{cache}", _INT)
     for graph_break in obj["graph_breaks"]:
-        if not isinstance(graph_break, dict) or not isinstance(graph_break.get("category"), str):
+        if type(graph_break) is not dict or type(graph_break.get("category")) is not str:
             raise RecordError("wrong_type", "graph_breaks entry")
     return obj
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+
+
 def to_json(record: dict[str, Any]) -> str:
     """One line of JSON for an archive."""
-    return json.dumps(record, separators=(",", ":"), sort_keys=True)
+    return _ENCODER.encode(record)
 
 
 def from_json(line: str) -> dict[str, Any]:
