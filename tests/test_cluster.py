@@ -136,3 +136,62 @@ def test_divergent_ranks_are_found(config):
     status = ray.get(head.status.remote(), timeout=30)
     text = scrape(f"http://127.0.0.1:{status['head']['port']}/metrics")
     assert 'torch_compile_rank_divergences_total{job_name="ray-test",kind="graph_hash"} 1.0' in text
+
+
+def test_status_lists_collectors_workers_and_divergences(config, tmp_path):
+    from test_cli import aotwatch
+
+    worker = Worker.remote()
+    ray.get(worker.attach.remote(config), timeout=120)
+    ray.get(worker.run.remote("input_mutation"), timeout=300)
+    assert ray.get(worker.flush.remote(), timeout=60)
+    path = tmp_path / "aotwatch.yaml"
+    path.write_text(f"cluster: {{namespace: {config.cluster.namespace}}}\n")
+    address = ray.get_runtime_context().gcs_address
+    result = aotwatch("status", "--config", str(path), "--address", address, timeout=120)
+    assert result.returncode == 0, result.stderr
+    node_id = ray.get_runtime_context().get_node_id()
+    assert f"node {node_id[:12]}" in result.stdout and "healthy" in result.stdout
+    assert "ray-test: 1 workers attached (ranks 0)" in result.stdout
+    assert "divergences: none" in result.stdout
+
+
+def test_serve_runs_until_interrupted_then_removes_its_collectors(ray_session, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    namespace = f"aotwatch-serve-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "aotwatch.yaml"
+    path.write_text(
+        f"cluster: {{namespace: {namespace}}}\n"
+        "collector: {address: 127.0.0.1, port: 0, head_port: 0}\n"
+        f"archive: {{path: {tmp_path / 'archive'}}}\n"
+    )
+    address = ray.get_runtime_context().gcs_address
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "aotwatch.cli", "serve", "--config", str(path),
+         "--address", address, "--interval", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        while "healthy" not in "".join(lines):
+            line = serve.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        node_id = ray.get_runtime_context().get_node_id()
+        assert ray.get_actor(collector_name(node_id), namespace=namespace)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=60) == 0
+    wait_for(lambda: not _actor_exists(collector_name(node_id), namespace), timeout=30,
+             message="the collector to be removed")  # fmt: skip
+
+
+def _actor_exists(name: str, namespace: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return False
+    return True

@@ -43,16 +43,23 @@ COMPILE_IDS_SETTLE_S = 10.0
 _CollectorActor = ray.remote(NodeCollector)
 
 
+def _daemon_actor_options(name: str, config: Config) -> dict[str, Any]:
+    """A named, detached, zero-CPU actor in aotwatch's namespace that Ray restarts forever."""
+    return {
+        "name": name,
+        "namespace": config.cluster.namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "num_cpus": 0,
+        "max_restarts": -1,
+        "max_task_retries": -1,
+    }
+
+
 def ensure_collector(node_id: str, config: Config) -> Any:
     """The collector actor of ``node_id``, created (pinned to that node) if there is none."""
     return _CollectorActor.options(
-        name=collector_name(node_id),
-        namespace=config.cluster.namespace,
-        lifetime="detached",
-        get_if_exists=True,
-        num_cpus=0,
-        max_restarts=-1,
-        max_task_retries=-1,
+        **_daemon_actor_options(collector_name(node_id), config),
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
     ).remote(node_id, config)
 
@@ -186,9 +193,9 @@ class Head:
         return {"ip": scrape_host(self.config.collector.address), "port": self.server.port}
 
     def status(self) -> dict[str, Any]:
-        """Collectors (node, target, healthy), workers by job, divergences, file_sd path."""
+        """Collectors (node, target, healthy, workers) as of now, divergences, file_sd path."""
         return {
-            "collectors": self.endpoints(),
+            "collectors": self.reconcile(),
             "head": self.head_endpoint(),
             "file_sd": str(self.file_sd),
             "divergences": self.divergences(),
@@ -208,15 +215,7 @@ _HeadActor = ray.remote(Head)
 
 def ensure_head(config: Config) -> Any:
     """The head actor (created if there is none), with collectors on every alive node."""
-    head = _HeadActor.options(
-        name=HEAD_NAME,
-        namespace=config.cluster.namespace,
-        lifetime="detached",
-        get_if_exists=True,
-        num_cpus=0,
-        max_restarts=-1,
-        max_task_retries=-1,
-    ).remote(config)
+    head = _HeadActor.options(**_daemon_actor_options(HEAD_NAME, config)).remote(config)
     ray.get(head.reconcile.remote(), timeout=120)
     return head
 
