@@ -184,7 +184,9 @@ def test_serve_runs_until_interrupted_then_removes_its_collectors(ray_session, t
         assert ray.get_actor(collector_name(node_id), namespace=namespace)
     finally:
         serve.send_signal(signal.SIGINT)
-        assert serve.wait(timeout=60) == 0
+        output, _ = serve.communicate(timeout=120)
+    assert serve.returncode == 0, "".join(lines) + output
+    assert "stopping the collectors" in output
     wait_for(lambda: not _actor_exists(collector_name(node_id), namespace), timeout=30,
              message="the collector to be removed")  # fmt: skip
 

@@ -75,3 +75,35 @@ def test_demo_job_end_to_end(tmp_path):
         for family in ("effect_tokens", "recompiles", "graph_breaks"):
             assert re.search(rf'torch_compile_{family}_total{{[^}}]*rank="{rank}"[^}}]*}} [1-9]',
                              exposition), (family, rank)  # fmt: skip
+
+
+def test_a_driver_command_job_gets_capture_on_its_workers(tmp_path):
+    """``command:``: the driver's own ray.init() picks up aotwatch's runtime_env."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import ray, torch\n"
+        "ray.init()\n"
+        "@ray.remote(num_cpus=0)\n"
+        "def step():\n"
+        "    f = torch.compile(lambda x: x.sin() + 1, backend='aot_eager')\n"
+        "    f(torch.ones(3))\n"
+        "    import aotwatch.local\n"
+        "    return aotwatch.local.current().sink.flush(timeout=30)\n"
+        "assert ray.get(step.remote(), timeout=300)\n"
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({
+        "name": "driver-test",
+        "command": f"{sys.executable} {driver}",
+        "aotwatch": {
+            "archive": {"path": str(tmp_path / "archive")},
+            "collector": {"address": "127.0.0.1", "port": 0, "head_port": 0},
+        },
+    }))  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "aotwatch.cli", "run", str(job)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = result.stdout.split("aotwatch report for job 'driver-test':\n")[1].splitlines()
+    assert report[1].split()[:5] == ["driver-test", "0", "cpu", "1", "0/0/1"], result.stdout

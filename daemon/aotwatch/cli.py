@@ -7,7 +7,9 @@ import dataclasses
 import json
 import os
 import runpy
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -234,13 +236,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aotwatch.cluster.daemon import stop_daemon
 
     head = driver.start(config, job_runtime_env=False)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     print(f"aotwatch: serving on the cluster at {config.cluster.address}; Ctrl-C stops", flush=True)
     try:
-        while True:
+        while not stop.is_set():
             _print_status(ray.get(head.status.remote(), timeout=driver.TIMEOUT_S))
-            time.sleep(args.interval)
-    except KeyboardInterrupt:
-        print("aotwatch: stopping the collectors")
+            sys.stdout.flush()
+            stop.wait(args.interval)
+        print("aotwatch: stopping the collectors", flush=True)
         return 0
     finally:
         stop_daemon(config)
