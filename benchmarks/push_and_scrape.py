@@ -116,7 +116,7 @@ def ray_benchmarks() -> None:
     pid = ray.get(collector.__ray_call__.remote(lambda self: os.getpid()), timeout=60)
 
     records = [graph_record(0, i) for i in range(100_000)]
-    pusher = RecordPusher(lambda: collector, dict(WORKER),
+    pusher = RecordPusher(collector, dict(WORKER),
                           PushConfig(queue_size=1_000_000, buffer_size=1_000_000))  # fmt: skip
     chunk_us = []
     for start in range(0, len(records), 1000):

@@ -39,18 +39,13 @@ def cluster_sink(config: Config) -> RecordPusher:
     from aotwatch.cluster.daemon import ensure_collector
 
     node_id = ray.get_runtime_context().get_node_id()
-    handle = ensure_collector(node_id, config)
-
-    def collector() -> Any:
-        return handle
-
     worker = {
         "job_name": config.job_name,
         "node_id": node_id,
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
     }
-    return RecordPusher(collector, worker, config.push)
+    return RecordPusher(ensure_collector(node_id, config), worker, config.push)
 
 
 def runtime_env(config: Config, base: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,10 +56,8 @@ class _Counts:
 class RecordPusher:
     """A capture Sink that delivers records to a collector actor (see module docstring)."""
 
-    def __init__(
-        self, collector: Callable[[], Any], worker: dict[str, Any], config: PushConfig
-    ) -> None:
-        self._collector = collector  # returns the current actor handle
+    def __init__(self, collector: Any, worker: dict[str, Any], config: PushConfig) -> None:
+        self._collector = collector  # the named actor's handle stays valid across its restarts
         self.worker = {**worker, "worker_id": uuid.uuid4().hex}
         self.config = config
         self._queue: collections.deque = collections.deque()
@@ -106,7 +103,7 @@ class RecordPusher:
         batch.attempts += 1
         self.worker["rank"], self.worker["world_size"] = rank_and_world_size()
         try:
-            batch.ref = self._collector().push.remote(self.worker, batch.records, batch.counts)
+            batch.ref = self._collector.push.remote(self.worker, batch.records, batch.counts)
         except Exception:  # noqa: BLE001 - no collector handle right now
             batch.ref = None
 
@@ -197,5 +194,5 @@ class RecordPusher:
         if not delivered:
             log.warning("aotwatch: %d records not delivered at exit", self.pending())
         with contextlib.suppress(Exception):  # the collector may be gone already
-            ray.get(self._collector().goodbye.remote(self.worker), timeout=2)
+            ray.get(self._collector.goodbye.remote(self.worker), timeout=2)
         atexit.unregister(self.close)
