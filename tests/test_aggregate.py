@@ -34,6 +34,7 @@ def test_redelivered_record_is_counted_once():
         ({**new_record(), "graph": "sideways"}, "wrong_type"),
         ({**new_record(), "durations_s": {"total": -1}}, "wrong_type"),
         ({**new_record(), "recompile_reason": "x" * 100_000}, "too_large"),
+        ({**new_record(), "job_name": "j" * 257}, "too_large"),
     ],
 )
 def test_malformed_records_are_rejected_and_counted(broken, reason):

@@ -33,6 +33,10 @@ CACHE_RESULTS = ("hit", "miss", "bypass")
 MAX_TEXT = 16_384
 """Longest string a record may carry (reasons and stack text are truncated to it)."""
 
+MAX_LABEL = 256
+"""Longest value of a field that becomes a label (job_name, device)."""
+_LABEL_FIELDS = ("job_name", "device")
+
 
 def empty_record() -> dict[str, Any]:
     """A record with every field present and empty: capture fills in what it knows."""
@@ -153,6 +157,9 @@ def validate_record(obj: Any) -> dict[str, Any]:
             raise RecordError("too_large", key)
     if not obj["record_id"]:
         raise RecordError("missing_field", "record_id")
+    for key in _LABEL_FIELDS:
+        if len(obj[key]) > MAX_LABEL:
+            raise RecordError("too_large", key)
     if obj["graph"] is not None and obj["graph"] not in GRAPH_KINDS:
         raise RecordError("wrong_type", f"graph {obj['graph']!r}")
     for key in ("inputs", "outputs", "tokens"):
