@@ -35,6 +35,11 @@ def test_redelivered_record_is_counted_once():
         ({**new_record(), "durations_s": {"total": -1}}, "wrong_type"),
         ({**new_record(), "recompile_reason": "x" * 100_000}, "too_large"),
         ({**new_record(), "job_name": "j" * 257}, "too_large"),
+        ({**new_record(), "job_name": "\ud800"}, "wrong_type"),
+        ({**new_record(), "mutation_placement": None}, "wrong_type"),
+        ({**new_record(), "mutation_placement": {"in_graph": "1"}}, "wrong_type"),
+        ({**new_record(), "fail_type": "x", "fail_reason": 5}, "wrong_type"),
+        ({**new_record(), "time": float("nan")}, "wrong_type"),
     ],
 )
 def test_malformed_records_are_rejected_and_counted(broken, reason):

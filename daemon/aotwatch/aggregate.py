@@ -56,14 +56,13 @@ class _RecentIds:
         self.capacity = capacity
         self._ids: OrderedDict[str, None] = OrderedDict()
 
-    def add(self, record_id: str) -> bool:
-        """Remember ``record_id``; False if it was already there."""
-        if record_id in self._ids:
-            return False
+    def __contains__(self, record_id: str) -> bool:
+        return record_id in self._ids
+
+    def add(self, record_id: str) -> None:
         self._ids[record_id] = None
         if len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
-        return True
 
 
 def _bounded(value: Any, allowed: tuple[str, ...]) -> str:
@@ -80,13 +79,6 @@ class Histogram:
 
     def __post_init__(self) -> None:
         self.counts = self.counts or [0] * (len(self.buckets) + 1)
-
-    def attach_worker(self, job_name: str, hostname: str, pid: int) -> None:
-        """Count a worker process in ``aotwatch_workers_attached`` (records do this too)."""
-        workers = self._workers.setdefault(job_name, set())
-        if (hostname, pid) not in workers:
-            workers.add((hostname, pid))
-            self.set_gauge("aotwatch_workers_attached", (job_name,), len(workers))
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
@@ -179,7 +171,7 @@ class Aggregate:
         except RecordError as err:
             self.inc("aotwatch_records_rejected", (err.reason,))
             return False
-        if not self._seen_ids.add(record["record_id"]):
+        if record["record_id"] in self._seen_ids:
             return False
         self.inc("aotwatch_records_received", (record["job_name"],))
         self.attach_worker(record["job_name"], record["hostname"], record["pid"])
@@ -200,6 +192,7 @@ class Aggregate:
         self.set_gauge(
             "torch_compile_last_compile_timestamp_seconds", rank, max(last, record["time"])
         )
+        self._seen_ids.add(record["record_id"])  # only once folded: validation made it safe
         return True
 
     def _fold_frame(self, rank: Labels, record: dict[str, Any]) -> None:
@@ -232,7 +225,7 @@ class Aggregate:
         for kind in MUTATION_KINDS:
             self.inc("torch_compile_input_mutations", (*rank, kind), inputs.get(kind, 0))
         for placement in PLACEMENTS:
-            count = record.get("mutation_placement", {}).get(placement, 0)
+            count = record.get("mutation_placement", {}).get(placement, 0)  # validated
             self.inc("torch_compile_mutated_inputs", (*rank, placement), count)
         for output_type, count in record["outputs"].items():
             label = output_type if _LABEL_VALUE.fullmatch(output_type) else categories.OTHER

@@ -130,6 +130,17 @@ _REQUIRED_TYPES: tuple[tuple[str, frozenset[type]], ...] = tuple(
 )
 """Exact types (``type(v) in ...``: a bool is not an int here) of the fields others rely on."""
 _INT = frozenset({int})
+_STR_OR_NONE = frozenset({str, _NONE})
+_OPTIONAL_TEXT = ("fail_reason", "fail_category", "recompile_category")
+"""Fields the fold reads besides the required ones: a string or null (or absent)."""
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, possible from a JSON \\ud800 escape
+        return False
+    return True
 _NUMBER = frozenset({int, float})
 
 
@@ -160,6 +171,16 @@ def validate_record(obj: Any) -> dict[str, Any]:
     for key in _LABEL_FIELDS:
         if len(obj[key]) > MAX_LABEL:
             raise RecordError("too_large", key)
+        if not obj[key].isprintable() or not _encodable(obj[key]):
+            raise RecordError("wrong_type", f"{key} is not printable UTF-8")
+    if obj["time"] < 0 or obj["time"] != obj["time"] or obj["time"] == math.inf:
+        raise RecordError("wrong_type", "time must be a finite unix time")
+    for key in _OPTIONAL_TEXT:
+        if type(obj.get(key)) not in _STR_OR_NONE:
+            raise RecordError("wrong_type", f"{key} is {type(obj.get(key)).__name__}")
+    if type(obj.get("mutation_placement", {})) is not dict:
+        raise RecordError("wrong_type", "mutation_placement")
+    _check_counts(obj.get("mutation_placement", {}), "mutation_placement", _INT)
     if obj["graph"] is not None and obj["graph"] not in GRAPH_KINDS:
         raise RecordError("wrong_type", f"graph {obj['graph']!r}")
     for key in ("inputs", "outputs", "tokens"):
