@@ -27,6 +27,9 @@ class ArchiveWriter:
         self.path = archive_file(directory)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
         self._lock = threading.Lock()
+        if _ends_torn(self.path):  # a crash mid-line: keep the next record on its own line
+            self._file.write("\n")
+            self._file.flush()
 
     def append(self, *records: dict[str, Any]) -> None:
         """Append records with one write and one flush."""
@@ -37,6 +40,15 @@ class ArchiveWriter:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+def _ends_torn(path: Path) -> bool:
+    """Whether the file's last line lacks its newline."""
+    with open(path, "rb") as raw:
+        if raw.seek(0, os.SEEK_END) == 0:
+            return False
+        raw.seek(-1, os.SEEK_END)
+        return raw.read(1) != b"\n"
 
 
 def read_archive(path: str | os.PathLike) -> Iterator[dict[str, Any] | RecordError]:

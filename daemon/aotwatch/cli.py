@@ -83,7 +83,6 @@ def _trace_config(args: argparse.Namespace) -> Config:
 def cmd_trace(args: argparse.Namespace) -> int:
     import aotwatch
     from aotwatch import report
-    from aotwatch.export.server import ExportError
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
@@ -92,7 +91,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         if python[0] == "path" and not Path(python[1]).is_file():
             return _fail(f"{python[1]}: no such script")
         attachment = aotwatch.attach(config)
-    except (ValueError, ExportError) as err:  # ConfigError is a ValueError
+    except (ValueError, OSError) as err:  # ConfigError, ExportError, an unwritable archive
         return _fail(str(err))
     archive = attachment.sink.archive.path
     print(f"aotwatch: records -> {archive}", file=sys.stderr)
@@ -117,7 +116,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = archive_file(args.path)
     if not path.is_file():
         return _fail(f"{path}: no archive there (expected a records.jsonl or its directory)")
-    snapshot = report.aggregate_archive(path, config.limits.max_series_per_metric).snapshot()
+    try:
+        aggregate = report.aggregate_archive(path, config.limits.max_series_per_metric)
+    except (OSError, UnicodeDecodeError) as err:
+        return _fail(f"{path}: cannot read: {err}")
+    snapshot = aggregate.snapshot()
     if args.format == "json":
         print(json.dumps(report.as_json(snapshot), indent=2, sort_keys=True))
     elif args.format == "prometheus":

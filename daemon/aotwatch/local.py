@@ -108,7 +108,13 @@ def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
             node_counts=config.capture.node_counts,
             graph_hashes=config.capture.graph_hashes,
         )
-        installed = hooks.install(session)
+        try:
+            installed = hooks.install(session)
+        except BaseException:
+            if server:
+                server.close()
+            sink.close()
+            raise
         log.info("aotwatch: capturing compiles of job %r (%d hooks); metrics %s",
                  config.job_name, installed, where)  # fmt: skip
         _current = Attachment(config, sink, server)

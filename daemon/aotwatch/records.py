@@ -138,9 +138,11 @@ _OPTIONAL_TEXT = ("fail_reason", "fail_category", "recompile_category")
 def _encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, possible from a JSON \\ud800 escape
+    except UnicodeEncodeError:  # a lone surrogate (JSON escapes can make one)
         return False
     return True
+
+
 _NUMBER = frozenset({int, float})
 
 

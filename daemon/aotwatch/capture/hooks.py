@@ -80,14 +80,15 @@ def _log_fw_bw_graphs(original: Callable, session: CaptureSession) -> Callable:
 
 
 def _runtime_wrapper_post_compile(original: Callable, session: CaptureSession) -> Callable:
-    def wrapper(self: Any, compiled_fn: Any, aot_config: Any, **kwargs: Any) -> Any:
-        result = original(self, compiled_fn, aot_config, **kwargs)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
         with session.guard("graph_metadata"):
+            bound = _bound(original, args, kwargs)
             session.graph_compiled(
-                aot_config.aot_id,
+                bound["aot_config"].aot_id,
                 _current_compile_id(),
-                bool(self.trace_joint),
-                kwargs["runtime_metadata"],
+                bool(bound["self"].trace_joint),
+                bound["runtime_metadata"],
             )
         return result
 
@@ -122,13 +123,15 @@ def _lazy_backward_compile(original: Callable, session: CaptureSession) -> Calla
 
 
 def _cache_hit(original: Callable, session: CaptureSession) -> Callable:
-    def wrapper(self: Any, args: Any, aot_config: Any, *rest: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         with session.guard("cache_hit"):
-            backward = self.aot_backward_graph_str if self.compiled_bw is not None else None
-            if self.compiled_bw is not None and backward is None:
+            bound = _bound(original, args, kwargs)
+            entry = bound["self"]
+            backward = entry.aot_backward_graph_str if entry.compiled_bw is not None else None
+            if entry.compiled_bw is not None and backward is None:
                 backward = ""  # an autograd entry whose backward text was not stored
-            session.cache_hit(aot_config.aot_id, self.aot_forward_graph_str, backward)
-        return original(self, args, aot_config, *rest, **kwargs)
+            session.cache_hit(bound["aot_config"].aot_id, entry.aot_forward_graph_str, backward)
+        return original(*args, **kwargs)
 
     return wrapper
 

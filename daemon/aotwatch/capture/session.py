@@ -25,6 +25,8 @@ log = logging.getLogger("aotwatch.capture")
 
 _MAX_PENDING = 4096
 """Graphs whose pieces may wait at once (a forward whose backward never runs waits forever)."""
+_MAX_WAITING_PER_ID = 64
+"""Lazy backwards that may wait under one compile id (several AOT graphs per frame)."""
 
 
 class Sink(Protocol):
@@ -155,7 +157,7 @@ class CaptureSession:
             self._emit_backward(aot_id, compile_id, backward_tokens, {}, {}, cache_hit=True)
         elif trace_joint and not eager_backward:
             with self._lock:  # the backward compiles at the first .backward(), under compile_id
-                waiting = self._lazy_backwards.get(compile_id, [])
+                waiting = self._lazy_backwards.get(compile_id, [])[-(_MAX_WAITING_PER_ID - 1) :]
                 self._lazy_backwards[compile_id] = [*waiting, (aot_id, backward_tokens)]
 
     def backward_compiled(self, aot_id: Any, compile_id: str | None, metadata: Any) -> None:
@@ -209,9 +211,10 @@ class CaptureSession:
         cache = compile_metrics.cache_counts(metrics, bypasses)
         if getattr(metrics, "is_forward", True) is False:
             compile_id = getattr(metrics, "compile_id", None)
-            done = self._lazy_backward_done(compile_id)
-            if done is not None and getattr(metrics, "fail_type", None) is None:
-                self._emit_backward(done[0], compile_id, done[1], durations, cache)
+            if getattr(metrics, "fail_type", None) is None:  # a failed one may be retried
+                done = self._lazy_backward_done(compile_id)
+                if done is not None:
+                    self._emit_backward(done[0], compile_id, done[1], durations, cache)
             return
         fields = compile_metrics.frame_fields(metrics, graph_break_reasons)
         with self._lock:

@@ -84,7 +84,14 @@ def write_file_sd(path: Path, endpoints: list[dict[str, Any]], head: dict[str, A
     groups.append({"targets": [f"{head['ip']}:{head['port']}"], "labels": {"role": "head"}})
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(groups, tmp, indent=2)
+        try:
+            json.dump(groups, tmp, indent=2)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+            os.chmod(tmp.name, 0o644)  # Prometheus may run as another user
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
     os.replace(tmp.name, path)
 
 

@@ -31,7 +31,7 @@ HEARTBEAT_S = 5.0
 MAX_BACKOFF_S = 5.0
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: removing one must not compare record lists
 class _Batch:
     records: list[dict]
     counts: dict[str, dict[str, int]]
@@ -66,7 +66,7 @@ class RecordPusher:
         self._wake = threading.Event()
         self._in_flight: collections.deque[_Batch] = collections.deque()
         self._unacknowledged = 0  # records in _in_flight
-        self._closed = False
+        self._closing = self._closed = False
         self._thread = threading.Thread(target=self._run, name="aotwatch-push", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -88,15 +88,30 @@ class RecordPusher:
 
     # -- the background thread ------------------------------------------------------------
 
-    def _next_batch(self) -> _Batch | None:
+    def _take_batch(self) -> _Batch | None:
+        """Move up to batch_size queued records (and the pending counts) into a batch in flight.
+
+        One critical section, so ``pending()`` never misses records between the two.
+        """
         with self._lock:
             records = [
                 self._queue.popleft() for _ in range(min(len(self._queue), self.config.batch_size))
             ]
             counts = self._counts.take()
-        if records or any(counts.values()):
-            return _Batch(records, counts)
-        return None
+            if not records and not any(counts.values()):
+                return None
+            batch = _Batch(records, counts)
+            self._in_flight.append(batch)
+            self._unacknowledged += len(records)
+            self._evict()
+            return batch
+
+    def _evict(self) -> None:
+        """Drop the oldest unacknowledged batches past buffer_size records (lock held)."""
+        while self._unacknowledged > self.config.buffer_size and len(self._in_flight) > 1:
+            lost = self._in_flight.popleft()
+            self._unacknowledged -= len(lost.records)
+            self._counts.dropped["buffer_full"] += len(lost.records)
 
     def _send(self, batch: _Batch) -> None:
         """Send (or resend) a batch; on failure leave ``ref`` None so the next round retries."""
@@ -106,16 +121,6 @@ class RecordPusher:
             batch.ref = self._collector.push.remote(self.worker, batch.records, batch.counts)
         except Exception:  # noqa: BLE001 - no collector handle right now
             batch.ref = None
-
-    def _add_in_flight(self, batch: _Batch) -> None:
-        """Keep ``batch`` until acknowledged, dropping the oldest past buffer_size records."""
-        with self._lock:
-            self._in_flight.append(batch)
-            self._unacknowledged += len(batch.records)
-            while self._unacknowledged > self.config.buffer_size and len(self._in_flight) > 1:
-                lost = self._in_flight.popleft()
-                self._unacknowledged -= len(lost.records)
-                self._counts.dropped["buffer_full"] += len(lost.records)
 
     def _check_acks(self) -> float:
         """Forget acknowledged batches; resend failed ones. Returns the backoff to wait."""
@@ -149,15 +154,15 @@ class RecordPusher:
             try:
                 backoff = self._check_acks()
                 sent = False
-                while (batch := self._next_batch()) is not None:
-                    self._add_in_flight(batch)
+                while (batch := self._take_batch()) is not None:
                     self._send(batch)
                     sent = True
                 if sent:
                     last_sent = time.monotonic()
-                elif time.monotonic() - last_sent > HEARTBEAT_S:
+                elif time.monotonic() - last_sent > HEARTBEAT_S and not self._in_flight:
                     heartbeat = _Batch([], {})  # keeps the worker's gauges alive
-                    self._add_in_flight(heartbeat)
+                    with self._lock:
+                        self._in_flight.append(heartbeat)
                     self._send(heartbeat)
                     last_sent = time.monotonic()
                 if backoff:
@@ -170,9 +175,12 @@ class RecordPusher:
     # -- exit ----------------------------------------------------------------------------
 
     def pending(self) -> int:
-        """Records queued or sent but not acknowledged."""
+        """Records queued or sent but not acknowledged (1 more while counts wait to be sent)."""
         with self._lock:
-            return len(self._queue) + self._unacknowledged
+            counts_waiting = any(self._counts.dropped.values()) or any(
+                self._counts.capture_errors.values()
+            )
+            return len(self._queue) + self._unacknowledged + counts_waiting
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued is acknowledged; False on timeout."""
@@ -186,8 +194,10 @@ class RecordPusher:
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush, say goodbye to the collector, stop the thread (idempotent)."""
-        if self._closed:
-            return
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
         delivered = self.flush(timeout)
         self._closed = True
         self._wake.set()
