@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("graph_hash", "compile_ids", "cache_pattern")
-
 MAX_GRAPHS_PER_ID = 64
 """Distinct graph hashes kept per compile id and graph kind (DDP buckets make several)."""
 

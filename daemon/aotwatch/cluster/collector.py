@@ -140,9 +140,6 @@ class NodeCollector:
         """Per job and rank, what each compile produced: the input of divergence checks."""
         return self._fingerprints
 
-    def ping(self) -> bool:
-        return self._ready
-
 
 def scrape_host(bind_address: str) -> str:
     """Where Prometheus reaches an endpoint bound to ``bind_address``: that address, or the
