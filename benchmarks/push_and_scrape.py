@@ -116,8 +116,8 @@ def ray_benchmarks() -> None:
     pid = ray.get(collector.__ray_call__.remote(lambda self: os.getpid()), timeout=60)
 
     records = [graph_record(0, i) for i in range(100_000)]
-    pusher = RecordPusher(collector, dict(WORKER),
-                          PushConfig(queue_size=1_000_000, buffer_size=1_000_000))  # fmt: skip
+    push = PushConfig(queue_size=1_000_000, buffer_size=1_000_000)
+    pusher = RecordPusher(collector, dict(WORKER), push, heartbeat_s=5.0)
     chunk_us = []
     for start in range(0, len(records), 1000):
         begin = time.perf_counter()

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 # The CPU build of torch first: a bare `torch` requirement can pull a multi-GB CUDA build.
 python3 -m pip install --quiet --disable-pip-version-check torch==2.13.0
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
-if ! command -v promtool >/dev/null 2>&1; then  # promtool checks the exposition format
+# Debian's prometheus: promtool checks the exposition and the rules; the server runs the
+# end-to-end test of the dashboards and alerts.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi

@@ -26,7 +26,7 @@ def cluster_config(tmp_path: Path, namespace: str, **changes) -> Config:
         archive=ArchiveConfig(path=str(tmp_path / "archive")),
         cluster=ClusterConfig(namespace=namespace),
         collector=CollectorConfig(address="127.0.0.1", port=0, head_port=0, worker_timeout_s=3),
-        push=PushConfig(flush_interval_ms=50),
+        push=changes.pop("push", PushConfig(flush_interval_ms=50)),
         **changes,
     )
 
@@ -58,16 +58,49 @@ class Worker:
 
         torch.compile(eval(f"lambda x: {source}"), backend="aot_eager")(torch.ones(3))
 
+    def compile_many(self, count: int, start: int = 0) -> None:
+        """Compile ``count`` distinct small functions (two records each, frame and graph)."""
+        import torch
+
+        for index in range(start, start + count):
+            torch.compile(eval(f"lambda x: x * {index} + 1"), backend="aot_eager")(torch.ones(3))
+
+    def compile_with_breaks(self, breaks: int) -> None:
+        """One function with ``breaks`` graph breaks: ``breaks + 1`` frames compiled in turn."""
+        import torch
+
+        step = "    x = torch.sin(x) + 1\n    torch._dynamo.graph_break()\n"
+        namespace = {"torch": torch}  # unrolled: Dynamo skips a frame that breaks in a loop
+        exec("def fn(x):\n" + step * breaks + "    return x\n", namespace)
+        torch.compile(namespace["fn"], backend="aot_eager")(torch.ones(8))
+
+    def train(self, steps: int) -> int:
+        """Steps of an already compiled model (no compile): what training does between compiles."""
+        import torch
+
+        model = torch.compile(torch.nn.Linear(16, 16), backend="aot_eager")
+        x = torch.randn(4, 16)
+        for _ in range(steps):
+            model(x).sum().backward()
+        return steps
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
     def state(self) -> dict:
         import sys
 
         import aotwatch.local
 
         attachment = aotwatch.local.current()
+        sink = attachment.sink if attachment else None
         return {
             "attached": attachment is not None,
             "dynamo_imported": "torch._dynamo" in sys.modules,
-            "pending": attachment.sink.pending() if attachment else None,
+            "pending": sink.pending() if sink else None,
+            "captured": getattr(sink, "captured", None),
         }
 
     def flush(self) -> bool:

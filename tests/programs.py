@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -202,3 +202,16 @@ def observed(snapshot: Any) -> Truth:
         intermediate_bases=total("torch_compile_intermediate_bases"),
         tokens=by_last_label("torch_compile_effect_tokens"),
     )
+
+
+def truth_of(*names: str, device: str = "cpu") -> Truth:
+    """The summed truth of several programs, each from fresh Dynamo caches."""
+    truth = Truth()
+    for name in names:
+        torch._dynamo.reset()
+        one = run_with_truth(name, device)
+        truth = Truth(
+            **{f.name: getattr(truth, f.name) + getattr(one, f.name) for f in fields(Truth)}
+        )
+    torch._dynamo.reset()
+    return truth

@@ -6,14 +6,13 @@ import uuid
 
 import pytest
 import ray
-import torch
 
 from aotwatch.cluster.attach import attach_actors
 from aotwatch.cluster.collector import collector_name
 from aotwatch.cluster.daemon import ensure_head, stop_daemon
 from cluster_helpers import WORKER_ENV, Worker, cluster_config, collector_values, total
 from conftest import scrape, wait_for
-from programs import observed, run_with_truth
+from programs import observed, truth_of
 
 
 @pytest.fixture(scope="module")
@@ -35,24 +34,6 @@ def config(ray_session, tmp_path):
 def node_collector(config):
     node_id = ray.get_runtime_context().get_node_id()
     return ray.get_actor(collector_name(node_id), namespace=config.cluster.namespace)
-
-
-def truth_of(*names: str):
-    truth = None
-    for name in names:
-        torch._dynamo.reset()
-        one = run_with_truth(name)
-        truth = one if truth is None else _add(truth, one)
-    torch._dynamo.reset()
-    return truth
-
-
-def _add(a, b):
-    import dataclasses
-
-    return type(a)(**{
-        f.name: getattr(a, f.name) + getattr(b, f.name) for f in dataclasses.fields(a)
-    })  # fmt: skip
 
 
 def test_explicit_attach_pushes_to_the_node_collector(config):

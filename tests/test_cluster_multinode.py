@@ -81,3 +81,26 @@ def test_one_collector_per_node_each_with_its_own_workers(cluster, tmp_path):
         assert "aotwatch_build_info" in scrape(f"http://{target}/metrics")
     finally:
         stop_daemon(config)
+
+
+def test_a_removed_node_loses_its_collector_and_the_others_keep_serving(cluster, tmp_path):
+    config = cluster_config(tmp_path, namespace=f"aotwatch-remove-{uuid.uuid4().hex[:8]}")
+    ensure_head(config)
+    try:
+        before = alive_node_ids()
+        doomed = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        (doomed_id,) = alive_node_ids() - before
+        wait_for(lambda: doomed_id in collector_targets(file_sd_path(config)), timeout=60,
+                 message="a collector on the new node")  # fmt: skip
+
+        cluster.remove_node(doomed)
+        wait_for(lambda: set(collector_targets(file_sd_path(config))) == before, timeout=120,
+                 message="file_sd to drop the removed node")  # fmt: skip
+        for target in collector_targets(file_sd_path(config)).values():
+            assert "aotwatch_build_info" in scrape(f"http://{target}/metrics")
+        (head,) = [g for g in read_file_sd(file_sd_path(config)) if g["labels"]["role"] == "head"]
+        assert "aotwatch_build_info" in scrape(f"http://{head['targets'][0]}/metrics")
+    finally:
+        stop_daemon(config)
+    assert read_file_sd(file_sd_path(config)) == []  # a stopped daemon leaves no targets

@@ -33,7 +33,7 @@ def test_setup_hook_attaches_at_the_first_compile_only(config):
     workers = [Worker.remote() for _ in range(2)]
     idle, compiling = workers
     assert ray.get(idle.state.remote(), timeout=120) == {
-        "attached": False, "dynamo_imported": False, "pending": None,
+        "attached": False, "dynamo_imported": False, "pending": None, "captured": None,
     }  # fmt: skip
     ray.get(compiling.run.remote("graph_break", "training_step"), timeout=300)
     assert ray.get(compiling.state.remote(), timeout=30)["attached"]

@@ -146,7 +146,8 @@ def test_top_level_must_be_a_mapping(tmp_path):
 def test_unknown_key_suggests_the_closest(tmp_path):
     message = key_error(tmp_path, "export:\n  prot: 1\n", "export.prot")
     assert message.endswith(
-        "export.prot: unknown key; expected one of address, enabled, port; did you mean 'port'?"
+        "export.prot: unknown key; expected one of address, enabled, port, web_config; "
+        "did you mean 'port'?"
     )
 
 

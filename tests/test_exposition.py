@@ -86,14 +86,20 @@ def fixed_records() -> list[dict]:
     ]
 
 
-def golden_exposition() -> str:
+def golden_aggregate() -> Aggregate:
+    """The golden file's records: a failure, a recompile, graph breaks (one over the cap), a
+    rejected record, a capture error and a dropped record."""
     aggregate = Aggregate(max_series_per_metric=12)
     for record in fixed_records():
         aggregate.add(record)
     aggregate.add({"schema": 0})
     aggregate.inc("aotwatch_capture_errors", ("golden", "graph_metadata"))
     aggregate.inc("aotwatch_records_dropped", ("golden", "archive_write"))
-    text = exposition(aggregate.snapshot(), {"team": "llm"}).decode()
+    return aggregate
+
+
+def golden_exposition() -> str:
+    text = exposition(golden_aggregate().snapshot(), {"team": "llm"}).decode()
     # build_info carries the installed versions: checked by promtool, not by the golden file.
     return "".join(line for line in text.splitlines(True) if "aotwatch_build_info{" not in line)
 

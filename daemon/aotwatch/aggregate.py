@@ -49,7 +49,7 @@ restarted collector replays its archive, newest ids last), so a window of recent
 memory flat in the number of records."""
 
 
-class _RecentIds:
+class RecentIds:
     """The last ``capacity`` ids seen, as an insertion-ordered set."""
 
     def __init__(self, capacity: int) -> None:
@@ -117,7 +117,7 @@ class Aggregate:
         self.max_series_per_metric = max_series_per_metric
         self._values: dict[str, dict[Labels, float]] = {}
         self._histograms: dict[str, dict[Labels, Histogram]] = {}
-        self._seen_ids = _RecentIds(dedupe_window)
+        self._seen_ids = RecentIds(dedupe_window)
         self._workers: dict[str, set[tuple[str, int]]] = {}
 
     # -- generic updates -------------------------------------------------
@@ -152,7 +152,12 @@ class Aggregate:
 
     def attach_worker(self, job_name: str, hostname: str, pid: int) -> None:
         """Count a worker process in ``aotwatch_workers_attached`` (records do this too)."""
-        workers = self._workers.setdefault(job_name, set())
+        workers = self._workers.get(job_name)
+        if workers is None:
+            table = self._values.setdefault("aotwatch_workers_attached", {})
+            if not self._admit(table, "aotwatch_workers_attached", (job_name,)):
+                return  # capped like the gauge: past the cap, a job's workers are not kept
+            workers = self._workers[job_name] = set()
         if (hostname, pid) not in workers:
             workers.add((hostname, pid))
             self.set_gauge("aotwatch_workers_attached", (job_name,), len(workers))

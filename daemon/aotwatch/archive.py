@@ -22,9 +22,9 @@ def archive_file(path: str | os.PathLike) -> Path:
 class ArchiveWriter:
     """Appends one line per record and flushes it, so a crash loses at most the line in flight."""
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    def __init__(self, directory: str | os.PathLike, file_name: str = ARCHIVE_FILE) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
-        self.path = archive_file(directory)
+        self.path = Path(directory) / file_name
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
         self._lock = threading.Lock()
         if _ends_torn(self.path):  # a crash mid-line: keep the next record on its own line

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import runpy
 import signal
+import socket
 import sys
 import threading
 import time
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from aotwatch.config import ArchiveConfig, Config, ConfigError, ExportConfig, load_config
+from aotwatch.config import ArchiveConfig, Config, ConfigError, load_config
 
 EXAMPLE_MODULE = "aotwatch.examples.tiny_train"
 DEFAULT_TRACE_ARCHIVE = "aotwatch-trace"
@@ -73,7 +75,7 @@ def _trace_config(args: argparse.Namespace) -> Config:
     archive = args.archive or config.archive.path or DEFAULT_TRACE_ARCHIVE
     export = config.export
     if args.port is not None:
-        export = ExportConfig(enabled=True, address=export.address, port=args.port)
+        export = dataclasses.replace(export, enabled=True, port=args.port)
     changes = {"archive": ArchiveConfig(path=str(archive)), "export": export}
     if args.job_name:
         changes["job_name"] = args.job_name
@@ -130,9 +132,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_web_configs(config: Config) -> None:
+    """Read and check the web-config files that ``config`` names (ConfigError if bad)."""
+    from aotwatch.export.webconfig import load_web_config
+
+    for web_config in {config.export.web_config, config.collector.web_config} - {None}:
+        load_web_config(web_config)
+
+
+def _load_checked(path: str | None) -> Config:
+    """The config at ``path``, with the web-config files it names checked too."""
+    config = load_config(path)
+    _check_web_configs(config)
+    return config
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.file)
+        config = _load_checked(args.file)
     except ConfigError as err:
         return _fail(str(err))
     print(f"{args.file}: ok")
@@ -141,21 +158,50 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _targets(status: dict) -> list[str]:
-    return [f"http://{c['ip']}:{c['port']}/metrics" for c in status["collectors"] if "port" in c]
+    return [
+        f"{c.get('scheme', 'http')}://{c['ip']}:{c['port']}/metrics"
+        for c in status["collectors"]
+        if "port" in c
+    ]
+
+
+def _check_local_ports(config: Config, source: str) -> None:
+    """A local cluster's collector and head serve on this machine: a port in use fails here,
+    before Ray starts, not in a collector that Ray restarts forever."""
+    address = config.collector.address
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    for key in ("port", "head_port"):
+        port = getattr(config.collector, key)
+        try:
+            if port:
+                socket.create_server((address, port), family=family).close()
+        except OSError as err:
+            reason = os.strerror(err.errno) if err.errno else err  # not create_server's text
+            problem = f"cannot serve /metrics on {address}:{port}: {reason}"
+            raise ConfigError(problem, file=source, key=f"aotwatch.collector.{key}",
+                              expected="a free port (0 picks any free port)") from None  # fmt: skip
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from aotwatch.jobs import load_job
+    from aotwatch.jobs import check_runnable, load_job
 
     try:
         job = load_job(args.job)
     except ConfigError as err:
         return _fail(str(err))
-    if job.config.cluster.address is None and not os.environ.get("RAY_ADDRESS"):
+    local = job.config.cluster.address is None and not os.environ.get("RAY_ADDRESS")
+    if local:
         # A local cluster serves this machine only: loopback, no usage reports. Ray reads
         # these when it is imported.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        _check_web_configs(job.config)
+        if local:
+            _check_local_ports(job.config, args.job)
+        check_runnable(job, args.job)
+    except ConfigError as err:
+        return _fail(str(err))
     import ray
 
     from aotwatch import report
@@ -185,11 +231,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {finding['kind']} at {finding['compile_id']}: {groups}")
         status = ray.get(head.status.remote(), timeout=driver.TIMEOUT_S)
         print(f"\nmetrics: {', '.join(_targets(status))}")
-        print(f"head (divergences): http://{status['head']['ip']}:{status['head']['port']}/metrics")
+        head_endpoint = status["head"]
+        print(f"head (divergences): {head_endpoint['scheme']}://{head_endpoint['ip']}:"
+              f"{head_endpoint['port']}/metrics")  # fmt: skip
         print(f"Prometheus file_sd: {status['file_sd']}")
         if args.linger:
             print(f"serving for {args.linger} s (Ctrl-C to stop)", flush=True)
-            time.sleep(args.linger)
+            with contextlib.suppress(KeyboardInterrupt):
+                time.sleep(args.linger)
         failed = error is not None or (isinstance(result, int) and result != 0)
         if error is not None:
             print(f"aotwatch: the job failed: {error}", file=sys.stderr)
@@ -223,7 +272,7 @@ def _print_status(status: dict) -> None:
 
 
 def _cluster_config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
+    config = _load_checked(args.config)
     address = args.address or config.cluster.address or "auto"
     return dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, address=address))
 

@@ -207,6 +207,9 @@ class ExportConfig(Section):
     port: int = field(default=9420, metadata=between(0, 65535))
     """TCP port, 0..65535; 0 picks any free port. In local mode LOCAL_RANK is added to it."""
 
+    web_config: str | None = field(default=None, metadata=length(1, 4096))
+    """Path of a web-config file (exporter-toolkit's shape: TLS, basic auth); null: plain HTTP."""
+
 
 @dataclass(frozen=True)
 class CaptureConfig(Section):
@@ -241,7 +244,8 @@ class ClusterConfig(Section):
 
     address: str | None = field(default=None, metadata=length(1, 1024))
     """Ray address ("auto", "host:6379", "ray://host:10001"); null: the cluster this process is
-    in, or a new local one for ``aotwatch run``."""
+    in, or a new local one for ``aotwatch run``. When set, ``attach()`` outside Ray joins it;
+    if it cannot be reached, capture stays local after one warning."""
 
     namespace: str = field(default="aotwatch", metadata=length(1, 128))
     """Ray namespace of aotwatch's named actors (one collector per node, one head)."""
@@ -265,6 +269,9 @@ class CollectorConfig(Section):
 
     file_sd_path: str | None = field(default=None, metadata=length(1, 4096))
     """Where the head writes the Prometheus file_sd JSON; null: <archive dir>/file_sd.json."""
+
+    web_config: str | None = field(default=None, metadata=length(1, 4096))
+    """Web-config file of the collectors' and the head's ports, read on every node; null: HTTP."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -88,6 +89,30 @@ def load_job(path: str | os.PathLike) -> JobConfig:
 def resolve_entrypoint(entrypoint: str) -> Callable[..., Any]:
     module, _, function = entrypoint.partition(":")
     return getattr(importlib.import_module(module), function)
+
+
+def check_runnable(job: JobConfig, source: str) -> None:
+    """Find what the job runs before anything starts: the entrypoint is imported (the driver
+    imports it anyway) or the command's program looked up. ConfigError names ``source``."""
+    if job.entrypoint is not None:
+        module, _, function = job.entrypoint.partition(":")
+        expected = "an importable module:function"
+        try:
+            found = callable(getattr(importlib.import_module(module), function, None))
+        except ImportError as err:
+            problem = f"cannot import {module!r}: {err}"
+            raise ConfigError(problem, file=source, key="entrypoint", expected=expected) from None
+        if not found:
+            problem = f"{module!r} has no function {function!r}"
+            raise ConfigError(problem, file=source, key="entrypoint", expected=expected)
+        return
+    try:
+        program = (shlex.split(job.command) or [""])[0]
+    except ValueError as err:  # an unclosed quote
+        raise ConfigError(str(err), file=source, key="command", expected="a command line") from None
+    if shutil.which(program) is None:
+        raise ConfigError(f"no program {program!r} found", file=source, key="command",
+                          expected="a program on PATH or a path to one")  # fmt: skip
 
 
 def run_trainer(job: JobConfig) -> Any:

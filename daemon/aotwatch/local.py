@@ -63,30 +63,58 @@ def _in_ray() -> bool:
     return in_ray_worker()
 
 
+def _sink(config: Config) -> tuple[Any, MetricsServer | None, str]:
+    """The cluster sink in a Ray worker or with ``cluster.address`` set, else local mode (and
+    local mode, after one warning, when the cluster cannot be reached)."""
+    unreachable = None
+    if _in_ray() or config.cluster.address:
+        from aotwatch.cluster.attach import ClusterUnreachable, cluster_sink
+
+        try:
+            return cluster_sink(config), None, "pushed to this node's collector"
+        except ClusterUnreachable as err:
+            unreachable = err
+    sink, server = _local_sink(config)
+    where = server.url if server else "not served (export.enabled: false)"
+    if unreachable:
+        log.warning("aotwatch: %s; capturing in this process instead (metrics %s)",
+                    unreachable, where)  # fmt: skip
+    return sink, server, where
+
+
 def _local_sink(config: Config) -> tuple[LocalSink, MetricsServer | None]:
-    archive = ArchiveWriter(config.archive.path) if config.archive.path else None
-    sink = LocalSink(config.limits.max_series_per_metric, archive)
+    """Aggregate here and serve /metrics; the archive is opened once the port is bound, so
+    a port in use leaves no archive behind."""
+    sink = LocalSink(config.limits.max_series_per_metric)
     me = identity(config.job_name)
     sink.attach_worker(config.job_name, me["hostname"], me["pid"])
-    if not config.export.enabled:
-        return sink, None
-    collector = AggregateCollector(sink.snapshot, config.labels)
-    try:
-        return sink, serve_metrics(registry_for(collector), config.export.address,
-                                   export_port(config))  # fmt: skip
-    except OSError:
-        if archive:
-            archive.close()
-        raise
+    server = None
+    if config.export.enabled:
+        collector = AggregateCollector(sink.snapshot, config.labels)
+        server = serve_metrics(
+            registry_for(collector),
+            config.export.address,
+            export_port(config),
+            web_config=config.export.web_config,
+        )
+    if config.archive.path:
+        try:
+            sink.archive = ArchiveWriter(config.archive.path)
+        except OSError:
+            if server:
+                server.close()
+            raise
+    return sink, server
 
 
 def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
     """Capture every compile in this process; idempotent.
 
     ``config`` is a Config, the path of a YAML file, or None for the defaults. In a Ray
-    worker, records go to the collector of the worker's node; elsewhere this process
-    aggregates them and serves its own /metrics (local mode). Raises ConfigError for a bad
-    config and ExportError when /metrics cannot be served; nothing is installed then.
+    worker, or with ``cluster.address`` set, records go to the collector of this node;
+    elsewhere, or when that cluster cannot be reached (one warning), this process aggregates
+    them and serves its own /metrics (local mode). Raises ConfigError for a bad config and
+    ExportError when /metrics cannot be served; nothing is installed then.
     """
     global _current
     with _lock:
@@ -95,13 +123,7 @@ def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
         if not isinstance(config, Config):
             config = load_config(config)
         _show_info_logs()
-        if _in_ray():
-            from aotwatch.cluster.attach import cluster_sink
-
-            sink, server, where = cluster_sink(config), None, "pushed to this node's collector"
-        else:
-            sink, server = _local_sink(config)
-            where = server.url if server else "not served (export.enabled: false)"
+        sink, server, where = _sink(config)
         session = CaptureSession(
             sink,
             job_name=config.job_name,

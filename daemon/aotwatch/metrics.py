@@ -152,4 +152,12 @@ FAMILIES: tuple[Family, ...] = (
     ),
 )
 
+RANK_DIVERGENCES = Family(
+    "torch_compile_rank_divergences",
+    "counter",
+    "Compiles that differ across the ranks of a job, by kind.",
+    ("job_name", "kind"),
+)
+"""Served by the head, once per job (no rank label), not by the collectors."""
+
 BY_NAME = {family.name: family for family in FAMILIES}

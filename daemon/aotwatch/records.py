@@ -37,6 +37,13 @@ MAX_LABEL = 256
 """Longest value of a field that becomes a label (job_name, device)."""
 _LABEL_FIELDS = ("job_name", "device")
 
+MAX_ID = 256
+"""Longest identifier (record_id, compile_id, graph_hash): collectors remember many of them."""
+_ID_FIELDS = ("record_id", "compile_id", "graph_hash")
+
+MAX_NUMBER = 2**53
+"""Largest number a record may carry: metric values are floats, exact up to 2**53."""
+
 
 def empty_record() -> dict[str, Any]:
     """A record with every field present and empty: capture fills in what it knows."""
@@ -100,6 +107,7 @@ class RecordError(ValueError):
 
 
 _NONE = type(None)
+_MISSING = object()
 _REQUIRED_TYPES: tuple[tuple[str, frozenset[type]], ...] = tuple(
     (key, frozenset(types))
     for key, types in {
@@ -146,12 +154,19 @@ def _encodable(text: str) -> bool:
 _NUMBER = frozenset({int, float})
 
 
+def _check_text(fields: dict[Any, Any], key: str) -> None:
+    if any(type(value) is str and len(value) > MAX_TEXT for value in fields.values()):
+        raise RecordError("too_large", key)
+
+
 def _check_counts(counts: dict[Any, Any], key: str, number_types: frozenset[type]) -> None:
     for name, value in counts.items():
         if type(name) is not str or type(value) not in number_types:
             raise RecordError("wrong_type", f"{key}.{name}")
         if value < 0 or value != value or value == math.inf:
             raise RecordError("wrong_type", f"{key}.{name} must be a non-negative number")
+        if value > MAX_NUMBER:
+            raise RecordError("too_large", f"{key}.{name}")
 
 
 def validate_record(obj: Any) -> dict[str, Any]:
@@ -161,12 +176,14 @@ def validate_record(obj: Any) -> dict[str, Any]:
     if obj.get("schema") != SCHEMA_VERSION:
         raise RecordError("schema_version", f"schema {obj.get('schema')!r}")
     for key, types in _REQUIRED_TYPES:
-        value = obj.get(key, obj)  # obj itself stands for "missing"
+        value = obj.get(key, _MISSING)
         if type(value) not in types:
-            if value is obj:
+            if value is _MISSING:
                 raise RecordError("missing_field", key)
             raise RecordError("wrong_type", f"{key} is {type(value).__name__}")
-        if type(value) is str and len(value) > MAX_TEXT:
+        if type(value) is str and len(value) > (MAX_ID if key in _ID_FIELDS else MAX_TEXT):
+            raise RecordError("too_large", key)
+        if type(value) is int and abs(value) > MAX_NUMBER:
             raise RecordError("too_large", key)
     if not obj["record_id"]:
         raise RecordError("missing_field", "record_id")
@@ -195,6 +212,8 @@ def validate_record(obj: Any) -> dict[str, Any]:
     for graph_break in obj["graph_breaks"]:
         if type(graph_break) is not dict or type(graph_break.get("category")) is not str:
             raise RecordError("wrong_type", "graph_breaks entry")
+        _check_text(graph_break, "graph_breaks entry")
+    _check_text(obj["frame"] or {}, "frame")
     return obj
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aotwatch import categories
 from aotwatch.records import clip_text
+
+_COMPARED_VALUE = re.compile(
+    r"""(==|!=|\bis not\b|\bis\b|\bnot in\b|\bin\b)(\s*)"""
+    r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[-+]?\d[\w.+-]*)"""
+)
 
 # CompilationMetrics field (microseconds) -> phase label.
 _PHASE_FIELDS_US = (
@@ -73,28 +79,37 @@ def cache_counts(metrics: Any, bypasses: dict[str, int]) -> dict[str, dict[str, 
     return caches
 
 
+def redact_values(text: str | None) -> str | None:
+    """``text`` with the values that guards compare against replaced by ``<value>``.
+
+    A guard on a user's argument quotes its value (``mode == 'the value'``), which may come
+    from a file or the environment; records keep the guard, never the value.
+    """
+    return text and _COMPARED_VALUE.sub(r"\1\2<value>", text)
+
+
 def frame_fields(metrics: Any, graph_break_reasons: list[str]) -> dict[str, Any]:
     """Frame-record fields: where, what failed, why it recompiled, which breaks it took."""
     filename = getattr(metrics, "co_filename", None)
     line = getattr(metrics, "co_firstlineno", None)
     user_frame = f"{filename}:{line}" if filename else None
-    recompile_reason = clip_text(getattr(metrics, "recompile_reason", None))
+    recompile_reason = getattr(metrics, "recompile_reason", None)
     fail_type = getattr(metrics, "fail_type", None)
-    fail_reason = clip_text(getattr(metrics, "fail_reason", None))
+    fail_reason = getattr(metrics, "fail_reason", None)
     return {
         "compile_id": getattr(metrics, "compile_id", None),
         "frame": {"co_name": getattr(metrics, "co_name", None), "filename": filename, "line": line},
         "graph_breaks": [
             {
-                "reason": clip_text(reason),
+                "reason": clip_text(redact_values(reason)),
                 "category": categories.graph_break_category(reason),
                 "user_frame": user_frame,
             }
             for reason in graph_break_reasons
         ],
-        "recompile_reason": recompile_reason,
+        "recompile_reason": clip_text(redact_values(recompile_reason)),
         "recompile_category": recompile_reason and categories.recompile_category(recompile_reason),
         "fail_type": fail_type,
         "fail_category": fail_type and categories.fail_type_category(fail_type, fail_reason),
-        "fail_reason": fail_reason,
+        "fail_reason": clip_text(redact_values(fail_reason)),
     }

@@ -34,18 +34,53 @@ def in_ray_worker() -> bool:
     return "ray" in sys.modules and ray.is_initialized()
 
 
+PROBE_TIMEOUT_S = 3.0
+"""How long attach waits for the configured cluster's address to answer."""
+
+
+class ClusterUnreachable(ConnectionError):
+    """The Ray cluster (or this node's collector) cannot be reached: capture stays local."""
+
+
+def join_cluster(config: Config) -> None:
+    """Connect this process to ``cluster.address`` as a Ray driver, or raise ClusterUnreachable.
+
+    The address is probed first, so an unreachable cluster costs seconds, not Ray's minutes of
+    connection retries.
+    """
+    address = config.cluster.address
+    try:
+        if address != "auto":
+            host, _, port = address.removeprefix("ray://").rpartition(":")
+            socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+        ray.init(address=address, namespace=config.cluster.namespace, logging_level="WARNING",
+                 log_to_driver=False)  # fmt: skip
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ClusterUnreachable(f"Ray cluster {address!r} unreachable: {err}") from None
+
+
 def cluster_sink(config: Config) -> RecordPusher:
-    """A sink that pushes to this node's collector (created there if the head has not yet)."""
+    """A sink that pushes to this node's collector (created there if the head has not yet).
+
+    Outside a Ray worker it first joins ``cluster.address``. Raises ClusterUnreachable.
+    """
     from aotwatch.cluster.daemon import ensure_collector
 
-    node_id = ray.get_runtime_context().get_node_id()
+    if not in_ray_worker():
+        join_cluster(config)
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+        collector = ensure_collector(node_id, config)
+    except Exception as err:  # noqa: BLE001 - whatever Ray raises, training goes on
+        raise ClusterUnreachable(f"no collector for this node: {err}") from None
     worker = {
         "job_name": config.job_name,
         "node_id": node_id,
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
     }
-    return RecordPusher(ensure_collector(node_id, config), worker, config.push)
+    heartbeat_s = config.collector.worker_timeout_s / 3  # two may be lost before it expires
+    return RecordPusher(collector, worker, config.push, heartbeat_s)
 
 
 def runtime_env(config: Config, base: dict[str, Any] | None = None) -> dict[str, Any]:

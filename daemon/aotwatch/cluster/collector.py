@@ -20,6 +20,7 @@ from typing import Any
 from aotwatch import divergence
 from aotwatch.aggregate import Snapshot
 from aotwatch.archive import ArchiveWriter, read_archive
+from aotwatch.cluster.worker_counts import CountsLedger
 from aotwatch.config import Config
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import serve_metrics
@@ -55,9 +56,14 @@ class NodeCollector:
         self._fingerprints: divergence.Fingerprints = {}
         self.replayed = self._replay(directory)
         self.sink.archive = ArchiveWriter(directory)
+        self.counts = CountsLedger(directory, self.sink)
         registry = registry_for(AggregateCollector(self.snapshot, config.labels))
         self.server = serve_metrics(
-            registry, config.collector.address, config.collector.port, lambda: self._ready
+            registry,
+            config.collector.address,
+            config.collector.port,
+            lambda: self._ready,
+            web_config=config.collector.web_config,
         )
         self.hostname = socket.gethostname()
         self._ready = True
@@ -77,16 +83,14 @@ class NodeCollector:
     # -- called by workers (cluster.push) ------------------------------------------------
 
     def push(self, worker: dict[str, Any], records: list[dict], counts: dict[str, dict]) -> int:
-        """Accept a batch (persisted before this returns) and the worker's own counts."""
+        """Accept a batch and the worker's running drop and capture-error totals, both
+        persisted before this returns."""
         self._seen(worker)
         accepted = self.sink.record_batch(records)
         for record in accepted:
             divergence.observe(self._fingerprints, record)
-        job = worker["job_name"]
-        for reason, count in counts.get("dropped", {}).items():
-            self.sink.inc("aotwatch_records_dropped", (job, reason), count)
-        for stage, count in counts.get("capture_errors", {}).items():
-            self.sink.inc("aotwatch_capture_errors", (job, stage), count)
+        if counts:
+            self.counts.add(worker["worker_id"], worker["job_name"], counts)
         return len(accepted)
 
     def goodbye(self, worker: dict[str, Any]) -> None:
@@ -131,6 +135,7 @@ class NodeCollector:
             "hostname": self.hostname,
             "ip": scrape_host(self.config.collector.address),
             "port": self.server.port,
+            "scheme": "https" if self.server.tls else "http",
             "ready": self._ready,
             "replayed": self.replayed,
             "workers": self._live_workers(),

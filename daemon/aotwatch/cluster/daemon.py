@@ -31,6 +31,7 @@ from aotwatch.cluster.collector import (
 from aotwatch.config import Config
 from aotwatch.export.collector import build_info_family, registry_for
 from aotwatch.export.server import serve_metrics
+from aotwatch.metrics import RANK_DIVERGENCES
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,15 @@ def file_sd_path(config: Config) -> Path:
     return Path(config.collector.file_sd_path or archive_root(config) / "file_sd.json")
 
 
-def write_file_sd(path: Path, endpoints: list[dict[str, Any]], head: dict[str, Any]) -> None:
-    """Replace ``path`` atomically with one file_sd target group per collector (and the head)."""
+def write_file_sd(path: Path, endpoints: list[dict[str, Any]], head: dict[str, Any] | None) -> None:
+    """Replace ``path`` atomically with one file_sd target group per collector and the head
+    (none when the daemon stops: Prometheus then stops scraping, and no alert fires)."""
     groups = [
-        {
-            "targets": [f"{e['ip']}:{e['port']}"],
-            "labels": {"node_id": e["node_id"], "hostname": e["hostname"], "role": "collector"},
-        }
+        _target_group(e, {"node_id": e["node_id"], "hostname": e["hostname"], "role": "collector"})
         for e in sorted(endpoints, key=lambda e: e["node_id"])
     ]
-    groups.append({"targets": [f"{head['ip']}:{head['port']}"], "labels": {"role": "head"}})
+    if head is not None:
+        groups.append(_target_group(head, {"role": "head"}))
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
         try:
@@ -95,6 +95,13 @@ def write_file_sd(path: Path, endpoints: list[dict[str, Any]], head: dict[str, A
     os.replace(tmp.name, path)
 
 
+def _target_group(endpoint: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """One file_sd group; ``__scheme__`` tells Prometheus to scrape a TLS endpoint over https."""
+    if endpoint.get("scheme") == "https":
+        labels = {**labels, "__scheme__": "https"}
+    return {"targets": [f"{endpoint['ip']}:{endpoint['port']}"], "labels": labels}
+
+
 class _DivergenceCollector:
     """Exposes ``torch_compile_rank_divergences_total`` (once per job, no rank label)."""
 
@@ -103,12 +110,8 @@ class _DivergenceCollector:
 
     def collect(self) -> Any:
         yield build_info_family(self.head.config.labels)
-        names = ("job_name", "kind", *self.head.config.labels)
-        family = CounterMetricFamily(
-            "torch_compile_rank_divergences",
-            "Compiles that differ across the ranks of a job, by kind.",
-            labels=names,
-        )
+        names = (*RANK_DIVERGENCES.labels, *self.head.config.labels)
+        family = CounterMetricFamily(RANK_DIVERGENCES.name, RANK_DIVERGENCES.help, labels=names)
         for (job, kind), count in sorted(self.head.divergence_counts().items()):
             family.add_metric((job, kind, *self.head.config.labels.values()), count)
         yield family
@@ -125,7 +128,12 @@ class Head:
         self._findings: dict[tuple[str, str, str], divergence.Finding] = {}
         self._candidates: dict[tuple[str, str, str], float] = {}  # compile_ids, first seen
         registry = registry_for(_DivergenceCollector(self))
-        self.server = serve_metrics(registry, config.collector.address, config.collector.head_port)
+        self.server = serve_metrics(
+            registry,
+            config.collector.address,
+            config.collector.head_port,
+            web_config=config.collector.web_config,
+        )
         self.file_sd = file_sd_path(config)
         self._stop = threading.Event()
         threading.Thread(target=self._loop, name="aotwatch-head", daemon=True).start()
@@ -167,7 +175,7 @@ class Head:
         """
         with self._lock:
             collectors = list(self._collectors.values())
-        parts = ray.get([c.fingerprints.remote() for c in collectors], timeout=CALL_TIMEOUT_S)
+        parts = _answers([c.fingerprints.remote() for c in collectors])
         now = time.monotonic()
         for job, ranks in divergence.merge(parts).items():
             for finding in divergence.find(job, ranks):
@@ -197,7 +205,11 @@ class Head:
             return [{"node_id": n, **e} for n, e in sorted(self._endpoints.items())]
 
     def head_endpoint(self) -> dict[str, Any]:
-        return {"ip": scrape_host(self.config.collector.address), "port": self.server.port}
+        return {
+            "ip": scrape_host(self.config.collector.address),
+            "port": self.server.port,
+            "scheme": "https" if self.server.tls else "http",
+        }
 
     def status(self) -> dict[str, Any]:
         """Collectors (node, target, healthy, workers) as of now, divergences, file_sd path."""
@@ -209,12 +221,26 @@ class Head:
         }
 
     def shutdown(self) -> None:
-        """Kill every collector and stop watching (the caller kills the head)."""
+        """Kill every collector, empty file_sd, stop watching (the caller kills the head)."""
         self._stop.set()
         with self._lock:
             for handle in self._collectors.values():
                 ray.kill(handle, no_restart=True)
             self._collectors.clear()
+        write_file_sd(self.file_sd, [], None)
+
+
+def _answers(refs: list[Any]) -> list[Any]:
+    """The results of the calls answered within CALL_TIMEOUT_S. A collector that is restarting
+    or stalled is left out of this round: its ranks are compared in a later one."""
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=CALL_TIMEOUT_S) if refs else ([], [])
+    answers = []
+    for ref in ready:
+        try:
+            answers.append(ray.get(ref))
+        except Exception:  # noqa: BLE001 - died while answering: same as not answering
+            log.debug("aotwatch head: a collector did not answer", exc_info=True)
+    return answers
 
 
 _HeadActor = ray.remote(Head)

@@ -2,7 +2,8 @@
 
 ``record`` only appends to a bounded deque (the training thread never waits on
 the network; a full queue drops the record and counts it). The thread sends
-batches to the node's collector with non-blocking calls, keeps each batch until
+batches to the node's collector with non-blocking calls, at most ``MAX_CALLS``
+unanswered at a time, keeps each batch until
 the collector acknowledges it, resends after a failure with backoff (the
 collector may be restarting), and flushes what is left at process exit.
 Delivery is at-least-once; record ids make a resend a no-op.
@@ -27,45 +28,64 @@ from aotwatch.config import PushConfig
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 5.0
 MAX_BACKOFF_S = 5.0
+MAX_CALLS = 8
+"""Batches sent and not yet answered. A stalled collector holds no more than these; later
+batches wait here, at most ``buffer_size`` records, and the oldest waiting ones are dropped
+(and counted) first, so a stall costs bounded memory and drops only what never left."""
 
 
 @dataclass(eq=False)  # compared by identity: removing one must not compare record lists
 class _Batch:
     records: list[dict]
     counts: dict[str, dict[str, int]]
+    counts_version: int
     ref: Any = None
     attempts: int = 0
 
 
 @dataclass
 class _Counts:
-    """Drops and capture errors not yet delivered to the collector."""
+    """This worker's running totals of drops and capture errors (see cluster.worker_counts).
+
+    ``version`` grows with every change; ``delivered`` is the newest version acknowledged.
+    """
 
     dropped: collections.Counter = field(default_factory=collections.Counter)
     capture_errors: collections.Counter = field(default_factory=collections.Counter)
+    version: int = 0
+    sent: int = 0
+    delivered: int = 0
 
-    def take(self) -> dict[str, dict[str, int]]:
-        taken = {"dropped": dict(+self.dropped), "capture_errors": dict(+self.capture_errors)}
-        self.dropped.clear()
-        self.capture_errors.clear()
-        return taken
+    def add(self, kind: str, label: str, amount: int = 1) -> None:
+        getattr(self, kind)[label] += amount
+        self.version += 1
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        if not self.version:
+            return {}
+        return {"dropped": dict(self.dropped), "capture_errors": dict(self.capture_errors)}
 
 
 class RecordPusher:
     """A capture Sink that delivers records to a collector actor (see module docstring)."""
 
-    def __init__(self, collector: Any, worker: dict[str, Any], config: PushConfig) -> None:
-        self._collector = collector  # the named actor's handle stays valid across its restarts
+    def __init__(
+        self, collector: Any, worker: dict[str, Any], config: PushConfig, heartbeat_s: float
+    ) -> None:
+        """``heartbeat_s``: the longest silence before an empty batch tells the collector this
+        worker is alive (well under the collector's worker timeout)."""
+        self._collector = collector
+        self.heartbeat_s = heartbeat_s  # the named actor's handle stays valid across its restarts
         self.worker = {**worker, "worker_id": uuid.uuid4().hex}
         self.config = config
         self._queue: collections.deque = collections.deque()
         self._counts = _Counts()
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._in_flight: collections.deque[_Batch] = collections.deque()
-        self._unacknowledged = 0  # records in _in_flight
+        self._batches: collections.deque[_Batch] = collections.deque()  # oldest first
+        self._unacknowledged = 0  # records in _batches
+        self.captured = 0  # records handed over by capture: delivered, waiting or dropped
         self._closing = self._closed = False
         self._thread = threading.Thread(target=self._run, name="aotwatch-push", daemon=True)
         self._thread.start()
@@ -75,8 +95,9 @@ class RecordPusher:
 
     def record(self, record: dict[str, Any]) -> None:
         with self._lock:
+            self.captured += 1
             if len(self._queue) >= self.config.queue_size:
-                self._counts.dropped["queue_full"] += 1
+                self._counts.add("dropped", "queue_full")
                 return
             self._queue.append(record)
             if len(self._queue) >= self.config.batch_size:
@@ -84,12 +105,12 @@ class RecordPusher:
 
     def capture_error(self, job_name: str, stage: str) -> None:
         with self._lock:
-            self._counts.capture_errors[stage] += 1
+            self._counts.add("capture_errors", stage)
 
     # -- the background thread ------------------------------------------------------------
 
-    def _take_batch(self) -> _Batch | None:
-        """Move up to batch_size queued records (and the pending counts) into a batch in flight.
+    def _take_batch(self) -> bool:
+        """Move up to batch_size queued records (and newer totals) into a waiting batch.
 
         One critical section, so ``pending()`` never misses records between the two.
         """
@@ -97,76 +118,100 @@ class RecordPusher:
             records = [
                 self._queue.popleft() for _ in range(min(len(self._queue), self.config.batch_size))
             ]
-            counts = self._counts.take()
-            if not records and not any(counts.values()):
-                return None
-            batch = _Batch(records, counts)
-            self._in_flight.append(batch)
+            if not records and self._counts.sent == self._counts.version:
+                return False
+            self._batches.append(self._new_batch(records))
             self._unacknowledged += len(records)
             self._evict()
-            return batch
+            return True
 
     def _evict(self) -> None:
-        """Drop the oldest unacknowledged batches past buffer_size records (lock held)."""
-        while self._unacknowledged > self.config.buffer_size and len(self._in_flight) > 1:
-            lost = self._in_flight.popleft()
+        """Drop the oldest unsent batches past buffer_size records (lock held).
+
+        Batches already sent stay: the collector may still answer them.
+        """
+        while self._unacknowledged > self.config.buffer_size:
+            lost = next((b for b in self._batches if b.ref is None and b.records), None)
+            if lost is None:
+                return
+            self._batches.remove(lost)
             self._unacknowledged -= len(lost.records)
-            self._counts.dropped["buffer_full"] += len(lost.records)
+            self._counts.add("dropped", "buffer_full", len(lost.records))
 
-    def _send(self, batch: _Batch) -> None:
-        """Send (or resend) a batch; on failure leave ``ref`` None so the next round retries."""
-        batch.attempts += 1
-        self.worker["rank"], self.worker["world_size"] = rank_and_world_size()
-        try:
-            batch.ref = self._collector.push.remote(self.worker, batch.records, batch.counts)
-        except Exception:  # noqa: BLE001 - no collector handle right now
-            batch.ref = None
+    def _new_batch(self, records: list[dict]) -> _Batch:
+        """A batch carrying the current totals (lock held)."""
+        self._counts.sent = self._counts.version
+        return _Batch(records, self._counts.totals(), self._counts.version)
 
-    def _check_acks(self) -> float:
-        """Forget acknowledged batches; resend failed ones. Returns the backoff to wait."""
+    def _calls(self) -> list[Any]:
+        """The refs of the batches sent and not yet answered."""
         with self._lock:
-            batches = list(self._in_flight)
-        refs = [batch.ref for batch in batches if batch.ref is not None]
+            return [batch.ref for batch in self._batches if batch.ref is not None]
+
+    def _send_waiting(self) -> None:
+        """Send waiting batches, oldest first, while fewer than MAX_CALLS are unanswered."""
+        with self._lock:
+            waiting = [batch for batch in self._batches if batch.ref is None]
+        for batch in waiting[: max(0, MAX_CALLS - len(self._calls()))]:
+            batch.attempts += 1
+            self.worker["rank"], self.worker["world_size"] = rank_and_world_size()
+            try:
+                batch.ref = self._collector.push.remote(self.worker, batch.records, batch.counts)
+            except Exception:  # noqa: BLE001 - no collector handle right now: next round
+                return
+
+    def _check_answers(self) -> float:
+        """Forget acknowledged batches; put failed ones back to wait. Returns the backoff."""
+        with self._lock:
+            sent = [batch for batch in self._batches if batch.ref is not None]
+        refs = [batch.ref for batch in sent]
         ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else set()
         backoff = 0.0
-        for batch in batches:
-            if batch.ref is not None:
-                if batch.ref not in ready:
-                    continue
-                try:
-                    ray.get(batch.ref)
-                except Exception:  # noqa: BLE001 - collector away: keep the batch, retry
-                    batch.ref = None
-                else:
-                    with self._lock:
-                        self._in_flight.remove(batch)
-                        self._unacknowledged -= len(batch.records)
-                    continue
-            backoff = max(backoff, min(MAX_BACKOFF_S, 0.05 * 2 ** min(batch.attempts, 7)))
-            self._send(batch)
+        for batch in sent:
+            if batch.ref not in ready:
+                continue
+            try:
+                ray.get(batch.ref)
+            except Exception:  # noqa: BLE001 - collector away: keep the batch, retry
+                batch.ref = None
+                backoff = max(backoff, min(MAX_BACKOFF_S, 0.05 * 2 ** min(batch.attempts, 7)))
+                continue
+            with self._lock:
+                self._batches.remove(batch)
+                self._unacknowledged -= len(batch.records)
+                self._counts.delivered = max(self._counts.delivered, batch.counts_version)
         return backoff
+
+    def _wait(self) -> None:
+        """Until a call is answered while batches wait for a free call, else until woken."""
+        interval = self.config.flush_interval_ms / 1000
+        with self._lock:
+            waiting = any(batch.ref is None for batch in self._batches)
+        calls = self._calls()
+        if waiting and calls:
+            ray.wait(calls, num_returns=1, timeout=interval)
+        else:
+            self._wake.wait(interval)
+            self._wake.clear()
 
     def _run(self) -> None:
         last_sent = time.monotonic()
         while True:
-            self._wake.wait(self.config.flush_interval_ms / 1000)
-            self._wake.clear()
             try:
-                backoff = self._check_acks()
-                sent = False
-                while (batch := self._take_batch()) is not None:
-                    self._send(batch)
-                    sent = True
-                if sent:
-                    last_sent = time.monotonic()
-                elif time.monotonic() - last_sent > HEARTBEAT_S and not self._in_flight:
-                    heartbeat = _Batch([], {})  # keeps the worker's gauges alive
-                    with self._lock:
-                        self._in_flight.append(heartbeat)
-                    self._send(heartbeat)
-                    last_sent = time.monotonic()
+                self._wait()
+                backoff = self._check_answers()
                 if backoff:
                     time.sleep(backoff)
+                made = False
+                while self._take_batch():
+                    made = True
+                if made:
+                    last_sent = time.monotonic()
+                elif time.monotonic() - last_sent > self.heartbeat_s and not self._batches:
+                    with self._lock:  # a heartbeat keeps the worker's gauges alive
+                        self._batches.append(self._new_batch([]))
+                    last_sent = time.monotonic()
+                self._send_waiting()
             except Exception:  # noqa: BLE001 - the push thread must survive anything
                 log.debug("aotwatch: push round failed", exc_info=True)
             if self._closed and not self._queue:
@@ -175,11 +220,9 @@ class RecordPusher:
     # -- exit ----------------------------------------------------------------------------
 
     def pending(self) -> int:
-        """Records queued or sent but not acknowledged (1 more while counts wait to be sent)."""
+        """Records queued or sent but not acknowledged (1 more while newer totals are)."""
         with self._lock:
-            counts_waiting = any(self._counts.dropped.values()) or any(
-                self._counts.capture_errors.values()
-            )
+            counts_waiting = self._counts.delivered < self._counts.version
             return len(self._queue) + self._unacknowledged + counts_waiting
 
     def flush(self, timeout: float = 10.0) -> bool:

@@ -1,0 +1,65 @@
+"""A training loop built to make the shipped alerts fire: see them on Prometheus's /alerts.
+
+Each worker trains a tiny model (compiled by Inductor, so the FX-graph and AOTAutograd
+caches are looked up) whose forward mutates a buffer (an input mutation), and before that
+compiles a helper whose graph depends on the rank (``x * 2`` on odd ranks, ``x + 1`` on
+even ones: the head reports a ``graph_hash`` divergence, TorchCompileRankDivergence fires).
+After each step it compiles a statistics helper with static shapes on a batch that grows
+by one row per step: every step after the first recompiles it (TorchCompileRecompileStorm,
+with 3 recompiles or more within 10 minutes) and its ``print`` is a graph break.
+Run it with ``aotwatch run config/jobs/alerting.yaml`` next to a Prometheus that loads
+dashboards/prometheus/aotwatch-rules.yml.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FAST_BACKEND = "aot_eager"
+"""For the helpers: AOTAutograd runs (its metadata is captured) without Inductor's cost."""
+
+
+class CountingRegressor(nn.Module):
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, 1)
+        self.register_buffer("rows_seen", torch.zeros(()))
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        self.rows_seen.add_(batch.shape[0])  # an input mutation
+        return self.linear(batch).squeeze(-1)
+
+
+def rank_dependent(x: torch.Tensor, rank: int) -> torch.Tensor:
+    return x * 2 if rank % 2 else x + 1  # a different graph per rank, same compile id
+
+
+def batch_stats(errors: torch.Tensor) -> torch.Tensor:
+    mean = errors.abs().mean()
+    print("alerting: stats")  # a graph break
+    return mean + errors.std()
+
+
+def train_loop(config: dict | None = None) -> None:
+    """train_loop_per_worker: ``config`` may set ``backend`` (inductor, for the model) and
+    ``steps`` (5; each step after the first recompiles the statistics helper)."""
+    import ray.train
+
+    config = config or {}
+    steps = int(config.get("steps", 5))
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(0)
+    model = CountingRegressor()
+    compiled = torch.compile(model, backend=config.get("backend", "inductor"), dynamic=False)
+    stats = torch.compile(batch_stats, backend=FAST_BACKEND, dynamic=False)  # static shapes
+    offset = torch.compile(rank_dependent, backend=FAST_BACKEND)(torch.ones(4), rank)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for step in range(steps):
+        batch = torch.randn(16, 8)
+        loss = nn.functional.mse_loss(compiled(batch), batch.sum(-1) + offset.sum())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        spread = stats(torch.randn(4 + step))  # one row more every step: a recompile
+        ray.train.report({"loss": loss.item(), "spread": spread.item(), "step": step})

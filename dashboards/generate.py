@@ -1,0 +1,688 @@
+#!/usr/bin/env python3
+"""Generate aotwatch's Grafana dashboards: the one source of truth for dashboards/grafana/.
+
+``python3 dashboards/generate.py`` rewrites the JSON files (Grafana 10 dashboard model);
+``--check`` writes nothing and exits 1 listing the files that differ from this script's output.
+
+Every query filters on ``$job_name``, ``$instance`` and ``$rank`` where its family carries
+that label (METRICS.md). Counters that aotwatch creates on their first increment (failures,
+recompiles, drops, errors, divergences) have no series at all on a healthy run; their queries
+fall back to 0, which is the truthful value there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+OUT_DIR = Path(__file__).resolve().parent / "grafana"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+WINDOW = "[$__rate_interval]"
+
+# Template-variable matchers, by the labels a family carries.
+RANK = ('job_name=~"$job_name"', 'instance=~"$instance"', 'rank=~"$rank"')
+JOB = RANK[:2]
+INSTANCE = RANK[1:2]
+HEAD = RANK[:1]  # served by the head, not a collector: no rank, and another instance
+PER_RANK = "job_name, rank, device"
+RANK_LEGEND = "rank {{rank}} · {{device}} · {{job_name}}"
+
+EXAMPLE_VALUES = {
+    "job_name": ".*",
+    "instance": ".*",
+    "rank": ".*",
+    "__rate_interval": "1m",
+}
+"""Values for every variable a query uses: all jobs, instances and ranks, a 1 m rate window."""
+
+# -- queries ---------------------------------------------------------------------------------
+
+
+def sel(metric: str, scope: tuple[str, ...], *matchers: str) -> str:
+    """``metric{...}`` filtered on ``scope``'s template variables and extra ``matchers``."""
+    return f"{metric}{{{', '.join((*scope, *matchers))}}}"
+
+
+def total(selector: str, by: str = "") -> str:
+    """The cumulative value, summed (by ``by``)."""
+    return f"sum{_by(by)} ({selector})"
+
+
+def per_minute(selector: str, by: str = "") -> str:
+    """Events per minute over the rate window, summed (by ``by``)."""
+    return f"60 * sum{_by(by)} (rate({selector}{WINDOW}))"
+
+
+def quantile(q: float, bucket_selector: str, by: str, window: bool = True) -> str:
+    """``histogram_quantile`` of a histogram's buckets: over the rate window, or cumulative."""
+    buckets = f"rate({bucket_selector}{WINDOW})" if window else bucket_selector
+    return f"histogram_quantile({q}, sum by (le, {by}) ({buckets}))"
+
+
+def or_zero(expr: str, label: str = "") -> str:
+    """``expr``, or one 0 series (with ``label="none"``) when ``expr`` has no series."""
+    zero = f'label_replace(vector(0), "{label}", "none", "", "")' if label else "vector(0)"
+    return f"{expr} or on() {zero}"
+
+
+def or_zero_per_rank(expr: str) -> str:
+    """``expr`` per rank, 0 for ranks that compiled frames but have no series in ``expr``."""
+    return f"{expr} or 0 * {total(sel('torch_compile_frames_total', RANK), PER_RANK)}"
+
+
+def _by(labels: str) -> str:
+    return f" by ({labels})" if labels else ""
+
+
+# -- panels ----------------------------------------------------------------------------------
+
+
+def target(expr: str, legend: str = "", *, fmt: str = "time_series", instant: bool = False):
+    """One Prometheus query of a panel (refIds are given by ``panel``)."""
+    return {
+        "datasource": DATASOURCE,
+        "editorMode": "code",
+        "expr": expr,
+        "format": fmt,
+        "instant": instant,
+        "legendFormat": legend,
+        "range": not instant,
+    }
+
+
+def panel(kind: str, title: str, unit: str, description: str, targets: list[dict], **spec):
+    """A panel of ``kind``; ``spec`` holds w, h, options and optional fieldConfig parts."""
+    defaults = {"unit": unit, "min": 0, **spec.get("defaults", {})}
+    return {
+        "datasource": DATASOURCE,
+        "description": description,
+        "fieldConfig": {"defaults": defaults, "overrides": spec.get("overrides", [])},
+        "gridPos": {"h": spec["h"], "w": spec["w"], "x": 0, "y": 0},
+        "options": spec["options"],
+        "targets": [{**t, "refId": chr(ord("A") + i)} for i, t in enumerate(targets)],
+        "title": title,
+        "transformations": spec.get("transformations", []),
+        "type": kind,
+    }
+
+
+def thresholds(warn_from: float | None = None, color: str = "red") -> dict:
+    """Green, or ``color`` from ``warn_from`` on."""
+    steps = [{"color": "green", "value": None}]
+    if warn_from is not None:
+        steps.append({"color": color, "value": warn_from})
+    return {"mode": "absolute", "steps": steps}
+
+
+def timeseries(title: str, unit: str, description: str, *targets: dict, w: int = 12, **extra):
+    """A time series panel with a table legend (last and max per series)."""
+    custom = {
+        "drawStyle": "line",
+        "fillOpacity": 10,
+        "lineWidth": 1,
+        "showPoints": "never",
+        "spanNulls": False,
+        "stacking": {"group": "A", "mode": "none"},
+    }
+    options = {
+        "legend": {
+            "calcs": ["lastNotNull", "max"],
+            "displayMode": "table",
+            "placement": "bottom",
+            "showLegend": True,
+        },
+        "tooltip": {"mode": "multi", "sort": "desc"},
+    }
+    defaults = {"custom": custom, **extra.pop("defaults", {})}
+    return panel(
+        "timeseries",
+        title,
+        unit,
+        description,
+        list(targets),
+        w=w,
+        h=9,
+        options=options,
+        defaults=defaults,
+        **extra,
+    )
+
+
+def stat(title: str, unit: str, description: str, *targets: dict, warn_from=None, w: int = 4):
+    """A stat panel showing the last value in the time range, with a sparkline."""
+    options = {
+        "colorMode": "value",
+        "graphMode": "area",
+        "justifyMode": "auto",
+        "orientation": "auto",
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        "textMode": "auto",
+    }
+    return panel(
+        "stat",
+        title,
+        unit,
+        description,
+        list(targets),
+        w=w,
+        h=4,
+        options=options,
+        defaults={"thresholds": thresholds(warn_from)},
+    )
+
+
+def bargauge(title: str, unit: str, description: str, *targets: dict, w: int = 12):
+    """Horizontal bars, one per series (or per bucket for a heatmap-format target)."""
+    options = {
+        "displayMode": "gradient",
+        "orientation": "horizontal",
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        "showUnfilled": True,
+        "valueMode": "color",
+    }
+    return panel(
+        "bargauge",
+        title,
+        unit,
+        description,
+        list(targets),
+        w=w,
+        h=9,
+        options=options,
+        defaults={"thresholds": thresholds()},
+    )
+
+
+def table(title: str, description: str, keys: str, columns: list[tuple[str, str, str]]):
+    """One row per ``keys`` label set, one column per ``(header, expr, unit)`` instant query."""
+    key_names = [key.strip() for key in keys.split(",")]
+    headers = {f"Value #{chr(ord('A') + i)}": header for i, (header, _, _) in enumerate(columns)}
+    order = [*key_names, *headers.values()]
+    transformations = [
+        {"id": "merge", "options": {}},
+        {
+            "id": "organize",
+            "options": {
+                "excludeByName": {"Time": True},
+                "indexByName": {name: i for i, name in enumerate(order)},
+                "renameByName": headers,
+            },
+        },
+    ]
+    overrides = [
+        {
+            "matcher": {"id": "byName", "options": header},
+            "properties": [{"id": "unit", "value": unit}],
+        }
+        for header, _, unit in columns
+        if unit != "short"
+    ]
+    targets = [target(expr, fmt="table", instant=True) for _, expr, _ in columns]
+    options = {
+        "cellHeight": "sm",
+        "footer": {"show": False},
+        "showHeader": True,
+        "sortBy": [{"desc": False, "displayName": key_names[0]}],
+    }
+    return panel(
+        "table",
+        title,
+        "short",
+        description,
+        targets,
+        w=24,
+        h=9,
+        options=options,
+        overrides=overrides,
+        transformations=transformations,
+    )
+
+
+def info_table(title: str, description: str, expr: str) -> dict:
+    """One row per series of an info metric (value 1): its labels, nothing else."""
+    transformations = [
+        {
+            "id": "organize",
+            "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True}},
+        }
+    ]
+    options = {"cellHeight": "sm", "footer": {"show": False}, "showHeader": True}
+    return panel(
+        "table",
+        title,
+        "short",
+        description,
+        [target(expr, fmt="table", instant=True)],
+        w=24,
+        h=7,
+        options=options,
+        transformations=transformations,
+    )
+
+
+# -- dashboards ------------------------------------------------------------------------------
+
+
+def query_variable(name: str, label: str, query: str, sort: int = 1) -> dict:
+    """A multi-value Prometheus label variable whose "All" matches every value (``.*``)."""
+    return {
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "datasource": DATASOURCE,
+        "definition": query,
+        "hide": 0,
+        "includeAll": True,
+        "label": label,
+        "multi": True,
+        "name": name,
+        "options": [],
+        "query": {
+            "qryType": 1,
+            "query": query,
+            "refId": "PrometheusVariableQueryEditor-VariableQuery",
+        },
+        "refresh": 2,
+        "regex": "",
+        "skipUrlSync": False,
+        "sort": sort,
+        "type": "query",
+    }
+
+
+VARIABLES = [
+    {
+        "current": {},
+        "hide": 0,
+        "includeAll": False,
+        "label": "Data source",
+        "multi": False,
+        "name": "datasource",
+        "options": [],
+        "query": "prometheus",
+        "refresh": 1,
+        "regex": "",
+        "skipUrlSync": False,
+        "type": "datasource",
+    },
+    # aotwatch_records_received_total exists for every job that sent a record.
+    query_variable("job_name", "Job", "label_values(aotwatch_records_received_total, job_name)"),
+    query_variable(
+        "instance",
+        "Collector",
+        'label_values(aotwatch_records_received_total{job_name=~"$job_name"}, instance)',
+    ),
+    query_variable(
+        "rank",
+        "Rank",
+        "label_values(torch_compile_frames_total"
+        '{job_name=~"$job_name", instance=~"$instance"}, rank)',
+        sort=3,  # numerical
+    ),
+]
+
+
+def layout(panels: list[dict]) -> list[dict]:
+    """Number the panels and place them left to right, top to bottom, on the 24-column grid."""
+    x = y = row_height = 0
+    for number, item in enumerate(panels, start=1):
+        grid = item["gridPos"]
+        if x + grid["w"] > 24:
+            x, y, row_height = 0, y + row_height, 0
+        grid.update(x=x, y=y)
+        x, row_height = x + grid["w"], max(row_height, grid["h"])
+        item["id"] = number
+    return panels
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[dict]) -> dict:
+    """A Grafana 10 dashboard with the shared variables and links to its siblings."""
+    return {
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                }
+            ]
+        },
+        "description": description,
+        "editable": True,
+        "fiscalYearStartMonth": 0,
+        "graphTooltip": 1,
+        "id": None,
+        "links": [
+            {
+                "asDropdown": True,
+                "icon": "external link",
+                "includeVars": True,
+                "keepTime": True,
+                "tags": ["aotwatch"],
+                "title": "aotwatch",
+                "type": "dashboards",
+            }
+        ],
+        "panels": layout(panels),
+        "refresh": "30s",
+        "schemaVersion": 39,
+        "tags": ["aotwatch"],
+        "templating": {"list": VARIABLES},
+        "time": {"from": "now-1h", "to": "now"},
+        "timepicker": {},
+        "timezone": "",
+        "title": title,
+        "uid": uid,
+        "version": 1,
+        "weekStart": "",
+    }
+
+
+def compile_overview() -> dict:
+    frames = sel("torch_compile_frames_total", RANK)
+    recompiles = sel("torch_compile_recompiles_total", RANK)
+    breaks = sel("torch_compile_graph_breaks_total", RANK)
+    failures = sel("torch_compile_frame_failures_total", RANK)
+    seconds = sel("torch_compile_duration_seconds_sum", RANK)
+    buckets = sel("torch_compile_duration_seconds_bucket", RANK)
+    lookups = sel("torch_compile_cache_lookups_total", RANK)
+    hits = sel("torch_compile_cache_lookups_total", RANK, 'result="hit"')
+    windowed_lookups = f"sum by (cache) (rate({lookups}{WINDOW}))"
+    windowed_hits = f"sum by (cache) (rate({hits}{WINDOW}))"
+    cumulative = "Cumulative, as the collectors export it."
+    panels = [
+        stat("Frames compiled", "short", f"Frames Dynamo compiled. {cumulative}",
+             target(total(frames))),
+        stat("Recompiles", "short", f"Recompilations of compiled frames. {cumulative}",
+             target(or_zero(total(recompiles))), warn_from=1),
+        stat("Graph breaks", "short", f"Graph breaks. {cumulative}",
+             target(or_zero(total(breaks))), warn_from=1),
+        stat("Failed frames", "short", f"Frames whose compile failed. {cumulative}",
+             target(or_zero(total(failures))), warn_from=1),
+        stat("Compile time", "s", f"Whole-frame compile time (phase total). {cumulative}",
+             target(total(sel("torch_compile_duration_seconds_sum", RANK, 'phase="total"')))),
+        stat("Cache hit ratio", "percentunit",
+             f"Hits over lookups, all compile caches together. {cumulative}",
+             target(f"({total(hits)} or 0 * {total(lookups)}) / {total(lookups)}")),
+        timeseries("Compile time by phase", "s",
+                   "Compile seconds spent per second of wall time, by phase (phases nest: "
+                   "total contains dynamo, which contains aot_autograd, ...).",
+                   target(f"sum by (phase) (rate({seconds}{WINDOW}))", "{{phase}}")),
+        timeseries("Compile time per frame, p50 / p95", "s",
+                   "Quantiles of the compile time per frame and phase over the rate window; "
+                   "empty while nothing compiles.",
+                   target(quantile(0.5, buckets, "phase"), "p50 {{phase}}"),
+                   target(quantile(0.95, buckets, "phase"), "p95 {{phase}}")),
+        timeseries("Compiles and recompiles per minute", "cpm",
+                   "Frames compiled (recompiles included) and recompiles, per minute.",
+                   target(per_minute(frames), "frames compiled"),
+                   target(or_zero(per_minute(recompiles)), "recompiles")),
+        timeseries("Cache hit ratio by cache", "percentunit",
+                   "Hits over lookups per compile cache over the rate window; empty while "
+                   "nothing is looked up.",
+                   target(f"({windowed_hits} or 0 * {windowed_lookups}) / {windowed_lookups}",
+                          "{{cache}}"),
+                   defaults={"max": 1}),
+        timeseries("Recompiles by reason", "cpm",
+                   "Recompilations per minute by reason category ('none': no recompiles).",
+                   target(or_zero(per_minute(recompiles, "reason"), "reason"), "{{reason}}")),
+        timeseries("Graph breaks by reason", "cpm",
+                   "Graph breaks per minute by registry id or category ('none': no breaks).",
+                   target(or_zero(per_minute(breaks, "reason"), "reason"), "{{reason}}")),
+        timeseries("Frame failures by type", "cpm",
+                   "Failed frame compiles per minute by failure category ('none': none failed).",
+                   target(or_zero(per_minute(failures, "fail_type"), "fail_type"),
+                          "{{fail_type}}")),
+        timeseries("Cache lookups by cache and result", "cpm",
+                   "Compile-cache lookups per minute: hit, miss or bypass, per cache.",
+                   target(per_minute(lookups, "cache, result"), "{{cache}} {{result}}")),
+        table("Per rank", "Cumulative totals per rank and device.", PER_RANK, [
+            ("frames", total(frames, PER_RANK), "short"),
+            ("recompiles", or_zero_per_rank(total(recompiles, PER_RANK)), "short"),
+            ("graph breaks", or_zero_per_rank(total(breaks, PER_RANK)), "short"),
+            ("failures", or_zero_per_rank(total(failures, PER_RANK)), "short"),
+            ("compile time",
+             total(sel("torch_compile_duration_seconds_sum", RANK, 'phase="total"'), PER_RANK),
+             "s"),
+            ("cache hit ratio",
+             f"({total(hits, PER_RANK)} or 0 * {total(lookups, PER_RANK)})"
+             f" / {total(lookups, PER_RANK)}", "percentunit"),
+        ]),
+    ]  # fmt: skip
+    return dashboard(
+        "aotwatch-compile-overview",
+        "aotwatch / Compile overview",
+        "torch.compile cost per job: compile time by phase, recompiles, graph breaks, "
+        "compile-cache hits and failures.",
+        panels,
+    )
+
+
+def aot_metadata() -> dict:
+    graphs = sel("torch_compile_graphs_total", RANK)
+    inputs = sel("torch_compile_graph_inputs_total", RANK)
+    mutations = sel("torch_compile_input_mutations_total", RANK)
+    mutated = sel("torch_compile_mutated_inputs_total", RANK)
+    outputs = sel("torch_compile_graph_outputs_total", RANK)
+    bases = sel("torch_compile_intermediate_bases_total", RANK)
+    tokens = sel("torch_compile_effect_tokens_total", RANK)
+    nodes = sel("torch_compile_graph_nodes_bucket", RANK)
+    cumulative = "Cumulative, as the collectors export it."
+
+    def per_rank(title: str, description: str, selector: str, kind: str = "") -> dict:
+        by = f"{kind}, {PER_RANK}" if kind else PER_RANK
+        legend = f"{{{{{kind}}}}} · {RANK_LEGEND}" if kind else RANK_LEGEND
+        return timeseries(
+            title, "short", f"{description} {cumulative}", target(total(selector, by), legend)
+        )
+
+    panels = [
+        stat("AOT graphs", "short", f"AOTAutograd graphs compiled. {cumulative}",
+             target(total(graphs))),
+        stat("Graph inputs", "short", f"Graph inputs seen by AOTAutograd. {cumulative}",
+             target(total(inputs))),
+        stat("Mutated inputs", "short", f"Inputs mutated in place. {cumulative}",
+             target(total(mutated))),
+        stat("Aliased outputs", "short",
+             f"Outputs that alias an input or an intermediate. {cumulative}",
+             target(total(sel("torch_compile_graph_outputs_total", RANK,
+                              'output_type!="non_alias"')))),
+        stat("Intermediate bases", "short", f"Intermediate bases. {cumulative}",
+             target(total(bases))),
+        stat("Effect tokens", "short", f"Effect tokens, forward and backward. {cumulative}",
+             target(total(tokens, "direction"), "{{direction}}")),
+        per_rank("AOT graphs by kind", "AOTAutograd graphs (forward, backward, inference).",
+                 graphs, "graph"),
+        timeseries("AOT graphs compiled per minute", "cpm",
+                   "AOTAutograd graphs compiled per minute, by kind and device.",
+                   target(per_minute(graphs, "graph, device"), "{{graph}} · {{device}}")),
+        per_rank("Input mutations by kind", "Inputs per mutation flag (an input counts once "
+                 "per flag).", mutations, "kind"),
+        per_rank("Mutated inputs by placement", "Mutated inputs kept in the graph (in_graph) "
+                 "or replayed by a runtime epilogue (out_of_graph).", mutated, "placement"),
+        per_rank("Graph outputs by alias type", "Graph outputs by OutputType.", outputs,
+                 "output_type"),
+        per_rank("Intermediate bases per rank", "Intermediate bases summed over graphs.", bases),
+        per_rank("Effect tokens, forward / backward", "Effect tokens threaded through graphs.",
+                 tokens, "direction"),
+        timeseries("FX nodes per graph, p50 / p95", "short",
+                   f"Graph size quantiles by kind, rank and device. {cumulative}",
+                   target(quantile(0.5, nodes, f"graph, {PER_RANK}", window=False),
+                          f"p50 {{{{graph}}}} · {RANK_LEGEND}"),
+                   target(quantile(0.95, nodes, f"graph, {PER_RANK}", window=False),
+                          f"p95 {{{{graph}}}} · {RANK_LEGEND}")),
+        bargauge("Graph size distribution", "short",
+                 f"AOT graphs per FX-node bucket (upper bound). {cumulative}",
+                 target(total(nodes, "le"), "{{le}}", fmt="heatmap")),
+        table("Per rank and device", f"AOT metadata per rank and device. {cumulative}",
+              PER_RANK, [
+                  ("graphs", total(graphs, PER_RANK), "short"),
+                  ("inputs", total(inputs, PER_RANK), "short"),
+                  ("mutated inputs", total(mutated, PER_RANK), "short"),
+                  ("outputs", or_zero_per_rank(total(outputs, PER_RANK)), "short"),
+                  ("intermediate bases", total(bases, PER_RANK), "short"),
+                  ("forward tokens",
+                   total(sel("torch_compile_effect_tokens_total", RANK, 'direction="forward"'),
+                         PER_RANK), "short"),
+                  ("backward tokens",
+                   total(sel("torch_compile_effect_tokens_total", RANK, 'direction="backward"'),
+                         PER_RANK), "short"),
+                  ("p95 FX nodes", quantile(0.95, nodes, PER_RANK, window=False), "short"),
+              ]),
+    ]  # fmt: skip
+    return dashboard(
+        "aotwatch-aot-metadata",
+        "aotwatch / AOT metadata",
+        "What AOTAutograd built, per rank and device: graphs by kind, input mutations, output "
+        "aliasing, intermediate bases, effect tokens and graph sizes.",
+        panels,
+    )
+
+
+def fleet_health() -> dict:
+    collectors = sel("up", INSTANCE, 'role="collector"')
+    workers = sel("aotwatch_workers_attached", JOB)
+    received = sel("aotwatch_records_received_total", JOB)
+    dropped = sel("aotwatch_records_dropped_total", JOB)
+    rejected = sel("aotwatch_records_rejected_total", INSTANCE)
+    errors = sel("aotwatch_capture_errors_total", JOB)
+    series = sel("aotwatch_series_dropped_total", INSTANCE)
+    divergences = sel("torch_compile_rank_divergences_total", HEAD)
+    live_ranks = sel("torch_compile_last_compile_timestamp_seconds", RANK)
+    cumulative = "Cumulative, as the collectors export it."
+    panels = [
+        stat("Collectors up", "short", "Collector targets (role=collector) that answer scrapes.",
+             target(total(collectors)), w=3),
+        stat("Workers attached", "short", "Worker processes attached to the collectors now.",
+             target(or_zero(total(workers))), w=3),
+        stat("Records received", "short", f"Compile records accepted. {cumulative}",
+             target(total(received)), w=3),
+        stat("Records dropped", "short", f"Records lost on the way. {cumulative}",
+             target(or_zero(total(dropped))), warn_from=1, w=3),
+        stat("Records rejected", "short", f"Records refused as malformed. {cumulative}",
+             target(or_zero(total(rejected))), warn_from=1, w=3),
+        stat("Capture errors", "short", f"Failures inside the capture hooks. {cumulative}",
+             target(or_zero(total(errors))), warn_from=1, w=3),
+        stat("Series dropped", "short", f"Label sets refused by the cardinality cap. {cumulative}",
+             target(or_zero(total(series))), warn_from=1, w=3),
+        stat("Rank divergences", "short",
+             "Compiles that differ across the ranks of a job (from the head). Cumulative.",
+             target(or_zero(total(divergences))), warn_from=1, w=3),
+        timeseries("Collector up, per instance", "short",
+                   "1 while a collector answers its scrapes, 0 while it does not.",
+                   target(collectors, "{{instance}}"), defaults={"max": 1}),
+        timeseries("Workers and live ranks", "short",
+                   "Worker processes attached, per job and collector, and ranks with a live "
+                   "worker, per job.",
+                   target(or_zero(total(workers, "job_name, instance"), "job_name"),
+                          "workers · {{job_name}} · {{instance}}"),
+                   target(or_zero(f"count by (job_name) ({live_ranks})", "job_name"),
+                          "live ranks · {{job_name}}")),
+        timeseries("Records received per minute", "cpm", "Records accepted, per job and collector.",
+                   target(per_minute(received, "job_name, instance"),
+                          "{{job_name}} · {{instance}}")),
+        timeseries("Records dropped per minute", "cpm",
+                   "Records lost on the way (full queue, collector unreachable, archive write), "
+                   "by reason ('none': no drops).",
+                   target(or_zero(per_minute(dropped, "job_name, reason"), "reason"),
+                          "{{reason}} · {{job_name}}")),
+        timeseries("Records rejected per minute", "cpm",
+                   "Records refused as malformed, by reason and collector ('none': none).",
+                   target(or_zero(per_minute(rejected, "instance, reason"), "reason"),
+                          "{{reason}} · {{instance}}")),
+        timeseries("Capture errors per minute", "cpm",
+                   "Failures inside the capture hooks (never raised into training), by stage "
+                   "('none': none).",
+                   target(or_zero(per_minute(errors, "job_name, stage"), "stage"),
+                          "{{stage}} · {{job_name}}")),
+        timeseries("Series dropped per minute", "cpm",
+                   "Label sets refused by the per-metric cardinality cap, by metric ('none': "
+                   "none).",
+                   target(or_zero(per_minute(series, "metric"), "metric"), "{{metric}}")),
+        timeseries("Rank divergences by kind", "short",
+                   "Compiles that differ across the ranks of a job, by kind (graph_hash, "
+                   "compile_ids, cache_pattern; 'none': none). Cumulative, from the head.",
+                   target(or_zero(total(divergences, "job_name, kind"), "kind"),
+                          "{{kind}} · {{job_name}}")),
+        info_table("Running versions",
+                   "What each collector and the head run (aotwatch_build_info).",
+                   sel("aotwatch_build_info", INSTANCE)),
+    ]  # fmt: skip
+    return dashboard(
+        "aotwatch-fleet-health",
+        "aotwatch / Fleet health",
+        "The aotwatch daemon itself: collectors, attached workers, records received, dropped "
+        "and rejected, capture errors, cardinality drops and rank divergences.",
+        panels,
+    )
+
+
+def dashboards() -> dict[str, dict]:
+    """File name -> dashboard, for every dashboard this script generates."""
+    return {
+        "aotwatch-compile-overview.json": compile_overview(),
+        "aotwatch-aot-metadata.json": aot_metadata(),
+        "aotwatch-fleet-health.json": fleet_health(),
+    }
+
+
+# -- for tests -------------------------------------------------------------------------------
+
+
+def panel_queries(board: dict) -> list[tuple[str, str]]:
+    """``(panel title, expr)`` for every target of every panel of ``board``."""
+    return [(item["title"], t["expr"]) for item in board["panels"] for t in item["targets"]]
+
+
+def variable_queries(board: dict) -> list[tuple[str, str]]:
+    """``(variable name, label_values(...) query)`` for every query variable of ``board``."""
+    variables = board["templating"]["list"]
+    return [(v["name"], v["definition"]) for v in variables if v["type"] == "query"]
+
+
+def substitute(expr: str, values: dict[str, str] = EXAMPLE_VALUES) -> str:
+    """``expr`` with ``$name`` / ``${name}`` replaced; KeyError names a variable not given."""
+    return re.sub(r"\$\{?(\w+)\}?", lambda match: values[match.group(1)], expr)
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+def render(board: dict) -> str:
+    """The committed form: 2-space indented, keys sorted, a trailing newline."""
+    return json.dumps(board, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def stale_files(out_dir: Path = OUT_DIR) -> list[Path]:
+    """Generated files that are missing from ``out_dir`` or differ from this script's output."""
+    return [
+        out_dir / name
+        for name, board in dashboards().items()
+        if not (out_dir / name).is_file() or (out_dir / name).read_text() != render(board)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="default: %(default)s")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_files(args.out_dir)
+        for path in stale:
+            print(f"stale: {path} (run python3 dashboards/generate.py)", file=sys.stderr)
+        return 1 if stale else 0
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for name, board in dashboards().items():
+        (args.out_dir / name).write_text(render(board))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

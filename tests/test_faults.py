@@ -1,0 +1,199 @@
+"""Faults on a real local Ray cluster, with real signals: collectors SIGKILLed while workers
+compile, a collector stalled with SIGSTOP, a worker SIGKILLed mid-compile. Nothing may be lost.
+
+The figures these tests print (run with ``-s``) are in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+import uuid
+
+import pytest
+import ray
+from prometheus_client.parser import text_string_to_metric_families
+
+from aotwatch.cluster.collector import collector_name
+from aotwatch.cluster.daemon import ensure_head, stop_daemon
+from aotwatch.cluster.push import MAX_CALLS
+from aotwatch.config import PushConfig
+from cluster_helpers import WORKER_ENV, Worker, cluster_config, collector_values, total
+from conftest import scrape, wait_for
+from programs import PROGRAMS, observed, truth_of
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env=WORKER_ENV)
+    yield
+    ray.shutdown()
+
+
+def start_daemon(tmp_path, **changes):
+    config = cluster_config(tmp_path, namespace=f"aotwatch-faults-{uuid.uuid4().hex[:8]}",
+                            **changes)  # fmt: skip
+    ensure_head(config)
+    node_id = ray.get_runtime_context().get_node_id()
+    collector = ray.get_actor(collector_name(node_id), namespace=config.cluster.namespace)
+    return config, collector
+
+
+def collector_pid(collector) -> int:
+    """The collector's process id, once it answers (it may be restarting)."""
+
+    def pid():
+        try:
+            return ray.get(collector.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+        except ray.exceptions.RayActorError:
+            return None
+
+    return wait_for(pid, timeout=60, message="the collector to answer")
+
+
+def ranked_worker(rank: int):
+    env = {**WORKER_ENV["env_vars"], "RANK": str(rank), "WORLD_SIZE": "2"}
+    return Worker.options(runtime_env={"env_vars": env}).remote()
+
+
+def counter_samples(text: str) -> dict[tuple, float]:
+    """Every counter and histogram sample of an exposition, by name and labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.type in ("counter", "histogram")
+        for sample in family.samples
+    }
+
+
+def test_collector_sigkilled_again_and_again_while_workers_compile(ray_session, tmp_path):
+    config, collector = start_daemon(tmp_path)
+    try:
+        names = list(PROGRAMS)
+        workers = [Worker.remote() for _ in range(2)]
+        ray.get([w.attach.remote(config) for w in workers], timeout=120)
+        runs = [w.run.remote(*names) for w in workers]
+        rng = random.Random(20261126)
+        kills = []  # records the collector had accepted when it was killed
+        while len(ray.wait(runs, num_returns=len(runs), timeout=0)[0]) < len(runs):
+            time.sleep(rng.uniform(0.2, 1.5))
+            pid = collector_pid(collector)
+            kills.append(int(total(collector, "aotwatch_records_received")))
+            os.kill(pid, signal.SIGKILL)
+        ray.get(runs, timeout=60)
+        assert all(ray.get([w.flush.remote() for w in workers], timeout=120))
+
+        states = ray.get([w.state.remote() for w in workers], timeout=30)
+        captured = sum(state["captured"] for state in states)
+        snapshot = ray.get(collector.snapshot.remote(), timeout=60)
+        received = int(sum(snapshot.values["aotwatch_records_received"].values()))
+        print(f"\nSIGKILLs: {len(kills)} at {kills} records; captured {captured}, "
+              f"received {received}")  # fmt: skip
+        assert len(kills) >= 3 and len(set(kills)) >= 2, kills  # several, at different moments
+        assert received == captured
+        assert not snapshot.values.get("aotwatch_records_dropped")
+        assert observed(snapshot) == truth_of(*names, *names)  # two workers, same programs
+    finally:
+        stop_daemon(config)
+
+
+def test_a_worker_killed_mid_compile_keeps_counters_and_loses_its_gauges(ray_session, tmp_path):
+    config, collector = start_daemon(tmp_path)
+    try:
+        survivor, victim = ranked_worker(0), ranked_worker(1)
+        ray.get([w.attach.remote(config) for w in (survivor, victim)], timeout=120)
+        ray.get(survivor.compile_many.remote(2), timeout=120)
+        assert ray.get(survivor.flush.remote(), timeout=60)
+        port = ray.get(collector.endpoint.remote(), timeout=30)["port"]
+        url = f"http://127.0.0.1:{port}/metrics"
+        before = total(collector, "aotwatch_records_received")
+
+        victim_pid = ray.get(victim.pid.remote(), timeout=30)  # it answers nothing while compiling
+        compiling = victim.compile_with_breaks.remote(200)
+        wait_for(lambda: total(collector, "aotwatch_records_received") >= before + 4,
+                 timeout=120, message="the victim's first records")  # fmt: skip
+        assert not ray.wait([compiling], timeout=0)[0], "killed after its compile, not during"
+        assert collector_values(collector, "aotwatch_workers_attached") == {("ray-test",): 2}
+        mid_compile = counter_samples(scrape(url))
+        os.kill(victim_pid, signal.SIGKILL)
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(compiling, timeout=60)
+
+        attached = lambda: collector_values(collector, "aotwatch_workers_attached")  # noqa: E731
+        wait_for(lambda: attached() == {("ray-test",): 1}, timeout=30,
+                 message="the killed worker to expire")  # fmt: skip
+        after = counter_samples(scrape(url))
+        shrunk = {key: (value, after.get(key)) for key, value in mid_compile.items()
+                  if after.get(key, -1) < value}  # fmt: skip
+        assert not shrunk, shrunk
+        timestamps = collector_values(collector, "torch_compile_last_compile_timestamp_seconds")
+        assert set(timestamps) == {("ray-test", "0", "cpu")}  # rank 1's gauge expired
+        frames = collector_values(collector, "torch_compile_frames")
+        assert frames[("ray-test", "1", "cpu")] >= 2  # what it compiled before dying stays
+    finally:
+        stop_daemon(config)
+
+
+def test_a_stalled_collector_blocks_no_step_and_drops_only_what_it_counts(ray_session, tmp_path):
+    push = PushConfig(batch_size=5, buffer_size=20, flush_interval_ms=20)
+    config, collector = start_daemon(tmp_path, push=push)
+    try:
+        worker = Worker.remote()
+        ray.get(worker.attach.remote(config), timeout=120)
+        ray.get(worker.compile_many.remote(1), timeout=120)
+        assert ray.get(worker.flush.remote(), timeout=60)
+        pid = collector_pid(collector)
+        os.kill(pid, signal.SIGSTOP)
+        try:  # compiles and steps go on while nothing is acknowledged
+            ray.get(worker.compile_many.remote(60, start=1), timeout=300)
+            assert ray.get(worker.train.remote(50), timeout=120) == 50
+            stalled = ray.get(worker.state.remote(), timeout=30)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert stalled["pending"] <= push.buffer_size + MAX_CALLS * push.batch_size
+        assert ray.get(worker.flush.remote(), timeout=120)
+
+        captured = ray.get(worker.state.remote(), timeout=30)["captured"]
+        received = int(total(collector, "aotwatch_records_received"))
+        dropped = collector_values(collector, "aotwatch_records_dropped")
+        print(f"\nstalled: captured {captured}, pending at most {stalled['pending']}, "
+              f"received {received}, dropped {dropped}")  # fmt: skip
+        assert dropped.get(("ray-test", "buffer_full"), 0) > 0
+        assert received + sum(dropped.values()) == captured  # every record accounted for
+    finally:
+        stop_daemon(config)
+
+
+UNREACHABLE_SCRIPT = """
+import sys, torch, aotwatch
+from aotwatch.config import ClusterConfig, Config, ExportConfig
+config = Config(cluster=ClusterConfig(address=sys.argv[1]), export=ExportConfig(port=0))
+attachment = aotwatch.attach(config)
+model = torch.compile(torch.nn.Linear(4, 4), backend="aot_eager")
+for _ in range(3):
+    model(torch.randn(2, 4)).sum().backward()
+graphs = attachment.sink.snapshot().values["torch_compile_graphs"]
+print("graphs", sorted(labels[-1] for labels in graphs), "served", attachment.url)
+"""
+
+
+def test_an_unreachable_cluster_leaves_training_going_and_capture_local(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a port that nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", UNREACHABLE_SCRIPT, address], env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "graphs ['backward', 'forward'] served http://127.0.0.1:" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if "unreachable" in line]
+    assert len(warnings) == 1, result.stderr
+    assert f"Ray cluster '{address}' unreachable" in warnings[0]
+    assert "capturing in this process instead" in warnings[0]
+    assert not any(tmp_path.iterdir())  # no Ray session was started

@@ -1,0 +1,297 @@
+"""Property tests (hypothesis) of record validation and of the fold.
+
+Validation: generated valid records pass and survive a JSON round trip; one broken field is
+always refused with the right reason; any JSON-ish value is accepted or refused, never a crash.
+The fold: a shuffled stream with re-deliveries and junk folds like the clean stream once, and the
+cardinality cap holds (and is counted) whatever the input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aotwatch import categories, records
+from aotwatch.aggregate import PHASES, Aggregate
+from aotwatch.records import (
+    CACHE_RESULTS,
+    CACHES,
+    GRAPH_KINDS,
+    MAX_ID,
+    MAX_LABEL,
+    MAX_NUMBER,
+    MAX_TEXT,
+    MUTATION_KINDS,
+    PLACEMENTS,
+    SCHEMA_VERSION,
+    TOKEN_DIRECTIONS,
+    RecordError,
+    empty_record,
+    to_json,
+    validate_record,
+)
+from aotwatch.report import prometheus
+
+REQUIRED_TYPES = dict(records._REQUIRED_TYPES)  # the schema's own table of required fields
+REASONS = {"not_an_object", "schema_version", "missing_field", "wrong_type", "too_large"}
+
+QUICK = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# -- valid records, field by field from the schema ------------------------------------------
+
+label_text = st.text(st.characters(codec="utf-8", categories=("L", "N", "P", "S")),
+                     min_size=1, max_size=12)  # fmt: skip
+free_text = st.text(max_size=20)  # any code points, lone surrogates too: only labels are UTF-8
+count = st.integers(0, 1000)
+seconds = st.integers(0, 10**6).map(lambda n: n / 64)  # dyadic: sums are exact in any order
+
+
+def counts_of(names) -> st.SearchStrategy[dict[str, int]]:
+    return st.fixed_dictionaries({name: count for name in names})
+
+
+def counts_named(names: st.SearchStrategy[str]) -> st.SearchStrategy[dict[str, int]]:
+    return st.dictionaries(names, count, max_size=3)
+
+
+FIELDS = {
+    "schema": st.just(SCHEMA_VERSION),
+    "record_id": st.text(min_size=1, max_size=32),
+    "job_name": label_text,
+    "rank": st.integers(0, 64),
+    "world_size": st.integers(1, 64),
+    "device": st.sampled_from(["cpu", "cuda:0", "cuda:7"]) | label_text,
+    "hostname": free_text,
+    "pid": st.integers(0, 2**22),
+    "time": st.floats(0, 2e9) | st.integers(0, 2**31),
+    "compile_id": st.none() | st.from_regex(r"\d{1,2}/\d", fullmatch=True),
+    "frame": st.none()
+    | st.fixed_dictionaries(
+        {"co_name": free_text, "filename": free_text, "line": st.integers(0, 10**5)}
+    ),
+    "graph": st.sampled_from((None, *GRAPH_KINDS)),
+    "aot_id": st.none() | st.integers(0, 100),
+    "cache_hit": st.booleans(),
+    "graph_hash": st.none() | st.text("0123456789abcdef", min_size=1, max_size=64),
+    "nodes": st.none() | st.integers(0, 10**5),
+    "inputs": counts_of(("total", "subclass", *MUTATION_KINDS)),
+    "mutation_placement": counts_of(PLACEMENTS),
+    "outputs": counts_named(st.sampled_from(["non_alias", "alias_of_input"]) | free_text),
+    "intermediate_bases": count,
+    "tokens": counts_of(TOKEN_DIRECTIONS),
+    "symints_saved_for_backward": count,
+    "durations_s": st.dictionaries(st.sampled_from(PHASES) | free_text, seconds, max_size=3),
+    "cache": st.dictionaries(
+        st.sampled_from(CACHES) | free_text,
+        counts_named(st.sampled_from(CACHE_RESULTS) | free_text),
+        max_size=2,
+    ),
+    "graph_breaks": st.lists(
+        st.fixed_dictionaries(
+            {
+                "reason": free_text,
+                "category": st.sampled_from(["gb0059", "data_dependent", categories.OTHER])
+                | free_text,
+                "user_frame": st.none() | free_text,
+            }
+        ),
+        max_size=2,
+    ),  # fmt: skip
+    "recompile_reason": st.none() | free_text,
+    "recompile_category": st.none() | st.sampled_from(categories.RECOMPILE_CATEGORIES) | free_text,
+    "fail_type": st.none() | st.sampled_from(["Unsupported", "BackendCompilerFailed"]) | free_text,
+    "fail_category": st.none() | free_text,
+    "fail_reason": st.none() | free_text,
+}
+valid_records = st.fixed_dictionaries(FIELDS)
+
+
+def test_the_strategy_covers_every_field_of_the_schema():
+    assert set(FIELDS) == set(empty_record())
+    assert set(REQUIRED_TYPES) <= set(FIELDS)
+
+
+@QUICK
+@given(valid_records)
+def test_valid_records_validate_and_round_trip(record):
+    assert validate_record(record) is record
+    assert validate_record(json.loads(to_json(record))) == record
+
+
+# -- one broken field -----------------------------------------------------------------------
+
+ANY_VALUE = (
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
+    | st.lists(st.integers(), max_size=2) | st.dictionaries(st.text(max_size=3), st.integers())
+)  # fmt: skip
+OPTIONAL = [key for key, types in REQUIRED_TYPES.items() if type(None) in types]
+
+
+def wrong_type(key: str) -> st.SearchStrategy[object]:
+    return ANY_VALUE.filter(lambda value: type(value) not in REQUIRED_TYPES[key])
+
+
+def too_long(low: int, alphabet: str = "x") -> st.SearchStrategy[str]:
+    return st.integers(low + 1, low + 64).map(lambda n: alphabet * n)
+
+
+bad_number = st.sampled_from([-0.5, math.nan, math.inf, -math.inf]) | st.integers(-MAX_NUMBER, -1)
+huge_count = st.integers(MAX_NUMBER + 1, 2**4000)
+huge_int = huge_count.flatmap(lambda n: st.sampled_from([n, -n]))
+COUNTED = ("inputs", "mutation_placement", "outputs", "tokens", "durations_s")
+
+
+@st.composite
+def broken_records(draw) -> tuple[dict, str]:
+    """A valid record with one thing broken, and the reason it must be refused for."""
+    record = draw(valid_records)
+    required = sorted(set(REQUIRED_TYPES) - {"schema"})
+    kind = draw(st.sampled_from([
+        "missing", "wrong_type", "schema", "time", "count", "huge_count", "huge_int",
+        "label", "id", "text", "graph", "break_text",
+    ]))  # fmt: skip
+    if kind == "missing":
+        del record[draw(st.sampled_from(required))]
+        return record, "missing_field"
+    if kind == "wrong_type":
+        key = draw(st.sampled_from(required))
+        record[key] = draw(wrong_type(key))
+        return record, "wrong_type"
+    if kind == "schema":
+        record["schema"] = draw(
+            st.integers().filter(lambda v: v != SCHEMA_VERSION) | st.text() | st.none()
+        )
+        return record, "schema_version"
+    if kind == "time":
+        record["time"] = draw(bad_number)
+        return record, "wrong_type"
+    if kind in ("count", "huge_count"):
+        key = draw(st.sampled_from(COUNTED))
+        huge = huge_count | st.floats(MAX_NUMBER * 2, 1e308) if key == "durations_s" else huge_count
+        record[key] = {**record[key], "x": draw(bad_number if kind == "count" else huge)}
+        return record, "wrong_type" if kind == "count" else "too_large"
+    if kind == "huge_int":
+        key = draw(st.sampled_from(["rank", "world_size", "pid", "nodes", "intermediate_bases"]))
+        record[key] = draw(huge_int)
+        return record, "too_large"
+    if kind == "label":
+        record[draw(st.sampled_from(["job_name", "device"]))] = draw(too_long(MAX_LABEL))
+        return record, "too_large"
+    if kind == "id":
+        record[draw(st.sampled_from(["record_id", "compile_id", "graph_hash"]))] = draw(
+            too_long(MAX_ID, "f")
+        )
+        return record, "too_large"
+    if kind == "text":
+        key = draw(st.sampled_from(["hostname", "recompile_reason", "fail_type"]))
+        record[key] = draw(too_long(MAX_TEXT))
+        return record, "too_large"
+    if kind == "graph":
+        record["graph"] = draw(st.text().filter(lambda g: g not in GRAPH_KINDS))
+        return record, "wrong_type"
+    entry = {"reason": draw(too_long(MAX_TEXT)), "category": "other", "user_frame": None}
+    record["graph_breaks"] = [*record["graph_breaks"], entry]
+    return record, "too_large"
+
+
+@QUICK
+@given(broken_records())
+def test_one_broken_field_is_refused_with_its_reason(broken):
+    record, reason = broken
+    try:
+        validate_record(record)
+    except RecordError as err:
+        assert err.reason == reason, err
+    else:
+        raise AssertionError(f"accepted a record that should fail with {reason}")
+    aggregate = Aggregate()
+    assert aggregate.add(record) is False
+    assert aggregate.snapshot().values == {"aotwatch_records_rejected": {(reason,): 1}}
+
+
+# -- anything at all ------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+valid_with_overrides = st.builds(
+    lambda record, overrides: {**record, **overrides},
+    valid_records,
+    st.dictionaries(st.sampled_from(sorted(FIELDS)), json_values, max_size=4),
+)
+
+
+@QUICK
+@given(json_values | valid_with_overrides)
+def test_anything_is_accepted_or_refused_never_a_crash(obj):
+    try:
+        accepted, reason = validate_record(obj) is obj, None
+    except RecordError as err:
+        accepted, reason = False, err.reason
+    assert reason is None or reason in REASONS
+    aggregate = Aggregate()
+    assert aggregate.add(obj) is accepted
+    prometheus(aggregate.snapshot())  # what the collector serves renders whatever came in
+    if not accepted:
+        assert aggregate.snapshot().values["aotwatch_records_rejected"] == {(reason,): 1}
+
+
+# -- the fold -------------------------------------------------------------------------------
+
+unique_streams = st.lists(valid_records, max_size=12, unique_by=lambda r: r["record_id"])
+
+
+def fold(stream, **options) -> Aggregate:
+    aggregate = Aggregate(**options)
+    for record in stream:
+        aggregate.add(record)
+    return aggregate
+
+
+@QUICK
+@given(unique_streams, st.data())
+def test_a_shuffled_redelivered_stream_with_junk_folds_like_the_clean_one(stream, data):
+    resent = data.draw(st.lists(st.sampled_from(stream), max_size=12) if stream else st.just([]))
+    junk = data.draw(st.lists(broken_records(), max_size=4))
+    dirty = data.draw(st.permutations(
+        [*stream, *(dict(record) for record in resent), *(record for record, _ in junk)]
+    ))  # fmt: skip
+    clean, folded = fold(stream).snapshot(), fold(dirty).snapshot()
+    rejected = folded.values.pop("aotwatch_records_rejected", {})
+    assert folded == clean
+    expected: dict[tuple[str], int] = {}
+    for _, reason in junk:
+        expected[(reason,)] = expected.get((reason,), 0) + 1
+    assert rejected == expected
+
+
+@QUICK
+@given(
+    st.integers(1, 4),
+    st.lists(
+        st.tuples(valid_records, label_text), max_size=14, unique_by=lambda p: p[0]["record_id"]
+    ),
+)
+def test_the_cardinality_cap_holds_and_counts_what_it_refuses(cap, pairs):
+    stream = [{**record, "job_name": job} for record, job in pairs]
+    aggregate = fold(stream, max_series_per_metric=cap)
+    snapshot = aggregate.snapshot()
+    dropped = snapshot.values.get("aotwatch_series_dropped", {})
+    for family, table in [*snapshot.values.items(), *snapshot.histograms.items()]:
+        if family != "aotwatch_series_dropped":
+            assert len(table) <= cap, family
+            assert not dropped.get((family,)) or len(table) == cap, family  # drops only when full
+    jobs = list(dict.fromkeys(record["job_name"] for record in stream))
+    received = snapshot.values.get("aotwatch_records_received", {})
+    assert list(received) == [(job,) for job in jobs[:cap]]  # the first ones keep their series
+    refused = dropped.get(("aotwatch_records_received",), 0)
+    assert sum(received.values()) + refused == len(stream)
+    assert (refused > 0) == (len(jobs) > cap)
+    assert len(aggregate._workers) <= cap  # the per-job worker sets are capped with the gauge
