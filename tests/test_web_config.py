@@ -200,6 +200,16 @@ def test_users_reload_without_restart(conf, serve):
     assert fetch(server.url, user="alice")[0] == 401
 
 
+def test_a_removed_user_sharing_a_hash_is_refused_despite_the_cache(conf, serve):
+    shared = bcrypt_hash(PASSWORD)
+    path = write_yaml(conf / "web.yml", {"basic_auth_users": {"alice": shared, "bob": shared}})
+    server = serve(path)
+    assert fetch(server.url, user="bob")[0] == 200  # now cached
+    write_yaml(path, {"basic_auth_users": {"alice": shared}})
+    assert fetch(server.url, user="bob")[0] == 401
+    assert fetch(server.url, user="alice")[0] == 200
+
+
 # -- TLS ---------------------------------------------------------------------------------------
 
 

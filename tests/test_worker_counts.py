@@ -45,5 +45,7 @@ def test_malformed_totals_are_ignored(tmp_path):
                    {"dropped": {"queue_full": 10**400}}, {"dropped": {"x" * 10_000: 1}},
                    {"dropped": {f"reason{i}": 1 for i in range(1000)}}):  # fmt: skip
         ledger.add("w1", "job", totals)
+    ledger.add("w1", "j" * 10_000, {"dropped": {"queue_full": 1}})
+    ledger.add("w" * 10_000, "job", {"dropped": {"queue_full": 1}})
     assert values(sink, "aotwatch_records_dropped") == {}
     assert not (tmp_path / COUNTS_FILE).read_text()

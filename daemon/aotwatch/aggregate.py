@@ -49,7 +49,7 @@ restarted collector replays its archive, newest ids last), so a window of recent
 memory flat in the number of records."""
 
 
-class RecentIds:
+class _RecentIds:
     """The last ``capacity`` ids seen, as an insertion-ordered set."""
 
     def __init__(self, capacity: int) -> None:
@@ -117,7 +117,7 @@ class Aggregate:
         self.max_series_per_metric = max_series_per_metric
         self._values: dict[str, dict[Labels, float]] = {}
         self._histograms: dict[str, dict[Labels, Histogram]] = {}
-        self._seen_ids = RecentIds(dedupe_window)
+        self._seen_ids = _RecentIds(dedupe_window)
         self._workers: dict[str, set[tuple[str, int]]] = {}
 
     # -- generic updates -------------------------------------------------

@@ -244,8 +244,9 @@ class ClusterConfig(Section):
 
     address: str | None = field(default=None, metadata=length(1, 1024))
     """Ray address ("auto", "host:6379", "ray://host:10001"); null: the cluster this process is
-    in, or a new local one for ``aotwatch run``. When set, ``attach()`` outside Ray joins it;
-    if it cannot be reached, capture stays local after one warning."""
+    in, or a new local one for ``aotwatch run``. When set, ``attach()`` outside Ray joins it
+    (call your own ``ray.init()`` first, if any); if it cannot be reached, capture stays local
+    after one warning."""
 
     namespace: str = field(default="aotwatch", metadata=length(1, 128))
     """Ray namespace of aotwatch's named actors (one collector per node, one head)."""

@@ -9,7 +9,7 @@ from aotwatch import categories
 from aotwatch.records import clip_text
 
 _COMPARED_VALUE = re.compile(
-    r"""(==|!=|\bis not\b|\bis\b|\bnot in\b|\bin\b)(\s*)"""
+    r"""(==|!=)(\s*)"""
     r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[-+]?\d[\w.+-]*)"""
 )
 

@@ -52,7 +52,8 @@ def join_cluster(config: Config) -> None:
     try:
         if address != "auto":
             host, _, port = address.removeprefix("ray://").rpartition(":")
-            socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+            probe = (host.strip("[]"), int(port))  # [::1]:6379 too
+            socket.create_connection(probe, timeout=PROBE_TIMEOUT_S).close()
         ray.init(address=address, namespace=config.cluster.namespace, logging_level="WARNING",
                  log_to_driver=False)  # fmt: skip
     except (OSError, ValueError, RuntimeError) as err:
@@ -66,12 +67,15 @@ def cluster_sink(config: Config) -> RecordPusher:
     """
     from aotwatch.cluster.daemon import ensure_collector
 
-    if not in_ray_worker():
+    joined = not in_ray_worker()
+    if joined:
         join_cluster(config)
     try:
         node_id = ray.get_runtime_context().get_node_id()
         collector = ensure_collector(node_id, config)
     except Exception as err:  # noqa: BLE001 - whatever Ray raises, training goes on
+        if joined:
+            ray.shutdown()  # capture goes local: leave no half-used connection behind
         raise ClusterUnreachable(f"no collector for this node: {err}") from None
     worker = {
         "job_name": config.job_name,

@@ -150,6 +150,8 @@ class Head:
         """Create collectors on new nodes, forget dead ones, refresh endpoints and file_sd."""
         alive = set(alive_nodes())
         with self._lock:
+            if self._stop.is_set():  # stopping: create nothing, leave file_sd empty
+                return []
             for node_id in alive - set(self._collectors):
                 self._collectors[node_id] = ensure_collector(node_id, self.config)
             for node_id in set(self._collectors) - alive:
@@ -165,7 +167,10 @@ class Head:
             with self._lock:
                 self._endpoints[node_id] = endpoint
         endpoints = self.endpoints()
-        write_file_sd(self.file_sd, [e for e in endpoints if "port" in e], self.head_endpoint())
+        with self._lock:  # shutdown() empties file_sd under this lock, after setting _stop
+            if not self._stop.is_set():
+                targets = [e for e in endpoints if "port" in e]
+                write_file_sd(self.file_sd, targets, self.head_endpoint())
         return endpoints
 
     def check_divergences(self, final: bool = False) -> list[dict[str, Any]]:
@@ -227,7 +232,8 @@ class Head:
             for handle in self._collectors.values():
                 ray.kill(handle, no_restart=True)
             self._collectors.clear()
-        write_file_sd(self.file_sd, [], None)
+            self._endpoints.clear()
+            write_file_sd(self.file_sd, [], None)
 
 
 def _answers(refs: list[Any]) -> list[Any]:

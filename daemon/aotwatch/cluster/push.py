@@ -31,15 +31,16 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 5.0
 MAX_CALLS = 8
 """Batches sent and not yet answered. A stalled collector holds no more than these; later
-batches wait here, at most ``buffer_size`` records, and the oldest waiting ones are dropped
-(and counted) first, so a stall costs bounded memory and drops only what never left."""
+batches wait here, at most ``buffer_size`` records, and waiting ones are dropped (and
+counted) past that: never sent ones first, then ones whose every send failed. A stall costs
+bounded memory, and a call still in flight is never counted as dropped."""
 
 
 @dataclass(eq=False)  # compared by identity: removing one must not compare record lists
 class _Batch:
     records: list[dict]
-    counts: dict[str, dict[str, int]]
-    counts_version: int
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # the totals when sent
+    counts_version: int = 0
     ref: Any = None
     attempts: int = 0
 
@@ -75,8 +76,8 @@ class RecordPusher:
     ) -> None:
         """``heartbeat_s``: the longest silence before an empty batch tells the collector this
         worker is alive (well under the collector's worker timeout)."""
-        self._collector = collector
-        self.heartbeat_s = heartbeat_s  # the named actor's handle stays valid across its restarts
+        self._collector = collector  # the named actor's handle stays valid across its restarts
+        self.heartbeat_s = heartbeat_s
         self.worker = {**worker, "worker_id": uuid.uuid4().hex}
         self.config = config
         self._queue: collections.deque = collections.deque()
@@ -110,7 +111,8 @@ class RecordPusher:
     # -- the background thread ------------------------------------------------------------
 
     def _take_batch(self) -> bool:
-        """Move up to batch_size queued records (and newer totals) into a waiting batch.
+        """Move up to batch_size queued records into a waiting batch (an empty one when only
+        the totals are newer and no batch waits to carry them).
 
         One critical section, so ``pending()`` never misses records between the two.
         """
@@ -118,30 +120,27 @@ class RecordPusher:
             records = [
                 self._queue.popleft() for _ in range(min(len(self._queue), self.config.batch_size))
             ]
-            if not records and self._counts.sent == self._counts.version:
+            if not records and (
+                self._counts.sent == self._counts.version
+                or any(batch.ref is None for batch in self._batches)
+            ):
                 return False
-            self._batches.append(self._new_batch(records))
+            self._batches.append(_Batch(records))
             self._unacknowledged += len(records)
             self._evict()
             return True
 
     def _evict(self) -> None:
-        """Drop the oldest unsent batches past buffer_size records (lock held).
-
-        Batches already sent stay: the collector may still answer them.
-        """
+        """Drop waiting batches, never sent ones first, oldest first, past buffer_size
+        records (lock held). Batches in flight stay: the collector may still answer them."""
         while self._unacknowledged > self.config.buffer_size:
-            lost = next((b for b in self._batches if b.ref is None and b.records), None)
-            if lost is None:
+            waiting = [b for b in self._batches if b.ref is None and b.records]
+            if not waiting:
                 return
+            lost = next((b for b in waiting if not b.attempts), waiting[0])
             self._batches.remove(lost)
             self._unacknowledged -= len(lost.records)
             self._counts.add("dropped", "buffer_full", len(lost.records))
-
-    def _new_batch(self, records: list[dict]) -> _Batch:
-        """A batch carrying the current totals (lock held)."""
-        self._counts.sent = self._counts.version
-        return _Batch(records, self._counts.totals(), self._counts.version)
 
     def _calls(self) -> list[Any]:
         """The refs of the batches sent and not yet answered."""
@@ -154,6 +153,9 @@ class RecordPusher:
             waiting = [batch for batch in self._batches if batch.ref is None]
         for batch in waiting[: max(0, MAX_CALLS - len(self._calls()))]:
             batch.attempts += 1
+            with self._lock:  # the newest totals: they are running totals, newer is right
+                batch.counts, batch.counts_version = self._counts.totals(), self._counts.version
+                self._counts.sent = max(self._counts.sent, self._counts.version)
             self.worker["rank"], self.worker["world_size"] = rank_and_world_size()
             try:
                 batch.ref = self._collector.push.remote(self.worker, batch.records, batch.counts)
@@ -207,14 +209,19 @@ class RecordPusher:
                     made = True
                 if made:
                     last_sent = time.monotonic()
-                elif time.monotonic() - last_sent > self.heartbeat_s and not self._batches:
+                elif (
+                    time.monotonic() - last_sent > self.heartbeat_s
+                    and not self._batches
+                    and not self._closing
+                ):
                     with self._lock:  # a heartbeat keeps the worker's gauges alive
-                        self._batches.append(self._new_batch([]))
+                        self._batches.append(_Batch([]))
                     last_sent = time.monotonic()
                 self._send_waiting()
             except Exception:  # noqa: BLE001 - the push thread must survive anything
                 log.debug("aotwatch: push round failed", exc_info=True)
-            if self._closed and not self._queue:
+                self._wake.wait(self.config.flush_interval_ms / 1000)  # no busy loop
+            if self._closed:
                 return
 
     # -- exit ----------------------------------------------------------------------------
@@ -244,6 +251,7 @@ class RecordPusher:
         delivered = self.flush(timeout)
         self._closed = True
         self._wake.set()
+        self._thread.join(timeout=1)  # no batch may re-announce this worker after goodbye
         if not delivered:
             log.warning("aotwatch: %d records not delivered at exit", self.pending())
         with contextlib.suppress(Exception):  # the collector may be gone already

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aotwatch.archive import ArchiveWriter
-from aotwatch.records import MAX_LABEL, MAX_NUMBER
+from aotwatch.records import MAX_ID, MAX_LABEL, MAX_NUMBER
 from aotwatch.sink import LocalSink
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ KINDS = {"dropped": "aotwatch_records_dropped", "capture_errors": "aotwatch_capt
 MAX_LABELS = 64
 """Reasons or stages per kind that one worker may report (aotwatch's own are a handful)."""
 MAX_WORKERS = 100_000
-"""Workers whose totals are remembered; the least recently heard from are forgotten first."""
+"""Workers whose totals are remembered; the least recently heard from are forgotten first
+(one forgotten and then heard from again would have its totals added again)."""
 
 Totals = dict[str, dict[str, int]]
 
@@ -45,7 +46,9 @@ class CountsLedger:
 
     def add(self, worker_id: str, job_name: str, totals: Any) -> None:
         """Apply what ``totals`` ({kind: {label: count}}) adds to this worker's last ones."""
-        if not _valid_totals(totals) or not self._grew(worker_id, totals):
+        if not (_valid_names(worker_id, job_name) and _valid_totals(totals)):
+            return
+        if not self._grew(worker_id, totals):
             return
         entry = {"worker_id": worker_id, "job_name": job_name, "totals": totals}
         try:
@@ -74,6 +77,15 @@ class CountsLedger:
         self._known[worker_id] = known  # most recently heard from last
         if len(self._known) > MAX_WORKERS:
             self._known.popitem(last=False)
+
+
+def _valid_names(worker_id: Any, job_name: Any) -> bool:
+    return (
+        isinstance(worker_id, str)
+        and isinstance(job_name, str)
+        and len(worker_id) <= MAX_ID
+        and len(job_name) <= MAX_LABEL
+    )
 
 
 def _valid_totals(totals: Any) -> bool:
@@ -106,8 +118,7 @@ def _read(path: Path) -> list[dict[str, Any]]:
                 continue  # a line torn by a crash: its batch was never acknowledged
             if (
                 isinstance(entry, dict)
-                and isinstance(entry.get("worker_id"), str)
-                and isinstance(entry.get("job_name"), str)
+                and _valid_names(entry.get("worker_id"), entry.get("job_name"))
                 and _valid_totals(entry.get("totals"))
             ):
                 entries.append(entry)

@@ -32,6 +32,7 @@ OPEN_PATHS = ("/healthz", "/readyz")
 
 REALM = "aotwatch"
 HANDSHAKE_TIMEOUT_S = 10
+REQUEST_TIMEOUT_S = 30
 AUTH_CACHE_SIZE = 256
 
 
@@ -40,6 +41,8 @@ class ExportError(OSError):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = REQUEST_TIMEOUT_S  # a client that connects and goes silent frees its thread
+
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
         """Scrapes are not worth a log line each."""
 
@@ -66,8 +69,7 @@ class _TLSHandshake:
             log.debug("aotwatch: TLS handshake with %s failed: %s", client_address[0], err)
             return
         try:
-            connection.settimeout(None)
-            super().finish_request(connection, client_address)
+            super().finish_request(connection, client_address)  # the handler sets its timeout
         finally:
             self.shutdown_request(connection)
 
@@ -112,7 +114,7 @@ class _BasicAuth:
         parts = (user.encode(), hashed, password)
         key = hashlib.sha256(b":".join(part.hex().encode() for part in parts)).digest()
         with self._cache_lock:
-            if key in self._passed:
+            if stored is not None and key in self._passed:  # a removed user never passes
                 self._passed.move_to_end(key)
                 return True
         with self._bcrypt_lock:
