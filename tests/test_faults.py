@@ -74,15 +74,15 @@ def test_collector_sigkilled_again_and_again_while_workers_compile(ray_session, 
         names = list(PROGRAMS)
         workers = [Worker.remote() for _ in range(2)]
         ray.get([w.attach.remote(config) for w in workers], timeout=120)
-        runs = [w.run.remote(*names) for w in workers]
         rng = random.Random(20261126)
         kills = []  # records the collector had accepted when it was killed
-        while len(ray.wait(runs, num_returns=len(runs), timeout=0)[0]) < len(runs):
-            time.sleep(rng.uniform(0.2, 1.5))
+        for name in names:  # one kill per program, at a random moment of its compile
+            runs = [w.run.remote(name) for w in workers]
+            time.sleep(rng.uniform(0.0, 0.5))
             pid = collector_pid(collector)
             kills.append(int(total(collector, "aotwatch_records_received")))
             os.kill(pid, signal.SIGKILL)
-        ray.get(runs, timeout=60)
+            ray.get(runs, timeout=300)
         assert all(ray.get([w.flush.remote() for w in workers], timeout=120))
 
         states = ray.get([w.state.remote() for w in workers], timeout=30)
@@ -91,7 +91,7 @@ def test_collector_sigkilled_again_and_again_while_workers_compile(ray_session, 
         received = int(sum(snapshot.values["aotwatch_records_received"].values()))
         print(f"\nSIGKILLs: {len(kills)} at {kills} records; captured {captured}, "
               f"received {received}")  # fmt: skip
-        assert len(kills) >= 3 and len(set(kills)) >= 2, kills  # several, at different moments
+        assert len(set(kills)) >= 3, kills  # at different moments
         assert received == captured
         assert not snapshot.values.get("aotwatch_records_dropped")
         assert observed(snapshot) == truth_of(*names, *names)  # two workers, same programs
