@@ -114,6 +114,17 @@ class Worker:
         aotwatch.detach()
 
 
+def ranked_worker(rank: int, world_size: int = 2):
+    """A Worker whose process has RANK and WORLD_SIZE set, as a launcher would."""
+    env = {**WORKER_ENV["env_vars"], "RANK": str(rank), "WORLD_SIZE": str(world_size)}
+    return Worker.options(runtime_env={"env_vars": env}).remote()
+
+
+def actor_pid(handle) -> int:
+    """The process id of any actor, whatever its class."""
+    return ray.get(handle.__ray_call__.remote(lambda self: __import__("os").getpid()), timeout=30)
+
+
 def collector_values(handle, metric: str) -> dict:
     """One metric's values (label tuple -> value) from a collector actor's snapshot."""
     return ray.get(handle.snapshot.remote(), timeout=30).values.get(metric, {})

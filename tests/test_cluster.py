@@ -10,7 +10,14 @@ import ray
 from aotwatch.cluster.attach import attach_actors
 from aotwatch.cluster.collector import collector_name
 from aotwatch.cluster.daemon import ensure_head, stop_daemon
-from cluster_helpers import WORKER_ENV, Worker, cluster_config, collector_values, total
+from cluster_helpers import (
+    WORKER_ENV,
+    Worker,
+    cluster_config,
+    collector_values,
+    ranked_worker,
+    total,
+)
 from conftest import scrape, wait_for
 from programs import observed, truth_of
 
@@ -97,14 +104,7 @@ def test_a_worker_that_exits_keeps_its_counters_and_loses_its_gauges(config):
 
 def test_divergent_ranks_are_found(config):
     head = ray.get_actor("aotwatch-head", namespace=config.cluster.namespace)
-    ranks = [
-        Worker.options(
-            runtime_env={
-                "env_vars": {**WORKER_ENV["env_vars"], "RANK": str(rank), "WORLD_SIZE": "2"}
-            }
-        ).remote()  # fmt: skip
-        for rank in range(2)
-    ]
+    ranks = [ranked_worker(rank) for rank in range(2)]
     ray.get([w.attach.remote(config) for w in ranks], timeout=120)
     ray.get([ranks[0].compile_fn.remote("x * 2"), ranks[1].compile_fn.remote("x + 1")],
             timeout=120)  # fmt: skip

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aotwatch.cluster.daemon import ensure_collector
 from aotwatch.config import LimitsConfig
 from aotwatch.records import MAX_NUMBER, SCHEMA_VERSION, new_record
-from cluster_helpers import cluster_config
+from cluster_helpers import actor_pid, cluster_config
 from conftest import scrape
 
 CAP = 200
@@ -62,7 +62,7 @@ def counter(scraped: dict[str, list], family: str, label: str) -> dict[str, floa
 
 def rss_anon_bytes(handle) -> int:
     """The actor process's anonymous resident memory (shared Ray object-store pages excluded)."""
-    pid = ray.get(handle.__ray_call__.remote(lambda self: __import__("os").getpid()), timeout=30)
+    pid = actor_pid(handle)
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) * 1024

@@ -20,7 +20,15 @@ from aotwatch.cluster.collector import collector_name
 from aotwatch.cluster.daemon import ensure_head, stop_daemon
 from aotwatch.cluster.push import MAX_CALLS
 from aotwatch.config import PushConfig
-from cluster_helpers import WORKER_ENV, Worker, cluster_config, collector_values, total
+from cluster_helpers import (
+    WORKER_ENV,
+    Worker,
+    actor_pid,
+    cluster_config,
+    collector_values,
+    ranked_worker,
+    total,
+)
 from conftest import scrape, wait_for
 from programs import PROGRAMS, observed, truth_of
 
@@ -46,16 +54,11 @@ def collector_pid(collector) -> int:
 
     def pid():
         try:
-            return ray.get(collector.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+            return actor_pid(collector)
         except ray.exceptions.RayActorError:
             return None
 
     return wait_for(pid, timeout=60, message="the collector to answer")
-
-
-def ranked_worker(rank: int):
-    env = {**WORKER_ENV["env_vars"], "RANK": str(rank), "WORLD_SIZE": "2"}
-    return Worker.options(runtime_env={"env_vars": env}).remote()
 
 
 def counter_samples(text: str) -> dict[tuple, float]:
