@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from test_cli import aotwatch
+from test_config import laughs
 
 Writer = Callable[[Path], None]
 
@@ -109,6 +110,24 @@ def test_bad_config_file(tmp_path, workdir, command, case):
     assert_one_line_error(result, config, message)
     assert result.stdout == ""
     assert list(workdir.iterdir()) == []  # no script ran, no archive was made
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("job_name: " + "[" * 3000 + "]" * 3000, "YAML nested too deeply; expected fewer levels"),
+        ("labels: " + "{a: " * 3000 + "}" * 3000, "YAML nested too deeply; expected fewer levels"),
+        (f"job_name: {laughs(9)}", "job_name: got list [['x', 'x', "),
+    ],
+    ids=["deep lists", "deep mappings", "billion laughs"],
+)
+def test_check_config_on_hostile_yaml(tmp_path, text, message):
+    """Exit 2 with one line, not a RecursionError traceback nor gigabytes of repr."""
+    config = tmp_path / "aotwatch.yaml"
+    config.write_text(text + "\n")
+    result = aotwatch("check-config", str(config), cwd=tmp_path)
+    assert_one_line_error(result, config, message)
+    assert result.stdout == ""
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 import copy
 import json
 import pickle
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from aotwatch.config import (
     config_from_dict,
     load_config,
 )
+from aotwatch.records import MAX_LABEL, RecordError, new_record, validate_record
 
 DEFAULT_FILE = Path(__file__).resolve().parents[1] / "config" / "aotwatch.yaml"
 
@@ -219,8 +221,8 @@ def test_wrong_types_are_refused(tmp_path, text, key, expected):
             "limits.max_series_per_metric",
             "range",
         ),
-        ("job_name: ''", "job_name", "'' has 0 characters; expected 1..128 characters"),
-        (f"job_name: {'j' * 129}", "job_name", "has 129 characters; expected 1..128"),
+        ("job_name: ''", "job_name", "'' has 0 characters; expected printable UTF-8 text of"),
+        (f"job_name: {'j' * 257}", "job_name", "has 257 characters; at most 256; expected "),
         ("export: {address: ''}", "export.address", "has 0 characters"),
         ("archive: {path: ''}", "archive.path", "has 0 characters"),
     ],
@@ -230,8 +232,102 @@ def test_out_of_range(tmp_path, text, key, expected):
 
 
 def test_range_edges_are_accepted():
-    assert Config(export=ExportConfig(port=65535), job_name="j" * 128).export.port == 65535
+    assert Config(export=ExportConfig(port=65535), job_name="j" * 256).export.port == 65535
     assert LimitsConfig(max_series_per_metric=1).max_series_per_metric == 1
+    assert Config(labels={"team": "v" * 256, "empty": ""}).labels["team"] == "v" * 256
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        ("job_name: >\n  my-job\n", "job_name", "'my-job\\n' is not printable UTF-8"),
+        ('job_name: "j\\ud800"\n', "job_name", "'j\\ud800' is not printable UTF-8"),
+        ('job_name: "a\\tb"\n', "job_name", "is not printable UTF-8"),
+        ("labels:\n  team: >\n    llm\n", "labels.team", "'llm\\n' is not printable UTF-8"),
+        ('labels: {team: "\\ud800"}\n', "labels.team", "is not printable UTF-8"),
+        (f"labels: {{team: {'v' * 257}}}\n", "labels.team", "has 257 characters; at most 256"),
+    ],
+    ids=[
+        "folded job_name",
+        "surrogate job_name",
+        "tab job_name",
+        "folded label",
+        "surrogate label",
+        "long label",
+    ],
+)
+def test_label_values_are_checked_as_records_check_them(tmp_path, text, key, says):
+    """What a record would refuse as a label (records.label_value_problem) the config refuses,
+    in one line that does not itself carry the bad character."""
+    message = key_error(tmp_path, text, key)
+    assert says in message and message.isprintable() and message.isascii()
+    assert message.endswith(
+        f"; expected printable UTF-8 text of {key == 'job_name':d}..256 characters"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [("j" * MAX_LABEL, True), ("llm-ü 東京", True), ("a b", True), ("j" * (MAX_LABEL + 1), False),
+     ("my-job\n", False), ("j\ud800", False), ("a\tb", False), ("\x7f", False)],
+    ids=["longest", "non-ascii", "space", "too long", "newline", "surrogate", "tab", "DEL"],
+)  # fmt: skip
+def test_config_and_records_agree_on_label_values(value, valid):
+    def accepts(make) -> bool:
+        try:
+            make()
+        except (ConfigError, RecordError):
+            return False
+        return True
+
+    assert accepts(lambda: validate_record(new_record(job_name=value, device=value))) is valid
+    assert accepts(lambda: Config(job_name=value)) is valid
+    assert accepts(lambda: Config(labels={"team": value})) is valid
+
+
+def laughs(levels: int) -> str:
+    """A YAML list of 9**levels strings in a few hundred bytes: every list holds nine aliases of
+    the one before (a billion laughs at 9 levels)."""
+    items = ["&l0 [" + ",".join("x" * 9) + "]"]
+    items += [f"&l{n} [" + ",".join([f"*l{n - 1}"] * 9) + "]" for n in range(1, levels)]
+    return "[" + ", ".join(items) + "]"
+
+
+@pytest.mark.parametrize(
+    ("key", "says"), [("job_name", "expected a string"), ("labels", "mapping")]
+)
+def test_a_billion_laughs_costs_little(tmp_path, key, says):
+    """The error's repr of the value is bounded: at 6 levels the full repr peaked at 6.7 MB,
+    at 9 levels it took 5 s and 667 MB; both now cost a few kB."""
+    tracemalloc.start()
+    try:
+        message = key_error(tmp_path, f"{key}: {laughs(6)}\n", key)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert says in message and peak < 1_000_000
+    assert key_error(tmp_path, f"{key}: {laughs(9)}\n", key) == message
+
+
+@pytest.mark.parametrize("opening", ["[", "{a: "])
+@pytest.mark.parametrize("key", ["job_name", "labels", "export"])
+def test_deep_nesting_is_a_config_error(tmp_path, opening, key):
+    closing = opening[0].replace("[", "]").replace("{", "}")
+    err = load_error(write(tmp_path, f"{key}: {opening * 3000}{closing * 3000}\n"))
+    assert str(err) == f"{err.file}: YAML nested too deeply; expected fewer levels"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (f"job_name: {'1' * 5000}\n", "Exceeds the limit (4300 digits)"),
+        ("job_name: 2024-13-45\n", "month must be in 1..12"),
+    ],
+    ids=["5000 digits", "month 13"],
+)
+def test_yaml_values_python_cannot_hold_are_config_errors(tmp_path, text, says):
+    err = load_error(write(tmp_path, text))
+    assert str(err).startswith(f"{err.file}: YAML value out of range: ") and says in str(err)
 
 
 @pytest.mark.parametrize(

@@ -22,12 +22,13 @@ import yaml
 
 import aotwatch
 from aotwatch.config import Config, ConfigError, ExportConfig, load_config
-from aotwatch.export import server as server_module
+from aotwatch.export import auth as auth_module
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import MetricsServer, serve_metrics
 from aotwatch.export.webconfig import load_web_config
 from aotwatch.local import current
 from aotwatch.sink import LocalSink
+from test_config import laughs
 
 PASSWORD = "correct horse"
 
@@ -174,18 +175,20 @@ def test_no_users_means_no_basic_auth(conf, serve):
     assert fetch(server.url)[0] == 200
 
 
-def test_successes_are_cached_and_a_new_hash_invalidates_them(conf, serve, monkeypatch):
+def test_passes_and_failures_are_cached_and_a_new_hash_invalidates_them(
+    conf, serve, monkeypatch
+):
     checks = []
     checkpw = bcrypt.checkpw
-    monkeypatch.setattr(server_module.bcrypt, "checkpw", lambda *a: checks.append(1) or checkpw(*a))
+    monkeypatch.setattr(auth_module.bcrypt, "checkpw", lambda *a: checks.append(1) or checkpw(*a))
     path = write_yaml(conf / "web.yml", {"basic_auth_users": {"alice": bcrypt_hash(PASSWORD)}})
     server = serve(path)
     assert [fetch(server.url, user="alice")[0] for _ in range(3)] == [200, 200, 200]
     assert len(checks) == 1  # one bcrypt check, then the cache
     assert [fetch(server.url, user="alice", password="no")[0] for _ in range(2)] == [401, 401]
-    assert len(checks) == 3  # failures are checked every time, never cached
+    assert len(checks) == 2  # a failure is checked once, then refused from the cache
     assert fetch(server.url, user="mallory")[0] == 401
-    assert len(checks) == 4  # an unknown user costs a bcrypt check like a known one
+    assert len(checks) == 3  # an unknown user costs a bcrypt check like a known one
     write_yaml(path, {"basic_auth_users": {"alice": bcrypt_hash("new password")}})
     assert fetch(server.url, user="alice")[0] == 401  # the cached success was for the old hash
     assert fetch(server.url, user="alice", password="new password")[0] == 200
@@ -208,6 +211,22 @@ def test_a_removed_user_sharing_a_hash_is_refused_despite_the_cache(conf, serve)
     write_yaml(path, {"basic_auth_users": {"alice": shared}})
     assert fetch(server.url, user="bob")[0] == 401
     assert fetch(server.url, user="alice")[0] == 200
+
+
+def test_emptying_the_file_does_not_turn_basic_auth_off(conf, serve, caplog):
+    """A truncated file reads as no users: refused like turning TLS off, and a broken edit after
+    it keeps the users too; a later valid change of users is loaded."""
+    path = write_yaml(conf / "web.yml", {"basic_auth_users": {"alice": bcrypt_hash(PASSWORD)}})
+    server = serve(path)
+    with caplog.at_level(logging.WARNING, logger="aotwatch"):
+        for text in ("", "basic_auth_users: [\n"):  # sizes differ: each edit is a change
+            path.write_text(text, encoding="utf-8")
+            assert fetch(server.url)[0] == 401
+            assert fetch(server.url, user="alice")[0] == 200
+    assert "turning basic auth off needs a restart" in caplog.text
+    write_yaml(path, {"basic_auth_users": {"carol": bcrypt_hash(PASSWORD)}})
+    assert fetch(server.url, user="carol")[0] == 200
+    assert fetch(server.url, user="alice")[0] == 401
 
 
 # -- TLS ---------------------------------------------------------------------------------------
@@ -375,6 +394,16 @@ def test_a_missing_file_is_named_by_its_resolved_path(conf, serve):
         ("- a list\n", "must be a mapping"),
         ("a: [\n", "YAML syntax error"),
         ("!!python/object/apply:os.system [echo]\n", "YAML syntax error"),  # safe_load refuses
+        pytest.param(
+            "basic_auth_users: " + "[" * 3000 + "]" * 3000,
+            "YAML nested too deeply",
+            id="deep nesting",
+        ),
+        pytest.param(
+            f"basic_auth_users: {laughs(9)}\n",
+            "basic_auth_users: got list [['x', ",
+            id="billion laughs",
+        ),
     ],
 )
 def test_unparsable_web_config_files(conf, serve, text, says):
@@ -427,6 +456,17 @@ def test_attach_serves_https_with_a_web_config(conf, ca):
         assert fetch(attachment.url, client_context(ca))[0] == 200
     finally:
         aotwatch.detach()
+
+
+def test_attach_on_a_port_past_65535_after_local_rank_installs_nothing(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError) as info:
+        aotwatch.attach(Config(export=ExportConfig(address="127.0.0.1", port=65535)))
+    assert str(info.value) == (
+        "export.port: 65535 plus LOCAL_RANK 1 is past 65535; expected a lower port or 0 "
+        "(any free port)"
+    )
+    assert current() is None
 
 
 def test_attach_with_a_bad_web_config_installs_nothing(conf):

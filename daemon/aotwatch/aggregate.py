@@ -112,13 +112,17 @@ class Aggregate:
     """Counters, histograms and gauges folded from records, keyed by bounded labels."""
 
     def __init__(
-        self, max_series_per_metric: int = 1000, dedupe_window: int = DEDUPE_WINDOW
+        self,
+        max_series_per_metric: int = 1000,
+        dedupe_window: int = DEDUPE_WINDOW,
+        max_workers_per_job: int = 1024,
     ) -> None:
         self.max_series_per_metric = max_series_per_metric
+        self.max_workers_per_job = max_workers_per_job
         self._values: dict[str, dict[Labels, float]] = {}
         self._histograms: dict[str, dict[Labels, Histogram]] = {}
         self._seen_ids = _RecentIds(dedupe_window)
-        self._workers: dict[str, set[tuple[str, int]]] = {}
+        self._workers: dict[str, set[int]] = {}  # job -> hashes of (hostname, pid)
 
     # -- generic updates -------------------------------------------------
 
@@ -158,8 +162,9 @@ class Aggregate:
             if not self._admit(table, "aotwatch_workers_attached", (job_name,)):
                 return  # capped like the gauge: past the cap, a job's workers are not kept
             workers = self._workers[job_name] = set()
-        if (hostname, pid) not in workers:
-            workers.add((hostname, pid))
+        worker = hash((hostname, pid))
+        if worker not in workers and len(workers) < self.max_workers_per_job:
+            workers.add(worker)
             self.set_gauge("aotwatch_workers_attached", (job_name,), len(workers))
 
     def observe(self, metric: str, labels: Labels, value: float) -> None:
@@ -176,8 +181,17 @@ class Aggregate:
         except RecordError as err:
             self.inc("aotwatch_records_rejected", (err.reason,))
             return False
-        if record["record_id"] in self._seen_ids:
+        if self.has_seen(record["record_id"]):
             return False
+        self.fold(record)
+        return True
+
+    def has_seen(self, record_id: str) -> bool:
+        """Whether a record with this id was folded (within the dedupe window)."""
+        return record_id in self._seen_ids
+
+    def fold(self, record: dict[str, Any]) -> None:
+        """Fold a validated record that was not seen before."""
         self.inc("aotwatch_records_received", (record["job_name"],))
         self.attach_worker(record["job_name"], record["hostname"], record["pid"])
         rank = (record["job_name"], str(record["rank"]), record["device"])
@@ -198,7 +212,6 @@ class Aggregate:
             "torch_compile_last_compile_timestamp_seconds", rank, max(last, record["time"])
         )
         self._seen_ids.add(record["record_id"])  # only once folded: validation made it safe
-        return True
 
     def _fold_frame(self, rank: Labels, record: dict[str, Any]) -> None:
         self.inc("torch_compile_frames", rank)

@@ -1,16 +1,31 @@
-"""Append-only JSON-lines archives of records: ``<dir>/records.jsonl``."""
+"""Append-only JSON-lines archives: ``<dir>/records.jsonl``, and the private directories that
+hold them.
+
+Every byte read back is hostile until validated: a line that is not UTF-8, not JSON, nested
+too deeply or longer than a record can be comes back as a ``RecordError`` to count and skip.
+Files are opened without following links, created 0600, in directories that belong to the
+running user and that nobody else can write (``private_directory``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aotwatch.records import RecordError, from_json, to_json
+from aotwatch.records import MAX_RECORD_BYTES, RecordError, parse_json, to_json, validate_record
 
 ARCHIVE_FILE = "records.jsonl"
+_READ_CHUNK = 1 << 16
+
+
+class UnsafePath(OSError):
+    """A directory or file that someone other than the running user controls."""
 
 
 def archive_file(path: str | os.PathLike) -> Path:
@@ -19,44 +34,116 @@ def archive_file(path: str | os.PathLike) -> Path:
     return path / ARCHIVE_FILE if path.is_dir() or not path.suffix else path
 
 
+def private_directory(path: str | os.PathLike, mode: int = 0o700) -> Path:
+    """``path``, created with ``mode`` (and missing parents) if absent. UnsafePath if it is a
+    link or not a directory, belongs to another user, or group or others may write to it."""
+    path = Path(path)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=mode, parents=True)
+    info = os.lstat(path)
+    problem = _ownership_problem(info, stat.S_ISDIR, "a directory")
+    if problem:
+        raise UnsafePath(f"{path}: {problem}; aotwatch keeps its files only in a directory of "
+                         "its own user that nobody else can write to")  # fmt: skip
+    return path
+
+
+def _ownership_problem(info: os.stat_result, is_kind, kind: str) -> str | None:
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link"
+    if not is_kind(info.st_mode):
+        return f"is not {kind}"
+    if info.st_uid != os.geteuid():
+        return f"belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()})"
+    if info.st_mode & 0o022:
+        return f"may be written by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
+
+
+def open_private(path: Path, flags: int) -> int:
+    """A descriptor of the regular file ``path`` (created 0600 when ``flags`` say so),
+    never through a link; UnsafePath for a link or a file of another user."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # the last component is a link
+            raise UnsafePath(f"{path}: is a symbolic link; refusing to follow it") from None
+        raise
+    problem = _ownership_problem(os.fstat(fd), stat.S_ISREG, "a regular file")
+    if problem:
+        os.close(fd)
+        raise UnsafePath(f"{path}: {problem}")
+    return fd
+
+
 class ArchiveWriter:
-    """Appends one line per record and flushes it, so a crash loses at most the line in flight."""
+    """Appends lines with one write and one flush each, so a crash loses at most the write in
+    flight; the file is created 0600 in a private directory, never through a link."""
 
     def __init__(self, directory: str | os.PathLike, file_name: str = ARCHIVE_FILE) -> None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        self.path = Path(directory) / file_name
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self.path = private_directory(directory) / file_name
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
+        self._file = os.fdopen(open_private(self.path, flags), "a+b", buffering=0)
         self._lock = threading.Lock()
-        if _ends_torn(self.path):  # a crash mid-line: keep the next record on its own line
-            self._file.write("\n")
-            self._file.flush()
+        if _ends_torn(self._file.fileno()):  # a crash mid-line: the next one starts afresh
+            self._file.write(b"\n")
 
-    def append(self, *records: dict[str, Any]) -> None:
-        """Append records with one write and one flush."""
+    def write(self, lines: bytes) -> None:
+        """Append whole lines (each ending in a newline); OSError when the disk refuses."""
         with self._lock:
-            self._file.write("".join(to_json(record) + "\n" for record in records))
-            self._file.flush()
+            self._file.write(lines)
+
+    def append(self, *entries: dict[str, Any]) -> None:
+        """Append JSON objects, one line each."""
+        self.write("".join(to_json(entry) + "\n" for entry in entries).encode("utf-8"))
 
     def close(self) -> None:
         with self._lock:
             self._file.close()
 
 
-def _ends_torn(path: Path) -> bool:
+def _ends_torn(fd: int) -> bool:
     """Whether the file's last line lacks its newline."""
-    with open(path, "rb") as raw:
-        if raw.seek(0, os.SEEK_END) == 0:
-            return False
-        raw.seek(-1, os.SEEK_END)
-        return raw.read(1) != b"\n"
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
-def read_archive(path: str | os.PathLike) -> Iterator[dict[str, Any] | RecordError]:
+def read_lines(path: str | os.PathLike, private: bool = False) -> Iterator[bytes | RecordError]:
+    """Every non-blank line of a file, or RecordError ``too_large`` for one longer than a
+    record can be (skipped without reading it whole). ``private``: the file is one of
+    aotwatch's own, opened as ``open_private`` does."""
+    if private:
+        fd = open_private(Path(path), os.O_RDONLY)
+    else:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as stream:
+        while line := stream.readline(MAX_RECORD_BYTES + 1):
+            if len(line) > MAX_RECORD_BYTES:
+                while line and not line.endswith(b"\n"):  # the rest of the long line
+                    line = stream.readline(_READ_CHUNK)
+                yield RecordError("too_large", f"a line of more than {MAX_RECORD_BYTES} bytes")
+            elif line.strip():
+                yield line
+
+
+def read_json_lines(path: str | os.PathLike, private: bool = False) -> Iterator[Any]:
+    """Every line of a JSON-lines file parsed, or the RecordError that refuses it."""
+    for line in read_lines(path, private):
+        if isinstance(line, RecordError):
+            yield line
+            continue
+        try:
+            yield parse_json(line)
+        except RecordError as err:
+            yield err
+
+
+def read_archive(
+    path: str | os.PathLike, private: bool = False
+) -> Iterator[dict[str, Any] | RecordError]:
     """Every line of an archive: a valid record, or the RecordError that refuses it."""
-    with open(archive_file(path), encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                try:
-                    yield from_json(line)
-                except RecordError as err:
-                    yield err
+    for item in read_json_lines(archive_file(path), private):
+        try:
+            yield item if isinstance(item, RecordError) else validate_record(item)
+        except RecordError as err:
+            yield err

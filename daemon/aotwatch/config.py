@@ -9,12 +9,15 @@ import dataclasses
 import difflib
 import os
 import re
+import reprlib
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
+
+from aotwatch.records import MAX_LABEL, label_value_problem
 
 RESERVED_LABEL_NAMES = frozenset(
     {
@@ -77,8 +80,15 @@ def _plain(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxfrozenset = _REPR.maxdict = 8
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    """``repr(value)`` in at most 40 characters, at a cost bounded whatever the value's size
+    (YAML aliases can make a small file hold a list of billions of items)."""
+    text = _REPR.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -148,8 +158,28 @@ def length(low: int, high: int) -> dict[str, Callable[[Any, str], None]]:
     return {"check": check}
 
 
-def _check_label_names(labels: Mapping[str, str], key: str) -> None:
-    for name in labels:
+def label_value(low: int) -> dict[str, Callable[[Any, str], None]]:
+    """Field metadata: a label value of at least ``low`` characters, checked exactly as records
+    check theirs (``records.label_value_problem``: at most MAX_LABEL, printable UTF-8)."""
+
+    def check(value: str, key: str) -> None:
+        _check_label_value(value, key, low)
+
+    return {"check": check}
+
+
+def _check_label_value(value: str, key: str, low: int = 0) -> None:
+    problem = label_value_problem(value)
+    if problem is None and len(value) < low:
+        problem = f"has {len(value)} characters"
+    if problem:
+        expected = f"printable UTF-8 text of {low}..{MAX_LABEL} characters"
+        raise ConfigError(f"{_short(value)} {problem}", key=key, expected=expected)
+
+
+def _check_labels(labels: Mapping[str, str], key: str) -> None:
+    """Label names by Prometheus's rules and not ones aotwatch sets; values as label_value."""
+    for name, value in labels.items():
         path = f"{key}.{name}"
         if not _LABEL_NAME.fullmatch(name):
             raise ConfigError(
@@ -169,6 +199,7 @@ def _check_label_names(labels: Mapping[str, str], key: str) -> None:
                 key=path,
                 expected=f"a name other than {', '.join(sorted(RESERVED_LABEL_NAMES))}",
             )
+        _check_label_value(value, path)
 
 
 class Section:
@@ -232,10 +263,23 @@ class ArchiveConfig(Section):
 
 @dataclass(frozen=True)
 class LimitsConfig(Section):
-    """Bounds that protect Prometheus."""
+    """Bounds that protect Prometheus, the training process and aotwatch's own servers."""
 
     max_series_per_metric: int = field(default=1000, metadata=between(1, 1_000_000))
     """Label sets per metric family, 1..1_000_000; new label sets beyond it are dropped."""
+
+    max_workers_per_job: int = field(default=1024, metadata=between(1, 1_000_000))
+    """Worker processes of one job that a collector (or a local-mode process) keeps track of,
+    1..1_000_000; workers beyond it still have their records counted, not themselves."""
+
+    max_connections: int = field(default=64, metadata=between(1, 65_536))
+    """Connections each /metrics server (local mode, collectors, the head) holds at once,
+    1..65_536, and never more than a quarter of the process's open-file limit. Past it, a new
+    connection closes the one that has waited longest for its request to arrive."""
+
+    request_timeout_s: int = field(default=10, metadata=between(1, 3600))
+    """Seconds a client has to send its whole request (TLS handshake, request line and
+    headers), 1..3600; a client still sending then is disconnected."""
 
 
 @dataclass(frozen=True)
@@ -291,19 +335,25 @@ class PushConfig(Section):
     buffer_size: int = field(default=100_000, metadata=between(1, 10_000_000))
     """Records sent but not yet acknowledged (kept for retry while the collector is away)."""
 
+    exit_timeout_s: int = field(default=10, metadata=between(0, 3600))
+    """Seconds a worker waits at exit for its collector to acknowledge what is pending; what
+    is still pending then is spooled to disk, where the collector picks it up."""
+
 
 @dataclass(frozen=True)
 class Config(Section):
     """The aotwatch daemon configuration."""
 
-    job_name: str = field(default="default", metadata=length(1, 128))
-    """The job_name label of every series: non-empty, at most 128 characters."""
+    job_name: str = field(default="default", metadata=label_value(1))
+    """The job_name label of every series: non-empty printable UTF-8 of at most MAX_LABEL (256)
+    characters, as records require."""
 
     labels: Mapping[str, str] = field(
-        default_factory=dict, hash=False, metadata={"check": _check_label_names}
+        default_factory=dict, hash=False, metadata={"check": _check_labels}
     )
     """Extra constant labels on every series; stored read-only. Names follow Prometheus rules,
-    must not start with "__" and must not be in RESERVED_LABEL_NAMES; values are strings."""
+    must not start with "__" and must not be in RESERVED_LABEL_NAMES; values are strings
+    checked as job_name is, except that they may be empty."""
 
     export: ExportConfig = ExportConfig()
     """The local-mode /metrics endpoint."""
@@ -375,7 +425,8 @@ def section_from_dict(cls: type[S], data: Mapping[Any, Any] | None, source: str)
 
 
 def read_yaml(path: str | os.PathLike[str]) -> Any:
-    """Parse a YAML file with ``yaml.safe_load``; ConfigError if unreadable or malformed."""
+    """Parse a YAML file with ``yaml.safe_load``; ConfigError if unreadable or malformed (also
+    when nested too deeply for the parser, which would otherwise raise RecursionError)."""
     source = os.fsdecode(path)
     try:
         with open(source, encoding="utf-8") as stream:
@@ -385,6 +436,10 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
         raise ConfigError(f"cannot read: {reason}", file=source) from err
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError("YAML nested too deeply", file=source, expected="fewer levels") from None
+    except ValueError as err:  # a date like 2024-13-45, an integer of over 4300 digits
+        raise ConfigError(f"YAML value out of range: {err}", file=source) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""

@@ -13,7 +13,7 @@ from aotwatch.archive import ArchiveWriter
 from aotwatch.capture import hooks
 from aotwatch.capture.identity import identity
 from aotwatch.capture.session import CaptureSession
-from aotwatch.config import Config, load_config
+from aotwatch.config import Config, ConfigError, load_config
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import MetricsServer, serve_metrics
 from aotwatch.sink import LocalSink
@@ -40,10 +40,16 @@ _current: Attachment | None = None
 
 
 def export_port(config: Config) -> int:
-    """The configured port, offset by LOCAL_RANK so ranks on one machine don't collide."""
+    """The configured port, offset by LOCAL_RANK so ranks on one machine don't collide;
+    ConfigError (key export.port) when the sum is past 65535."""
     port = config.export.port
     local_rank = os.environ.get("LOCAL_RANK", "")
-    return port + int(local_rank) if port and local_rank.isdigit() else port
+    if not port or not (local_rank.isascii() and local_rank.isdecimal()):
+        return port
+    if port + int(local_rank) > 65535:
+        problem = f"{port} plus LOCAL_RANK {local_rank} is past 65535"
+        raise ConfigError(problem, key="export.port", expected="a lower port or 0 (any free port)")
+    return port + int(local_rank)
 
 
 def _show_info_logs() -> None:
@@ -85,7 +91,8 @@ def _sink(config: Config) -> tuple[Any, MetricsServer | None, str]:
 def _local_sink(config: Config) -> tuple[LocalSink, MetricsServer | None]:
     """Aggregate here and serve /metrics; the archive is opened once the port is bound, so
     a port in use leaves no archive behind."""
-    sink = LocalSink(config.limits.max_series_per_metric)
+    limits = config.limits
+    sink = LocalSink(limits.max_series_per_metric, max_workers_per_job=limits.max_workers_per_job)
     me = identity(config.job_name)
     sink.attach_worker(config.job_name, me["hostname"], me["pid"])
     server = None
@@ -96,6 +103,7 @@ def _local_sink(config: Config) -> tuple[LocalSink, MetricsServer | None]:
             config.export.address,
             export_port(config),
             web_config=config.export.web_config,
+            limits=config.limits,
         )
     if config.archive.path:
         try:

@@ -38,11 +38,18 @@ MAX_LABEL = 256
 _LABEL_FIELDS = ("job_name", "device")
 
 MAX_ID = 256
-"""Longest identifier (record_id, compile_id, graph_hash): collectors remember many of them."""
-_ID_FIELDS = ("record_id", "compile_id", "graph_hash")
+"""Longest identifier (record_id, compile_id, graph_hash, hostname): collectors remember many
+of them."""
+_ID_FIELDS = ("record_id", "compile_id", "graph_hash", "hostname")
 
 MAX_NUMBER = 2**53
 """Largest number a record may carry: metric values are floats, exact up to 2**53."""
+
+MAX_ITEMS = 4096
+"""Most entries of a record's list or mapping (graph breaks, counts, a frame's fields)."""
+
+MAX_RECORD_BYTES = 1 << 20
+"""Longest record as one JSON line: every record accepted fits an archive line."""
 
 
 def empty_record() -> dict[str, Any]:
@@ -79,6 +86,10 @@ def empty_record() -> dict[str, Any]:
         "fail_category": None,
         "fail_reason": None,
     }
+
+
+RECORD_FIELDS = frozenset(empty_record())
+"""Every field a record may carry: another key is refused, so what is accepted is archived."""
 
 
 def new_record(**fields: Any) -> dict[str, Any]:
@@ -141,6 +152,9 @@ _INT = frozenset({int})
 _STR_OR_NONE = frozenset({str, _NONE})
 _OPTIONAL_TEXT = ("fail_reason", "fail_category", "recompile_category")
 """Fields the fold reads besides the required ones: a string or null (or absent)."""
+_SCALARS = frozenset({str, int, float, bool, _NONE})
+_OPTIONAL_SCALARS = ("aot_id", "cache_hit", "symints_saved_for_backward")
+"""Fields only archives and reports read: a JSON scalar (or absent)."""
 
 
 def _encodable(text: str) -> bool:
@@ -151,15 +165,43 @@ def _encodable(text: str) -> bool:
     return True
 
 
+def label_value_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a label value (longer than MAX_LABEL, not printable UTF-8), or
+    None. Records, workers' count totals and the config all check label values with this."""
+    if len(text) > MAX_LABEL:
+        return f"has {len(text)} characters; at most {MAX_LABEL}"
+    if not text.isprintable() or not _encodable(text):
+        return "is not printable UTF-8 (a newline, a control character, a lone surrogate)"
+    return None
+
+
 _NUMBER = frozenset({int, float})
 
 
-def _check_text(fields: dict[Any, Any], key: str) -> None:
-    if any(type(value) is str and len(value) > MAX_TEXT for value in fields.values()):
+def _check_scalar(value: Any, key: str) -> None:
+    if type(value) not in _SCALARS:
+        raise RecordError("wrong_type", f"{key} is {type(value).__name__}")
+    if type(value) is str and len(value) > MAX_TEXT:
+        raise RecordError("too_large", key)
+    if type(value) in _NUMBER and abs(value) > MAX_NUMBER:
         raise RecordError("too_large", key)
 
 
+def _check_fields(fields: Any, key: str) -> None:
+    """A small mapping of names to JSON scalars (a frame, a graph break)."""
+    if type(fields) is not dict:
+        raise RecordError("wrong_type", key)
+    if len(fields) > MAX_ITEMS:
+        raise RecordError("too_large", key)
+    for name, value in fields.items():
+        if type(name) is not str or len(name) > MAX_ID:
+            raise RecordError("wrong_type", f"{key} field name")
+        _check_scalar(value, f"{key}.{name}")
+
+
 def _check_counts(counts: dict[Any, Any], key: str, number_types: frozenset[type]) -> None:
+    if len(counts) > MAX_ITEMS:
+        raise RecordError("too_large", key)
     for name, value in counts.items():
         if type(name) is not str or type(value) not in number_types:
             raise RecordError("wrong_type", f"{key}.{name}")
@@ -175,6 +217,9 @@ def validate_record(obj: Any) -> dict[str, Any]:
         raise RecordError("not_an_object", type(obj).__name__)
     if obj.get("schema") != SCHEMA_VERSION:
         raise RecordError("schema_version", f"schema {obj.get('schema')!r}")
+    if not RECORD_FIELDS.issuperset(obj):
+        unknown = next(key for key in obj if key not in RECORD_FIELDS)
+        raise RecordError("unknown_field", repr(unknown)[:MAX_ID])
     for key, types in _REQUIRED_TYPES:
         value = obj.get(key, _MISSING)
         if type(value) not in types:
@@ -190,13 +235,17 @@ def validate_record(obj: Any) -> dict[str, Any]:
     for key in _LABEL_FIELDS:
         if len(obj[key]) > MAX_LABEL:
             raise RecordError("too_large", key)
-        if not obj[key].isprintable() or not _encodable(obj[key]):
+        if label_value_problem(obj[key]):
             raise RecordError("wrong_type", f"{key} is not printable UTF-8")
     if obj["time"] < 0 or obj["time"] != obj["time"] or obj["time"] == math.inf:
         raise RecordError("wrong_type", "time must be a finite unix time")
     for key in _OPTIONAL_TEXT:
         if type(obj.get(key)) not in _STR_OR_NONE:
             raise RecordError("wrong_type", f"{key} is {type(obj.get(key)).__name__}")
+        if obj.get(key) is not None and len(obj[key]) > MAX_TEXT:
+            raise RecordError("too_large", key)
+    for key in _OPTIONAL_SCALARS:
+        _check_scalar(obj.get(key), key)
     if type(obj.get("mutation_placement", {})) is not dict:
         raise RecordError("wrong_type", "mutation_placement")
     _check_counts(obj.get("mutation_placement", {}), "mutation_placement", _INT)
@@ -205,15 +254,19 @@ def validate_record(obj: Any) -> dict[str, Any]:
     for key in ("inputs", "outputs", "tokens"):
         _check_counts(obj[key], key, _INT)
     _check_counts(obj["durations_s"], "durations_s", _NUMBER)
+    if len(obj["cache"]) > MAX_ITEMS:
+        raise RecordError("too_large", "cache")
     for cache, results in obj["cache"].items():
-        if type(results) is not dict:
-            raise RecordError("wrong_type", f"cache.{cache}")
-        _check_counts(results, f"cache.{cache}", _INT)
+        if type(cache) is not str or type(results) is not dict:
+            raise RecordError("wrong_type", "cache entry")
+        _check_counts(results, "cache entry", _INT)
+    if len(obj["graph_breaks"]) > MAX_ITEMS:
+        raise RecordError("too_large", "graph_breaks")
     for graph_break in obj["graph_breaks"]:
-        if type(graph_break) is not dict or type(graph_break.get("category")) is not str:
+        _check_fields(graph_break, "graph_breaks entry")
+        if type(graph_break.get("category")) is not str:
             raise RecordError("wrong_type", "graph_breaks entry")
-        _check_text(graph_break, "graph_breaks entry")
-    _check_text(obj["frame"] or {}, "frame")
+    _check_fields(obj["frame"] or {}, "frame")
     return obj
 
 
@@ -225,10 +278,36 @@ def to_json(record: dict[str, Any]) -> str:
     return _ENCODER.encode(record)
 
 
-def from_json(line: str) -> dict[str, Any]:
-    """Parse and validate one archive line."""
+def encode_record(record: dict[str, Any]) -> bytes:
+    """A validated record as one archive line (newline included); RecordError when it is
+    beyond MAX_RECORD_BYTES or cannot be encoded."""
     try:
-        obj = json.loads(line)
+        line = (to_json(record) + "\n").encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as err:
+        raise RecordError("wrong_type", f"cannot be encoded as JSON: {err}") from None
+    if len(line) > MAX_RECORD_BYTES:
+        raise RecordError("too_large", f"{len(line)} bytes as JSON")
+    return line
+
+
+def parse_json(line: bytes | str) -> Any:
+    """One line of JSON; RecordError ``not_utf8``, ``too_large`` or ``not_json`` when it is
+    none (bad bytes, nesting too deep for the parser, a torn line)."""
+    if len(line) > MAX_RECORD_BYTES:
+        raise RecordError("too_large", f"a line of {len(line)} bytes")
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RecordError("not_utf8", str(err)) from None
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise RecordError("not_json", "nested too deeply") from None
     except ValueError as err:
         raise RecordError("not_json", str(err)) from None
-    return validate_record(obj)
+
+
+def from_json(line: bytes | str) -> dict[str, Any]:
+    """Parse and validate one archive line."""
+    return validate_record(parse_json(line))

@@ -1,4 +1,5 @@
-"""The in-process sink of local mode: a locked Aggregate, and optionally an archive."""
+"""The in-process sink of local mode and of every collector: a locked Aggregate and
+optionally an archive, written before anything is folded."""
 
 from __future__ import annotations
 
@@ -8,35 +9,79 @@ from typing import Any
 
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import ArchiveWriter
+from aotwatch.records import RecordError, encode_record, validate_record
 
 log = logging.getLogger(__name__)
 
 
 class LocalSink:
-    """Folds records into an Aggregate (and appends them to an archive) under one lock."""
+    """Validates records, appends the new ones to the archive, then folds them, under one
+    lock.
 
-    def __init__(self, max_series_per_metric: int, archive: ArchiveWriter | None = None) -> None:
-        self.aggregate = Aggregate(max_series_per_metric)
+    ``strict``: a failed archive write raises (a collector: its worker keeps the batch and
+    sends it again). Otherwise (local mode, where nothing can resend) the records are folded
+    anyway and counted in ``aotwatch_records_dropped_total{reason="archive_write"}``: they
+    are in /metrics but missing from the archive.
+    """
+
+    def __init__(
+        self,
+        max_series_per_metric: int,
+        archive: ArchiveWriter | None = None,
+        *,
+        max_workers_per_job: int = 1024,
+        strict: bool = False,
+    ) -> None:
+        self.aggregate = Aggregate(max_series_per_metric, max_workers_per_job=max_workers_per_job)
         self.archive = archive
+        self.strict = strict
         self._lock = threading.Lock()
 
     def record(self, record: dict[str, Any]) -> bool:
-        """Fold and archive ``record``; False if it was a duplicate or malformed."""
+        """Archive and fold ``record``; False if it was a duplicate or malformed."""
         return bool(self.record_batch([record]))
 
-    def record_batch(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Fold records and archive the accepted ones with one write; returns those."""
+    def record_batch(self, records: list[Any]) -> list[dict[str, Any]]:
+        """Archive the new, valid records with one write, then fold them; returns those.
+
+        Malformed ones are counted in ``aotwatch_records_rejected_total``. When ``strict``
+        and the write fails, raises OSError with nothing folded or counted.
+        """
         with self._lock:
-            accepted = [record for record in records if self.aggregate.add(record)]
-            if self.archive is not None and accepted:
+            accepted, lines, rejected = self._check(records)
+            if self.archive is not None and lines:
                 try:
-                    self.archive.append(*accepted)
+                    self.archive.write(b"".join(lines))
                 except OSError:
+                    if self.strict:
+                        raise
+                    log.warning("aotwatch: cannot append to %s", self.archive.path,
+                                exc_info=True)  # fmt: skip
                     for record in accepted:
                         labels = (record["job_name"], "archive_write")
                         self.aggregate.inc("aotwatch_records_dropped", labels)
-                    log.warning("aotwatch: cannot append to %s", self.archive.path, exc_info=True)
+            for reason in rejected:
+                self.aggregate.inc("aotwatch_records_rejected", (reason,))
+            for record in accepted:
+                self.aggregate.fold(record)
             return accepted
+
+    def _check(self, records: list[Any]) -> tuple[list[dict], list[bytes], list[str]]:
+        """(new valid records, their archive lines, the reasons of the rejected ones)."""
+        accepted, lines, rejected, ids = [], [], [], set()
+        for obj in records:
+            try:
+                record = validate_record(obj)
+                line = encode_record(record) if self.archive is not None else b""
+            except RecordError as err:
+                rejected.append(err.reason)
+                continue
+            record_id = record["record_id"]
+            if record_id not in ids and not self.aggregate.has_seen(record_id):
+                ids.add(record_id)
+                accepted.append(record)
+                lines.append(line)
+        return accepted, lines, rejected
 
     def inc(self, metric: str, labels: tuple[str, ...], amount: float = 1) -> None:
         """Add to one of aotwatch's own counters."""

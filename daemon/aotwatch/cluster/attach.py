@@ -15,12 +15,16 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import ray
 
+from aotwatch.cluster.collector import spool_directory
 from aotwatch.cluster.push import RecordPusher
 from aotwatch.config import Config, config_from_dict
+
+log = logging.getLogger(__name__)
 
 CONFIG_ENV = "AOTWATCH_CONFIG"
 """A worker's config, as JSON (set by ``aotwatch run`` in the job's runtime_env)."""
@@ -84,7 +88,16 @@ def cluster_sink(config: Config) -> RecordPusher:
         "pid": os.getpid(),
     }
     heartbeat_s = config.collector.worker_timeout_s / 3  # two may be lost before it expires
-    return RecordPusher(collector, worker, config.push, heartbeat_s)
+    return RecordPusher(collector, worker, config.push, heartbeat_s, _spool(config, node_id))
+
+
+def _spool(config: Config, node_id: str) -> Path | None:
+    """This node's spool (shared with its collector), or None when it is unsafe or unwritable."""
+    try:
+        return spool_directory(config, node_id)
+    except OSError as err:
+        log.warning("aotwatch: no spool for records undelivered at exit: %s", err)
+        return None
 
 
 def runtime_env(config: Config, base: dict[str, Any] | None = None) -> dict[str, Any]:

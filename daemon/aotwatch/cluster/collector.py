@@ -19,17 +19,29 @@ from typing import Any
 
 from aotwatch import divergence
 from aotwatch.aggregate import Snapshot
-from aotwatch.archive import ArchiveWriter, read_archive
+from aotwatch.archive import (
+    ARCHIVE_FILE,
+    ArchiveWriter,
+    private_directory,
+    read_archive,
+    read_json_lines,
+)
 from aotwatch.cluster.worker_counts import CountsLedger
 from aotwatch.config import Config
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import serve_metrics
-from aotwatch.records import RecordError
+from aotwatch.records import MAX_ID, MAX_NUMBER, RecordError, label_value_problem
 from aotwatch.sink import LocalSink
 
 log = logging.getLogger(__name__)
 
 HEAD_NAME = "aotwatch-head"
+SPOOL_DIR = "spool"
+SPOOL_SUFFIX = ".jsonl"
+SPOOL_BATCH = 500
+"""Spooled records taken in per archive write."""
+SPOOL_POLL_S = 2.0
+"""How often a collector looks for spooled files."""
 
 
 def collector_name(node_id: str) -> str:
@@ -42,6 +54,48 @@ def archive_root(config: Config) -> Path:
     return Path(config.archive.path or os.path.join(tempfile.gettempdir(), "aotwatch"))
 
 
+def collector_directory(config: Config, node_id: str) -> Path:
+    """A node's collector directory: its archive, its counts and the workers' spool.
+
+    The root is private to this user (0711: Prometheus, as another user, may read file_sd
+    in it by name); everything below it is 0700. UnsafePath when someone else controls it.
+    """
+    collectors = private_directory(archive_root(config), 0o711) / "collectors"
+    return private_directory(private_directory(collectors) / node_id)
+
+
+def spool_directory(config: Config, node_id: str) -> Path:
+    """Where a worker leaves, at exit, what its collector did not acknowledge in time."""
+    return private_directory(collector_directory(config, node_id) / SPOOL_DIR)
+
+
+WORKER_FIELDS = {
+    "worker_id": str,
+    "job_name": str,
+    "node_id": str,
+    "hostname": str,
+    "pid": int,
+    "rank": int,
+    "world_size": int,
+}
+"""What a worker announces with every push (cluster.push), and the types of each."""
+
+
+def worker_problem(worker: Any) -> str | None:
+    """Why ``worker`` is not a worker announcement, or None."""
+    if type(worker) is not dict or worker.keys() != WORKER_FIELDS.keys():
+        return f"expected a mapping of {', '.join(WORKER_FIELDS)}"
+    for key, kind in WORKER_FIELDS.items():
+        value = worker[key]
+        if type(value) is not kind:
+            return f"{key} is {type(value).__name__}"
+        if kind is int and not 0 <= value <= MAX_NUMBER:
+            return f"{key} is out of range"
+        if kind is str and not 0 < len(value) <= MAX_ID:
+            return f"{key} must have 1..{MAX_ID} characters"
+    return label_value_problem(worker["job_name"])
+
+
 class NodeCollector:
     """Aggregates the records of one node's workers (a Ray actor: see ``cluster.daemon``)."""
 
@@ -51,12 +105,20 @@ class NodeCollector:
         self._ready = False
         self._lock = threading.Lock()
         self._workers: dict[str, dict[str, Any]] = {}  # worker id -> announcement + last_seen
-        directory = archive_root(config) / "collectors" / node_id
-        self.sink = LocalSink(config.limits.max_series_per_metric)
+        self._workers_per_job: dict[str, int] = {}
+        directory = collector_directory(config, node_id)
+        limits = config.limits
+        self.sink = LocalSink(
+            limits.max_series_per_metric,
+            max_workers_per_job=limits.max_workers_per_job,
+            strict=True,
+        )
         self._fingerprints: divergence.Fingerprints = {}
         self.replayed = self._replay(directory)
         self.sink.archive = ArchiveWriter(directory)
         self.counts = CountsLedger(directory, self.sink)
+        self.spool = spool_directory(config, node_id)
+        self.drain_spool()
         registry = registry_for(AggregateCollector(self.snapshot, config.labels))
         self.server = serve_metrics(
             registry,
@@ -64,28 +126,42 @@ class NodeCollector:
             config.collector.port,
             lambda: self._ready,
             web_config=config.collector.web_config,
+            limits=config.limits,
         )
         self.hostname = socket.gethostname()
         self._ready = True
+        threading.Thread(target=self._drain_spool_forever, name="aotwatch-spool",
+                         daemon=True).start()  # fmt: skip
         log.info("collector %s: %d records replayed, serving %s", node_id, self.replayed,
                  self.server.url)  # fmt: skip
 
     def _replay(self, directory: Path) -> int:
-        if not (directory / "records.jsonl").exists():
+        if not (directory / ARCHIVE_FILE).exists():
             return 0
         count = 0
-        for item in read_archive(directory):
-            if not isinstance(item, RecordError) and self.sink.aggregate.add(item):
+        for item in read_archive(directory, private=True):
+            if isinstance(item, RecordError):  # a torn, corrupt or hostile line: skipped
+                self.sink.inc("aotwatch_records_rejected", (item.reason,))
+            elif self.sink.aggregate.add(item):
                 divergence.observe(self._fingerprints, item)
                 count += 1
         return count
 
     # -- called by workers (cluster.push) ------------------------------------------------
 
-    def push(self, worker: dict[str, Any], records: list[dict], counts: dict[str, dict]) -> int:
+    def push(self, worker: Any, records: list[Any], counts: Any) -> int:
         """Accept a batch and the worker's running drop and capture-error totals, both
-        persisted before this returns."""
+        persisted before this returns; OSError (the worker keeps the batch and sends it
+        again) when they cannot be. A batch from a malformed worker is rejected whole."""
+        problem = worker_problem(worker)
+        if problem is not None:
+            log.debug("aotwatch: refused a batch: worker %s", problem)
+            self.sink.inc("aotwatch_records_rejected", ("bad_worker",), len(records))
+            return 0
         self._seen(worker)
+        return self._accept(worker, records, counts)
+
+    def _accept(self, worker: dict[str, Any], records: list[Any], counts: Any) -> int:
         accepted = self.sink.record_batch(records)
         for record in accepted:
             divergence.observe(self._fingerprints, record)
@@ -93,14 +169,37 @@ class NodeCollector:
             self.counts.add(worker["worker_id"], worker["job_name"], counts)
         return len(accepted)
 
-    def goodbye(self, worker: dict[str, Any]) -> None:
+    def goodbye(self, worker: Any) -> None:
         """A worker is exiting: its gauges go now rather than at its timeout."""
-        with self._lock:
-            self._workers.pop(worker["worker_id"], None)
+        if worker_problem(worker) is None:
+            with self._lock:
+                self._forget(worker["worker_id"])
 
     def _seen(self, worker: dict[str, Any]) -> None:
+        """Note the worker alive; at most ``limits.max_workers_per_job`` per job and
+        ``limits.max_series_per_metric`` jobs are tracked."""
+        job, limits = worker["job_name"], self.config.limits
         with self._lock:
+            known = self._workers.get(worker["worker_id"])
+            if known is None:
+                per_job = self._workers_per_job.get(job, 0)
+                if per_job >= limits.max_workers_per_job or (
+                    not per_job and len(self._workers_per_job) >= limits.max_series_per_metric
+                ):
+                    return
+                self._workers_per_job[job] = per_job + 1
+            elif known["job_name"] != job:
+                return  # a worker id belongs to one job
             self._workers[worker["worker_id"]] = {**worker, "last_seen": time.monotonic()}
+
+    def _forget(self, worker_id: str) -> None:
+        """Stop tracking a worker (lock held)."""
+        worker = self._workers.pop(worker_id, None)
+        if worker is not None:
+            job = worker["job_name"]
+            self._workers_per_job[job] -= 1
+            if not self._workers_per_job[job]:
+                del self._workers_per_job[job]
 
     def _live_workers(self) -> list[dict[str, Any]]:
         deadline = time.monotonic() - self.config.collector.worker_timeout_s
@@ -108,8 +207,48 @@ class NodeCollector:
             for worker_id in [
                 w for w, info in self._workers.items() if info["last_seen"] < deadline
             ]:
-                del self._workers[worker_id]
+                self._forget(worker_id)
             return list(self._workers.values())
+
+    # -- the spool: what workers could not deliver before they exited --------------------
+
+    def drain_spool(self) -> int:
+        """Accept every spooled file (see ``cluster.push``) and delete it; one that cannot be
+        archived now stays for the next round. Returns the records accepted."""
+        accepted = 0
+        for path in sorted(self.spool.glob(f"*{SPOOL_SUFFIX}")):
+            try:
+                accepted += self._drain_file(path)
+                path.unlink()
+            except OSError:
+                log.warning("aotwatch: cannot take in %s yet", path, exc_info=True)
+        return accepted
+
+    def _drain_file(self, path: Path) -> int:
+        lines = read_json_lines(path, private=True)
+        header = next(lines, None)
+        worker = header.get("worker") if isinstance(header, dict) else None
+        if worker_problem(worker) is not None:
+            self.sink.inc("aotwatch_records_rejected", ("bad_worker",), 1 + sum(1 for _ in lines))
+            return 0
+        accepted, batch = 0, []
+        for item in lines:
+            if isinstance(item, RecordError):
+                self.sink.inc("aotwatch_records_rejected", (item.reason,))
+                continue
+            batch.append(item)
+            if len(batch) == SPOOL_BATCH:
+                accepted += self._accept(worker, batch, None)
+                batch = []
+        return accepted + self._accept(worker, batch, header.get("counts"))
+
+    def _drain_spool_forever(self) -> None:
+        while True:
+            time.sleep(SPOOL_POLL_S)
+            try:
+                self.drain_spool()
+            except Exception:  # noqa: BLE001 - keep draining; the next round retries
+                log.warning("aotwatch: draining the spool failed", exc_info=True)
 
     # -- exported state ------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from aotwatch import divergence
+from aotwatch.archive import private_directory
 from aotwatch.cluster.collector import (
     HEAD_NAME,
     NodeCollector,
@@ -70,7 +71,10 @@ def alive_nodes() -> list[str]:
 
 
 def file_sd_path(config: Config) -> Path:
-    return Path(config.collector.file_sd_path or archive_root(config) / "file_sd.json")
+    """The configured file_sd path, or file_sd.json in the private archive root."""
+    if config.collector.file_sd_path:
+        return Path(config.collector.file_sd_path)
+    return private_directory(archive_root(config), 0o711) / "file_sd.json"
 
 
 def write_file_sd(path: Path, endpoints: list[dict[str, Any]], head: dict[str, Any] | None) -> None:
@@ -108,11 +112,18 @@ class _DivergenceCollector:
     def __init__(self, head: Head) -> None:
         self.head = head
 
+    def describe(self) -> Any:
+        """The families without samples: lets the registry filter by ``name[]``."""
+        return self._families({})
+
     def collect(self) -> Any:
+        return self._families(self.head.divergence_counts())
+
+    def _families(self, counts: dict[tuple[str, str], int]) -> Any:
         yield build_info_family(self.head.config.labels)
         names = (*RANK_DIVERGENCES.labels, *self.head.config.labels)
         family = CounterMetricFamily(RANK_DIVERGENCES.name, RANK_DIVERGENCES.help, labels=names)
-        for (job, kind), count in sorted(self.head.divergence_counts().items()):
+        for (job, kind), count in sorted(counts.items()):
             family.add_metric((job, kind, *self.head.config.labels.values()), count)
         yield family
 
@@ -133,6 +144,7 @@ class Head:
             config.collector.address,
             config.collector.head_port,
             web_config=config.collector.web_config,
+            limits=config.limits,
         )
         self.file_sd = file_sd_path(config)
         self._stop = threading.Event()

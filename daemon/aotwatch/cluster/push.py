@@ -15,16 +15,21 @@ import atexit
 import collections
 import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
 
+from aotwatch.archive import open_private
 from aotwatch.capture.identity import rank_and_world_size
+from aotwatch.cluster.collector import SPOOL_SUFFIX
 from aotwatch.config import PushConfig
+from aotwatch.records import to_json
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +77,19 @@ class RecordPusher:
     """A capture Sink that delivers records to a collector actor (see module docstring)."""
 
     def __init__(
-        self, collector: Any, worker: dict[str, Any], config: PushConfig, heartbeat_s: float
+        self,
+        collector: Any,
+        worker: dict[str, Any],
+        config: PushConfig,
+        heartbeat_s: float,
+        spool: Path | None = None,
     ) -> None:
         """``heartbeat_s``: the longest silence before an empty batch tells the collector this
-        worker is alive (well under the collector's worker timeout)."""
+        worker is alive (well under the collector's worker timeout). ``spool``: where what
+        is still unacknowledged after ``config.exit_timeout_s`` at exit is left for the
+        collector (None: it is lost, and logged)."""
         self._collector = collector  # the named actor's handle stays valid across its restarts
+        self.spool = spool
         self.heartbeat_s = heartbeat_s
         self.worker = {**worker, "worker_id": uuid.uuid4().hex}
         self.config = config
@@ -240,20 +253,60 @@ class RecordPusher:
             if not self.pending():
                 return True
             time.sleep(0.02)
-        return False
+        return not self.pending()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Flush, say goodbye to the collector, stop the thread (idempotent)."""
+    def close(self) -> None:
+        """Flush for at most ``exit_timeout_s``, spool what is left, say goodbye to the
+        collector, stop the thread (idempotent)."""
         with self._lock:
             if self._closing:
                 return
             self._closing = True
-        delivered = self.flush(timeout)
+        delivered = self.flush(self.config.exit_timeout_s)
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=1)  # no batch may re-announce this worker after goodbye
         if not delivered:
-            log.warning("aotwatch: %d records not delivered at exit", self.pending())
+            self._spool_undelivered()
         with contextlib.suppress(Exception):  # the collector may be gone already
             ray.get(self._collector.goodbye.remote(self.worker), timeout=2)
         atexit.unregister(self.close)
+
+    def _spool_undelivered(self) -> None:
+        """Write what the collector has not acknowledged to the spool, where the collector
+        takes it in (resent records and totals count once); log what happened to it."""
+        with self._lock:
+            records = [*self._queue, *(r for batch in self._batches for r in batch.records)]
+            header = {"worker": self.worker, "counts": self._counts.totals()}
+        within = f"within {self.config.exit_timeout_s} s at exit"
+        if self.spool is None:
+            log.warning("aotwatch: %d records not delivered %s, and no spool", len(records),
+                        within)  # fmt: skip
+            return
+        try:
+            path = write_spool(self.spool, self.worker["worker_id"], header, records)
+        except OSError as err:
+            log.warning("aotwatch: %d records not delivered %s and lost: cannot spool them: "
+                        "%s", len(records), within, err)  # fmt: skip
+            return
+        log.warning("aotwatch: %d records not delivered %s; spooled to %s for the collector",
+                    len(records), within, path)  # fmt: skip
+
+
+def write_spool(directory: Path, worker_id: str, header: dict, records: list[dict]) -> Path:
+    """``directory/<worker_id>.jsonl``: the header line, then one line per record. Written
+    under a temporary name and renamed, so a collector never reads half a file."""
+    path = directory / f"{worker_id}{SPOOL_SUFFIX}"
+    partial = directory / f".{worker_id}.partial"
+    fd = open_private(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write("".join(to_json(line) + "\n" for line in (header, *records)).encode())
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    return path

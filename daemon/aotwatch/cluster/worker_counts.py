@@ -9,18 +9,14 @@ totals from that file.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from aotwatch.archive import ArchiveWriter
-from aotwatch.records import MAX_ID, MAX_LABEL, MAX_NUMBER
+from aotwatch.archive import ArchiveWriter, read_json_lines
+from aotwatch.records import MAX_ID, MAX_NUMBER, RecordError, label_value_problem
 from aotwatch.sink import LocalSink
-
-log = logging.getLogger(__name__)
 
 COUNTS_FILE = "counts.jsonl"
 KINDS = {"dropped": "aotwatch_records_dropped", "capture_errors": "aotwatch_capture_errors"}
@@ -40,21 +36,23 @@ class CountsLedger:
     def __init__(self, directory: str | os.PathLike, sink: LocalSink) -> None:
         self.sink = sink
         self._known: OrderedDict[str, Totals] = OrderedDict()  # worker id -> totals applied
-        for entry in _read(Path(directory) / COUNTS_FILE):
-            self._apply(entry["worker_id"], entry["job_name"], entry["totals"])
+        path = Path(directory) / COUNTS_FILE
+        for entry in read_json_lines(path, private=True) if path.exists() else ():
+            if isinstance(entry, RecordError):  # a torn, corrupt or hostile line
+                sink.inc("aotwatch_records_rejected", (entry.reason,))
+            elif _valid_entry(entry):
+                self._apply(entry["worker_id"], entry["job_name"], entry["totals"])
+            else:
+                sink.inc("aotwatch_records_rejected", ("wrong_type",))
         self._writer = ArchiveWriter(directory, COUNTS_FILE)
 
     def add(self, worker_id: str, job_name: str, totals: Any) -> None:
-        """Apply what ``totals`` ({kind: {label: count}}) adds to this worker's last ones."""
-        if not (_valid_names(worker_id, job_name) and _valid_totals(totals)):
-            return
-        if not self._grew(worker_id, totals):
-            return
+        """Apply what ``totals`` ({kind: {label: count}}) adds to this worker's last ones,
+        persisted first: OSError, with nothing applied, when the write fails."""
         entry = {"worker_id": worker_id, "job_name": job_name, "totals": totals}
-        try:
-            self._writer.append(entry)
-        except OSError:
-            log.warning("aotwatch: cannot append to %s", self._writer.path, exc_info=True)
+        if not _valid_entry(entry) or not self._grew(worker_id, totals):
+            return
+        self._writer.append(entry)
         self._apply(worker_id, job_name, totals)
 
     def _grew(self, worker_id: str, totals: Totals) -> bool:
@@ -79,12 +77,21 @@ class CountsLedger:
             self._known.popitem(last=False)
 
 
+def _valid_entry(entry: Any) -> bool:
+    """A dict of a worker id, a job name and totals, each in shape."""
+    return (
+        isinstance(entry, dict)
+        and _valid_names(entry.get("worker_id"), entry.get("job_name"))
+        and _valid_totals(entry.get("totals"))
+    )
+
+
 def _valid_names(worker_id: Any, job_name: Any) -> bool:
     return (
         isinstance(worker_id, str)
         and isinstance(job_name, str)
         and len(worker_id) <= MAX_ID
-        and len(job_name) <= MAX_LABEL
+        and label_value_problem(job_name) is None
     )
 
 
@@ -96,30 +103,10 @@ def _valid_totals(totals: Any) -> bool:
         and len(counts) <= MAX_LABELS
         and all(
             isinstance(label, str)
-            and len(label) <= MAX_LABEL
+            and label_value_problem(label) is None
             and type(count) is int
             and 0 <= count <= MAX_NUMBER
             for label, count in counts.items()
         )
         for kind, counts in totals.items()
     )
-
-
-def _read(path: Path) -> list[dict[str, Any]]:
-    """The valid entries of a counts file (none if it does not exist)."""
-    if not path.exists():
-        return []
-    entries = []
-    with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a crash: its batch was never acknowledged
-            if (
-                isinstance(entry, dict)
-                and _valid_names(entry.get("worker_id"), entry.get("job_name"))
-                and _valid_totals(entry.get("totals"))
-            ):
-                entries.append(entry)
-    return entries

@@ -61,8 +61,14 @@ class AggregateCollector:
         self._const_values = tuple(self._const_labels.values())
         self._build_info = build_info_family(self._const_labels)
 
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples: lets the registry filter by ``name[]``."""
+        return self._families(Snapshot({}, {}))
+
     def collect(self) -> Iterator[Metric]:
-        snapshot = self._snapshot()
+        return self._families(self._snapshot())
+
+    def _families(self, snapshot: Snapshot) -> Iterator[Metric]:
         yield self._build_info
         for family in FAMILIES:
             names = (*family.labels, *self._const_names)

@@ -298,7 +298,8 @@ class LiveWebConfig:
     ``current()`` costs a few ``stat`` calls. A reload that fails (a half-written certificate,
     a typo) is logged and the previous config stays in force until a file changes again; so
     does one that would turn TLS on or off, which needs a restart (the listening socket is
-    plain or TLS for its life). Raises ConfigError when the first load fails.
+    plain or TLS for its life), and one that would turn basic auth off (an emptied or truncated
+    file must not open /metrics). Raises ConfigError when the first load fails.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -334,6 +335,10 @@ class LiveWebConfig:
             return
         if (loaded.context is not None) != self.tls:
             log.warning("aotwatch: %s: turning TLS on or off needs a restart; keeping the web "
+                        "config loaded before", self.path)  # fmt: skip
+            return
+        if self._loaded.config.basic_auth_users and not loaded.config.basic_auth_users:
+            log.warning("aotwatch: %s: turning basic auth off needs a restart; keeping the web "
                         "config loaded before", self.path)  # fmt: skip
             return
         self._seen, self._loaded = signature, loaded

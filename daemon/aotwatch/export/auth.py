@@ -1,0 +1,147 @@
+"""Basic auth for /metrics: bcrypt hashes from a web-config file, checked without letting a
+flood of wrong passwords starve the right ones.
+
+bcrypt is slow by design (~75 ms at cost 10), so every check is bounded three ways: at most
+``HASH_SLOTS`` run at once; a client address has at most one check running or waiting (its
+other requests wait behind it, at most ``CLIENT_WAIT_S``, then get 503), so one attacker
+cannot queue ahead of a scraper at another address; and a credential that failed is refused
+from a cache for ``FAILED_TTL_S`` without another bcrypt. Credentials that passed are cached
+too, so a scraper that keeps its password costs one bcrypt in all.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import bcrypt
+
+from aotwatch.export.webconfig import LiveWebConfig
+from aotwatch.lru import LruCache
+
+REALM = "aotwatch"
+HASH_SLOTS = 2
+"""bcrypt checks running at once: a flood costs at most this many cores."""
+CLIENT_WAIT_S = 5.0
+"""Longest a request waits for its address's earlier check before it gets 503."""
+FAILED_TTL_S = 60.0
+"""How long a credential that failed is refused without another bcrypt."""
+CACHE_SIZE = 1024
+"""Credentials remembered, passed and failed each."""
+
+
+def _credentials(header: str | None) -> tuple[str, bytes] | None:
+    """(user, password) from an ``Authorization: Basic`` header; None if it is not one."""
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, colon, password = base64.b64decode(encoded.strip(), validate=True).partition(b":")
+        return (user.decode(), password) if colon else None
+    except ValueError:  # not base64, not ASCII, a user name that is not UTF-8
+        return None
+
+
+class Busy(Exception):
+    """No check could start in time: the client should try again later (503)."""
+
+
+class BasicAuth:
+    """Checks basic-auth credentials against bcrypt hashes (see module doc)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._passed = LruCache(CACHE_SIZE)  # digest -> True
+        self._failed = LruCache(CACHE_SIZE)  # digest -> monotonic expiry
+        self._slots = threading.BoundedSemaphore(HASH_SLOTS)
+        self._clients: dict[str, threading.Lock] = {}  # address -> its one check at a time
+        self._waiting: dict[str, int] = {}  # address -> requests holding or awaiting its lock
+
+    def allows(self, users: Mapping[str, str], header: str | None, client: str = "") -> bool:
+        """Whether ``header`` carries a user and password of ``users``; Busy when the check
+        could not start within CLIENT_WAIT_S."""
+        credentials = _credentials(header)
+        if credentials is None:
+            return False
+        user, password = credentials
+        stored = users.get(user)
+        # An unknown user costs a bcrypt check as well: timing does not tell which users exist.
+        hashed = (stored or next(iter(users.values()))).encode()
+        parts = (user.encode(), hashed, password)
+        key = hashlib.sha256(b":".join(part.hex().encode() for part in parts)).digest()
+        cached = self._cached(key)
+        if cached is not None:
+            return cached and stored is not None  # a removed user never passes
+        matches = self._check_in_turn(client, password, hashed)
+        with self._lock:
+            if matches:
+                self._passed.put(key, True)
+            else:
+                self._failed.put(key, time.monotonic() + FAILED_TTL_S)
+        return matches and stored is not None
+
+    def _cached(self, key: bytes) -> bool | None:
+        with self._lock:
+            if self._passed.get(key):
+                return True
+            expiry = self._failed.get(key)
+            if expiry is not None and expiry > time.monotonic():
+                return False
+        return None
+
+    def _check_in_turn(self, client: str, password: bytes, hashed: bytes) -> bool:
+        """bcrypt, once this address's earlier check is done and a slot is free."""
+        with self._lock:
+            turn = self._clients.setdefault(client, threading.Lock())
+            self._waiting[client] = self._waiting.get(client, 0) + 1
+        try:
+            if not turn.acquire(timeout=CLIENT_WAIT_S):
+                raise Busy(client)
+            try:
+                with self._slots:
+                    return _checkpw(password, hashed)
+            finally:
+                turn.release()
+        finally:
+            with self._lock:
+                self._waiting[client] -= 1
+                if not self._waiting[client]:  # the last one out forgets the address
+                    del self._waiting[client], self._clients[client]
+
+
+def _checkpw(password: bytes, hashed: bytes) -> bool:
+    try:
+        return bcrypt.checkpw(password, hashed)
+    except ValueError:  # a password beyond bcrypt's 72 bytes
+        return False
+
+
+def _plain(start_response: Callable, status: str, body: bytes, *headers) -> Iterable[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), *headers])
+    return [body]
+
+
+def with_basic_auth(app: Callable, web_config: LiveWebConfig, open_paths: tuple[str, ...]):
+    """``app`` behind the web config's basic_auth_users (read per request: they reload);
+    ``open_paths`` need no credentials."""
+    auth = BasicAuth()
+
+    def guarded(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        users = web_config.current().config.basic_auth_users
+        if not users or environ.get("PATH_INFO", "") in open_paths:
+            return app(environ, start_response)
+        header, client = environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR", "")
+        try:
+            allowed = auth.allows(users, header, client)
+        except Busy:
+            return _plain(start_response, "503 Service Unavailable", b"busy\n",
+                          ("Retry-After", "1"))  # fmt: skip
+        if allowed:
+            return app(environ, start_response)
+        challenge = ("WWW-Authenticate", f'Basic realm="{REALM}"')
+        return _plain(start_response, "401 Unauthorized", b"401 Unauthorized\n", challenge)
+
+    return guarded

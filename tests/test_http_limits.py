@@ -1,0 +1,263 @@
+"""/metrics under attack: silent and slow clients, a low open-file limit, a wrong-password
+flood, and the ``name[]`` filter. Real servers on loopback, real sockets, a real child process
+with its own ``ulimit -n``.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import bcrypt
+import pytest
+import yaml
+
+from aotwatch.config import LimitsConfig
+from aotwatch.export.collector import AggregateCollector, registry_for
+from aotwatch.export.server import connection_cap, serve_metrics
+from aotwatch.sink import LocalSink
+from conftest import scrape, wait_for
+
+DAEMON = Path(__file__).resolve().parents[1] / "daemon"
+
+
+def _registry(sink: LocalSink | None = None):
+    return registry_for(AggregateCollector((sink or LocalSink(100)).snapshot, {}))
+
+
+def _get(port: int, path: str = "/healthz", headers: dict | None = None,
+         source: str | None = None, timeout: float = 5) -> int:  # fmt: skip
+    """The status of one GET from ``source`` (a loopback address) to 127.0.0.1:port."""
+    source_address = (source, 0) if source else None
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=timeout, source_address=source_address
+    )
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def start(**limits):
+        servers.append(serve_metrics(_registry(), "127.0.0.1", 0, limits=LimitsConfig(**limits)))
+        return servers[-1]
+
+    yield start
+    for started in servers:
+        started.close()
+
+
+def test_a_client_sending_a_byte_at_a_time_is_cut_at_the_request_deadline(server):
+    metrics = server(request_timeout_s=2)
+    with socket.create_connection(("127.0.0.1", metrics.port)) as slow:
+        started = time.monotonic()
+        closed_after = None
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n" * 10:  # one byte every 0.25 s
+            try:
+                slow.sendall(bytes([byte]))
+                time.sleep(0.25)
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+        else:
+            pytest.fail("a client trickling its request was never disconnected")
+    # Each byte came well within any per-read timeout: only a deadline for the whole request
+    # (2 s here, enforced every 0.25 s) ends it.
+    assert 2 <= closed_after < 6
+    assert metrics.server.connections == 0
+
+
+def test_past_the_cap_silent_connections_make_room_and_are_never_more_than_the_cap(server):
+    metrics = server(max_connections=8, request_timeout_s=60)
+    silent = [socket.create_connection(("127.0.0.1", metrics.port)) for _ in range(40)]
+    try:
+        for _ in range(3):  # each scrape closes the longest-waiting silent connection
+            assert _get(metrics.port, "/metrics") == 200
+        assert metrics.server.peak_connections <= 8
+        closed = sum(1 for sock in silent if _closed_by_peer(sock))
+        assert closed >= 40 - 8
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.settimeout(2)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_the_cap_is_a_share_of_the_open_file_limit():
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert connection_cap(10**6) == min(10**6, soft // 4)
+    assert connection_cap(3) == 3
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, os, resource, sys, threading, time
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    from aotwatch.config import Config, ExportConfig
+    from aotwatch.local import _local_sink
+    sink, server = _local_sink(Config(export=ExportConfig(address="127.0.0.1", port=0)))
+    print(json.dumps({"port": server.port, "cap": server.server.cap}), flush=True)
+    errors, hog = [], []
+
+    def train():  # stands in for training: opens a file now and then, and must never fail
+        while True:
+            try:
+                with open(os.devnull):
+                    pass
+            except OSError as err:
+                errors.append(repr(err))
+            time.sleep(0.01)
+
+    threading.Thread(target=train, daemon=True).start()
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "hog":  # take every descriptor left: accept() must now fail
+            try:
+                while True:
+                    hog.append(open(os.devnull))
+            except OSError:
+                pass
+        elif command == "free":
+            for handle in hog:
+                handle.close()
+            hog.clear()
+        report = {"errors": errors, "peak": server.server.peak_connections}
+        print(json.dumps(report), flush=True)
+    """
+)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _ask(child: subprocess.Popen, command: str) -> dict:
+    child.stdin.write(command + "\n")
+    child.stdin.flush()
+    return json.loads(child.stdout.readline())
+
+
+def test_a_connection_flood_under_ulimit_64_starves_neither_training_nor_health_checks():
+    env = {**os.environ, "PYTHONPATH": str(DAEMON)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    silent: list[socket.socket] = []
+    try:
+        started = json.loads(child.stdout.readline())
+        port, cap = started["port"], started["cap"]
+        assert cap == 64 // 4
+        for _ in range(100):  # more silent connections than the process has descriptors
+            silent.append(socket.create_connection(("127.0.0.1", port)))
+        assert _get(port) == 200  # a health check still gets in, and /metrics too
+        assert _get(port, "/metrics") == 200
+        report = _ask(child, "report")
+        assert report["errors"] == []  # training never got EMFILE
+        assert report["peak"] <= cap
+
+        _ask(child, "hog")  # the process is out of descriptors: accept() fails
+        waiting = socket.create_connection(("127.0.0.1", port))  # sits in the listen backlog
+        before = _cpu_seconds(child.pid)
+        time.sleep(2)
+        spent = _cpu_seconds(child.pid) - before
+        assert spent < 0.5, f"{spent:.2f} CPU-s in 2 s: the accept loop spins"
+        report = _ask(child, "free")
+        waiting.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        waiting.settimeout(5)
+        assert waiting.recv(100).startswith(b"HTTP/1.0 200")  # served once descriptors free up
+        waiting.close()
+    finally:
+        for sock in silent:
+            sock.close()
+        child.kill()
+        child.wait(10)
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def test_a_wrong_password_flood_does_not_keep_a_valid_scrape_waiting(tmp_path):
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=10)).decode()  # ~75 ms a check
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": hashed}}))
+    metrics = serve_metrics(_registry(), "127.0.0.1", 0, web_config=web)
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def attack(worker: int) -> None:
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            try:  # a fresh wrong password every time: no cache helps
+                wrong = _basic("prometheus", f"guess-{worker}-{attempt}")
+                statuses.append(_get(metrics.port, "/metrics", wrong, source="127.0.0.2"))
+            except OSError:
+                pass
+
+    attackers = [threading.Thread(target=attack, args=(i,)) for i in range(16)]
+    try:
+        for thread in attackers:
+            thread.start()
+        time.sleep(1)  # the flood is in full swing
+        # Uncached and valid, from another address, with Prometheus's default 10 s timeout
+        # halved: answered while the flood runs.
+        assert _get(metrics.port, "/metrics", _basic("prometheus", "right"), timeout=5) == 200
+        assert _get(metrics.port, "/metrics", _basic("prometheus", "nope"), timeout=5) == 401
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(30)
+        metrics.close()
+    assert 401 in statuses
+    assert set(statuses) <= {401, 503}
+    # Nothing queues up behind the flood: the server's connections drain at once.
+    wait_for(lambda: metrics.server.connections == 0, timeout=10, message="connections drained")
+
+
+def test_metrics_can_be_filtered_by_name():
+    sink = LocalSink(100)
+    sink.inc("aotwatch_records_rejected", ("not_json",))
+    sink.inc("torch_compile_frames", ("job", "0", "cpu"))
+    metrics = serve_metrics(_registry(sink), "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{metrics.port}/metrics"
+        body = scrape(url + "?name[]=aotwatch_records_rejected_total")
+        families = {line.split()[2] for line in body.splitlines() if line.startswith("# TYPE")}
+        assert families == {"aotwatch_records_rejected_total"}
+        assert 'aotwatch_records_rejected_total{reason="not_json"} 1.0' in body
+        both = scrape(url + "?name[]=aotwatch_build_info&name[]=torch_compile_frames_total")
+        assert {line.split()[2] for line in both.splitlines() if line.startswith("# TYPE")} == {
+            "aotwatch_build_info",
+            "torch_compile_frames_total",
+        }
+    finally:
+        metrics.close()
