@@ -72,21 +72,24 @@ def spool_directory(config: Config, node_id: str) -> Path:
 WORKER_FIELDS = {
     "worker_id": str,
     "job_name": str,
+    "rank": int,
+    "world_size": int,
     "node_id": str,
     "hostname": str,
     "pid": int,
-    "rank": int,
-    "world_size": int,
 }
 """What a worker announces with every push (cluster.push), and the types of each."""
+REQUIRED_WORKER_FIELDS = ("worker_id", "job_name", "rank")
 
 
 def worker_problem(worker: Any) -> str | None:
     """Why ``worker`` is not a worker announcement, or None."""
-    if type(worker) is not dict or worker.keys() != WORKER_FIELDS.keys():
-        return f"expected a mapping of {', '.join(WORKER_FIELDS)}"
+    if type(worker) is not dict or not worker.keys() <= WORKER_FIELDS.keys():
+        return f"expected a mapping with keys among {', '.join(WORKER_FIELDS)}"
     for key, kind in WORKER_FIELDS.items():
-        value = worker[key]
+        value = worker.get(key)
+        if value is None and key not in REQUIRED_WORKER_FIELDS:
+            continue
         if type(value) is not kind:
             return f"{key} is {type(value).__name__}"
         if kind is int and not 0 <= value <= MAX_NUMBER:
