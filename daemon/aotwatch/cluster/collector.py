@@ -106,6 +106,7 @@ class NodeCollector:
         self.node_id = node_id
         self.config = config
         self._ready = False
+        self._closed = threading.Event()
         self._lock = threading.Lock()
         self._workers: dict[str, dict[str, Any]] = {}  # worker id -> announcement + last_seen
         self._workers_per_job: dict[str, int] = {}
@@ -246,8 +247,7 @@ class NodeCollector:
         return accepted + self._accept(worker, batch, header.get("counts"))
 
     def _drain_spool_forever(self) -> None:
-        while True:
-            time.sleep(SPOOL_POLL_S)
+        while not self._closed.wait(SPOOL_POLL_S):
             try:
                 self.drain_spool()
             except Exception:  # noqa: BLE001 - keep draining; the next round retries
@@ -282,6 +282,13 @@ class NodeCollector:
             "replayed": self.replayed,
             "workers": self._live_workers(),
         }
+
+    def close(self) -> None:
+        """Stop serving and close the files (Ray kills the actor instead; tests call this)."""
+        self._closed.set()
+        self.server.close()
+        self.sink.close()
+        self.counts.close()
 
     def fingerprints(self) -> divergence.Fingerprints:
         """Per job and rank, what each compile produced: the input of divergence checks."""

@@ -55,6 +55,9 @@ class CountsLedger:
         self._writer.append(entry)
         self._apply(worker_id, job_name, totals)
 
+    def close(self) -> None:
+        self._writer.close()
+
     def _grew(self, worker_id: str, totals: Totals) -> bool:
         known = self._known.get(worker_id, {})
         return any(
