@@ -175,9 +175,7 @@ def test_no_users_means_no_basic_auth(conf, serve):
     assert fetch(server.url)[0] == 200
 
 
-def test_passes_and_failures_are_cached_and_a_new_hash_invalidates_them(
-    conf, serve, monkeypatch
-):
+def test_passes_and_failures_are_cached_and_a_new_hash_invalidates_them(conf, serve, monkeypatch):
     checks = []
     checkpw = bcrypt.checkpw
     monkeypatch.setattr(auth_module.bcrypt, "checkpw", lambda *a: checks.append(1) or checkpw(*a))

@@ -182,6 +182,15 @@ def _check_local_ports(config: Config, source: str) -> None:
                               expected="a free port (0 picks any free port)") from None  # fmt: skip
 
 
+def _check_archive_root(config: Config) -> None:
+    """A local cluster's collector and head keep their files on this machine: an archive
+    directory that another user controls fails here (UnsafePath), not in a collector."""
+    from aotwatch.archive import private_directory
+    from aotwatch.cluster.collector import archive_root
+
+    private_directory(archive_root(config), 0o711)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from aotwatch.jobs import check_runnable, load_job
 
@@ -199,8 +208,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_web_configs(job.config)
         if local:
             _check_local_ports(job.config, args.job)
+            _check_archive_root(job.config)
         check_runnable(job, args.job)
-    except ConfigError as err:
+    except (ConfigError, OSError) as err:  # OSError: an archive directory aotwatch won't use
         return _fail(str(err))
     import ray
 

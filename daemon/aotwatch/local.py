@@ -121,8 +121,9 @@ def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
     ``config`` is a Config, the path of a YAML file, or None for the defaults. In a Ray
     worker, or with ``cluster.address`` set, records go to the collector of this node;
     elsewhere, or when that cluster cannot be reached (one warning), this process aggregates
-    them and serves its own /metrics (local mode). Raises ConfigError for a bad config and
-    ExportError when /metrics cannot be served; nothing is installed then.
+    them and serves its own /metrics (local mode). Raises ConfigError for a bad config,
+    ExportError when /metrics cannot be served and OSError (``archive.UnsafePath`` among
+    them) when the archive directory cannot be used; nothing is installed then.
     """
     global _current
     with _lock:

@@ -8,6 +8,7 @@ ready, so a collector killed mid-job loses nothing and counts nothing twice.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -107,7 +108,8 @@ class NodeCollector:
         self.config = config
         self._ready = False
         self._closed = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the workers table
+        self._accept_lock = threading.Lock()  # pushes, the spool thread and the head's reads
         self._workers: dict[str, dict[str, Any]] = {}  # worker id -> announcement + last_seen
         self._workers_per_job: dict[str, int] = {}
         directory = collector_directory(config, node_id)
@@ -166,12 +168,13 @@ class NodeCollector:
         return self._accept(worker, records, counts)
 
     def _accept(self, worker: dict[str, Any], records: list[Any], counts: Any) -> int:
-        accepted = self.sink.record_batch(records)
-        for record in accepted:
-            divergence.observe(self._fingerprints, record)
-        if counts:
-            self.counts.add(worker["worker_id"], worker["job_name"], counts)
-        return len(accepted)
+        with self._accept_lock:
+            accepted = self.sink.record_batch(records)
+            for record in accepted:
+                divergence.observe(self._fingerprints, record)
+            if counts:
+                self.counts.add(worker["worker_id"], worker["job_name"], counts)
+            return len(accepted)
 
     def goodbye(self, worker: Any) -> None:
         """A worker is exiting: its gauges go now rather than at its timeout."""
@@ -291,8 +294,10 @@ class NodeCollector:
         self.counts.close()
 
     def fingerprints(self) -> divergence.Fingerprints:
-        """Per job and rank, what each compile produced: the input of divergence checks."""
-        return self._fingerprints
+        """Per job and rank, what each compile produced: the input of divergence checks (a
+        copy: Ray serialises it after this returns, while the spool thread may add more)."""
+        with self._accept_lock:
+            return copy.deepcopy(self._fingerprints)
 
 
 def scrape_host(bind_address: str) -> str:

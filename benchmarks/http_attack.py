@@ -1,0 +1,466 @@
+"""/metrics under a connection-exhaustion attack: a collector and local mode, loopback only.
+
+    python benchmarks/http_attack.py [--seconds 20] [--targets collector,local]
+
+For each target a child process serves /metrics on 127.0.0.1 (a NodeCollector built in
+process, without Ray, holding 8 ranks x 50 compiles; or local mode, ``aotwatch.attach()``,
+with a small aot_eager-compiled MLP training in the main thread). This process attacks it
+with 500 silent connections (re-opened when the server cuts them, at most --reopen-per-s a
+second) and 50 clients sending one byte of a request per second (re-connecting at most once
+a second each), while one scraper does GET /metrics every second (10 s timeout). The child
+is observed in three phases: before (no attack), attack, after (attack sockets closed).
+
+Printed per target and phase: scrapes sent / answered and their latency, the child's peak
+Python threads, OS threads and descriptors (sampled every 0.1 s), its open connections, and
+(local mode) the training step time. Targets (issue): every scrape answered with p99 under
+1 s during the attack; threads and descriptors bounded by the connection cap; local-mode step
+time within 5% of no attack. Bounded in sockets and in time: about 2 x (2 x seconds + 5) s,
+85 s by default; a child that hangs is killed two minutes past its schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import http.client
+import json
+import math
+import os
+import resource
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HOST = "127.0.0.1"
+SLOW_REQUEST = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow\r\n\r\n"
+CONNECT_TIMEOUT_S = 10.0
+SCRAPE_TIMEOUT_S = 10.0
+PHASES = ("before", "attack", "after")
+MARK = "@@"  # the child's lines for the parent start with this
+
+
+# -- the child: the attacked server -------------------------------------------------------
+
+
+def _emit(**fields: object) -> None:
+    sys.stdout.write(MARK + json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def _os_threads() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return -1
+
+
+def _collector_target() -> tuple[object, object]:
+    from aotwatch.cluster.collector import NodeCollector
+    from aotwatch.config import ArchiveConfig, CollectorConfig, Config
+    from aotwatch.records import new_record
+
+    config = Config(
+        job_name="attack-bench",
+        archive=ArchiveConfig(path=tempfile.mkdtemp(prefix="aotwatch-bench-archive-")),
+        collector=CollectorConfig(address=HOST, port=0),
+    )
+    collector = NodeCollector("bench-node", config)
+    for rank in range(8):  # a node of 8 ranks, 50 compiles each
+        worker = {"job_name": "attack-bench", "hostname": "h", "pid": 1000 + rank, "rank": rank,
+                  "worker_id": f"w{rank}"}  # fmt: skip
+        records = [
+            new_record(job_name="attack-bench", rank=rank, hostname="h", pid=1000 + rank,
+                       compile_id=f"{i}/0", graph="forward", graph_hash=f"{i:016x}",
+                       nodes=100 + i, durations_s={"backward": 0.05})
+            for i in range(50)
+        ]  # fmt: skip
+        collector.push(worker, records, None)
+    return collector.server, collector.server.close
+
+
+def _local_target() -> tuple[object, object, object]:
+    import torch
+
+    import aotwatch
+    import aotwatch.local
+    from aotwatch.config import Config, ExportConfig
+
+    torch.set_num_threads(1)  # the step measures this process, not the CPU the attacker takes
+    aotwatch.attach(Config(job_name="attack-bench", export=ExportConfig(address=HOST, port=0)))
+    model = torch.compile(
+        torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1)),
+        backend="aot_eager",
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    x = torch.randn(64, 256)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+        optimizer.step()
+
+    for _ in range(300):  # compile and warm up
+        step()
+    return aotwatch.local.current().server, aotwatch.detach, step
+
+
+def child(kind: str) -> None:
+    if kind == "local":
+        metrics, close, step = _local_target()
+    else:
+        metrics, close = _collector_target()
+        step = None
+    server = metrics.server
+    phase = ["warmup"]
+    ended = threading.Event()
+    peaks: dict[str, dict[str, int]] = {}
+    steps: dict[str, list[float]] = {name: [] for name in PHASES}
+
+    def sample() -> None:
+        while not ended.is_set():
+            now = {
+                "py_threads": threading.active_count(),
+                "os_threads": _os_threads(),
+                "fds": len(os.listdir("/proc/self/fd")),
+                "connections": server.connections,
+            }
+            peak = peaks.setdefault(phase[0], dict.fromkeys(now, 0))
+            for key, value in now.items():
+                peak[key] = max(peak[key], value)
+            ended.wait(0.1)
+
+    cpu: dict[str, float] = {}  # phase -> CPU seconds of this process per wall second
+
+    def listen() -> None:
+        mark = (time.monotonic(), sum(os.times()[:2]))
+        for line in sys.stdin:
+            now = (time.monotonic(), sum(os.times()[:2]))
+            cpu[phase[0]] = (now[1] - mark[1]) / (now[0] - mark[0])
+            mark = now
+            if line.strip() == "end":
+                break
+            phase[0] = line.strip()
+        ended.set()
+
+    _emit(port=metrics.port, cap=server.cap)
+    threading.Thread(target=sample, daemon=True).start()
+    threading.Thread(target=listen, daemon=True).start()
+    if step is None:
+        ended.wait()
+    else:
+        while not ended.is_set():
+            start = time.perf_counter()
+            step()
+            elapsed = time.perf_counter() - start
+            if phase[0] in steps:
+                steps[phase[0]].append(elapsed)
+    close()
+    _emit(peaks=peaks, steps=steps, cpu=cpu, cap=server.cap,
+          peak_connections=server.peak_connections)  # fmt: skip
+
+
+# -- the parent: scraper and attacker -----------------------------------------------------
+
+
+class Scraper:
+    """GET /metrics once a second (one at a time, the next on the next whole second)."""
+
+    def __init__(self, port: int, phase: list[str]) -> None:
+        self.port, self.phase = port, phase
+        self.results: list[tuple[str, float, bool, str, float]] = []  # phase, seconds, ok,
+        # what, seconds to connect
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def scrape(self, start: float) -> tuple[bool, str, float]:
+        connection = http.client.HTTPConnection(HOST, self.port, timeout=SCRAPE_TIMEOUT_S)
+        connected = float("nan")
+        try:
+            connection.connect()
+            connected = time.perf_counter() - start
+            connection.request("GET", "/metrics")
+            response = connection.getresponse()
+            body = response.read()
+            ok = response.status == 200 and b"aotwatch_" in body
+            return ok, f"{response.status} {len(body)} B", connected
+        except OSError as err:
+            return False, type(err).__name__, connected
+        finally:
+            connection.close()
+
+    def run(self) -> None:
+        tick = time.monotonic()
+        while not self.stop.is_set():
+            phase = self.phase[0]
+            start = time.perf_counter()
+            ok, what, connected = self.scrape(start)
+            self.results.append((phase, time.perf_counter() - start, ok, what, connected))
+            now = time.monotonic()
+            tick += max(1, math.ceil(now - tick))
+            self.stop.wait(max(0.0, tick - now))
+
+
+class _Slot:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.sock: socket.socket | None = None
+        self.connected = False
+        self.opened_at = 0.0
+        self.sent = 0
+        self.next_send = 0.0
+        self.next_open = 0.0
+
+
+class Attacker:
+    """Silent and slow connections held open in one selector loop; bounded re-opening."""
+
+    def __init__(self, port: int, silent: int, slow: int, reopen_per_s: float) -> None:
+        self.address = (HOST, port)
+        self.reopen_per_s, self.silent = reopen_per_s, silent
+        self.slots = [_Slot("silent") for _ in range(silent)] + [_Slot("slow") for _ in range(slow)]
+        self.selector = selectors.DefaultSelector()
+        self.stop = threading.Event()
+        self.counts = {key: 0 for key in (
+            "silent_opened", "silent_cut", "slow_opened", "slow_cut", "slow_bytes",
+            "slow_answered", "connect_failed", "connect_timeout")}  # fmt: skip
+        self.established: list[int] = []  # silent connections established, sampled
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def _open(self, slot: _Slot, now: float) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        slot.sock, slot.connected, slot.opened_at, slot.sent = sock, False, now, 0
+        slot.next_open = now + 1.0  # slow clients: at most one connect a second each
+        self.counts[f"{slot.kind}_opened"] += 1
+        code = sock.connect_ex(self.address)
+        if code not in (0, errno.EINPROGRESS):
+            self.counts["connect_failed"] += 1
+            self._close(slot)
+            return
+        self.selector.register(sock, selectors.EVENT_WRITE, slot)
+
+    def _close(self, slot: _Slot) -> None:
+        if slot.sock is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(slot.sock)
+            slot.sock.close()
+        slot.sock, slot.connected = None, False
+
+    def _connected(self, slot: _Slot, now: float) -> None:
+        if slot.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.counts["connect_failed"] += 1
+            self._close(slot)
+            return
+        slot.connected, slot.next_send = True, now
+        self.selector.modify(slot.sock, selectors.EVENT_READ, slot)
+
+    def _readable(self, slot: _Slot) -> None:
+        try:
+            data = slot.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            if slot.kind == "slow" and data.startswith(b"HTTP/"):
+                self.counts["slow_answered"] += 1
+            return
+        self.counts[f"{slot.kind}_cut"] += 1
+        self._close(slot)
+
+    def run(self) -> None:
+        tokens, last, last_sample = float(self.silent), time.monotonic(), 0.0
+        while not self.stop.is_set():
+            now = time.monotonic()
+            tokens = min(float(self.silent), tokens + (now - last) * self.reopen_per_s)
+            last = now
+            for slot in self.slots:
+                if slot.sock is None:
+                    if slot.kind == "silent" and tokens >= 1:
+                        tokens -= 1
+                        self._open(slot, now)
+                    elif slot.kind == "slow" and now >= slot.next_open:
+                        self._open(slot, now)
+                elif not slot.connected:
+                    if now - slot.opened_at > CONNECT_TIMEOUT_S:
+                        self.counts["connect_timeout"] += 1
+                        self._close(slot)
+                elif slot.kind == "slow" and now >= slot.next_send:
+                    try:
+                        slot.sock.send(SLOW_REQUEST[slot.sent % len(SLOW_REQUEST) :][:1])
+                        slot.sent += 1
+                        self.counts["slow_bytes"] += 1
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        self.counts["slow_cut"] += 1
+                        self._close(slot)
+                        continue
+                    slot.next_send += 1.0
+            for key, mask in self.selector.select(0.02):
+                slot = key.data
+                if slot.sock is None:
+                    continue
+                if not slot.connected and mask & selectors.EVENT_WRITE:
+                    self._connected(slot, now)
+                elif mask & selectors.EVENT_READ:
+                    self._readable(slot)
+            if now - last_sample >= 0.5:
+                last_sample = now
+                self.established.append(sum(s.connected for s in self.slots if s.kind == "silent"))
+        for slot in self.slots:
+            self._close(slot)
+        self.selector.close()
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    """Nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def run_target(kind: str, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--child", kind],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )  # fmt: skip
+
+        def message() -> dict:
+            for line in proc.stdout:
+                if line.startswith(MARK):
+                    return json.loads(line[len(MARK) :])
+            stderr.seek(0)
+            raise SystemExit(f"the {kind} child ended early:\n{stderr.read()[-4000:]}")
+
+        def tell(text: str) -> None:
+            proc.stdin.write(text + "\n")
+            proc.stdin.flush()
+
+        watchdog = threading.Timer(2 * args.quiet_seconds + args.seconds + 120, proc.kill)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            port = message()["port"]
+            phase = ["before"]
+            tell("before")
+            scraper = Scraper(port, phase)
+            scraper.thread.start()
+            time.sleep(args.quiet_seconds)
+            attacker = Attacker(port, args.silent, args.slow, args.reopen_per_s)
+            phase[0] = "attack"
+            tell("attack")
+            begin = (time.monotonic(), sum(os.times()[:2]))
+            attacker.thread.start()
+            time.sleep(args.seconds)
+            attacker.stop.set()
+            attacker.thread.join()
+            attacker_cpu = (sum(os.times()[:2]) - begin[1]) / (time.monotonic() - begin[0])
+            phase[0] = "after"
+            tell("after")
+            time.sleep(args.quiet_seconds)
+            scraper.stop.set()
+            scraper.thread.join(SCRAPE_TIMEOUT_S + 1)
+            tell("end")
+            result = message()
+            proc.wait(30)
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    result.update(kind=kind, scrapes=scraper.results, attack=attacker.counts,
+                  established=attacker.established, attacker_cpu=attacker_cpu)  # fmt: skip
+    return result
+
+
+def report(result: dict) -> None:
+    kind = result["kind"]
+    rows: dict[str, list[str]] = {}
+    for name in PHASES:
+        scrapes = [s for s in result["scrapes"] if s[0] == name]
+        answered = [s[1] for s in scrapes if s[2]]
+        connects = [s[4] for s in scrapes if not math.isnan(s[4])]
+        peak = result["peaks"].get(name, {})
+        steps = result["steps"][name]
+        values = {
+            "scrapes answered / sent": f"{len(answered)} / {len(scrapes)}",
+            "scrape p50 (ms)": f"{_percentile(answered, 0.5) * 1e3:.1f}",
+            "scrape p99 (ms)": f"{_percentile(answered, 0.99) * 1e3:.1f}",
+            "scrape max (ms)": f"{max(answered, default=float('nan')) * 1e3:.1f}",
+            "connect max (ms)": f"{max(connects, default=float('nan')) * 1e3:.1f}",
+            "open connections, peak": str(peak.get("connections", "-")),
+            "Python threads, peak": str(peak.get("py_threads", "-")),
+            "OS threads, peak": str(peak.get("os_threads", "-")),
+            "descriptors, peak": str(peak.get("fds", "-")),
+            "CPU (cores)": f"{result['cpu'].get(name, float('nan')):.2f}",
+        }
+        if kind == "local":
+            values["steps"] = str(len(steps))
+            values["step median (ms)"] = f"{statistics.median(steps) * 1e3:.3f}" if steps else "-"
+            values["step mean (ms)"] = f"{statistics.fmean(steps) * 1e3:.3f}" if steps else "-"
+        for key, value in values.items():
+            rows.setdefault(key, []).append(value)
+    print(f"\n### {kind}\n")
+    print("| | " + " | ".join(PHASES) + " |")
+    print("|---|" + "---|" * len(PHASES))
+    for key, values in rows.items():
+        print(f"| {key} | " + " | ".join(values) + " |")
+    failures = [f"{s[0]}: {s[3]} after {s[1]:.2f} s (connected after {s[4]:.2f} s)"
+                for s in result["scrapes"] if not s[2]]  # fmt: skip
+    print(f"\ncap {result['cap']}, server peak_connections {result['peak_connections']}; "
+          f"attacker: {result['attack']}; silent connections established (attacker's view) "
+          f"median {statistics.median(result['established'] or [0]):.0f}; the attacker and "
+          f"scraper used {result['attacker_cpu']:.2f} cores")  # fmt: skip
+    if failures:
+        print("failed scrapes: " + "; ".join(failures))
+    if kind == "local":
+        quiet = result["steps"]["before"] + result["steps"]["after"]
+        attack = result["steps"]["attack"]
+        if quiet and attack:
+            print(f"step time attack / no attack (before + after): median "
+                  f"{statistics.median(attack) / statistics.median(quiet):.3f}, mean "
+                  f"{statistics.fmean(attack) / statistics.fmean(quiet):.3f}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20, help="attack length per target")
+    parser.add_argument(
+        "--quiet-seconds", type=float, help="no-attack phases before and after (default: half)"
+    )
+    parser.add_argument("--targets", default="collector,local")
+    parser.add_argument("--silent", type=int, default=500)
+    parser.add_argument("--slow", type=int, default=50)
+    parser.add_argument("--reopen-per-s", type=float, default=500,
+                        help="silent connections re-opened per second, at most")  # fmt: skip
+    parser.add_argument("--child", choices=("collector", "local"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
+    if args.quiet_seconds is None:
+        args.quiet_seconds = args.seconds / 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = args.silent + args.slow + 64
+    if soft != resource.RLIM_INFINITY and soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    print(f"{os.cpu_count()} CPUs; {args.silent} silent connections (re-opened at most "
+          f"{args.reopen_per_s:g}/s), {args.slow} one-byte-per-second clients, one scrape a "
+          f"second; phases {args.quiet_seconds:g} s before, {args.seconds:g} s attack, "
+          f"{args.quiet_seconds:g} s after")  # fmt: skip
+    for kind in args.targets.split(","):
+        report(run_target(kind, args))
+
+
+if __name__ == "__main__":
+    main()
