@@ -328,56 +328,85 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
-def run_target(kind: str, args: argparse.Namespace) -> dict:
-    with tempfile.TemporaryFile("w+") as stderr:
-        proc = subprocess.Popen(
+class Child:
+    """A target process (see ``child``), spoken to over its stdin and stdout."""
+
+    def __init__(self, kind: str, deadline_s: float) -> None:
+        self.kind = kind
+        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by close()
+        self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--child", kind],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
         )  # fmt: skip
+        self.watchdog = threading.Timer(deadline_s, self.proc.kill)
+        self.watchdog.daemon = True
+        self.watchdog.start()
 
-        def message() -> dict:
-            for line in proc.stdout:
-                if line.startswith(MARK):
-                    return json.loads(line[len(MARK) :])
-            stderr.seek(0)
-            raise SystemExit(f"the {kind} child ended early:\n{stderr.read()[-4000:]}")
+    def message(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK) :])
+        self.stderr.seek(0)
+        raise SystemExit(f"the {self.kind} child ended early:\n{self.stderr.read()[-4000:]}")
 
-        def tell(text: str) -> None:
-            proc.stdin.write(text + "\n")
-            proc.stdin.flush()
+    def tell(self, text: str) -> None:
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
 
-        watchdog = threading.Timer(2 * args.quiet_seconds + args.seconds + 120, proc.kill)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            port = message()["port"]
-            phase = ["before"]
-            tell("before")
-            scraper = Scraper(port, phase)
-            scraper.thread.start()
-            time.sleep(args.quiet_seconds)
-            attacker = Attacker(port, args.silent, args.slow, args.reopen_per_s)
-            phase[0] = "attack"
-            tell("attack")
-            begin = (time.monotonic(), sum(os.times()[:2]))
-            attacker.thread.start()
-            time.sleep(args.seconds)
-            attacker.stop.set()
-            attacker.thread.join()
-            attacker_cpu = (sum(os.times()[:2]) - begin[1]) / (time.monotonic() - begin[0])
-            phase[0] = "after"
-            tell("after")
-            time.sleep(args.quiet_seconds)
-            scraper.stop.set()
-            scraper.thread.join(SCRAPE_TIMEOUT_S + 1)
-            tell("end")
-            result = message()
-            proc.wait(30)
-        finally:
-            watchdog.cancel()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    def end(self) -> dict:
+        self.tell("end")
+        result = self.message()
+        self.proc.wait(30)
+        return result
+
+    def close(self) -> None:
+        self.watchdog.cancel()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.stderr.close()
+
+
+def run_target(kind: str, args: argparse.Namespace) -> dict:
+    """Attack ``kind``'s /metrics while scraping it; ``control`` trains in local mode as
+    ``local`` does but the attack goes to a collector in another process (what the attack
+    costs training through the machine alone: the kernel, the attacker's CPU)."""
+    deadline_s = 2 * args.quiet_seconds + args.seconds + 120
+    children = [Child("local" if kind == "control" else kind, deadline_s)]
+    if kind == "control":
+        children.append(Child("collector", deadline_s))
+    try:
+        ports = [child.message()["port"] for child in children]
+        phase = ["before"]
+        for child in children:
+            child.tell("before")
+        scraper = Scraper(ports[0], phase)
+        scraper.thread.start()
+        time.sleep(args.quiet_seconds)
+        attacker = Attacker(ports[-1], args.silent, args.slow, args.reopen_per_s)
+        phase[0] = "attack"
+        for child in children:
+            child.tell("attack")
+        begin = (time.monotonic(), sum(os.times()[:2]))
+        attacker.thread.start()
+        time.sleep(args.seconds)
+        attacker.stop.set()
+        attacker.thread.join()
+        attacker_cpu = (sum(os.times()[:2]) - begin[1]) / (time.monotonic() - begin[0])
+        phase[0] = "after"
+        for child in children:
+            child.tell("after")
+        time.sleep(args.quiet_seconds)
+        scraper.stop.set()
+        scraper.thread.join(SCRAPE_TIMEOUT_S + 1)
+        results = [child.end() for child in children]
+    finally:
+        for child in children:
+            child.close()
+    result = results[0]
+    if kind == "control":  # the attacked server's side of the picture is the decoy's
+        result.update(peaks=results[1]["peaks"], cap=results[1]["cap"],
+                      peak_connections=results[1]["peak_connections"])  # fmt: skip
     result.update(kind=kind, scrapes=scraper.results, attack=attacker.counts,
                   established=attacker.established, attacker_cpu=attacker_cpu)  # fmt: skip
     return result
@@ -404,7 +433,7 @@ def report(result: dict) -> None:
             "descriptors, peak": str(peak.get("fds", "-")),
             "CPU (cores)": f"{result['cpu'].get(name, float('nan')):.2f}",
         }
-        if kind == "local":
+        if steps:
             values["steps"] = str(len(steps))
             values["step median (ms)"] = f"{statistics.median(steps) * 1e3:.3f}" if steps else "-"
             values["step mean (ms)"] = f"{statistics.fmean(steps) * 1e3:.3f}" if steps else "-"
@@ -423,7 +452,7 @@ def report(result: dict) -> None:
           f"scraper used {result['attacker_cpu']:.2f} cores")  # fmt: skip
     if failures:
         print("failed scrapes: " + "; ".join(failures))
-    if kind == "local":
+    if result["steps"]["attack"]:
         quiet = result["steps"]["before"] + result["steps"]["after"]
         attack = result["steps"]["attack"]
         if quiet and attack:
@@ -438,7 +467,11 @@ def main() -> None:
     parser.add_argument(
         "--quiet-seconds", type=float, help="no-attack phases before and after (default: half)"
     )
-    parser.add_argument("--targets", default="collector,local")
+    parser.add_argument(
+        "--targets",
+        default="collector,local,control",
+        help="control: local-mode training, attacked through another process",
+    )
     parser.add_argument("--silent", type=int, default=500)
     parser.add_argument("--slow", type=int, default=50)
     parser.add_argument("--reopen-per-s", type=float, default=500,

@@ -1,8 +1,10 @@
-"""Pieces shared by the Ray tests: a config for tests, a worker actor, reading collectors."""
+"""Pieces shared by the Ray tests: a config for tests, a worker actor, a started daemon,
+reading collectors."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import ray
@@ -132,6 +134,32 @@ def collector_values(handle, metric: str) -> dict:
 
 def total(handle, metric: str) -> float:
     return sum(collector_values(handle, metric).values())
+
+
+def start_daemon(tmp_path: Path, prefix: str, **changes) -> tuple[Config, object, str]:
+    """A head and this node's collector in a namespace of their own: (config, collector
+    handle, node id)."""
+    from aotwatch.cluster.collector import collector_name
+    from aotwatch.cluster.daemon import ensure_head
+
+    config = cluster_config(tmp_path, namespace=f"{prefix}-{uuid.uuid4().hex[:8]}", **changes)
+    ensure_head(config)
+    node_id = ray.get_runtime_context().get_node_id()
+    collector = ray.get_actor(collector_name(node_id), namespace=config.cluster.namespace)
+    return config, collector, node_id
+
+
+def collector_pid(collector) -> int:
+    """The collector's process id, once it answers (it may be restarting)."""
+    from conftest import wait_for
+
+    def pid():
+        try:
+            return actor_pid(collector)
+        except ray.exceptions.RayActorError:
+            return None
+
+    return wait_for(pid, timeout=60, message="the collector to answer")
 
 
 def read_file_sd(path: Path) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a private Inductor cache, a live capture serving /metrics, scrape helpers."""
+"""Shared fixtures: a private Inductor cache, a live capture serving /metrics, a Ray session
+per module, scrape helpers."""
 
 from __future__ import annotations
 
@@ -42,6 +43,18 @@ def test_config(tmp_path: Path, **changes) -> Config:
 
 
 test_config.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray cluster for one test module; its workers import from tests/."""
+    import ray
+
+    from cluster_helpers import WORKER_ENV
+
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env=WORKER_ENV)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture

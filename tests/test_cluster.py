@@ -11,7 +11,6 @@ from aotwatch.cluster.attach import attach_actors
 from aotwatch.cluster.collector import collector_name
 from aotwatch.cluster.daemon import ensure_head, stop_daemon
 from cluster_helpers import (
-    WORKER_ENV,
     Worker,
     cluster_config,
     collector_values,
@@ -20,13 +19,6 @@ from cluster_helpers import (
 )
 from conftest import scrape, wait_for
 from programs import observed, truth_of
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env=WORKER_ENV)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture

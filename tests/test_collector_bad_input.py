@@ -15,20 +15,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from aotwatch.cluster.daemon import ensure_collector
 from aotwatch.config import LimitsConfig
 from aotwatch.records import MAX_NUMBER, SCHEMA_VERSION, new_record
-from cluster_helpers import actor_pid, cluster_config
+from cluster_helpers import (
+    actor_pid,
+    cluster_config,
+)
 from conftest import scrape
 
 CAP = 200
 """max_series_per_metric of the collector under test."""
 HUGE = 10 * 1024 * 1024
 """Characters in each huge string (10 MB)."""
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture

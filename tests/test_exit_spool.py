@@ -17,54 +17,24 @@ import signal
 import threading
 import uuid
 
-import pytest
 import ray
 
 from aotwatch.archive import private_directory
-from aotwatch.cluster.collector import SPOOL_SUFFIX, collector_name, spool_directory
-from aotwatch.cluster.daemon import ensure_head, stop_daemon
+from aotwatch.cluster.collector import SPOOL_SUFFIX, spool_directory
+from aotwatch.cluster.daemon import stop_daemon
 from aotwatch.cluster.push import MAX_CALLS, RecordPusher, write_spool
 from aotwatch.config import PushConfig
 from aotwatch.records import new_record
 from cluster_helpers import (
-    WORKER_ENV,
     Worker,
-    actor_pid,
-    cluster_config,
+    collector_pid,
+    start_daemon,
     total,
 )
 from conftest import wait_for
 from programs import PROGRAMS, observed, truth_of
 
 JOB = "ray-test"
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env=WORKER_ENV)
-    yield
-    ray.shutdown()
-
-
-def start_daemon(tmp_path, **changes):
-    config = cluster_config(tmp_path, namespace=f"aotwatch-spool-{uuid.uuid4().hex[:8]}",
-                            **changes)  # fmt: skip
-    ensure_head(config)
-    node_id = ray.get_runtime_context().get_node_id()
-    collector = ray.get_actor(collector_name(node_id), namespace=config.cluster.namespace)
-    return config, collector, node_id
-
-
-def collector_pid(collector) -> int:
-    """The collector's process id, once it answers (it may be restarting)."""
-
-    def pid():
-        try:
-            return actor_pid(collector)
-        except ray.exceptions.RayActorError:
-            return None
-
-    return wait_for(pid, timeout=60, message="the collector to answer")
 
 
 def spooled(directory) -> list:
@@ -89,7 +59,7 @@ def test_records_undelivered_at_exit_are_spooled_and_taken_in(ray_session, tmp_p
     # below, as its process would exit) and no spool file appeared: both assertions on the
     # spool and received == captured fail there.
     push = PushConfig(exit_timeout_s=1, batch_size=1, flush_interval_ms=20)
-    config, collector, node_id = start_daemon(tmp_path, push=push)
+    config, collector, node_id = start_daemon(tmp_path, "aotwatch-spool", push=push)
     names = list(PROGRAMS)
     delivered_names, spooled_names = names[:3], names[3:]
     spool = spool_directory(config, node_id)
@@ -141,7 +111,7 @@ def test_records_undelivered_at_exit_are_spooled_and_taken_in(ray_session, tmp_p
 def test_a_restarted_collector_takes_in_a_spool_left_while_it_was_down(ray_session, tmp_path):
     # The old collector never read a spool: the files stayed, no record, drop or rejected line
     # was counted, and the first wait_for below times out.
-    config, collector, node_id = start_daemon(tmp_path)
+    config, collector, node_id = start_daemon(tmp_path, "aotwatch-spool")
     spool = spool_directory(config, node_id)
     staging = private_directory(tmp_path / "staging")  # written whole, then moved in
     worker = {"worker_id": uuid.uuid4().hex, "job_name": JOB, "rank": 0}

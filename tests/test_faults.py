@@ -10,55 +10,24 @@ import os
 import random
 import signal
 import time
-import uuid
 
 import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
-from aotwatch.cluster.collector import collector_name
-from aotwatch.cluster.daemon import ensure_head, stop_daemon
+from aotwatch.cluster.daemon import stop_daemon
 from aotwatch.cluster.push import MAX_CALLS
 from aotwatch.config import PushConfig
 from cluster_helpers import (
-    WORKER_ENV,
     Worker,
-    actor_pid,
-    cluster_config,
+    collector_pid,
     collector_values,
     ranked_worker,
+    start_daemon,
     total,
 )
 from conftest import scrape, wait_for
 from programs import PROGRAMS, observed, truth_of
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env=WORKER_ENV)
-    yield
-    ray.shutdown()
-
-
-def start_daemon(tmp_path, **changes):
-    config = cluster_config(tmp_path, namespace=f"aotwatch-faults-{uuid.uuid4().hex[:8]}",
-                            **changes)  # fmt: skip
-    ensure_head(config)
-    node_id = ray.get_runtime_context().get_node_id()
-    collector = ray.get_actor(collector_name(node_id), namespace=config.cluster.namespace)
-    return config, collector
-
-
-def collector_pid(collector) -> int:
-    """The collector's process id, once it answers (it may be restarting)."""
-
-    def pid():
-        try:
-            return actor_pid(collector)
-        except ray.exceptions.RayActorError:
-            return None
-
-    return wait_for(pid, timeout=60, message="the collector to answer")
 
 
 def counter_samples(text: str) -> dict[tuple, float]:
@@ -72,7 +41,7 @@ def counter_samples(text: str) -> dict[tuple, float]:
 
 
 def test_collector_sigkilled_again_and_again_while_workers_compile(ray_session, tmp_path):
-    config, collector = start_daemon(tmp_path)
+    config, collector, _ = start_daemon(tmp_path, "aotwatch-faults")
     try:
         names = list(PROGRAMS)
         workers = [Worker.remote() for _ in range(2)]
@@ -103,7 +72,7 @@ def test_collector_sigkilled_again_and_again_while_workers_compile(ray_session, 
 
 
 def test_a_worker_killed_mid_compile_keeps_counters_and_loses_its_gauges(ray_session, tmp_path):
-    config, collector = start_daemon(tmp_path)
+    config, collector, _ = start_daemon(tmp_path, "aotwatch-faults")
     try:
         survivor, victim = ranked_worker(0), ranked_worker(1)
         ray.get([w.attach.remote(config) for w in (survivor, victim)], timeout=120)
@@ -141,7 +110,7 @@ def test_a_worker_killed_mid_compile_keeps_counters_and_loses_its_gauges(ray_ses
 
 def test_a_stalled_collector_blocks_no_step_and_drops_only_what_it_counts(ray_session, tmp_path):
     push = PushConfig(batch_size=5, buffer_size=20, flush_interval_ms=20)
-    config, collector = start_daemon(tmp_path, push=push)
+    config, collector, _ = start_daemon(tmp_path, "aotwatch-faults", push=push)
     try:
         worker = Worker.remote()
         ray.get(worker.attach.remote(config), timeout=120)

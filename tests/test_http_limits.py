@@ -6,6 +6,7 @@ with its own ``ulimit -n``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -105,6 +106,64 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    """The status line the server answers ``request`` with."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        return sock.makefile("rb").readline().strip()
+
+
+def test_request_limits_hold_with_heads_read_by_the_accept_loop(server):
+    port = server().port
+    many_headers = b"".join(b"X-%d: y\r\n" % i for i in range(101))
+    assert _raw(port, b"GET /" + b"a" * 70_000 + b" HTTP/1.0\r\n\r\n").split()[1] == b"414"
+    assert _raw(port, b"GET /metrics HTTP/1.0\r\n" + many_headers + b"\r\n").split()[1] == b"431"
+    long_header = b"GET /metrics HTTP/1.0\r\nX: " + b"a" * 70_000 + b"\r\n\r\n"
+    assert _raw(port, long_header).split()[1] == b"431"
+    endless = b"GET /metrics HTTP/1.0\r\nX: " + b"a" * 300_000  # never ends its headers
+    assert _raw(port, endless).split()[1] == b"431"
+    assert _raw(port, b"POST /metrics HTTP/1.0\r\nContent-Length: 1\r\n\r\nx").split()[1] == b"405"
+    assert _raw(port, b"GET /healthz HTTP/1.0\n\n").split()[1] == b"200"  # bare newlines
+
+
+def test_silent_connections_hold_no_thread(server):
+    metrics = server(max_connections=64)
+    threads = threading.active_count()
+    silent = [socket.create_connection(("127.0.0.1", metrics.port)) for _ in range(50)]
+    try:
+        wait_for(lambda: metrics.server.connections == 50, timeout=5, message="50 tracked")
+        assert threading.active_count() == threads
+        assert _get(metrics.port, "/metrics") == 200
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_scrapes_are_answered_while_connections_churn_past_the_cap(server):
+    metrics = server(max_connections=8)
+    stop = threading.Event()
+    churned = [0]
+
+    def churn() -> None:  # connect and say nothing, as fast as it goes: newcomers evict
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", metrics.port), timeout=1).close()
+                churned[0] += 1
+
+    churners = [threading.Thread(target=churn) for _ in range(4)]
+    for thread in churners:
+        thread.start()
+    try:
+        statuses = [_get(metrics.port, "/metrics", timeout=5) for _ in range(20)]
+    finally:
+        stop.set()
+        for thread in churners:
+            thread.join(10)
+    assert statuses == [200] * 20  # a request that has arrived is never cut for a newcomer
+    assert churned[0] > 100
+    assert metrics.server.peak_connections <= 8
 
 
 def test_the_cap_is_a_share_of_the_open_file_limit():

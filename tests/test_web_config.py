@@ -11,6 +11,8 @@ import logging
 import os
 import socket
 import ssl
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,13 +23,14 @@ import trustme
 import yaml
 
 import aotwatch
-from aotwatch.config import Config, ConfigError, ExportConfig, load_config
+from aotwatch.config import Config, ConfigError, ExportConfig, LimitsConfig, load_config
 from aotwatch.export import auth as auth_module
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import MetricsServer, serve_metrics
 from aotwatch.export.webconfig import load_web_config
 from aotwatch.local import current
 from aotwatch.sink import LocalSink
+from conftest import wait_for
 from test_config import laughs
 
 PASSWORD = "correct horse"
@@ -83,9 +86,10 @@ def serve():
     """Start a real /metrics server (aotwatch's own families) with a web-config file."""
     servers: list[MetricsServer] = []
 
-    def start(web_config: Path | None) -> MetricsServer:
+    def start(web_config: Path | None, **limits) -> MetricsServer:
         registry = registry_for(AggregateCollector(LocalSink(100).snapshot, {}))
-        servers.append(serve_metrics(registry, "127.0.0.1", 0, web_config=web_config))
+        servers.append(serve_metrics(registry, "127.0.0.1", 0, web_config=web_config,
+                                     limits=LimitsConfig(**limits)))  # fmt: skip
         return servers[-1]
 
     yield start
@@ -257,6 +261,31 @@ def test_a_silent_client_does_not_hold_up_others(conf, serve, ca):
     server = serve(write_yaml(conf / "web.yml", {"tls_server_config": TLS}))
     with socket.create_connection(("127.0.0.1", server.port)):  # connects, never says hello
         assert fetch(server.url, client_context(ca))[0] == 200
+
+
+def test_a_handshake_sent_a_byte_at_a_time_holds_no_thread_and_meets_the_deadline(conf, serve, ca):
+    server = serve(write_yaml(conf / "web.yml", {"tls_server_config": TLS}), request_timeout_s=2)
+    hello = _client_hello(ca)
+    threads = threading.active_count()
+    started = time.monotonic()
+    slow = socket.create_connection(("127.0.0.1", server.port))
+    with slow, pytest.raises(OSError):  # cut at its deadline, long before the hello is sent
+        for byte in hello:
+            slow.sendall(bytes([byte]))
+            wait_for(lambda: threading.active_count() == threads, timeout=2,
+                     message="no thread left for the slow handshake")  # fmt: skip
+            assert fetch(server.url, client_context(ca))[0] == 200  # others are served
+            time.sleep(0.1)
+    assert 2 <= time.monotonic() - started < 6
+
+
+def _client_hello(ca: trustme.CA) -> bytes:
+    """The bytes a TLS client opens with."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_context(ca).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
 
 
 def test_tls_version_bounds(conf, serve, ca):

@@ -2,11 +2,16 @@
 
 prometheus_client renders the exposition; its HTTP server (a thread per connection, a timeout
 per read, a busy loop when ``accept`` fails) cannot be bounded, so the HTTP layer here is
-wsgiref's, driven by ``BoundedServer``: at most ``limits.max_connections`` connections (and
-never more than a quarter of the process's open-file limit, so the training process keeps its
-descriptors), each with a deadline of ``limits.request_timeout_s`` to send its whole request
-and as long again to take the answer. A new connection past the cap closes the one that has
-waited longest for its request; ``accept`` failures back off instead of spinning.
+wsgiref's request handler driven by ``BoundedServer``. One thread accepts connections and reads
+their requests without blocking; only a complete request gets a thread, to be answered. So a
+silent or slow client costs one descriptor and no thread, and the accept loop does a bounded
+amount of work a round (it matters in local mode, where it shares the GIL with training).
+At most ``limits.max_connections`` connections are open (never more than a quarter of the
+process's open-file limit, so the training process keeps its descriptors); each has
+``limits.request_timeout_s`` to send its whole request (the TLS handshake included) and as long
+again to take the answer. A new connection past the cap closes the one that has waited longest
+for its request; a request that has arrived is never closed for a newcomer. ``accept``
+failures back off instead of spinning.
 
 With a web-config file (``export.webconfig``) the port speaks TLS and /metrics asks for basic
 auth. /healthz and /readyz stay open to whoever can connect (over TLS when TLS is on): they
@@ -18,13 +23,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import resource
 import selectors
 import socket
+import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -43,11 +51,16 @@ OPEN_PATHS = ("/healthz", "/readyz")
 FD_SHARE = 4
 """A server holds at most 1/FD_SHARE of the process's open-file limit in connections."""
 POLL_S = 0.25
-"""How often deadlines are enforced."""
+"""How often deadlines are enforced when nothing else happens."""
+ROUND_S = 0.02
+"""The accept loop's shortest round: under a flood it wakes at most 1/ROUND_S times a second."""
+ACCEPT_BATCH = 64
+"""Connections accepted a round at most; the rest wait in the listen queue."""
+MAX_HEAD = 2 * 65537 + 4096
+"""Bytes of request line and headers read before the handler judges them (414, 431)."""
 MAX_ACCEPT_BACKOFF_S = 1.0
-ADMIT_WAIT_S = 1.0
-"""Longest the accept loop waits for a cut connection to close before refusing a new one."""
 _ACCEPT_LIMITS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 
 
 class ExportError(OSError):
@@ -68,12 +81,19 @@ class _Connection:
     def __init__(self, sock: socket.socket, address: tuple, deadline: float) -> None:
         self.sock, self.address, self.deadline = sock, address, deadline
         self.fd = sock.fileno()
-        self.answering = False  # the request has arrived: no longer evicted for a newcomer
+        self.head = bytearray()
+        self.handshaken = not isinstance(sock, ssl.SSLSocket)
+        self.answering = False  # handed to a thread: no longer closed for a newcomer
         self.cut_off = False  # shut down by the server: its thread is closing it
 
+    @property
+    def complete(self) -> bool:
+        """The request line and headers are in (or too many of them for any request)."""
+        return len(self.head) > MAX_HEAD or any(end in self.head for end in _HEAD_ENDS)
+
     def cut(self) -> None:
-        """Shut the socket down under its handler's feet (its blocked read or write returns).
-        Only called while the connection is tracked, so ``fd`` is still this socket's."""
+        """Shut the socket down under its thread's feet (its blocked write returns). Only
+        called while the connection is tracked, so ``fd`` is still this socket's."""
         self.cut_off = True
         with socket.socket(fileno=self.fd) as alias:
             try:
@@ -81,16 +101,20 @@ class _Connection:
             except OSError:  # the peer is gone already
                 pass
             finally:
-                alias.detach()  # the handler's socket still owns (and closes) the descriptor
+                alias.detach()  # the thread's socket still owns (and closes) the descriptor
 
 
 class _Handler(WSGIRequestHandler):
-    """One request per connection; tells the server when the request has arrived."""
+    """Answers one request whose head the accept loop has read already."""
 
-    def parse_request(self) -> bool:
-        parsed = super().parse_request()
-        self.server.request_arrived(self.request.fileno())
-        return parsed
+    def __init__(self, connection: _Connection, server: BoundedServer) -> None:
+        self.head = bytes(connection.head)
+        super().__init__(connection.sock, connection.address, server)
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BytesIO(self.head)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
         """Scrapes are not worth a log line each."""
@@ -112,13 +136,16 @@ class BoundedServer(WSGIServer):
     ) -> None:
         self.address_family = family
         super().__init__(address, _Handler)
+        self.socket.setblocking(False)
         self.set_app(app)
         self.cap = connection_cap(limits.max_connections)
         self.timeout_s = limits.request_timeout_s
         self.web_config = web_config if web_config is not None and web_config.tls else None
         self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)  # notified when a connection closes
         self._connections: dict[int, _Connection] = {}  # descriptor -> its connection
+        self._reading: OrderedDict[int, _Connection] = OrderedDict()  # the accept loop's, by
+        # age: connections still sending their request
+        self._selector = selectors.DefaultSelector()  # the accept loop's alone
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self.peak_connections = 0
@@ -127,102 +154,154 @@ class BoundedServer(WSGIServer):
 
     def serve_forever(self, poll_interval: float = POLL_S) -> None:
         backoff = 0.0
+        self._selector.register(self.socket, selectors.EVENT_READ)
         try:
-            with selectors.DefaultSelector() as selector:
-                selector.register(self.socket, selectors.EVENT_READ)
-                while not self._stop.is_set():
-                    if backoff:
-                        self._stop.wait(backoff)
-                    if selector.select(poll_interval) and not self._stop.is_set():
-                        backoff = self._accept(backoff)
-                    self._enforce_deadlines()
+            while not self._stop.wait(backoff or 0):
+                round_started = time.monotonic()
+                try:
+                    backoff = self._round(poll_interval, backoff)
+                except Exception:  # noqa: BLE001 - the endpoint outlives any one surprise
+                    log.warning("aotwatch: /metrics accept loop", exc_info=True)
+                self._stop.wait(ROUND_S - (time.monotonic() - round_started))
         finally:
+            for connection in list(self._reading.values()):
+                self._drop(connection)
+            self._selector.close()
             self._stopped.set()
 
+    def _round(self, poll_interval: float, backoff: float) -> float:
+        """Accept, read and enforce deadlines once; returns the next accept back-off."""
+        for key, _ in self._selector.select(poll_interval):
+            if key.data is None:
+                backoff = self._accept(backoff)
+            elif self._reading.get(key.data.fd) is key.data:  # not dropped this round
+                self._read(key.data)
+        self._enforce_deadlines()
+        return backoff
+
     def _accept(self, backoff: float) -> float:
-        """Accept one connection and start its thread; returns the next back-off."""
-        try:
-            sock, address = self.socket.accept()
-        except OSError as err:
-            if err.errno not in _ACCEPT_LIMITS:
-                return 0.0  # the client left already, or another transient refusal
-            if not backoff:
-                log.warning("aotwatch: /metrics cannot accept connections: %s; backing off",
-                            os.strerror(err.errno))  # fmt: skip
-            return min(MAX_ACCEPT_BACKOFF_S, max(0.01, backoff * 2))
-        connection = _Connection(sock, address, time.monotonic() + self.timeout_s)
-        if not self._admit(connection):
-            sock.close()  # every tracked connection is being answered: refused
-            return 0.0
-        sock.settimeout(self.timeout_s)
-        thread = threading.Thread(target=self._serve, args=(connection,), daemon=True,
-                                  name="aotwatch-http-conn")  # fmt: skip
-        try:
-            thread.start()
-        except RuntimeError:  # no more threads in this process: refuse, as at the cap
-            self._forget(connection)
-            sock.close()
+        """Accept what the listen queue holds (ACCEPT_BATCH at most); returns the next
+        back-off."""
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = self.socket.accept()
+            except BlockingIOError:
+                return 0.0
+            except OSError as err:
+                if err.errno not in _ACCEPT_LIMITS:
+                    return 0.0  # the client left already, or another transient refusal
+                if not backoff:
+                    log.warning("aotwatch: /metrics cannot accept connections: %s; backing off",
+                                os.strerror(err.errno))  # fmt: skip
+                return min(MAX_ACCEPT_BACKOFF_S, max(0.01, backoff * 2))
+            self._admit(sock, address)
         return 0.0
 
-    def _admit(self, connection: _Connection) -> bool:
-        """Track ``connection`` once there is room: at the cap, cut the one waiting longest
-        for its request and wait (at most ADMIT_WAIT_S) for its thread to close it. Refuses
-        ``connection`` when every tracked one is being answered."""
-        deadline = time.monotonic() + ADMIT_WAIT_S
-        with self._room:
-            while len(self._connections) >= self.cap:
-                if not any(c.cut_off for c in self._connections.values()):
-                    waiting = [c for c in self._connections.values() if not c.answering]
-                    if not waiting:
-                        return False
-                    min(waiting, key=lambda c: c.deadline).cut()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._room.wait(left)
-            self._connections[connection.fd] = connection
-            self.peak_connections = max(self.peak_connections, len(self._connections))
-            return True
-
-    def _enforce_deadlines(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for connection in self._connections.values():
-                if connection.deadline < now and not connection.cut_off:
-                    connection.cut()
-
-    # -- one connection's thread -----------------------------------------------------------
-
-    def _serve(self, connection: _Connection) -> None:
-        sock = connection.sock
+    def _admit(self, sock: socket.socket, address: tuple) -> None:
+        """Track a new connection and read what it sent already. At the cap, the one that
+        has waited longest for its request makes room; if every one is being answered, the
+        newcomer is refused."""
+        if self.connections >= self.cap:  # only this thread adds connections
+            if not self._reading:
+                sock.close()
+                return
+            self._drop(next(iter(self._reading.values())))
         try:
+            sock.setblocking(False)
             if self.web_config is not None:
                 context = self.web_config.current().context
                 sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as err:  # the client is gone already
+            log.debug("aotwatch: connection from %s ended: %s", address[0], err)
+            sock.close()
+            return
+        connection = _Connection(sock, address, time.monotonic() + self.timeout_s)
+        with self._lock:
+            self._connections[connection.fd] = connection
+            self.peak_connections = max(self.peak_connections, len(self._connections))
+        self._reading[connection.fd] = connection
+        self._selector.register(sock, selectors.EVENT_READ, connection)
+        self._read(connection)
+
+    def _read(self, connection: _Connection) -> None:
+        """Take what the client has sent (the TLS handshake first); a complete request goes
+        to a thread of its own."""
+        sock = connection.sock
+        try:
+            if not connection.handshaken:
                 sock.do_handshake()
-            self.RequestHandlerClass(sock, connection.address, self)
-        except OSError as err:  # a failed handshake, a cut or vanished client, a timeout
+                connection.handshaken = True
+            while not connection.complete:
+                data = sock.recv(65536)
+                if not data:
+                    self._drop(connection)  # the client left before finishing its request
+                    return
+                connection.head += data
+        except (ssl.SSLWantReadError, BlockingIOError):
+            self._selector.modify(sock, selectors.EVENT_READ, connection)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(sock, selectors.EVENT_WRITE, connection)
+            return
+        except OSError as err:  # a failed handshake, a reset
             log.debug("aotwatch: connection from %s ended: %s", connection.address[0], err)
-        except Exception:  # noqa: BLE001 - one bad connection never stops the server
+            self._drop(connection)
+            return
+        self._answer(connection)
+
+    def _answer(self, connection: _Connection) -> None:
+        del self._reading[connection.fd]
+        self._selector.unregister(connection.sock)
+        with self._lock:
+            connection.answering = True
+            connection.deadline = time.monotonic() + self.timeout_s
+        connection.sock.setblocking(True)
+        connection.sock.settimeout(self.timeout_s)
+        thread = threading.Thread(target=self._serve, args=(connection,), daemon=True,
+                                  name="aotwatch-http-request")  # fmt: skip
+        try:
+            thread.start()
+        except RuntimeError:  # no more threads in this process: refused, as at the cap
+            self._forget(connection)
+            connection.sock.close()
+
+    def _drop(self, connection: _Connection) -> None:
+        """Close a connection the accept loop holds."""
+        del self._reading[connection.fd]
+        self._selector.unregister(connection.sock)
+        self._forget(connection)
+        connection.sock.close()
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        while self._reading:
+            oldest = next(iter(self._reading.values()))
+            if oldest.deadline >= now:
+                break
+            self._drop(oldest)
+        with self._lock:
+            for connection in self._connections.values():
+                if connection.answering and connection.deadline < now and not connection.cut_off:
+                    connection.cut()
+
+    # -- one request's thread --------------------------------------------------------------
+
+    def _serve(self, connection: _Connection) -> None:
+        try:
+            self.RequestHandlerClass(connection, self)
+        except OSError as err:  # a cut or vanished client, a timeout
+            log.debug("aotwatch: connection from %s ended: %s", connection.address[0], err)
+        except Exception:  # noqa: BLE001 - one bad request never stops the server
             log.warning("aotwatch: /metrics request failed", exc_info=True)
         finally:
             self._forget(connection)
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_WR)
-            sock.close()
-
-    def request_arrived(self, fd: int) -> None:
-        """The request line and headers are in: the answer gets a deadline of its own."""
-        with self._lock:
-            connection = self._connections.get(fd)
-            if connection is not None and not connection.answering:
-                connection.answering = True
-                connection.deadline = time.monotonic() + self.timeout_s
+                connection.sock.shutdown(socket.SHUT_WR)
+            connection.sock.close()
 
     def _forget(self, connection: _Connection) -> None:
-        with self._room:
+        with self._lock:
             self._connections.pop(connection.fd, None)
-            self._room.notify()
 
     @property
     def connections(self) -> int:
@@ -231,7 +310,7 @@ class BoundedServer(WSGIServer):
             return len(self._connections)
 
     def stop(self) -> None:
-        """End the accept loop; open connections finish (or meet their deadlines)."""
+        """End the accept loop; requests being answered finish (or meet their deadlines)."""
         self._stop.set()
         self._stopped.wait(5)
         self.server_close()
