@@ -1,21 +1,25 @@
 """/metrics under a connection-exhaustion attack: a collector and local mode, loopback only.
 
-    python benchmarks/http_attack.py [--seconds 20] [--targets collector,local]
+    python benchmarks/http_attack.py [--seconds 20] [--targets collector,local,control] [--stall]
 
 For each target a child process serves /metrics on 127.0.0.1 (a NodeCollector built in
 process, without Ray, holding 8 ranks x 50 compiles; or local mode, ``aotwatch.attach()``,
 with a small aot_eager-compiled MLP training in the main thread). This process attacks it
 with 500 silent connections (re-opened when the server cuts them, at most --reopen-per-s a
 second) and 50 clients sending one byte of a request per second (re-connecting at most once
-a second each), while one scraper does GET /metrics every second (10 s timeout). The child
-is observed in three phases: before (no attack), attack, after (attack sockets closed).
+a second each), while one scraper does GET /metrics every second (10 s timeout). With
+--stall each silent connection first sends one byte (so Linux's TCP_DEFER_ACCEPT cannot keep
+it from the server). The control target trains as local does while the attack goes to a
+collector in another process: what the attack costs training through the machine alone. The
+child is observed in three phases: before (no attack), attack, after (attack sockets
+closed).
 
 Printed per target and phase: scrapes sent / answered and their latency, the child's peak
 Python threads, OS threads and descriptors (sampled every 0.1 s), its open connections, and
 (local mode) the training step time. Targets (issue): every scrape answered with p99 under
 1 s during the attack; threads and descriptors bounded by the connection cap; local-mode step
-time within 5% of no attack. Bounded in sockets and in time: about 2 x (2 x seconds + 5) s,
-85 s by default; a child that hangs is killed two minutes past its schedule.
+time within 5% of no attack. Bounded in sockets and in time: 2 x seconds a target, 120 s by
+default; a child that hangs is killed two minutes past its schedule.
 """
 
 from __future__ import annotations
@@ -221,8 +225,11 @@ class _Slot:
 class Attacker:
     """Silent and slow connections held open in one selector loop; bounded re-opening."""
 
-    def __init__(self, port: int, silent: int, slow: int, reopen_per_s: float) -> None:
+    def __init__(
+        self, port: int, silent: int, slow: int, reopen_per_s: float, stall: bool = False
+    ) -> None:
         self.address = (HOST, port)
+        self.stall = stall  # silent connections send one byte first (past TCP_DEFER_ACCEPT)
         self.reopen_per_s, self.silent = reopen_per_s, silent
         self.slots = [_Slot("silent") for _ in range(silent)] + [_Slot("slow") for _ in range(slow)]
         self.selector = selectors.DefaultSelector()
@@ -259,6 +266,9 @@ class Attacker:
             self._close(slot)
             return
         slot.connected, slot.next_send = True, now
+        if self.stall and slot.kind == "silent":
+            with contextlib.suppress(OSError):
+                slot.sock.send(SLOW_REQUEST[:1])
         self.selector.modify(slot.sock, selectors.EVENT_READ, slot)
 
     def _readable(self, slot: _Slot) -> None:
@@ -383,7 +393,7 @@ def run_target(kind: str, args: argparse.Namespace) -> dict:
         scraper = Scraper(ports[0], phase)
         scraper.thread.start()
         time.sleep(args.quiet_seconds)
-        attacker = Attacker(ports[-1], args.silent, args.slow, args.reopen_per_s)
+        attacker = Attacker(ports[-1], args.silent, args.slow, args.reopen_per_s, args.stall)
         phase[0] = "attack"
         for child in children:
             child.tell("attack")
@@ -476,6 +486,8 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=50)
     parser.add_argument("--reopen-per-s", type=float, default=500,
                         help="silent connections re-opened per second, at most")  # fmt: skip
+    parser.add_argument("--stall", action="store_true",
+                        help="silent connections send one byte, then nothing")  # fmt: skip
     parser.add_argument("--child", choices=("collector", "local"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -487,7 +499,8 @@ def main() -> None:
     need = args.silent + args.slow + 64
     if soft != resource.RLIM_INFINITY and soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    print(f"{os.cpu_count()} CPUs; {args.silent} silent connections (re-opened at most "
+    print(f"{os.cpu_count()} CPUs; {args.silent} silent connections"
+          f"{' (one byte sent first)' if args.stall else ''} (re-opened at most "
           f"{args.reopen_per_s:g}/s), {args.slow} one-byte-per-second clients, one scrape a "
           f"second; phases {args.quiet_seconds:g} s before, {args.seconds:g} s attack, "
           f"{args.quiet_seconds:g} s after")  # fmt: skip

@@ -84,9 +84,16 @@ def test_a_client_sending_a_byte_at_a_time_is_cut_at_the_request_deadline(server
     assert metrics.server.connections == 0
 
 
-def test_past_the_cap_silent_connections_make_room_and_are_never_more_than_the_cap(server):
+def _stalled(port: int) -> socket.socket:
+    """A connection that began its request and went quiet."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"GET /me")
+    return sock
+
+
+def test_past_the_cap_stalled_connections_make_room_and_are_never_more_than_the_cap(server):
     metrics = server(max_connections=8, request_timeout_s=60)
-    silent = [socket.create_connection(("127.0.0.1", metrics.port)) for _ in range(40)]
+    silent = [_stalled(metrics.port) for _ in range(40)]
     try:
         for _ in range(3):  # each scrape closes the longest-waiting silent connection
             assert _get(metrics.port, "/metrics") == 200
@@ -98,13 +105,13 @@ def test_past_the_cap_silent_connections_make_room_and_are_never_more_than_the_c
             sock.close()
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    sock.settimeout(2)
+def _closed_by_peer(sock: socket.socket, wait_s: float = 2) -> bool:
+    sock.settimeout(wait_s)
     try:
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
-    except TimeoutError:
+    except (TimeoutError, BlockingIOError):
         return False
 
 
@@ -128,14 +135,28 @@ def test_request_limits_hold_with_heads_read_by_the_accept_loop(server):
     assert _raw(port, b"GET /healthz HTTP/1.0\n\n").split()[1] == b"200"  # bare newlines
 
 
-def test_silent_connections_hold_no_thread(server):
+def test_stalled_connections_hold_no_thread(server):
     metrics = server(max_connections=64)
     threads = threading.active_count()
-    silent = [socket.create_connection(("127.0.0.1", metrics.port)) for _ in range(50)]
+    stalled = [_stalled(metrics.port) for _ in range(50)]
     try:
         wait_for(lambda: metrics.server.connections == 50, timeout=5, message="50 tracked")
         assert threading.active_count() == threads
         assert _get(metrics.port, "/metrics") == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux's TCP_DEFER_ACCEPT")
+def test_connections_that_say_nothing_stay_in_the_kernel(server):
+    metrics = server(max_connections=8)
+    silent = [socket.create_connection(("127.0.0.1", metrics.port)) for _ in range(500)]
+    try:
+        assert _get(metrics.port, "/metrics") == 200
+        time.sleep(0.5)
+        assert metrics.server.peak_connections == 1  # the scrape; not one silent connection
+        assert all(not _closed_by_peer(sock, wait_s=0) for sock in silent)  # all still open
     finally:
         for sock in silent:
             sock.close()
@@ -233,8 +254,8 @@ def test_a_connection_flood_under_ulimit_64_starves_neither_training_nor_health_
         started = json.loads(child.stdout.readline())
         port, cap = started["port"], started["cap"]
         assert cap == 64 // 4
-        for _ in range(100):  # more silent connections than the process has descriptors
-            silent.append(socket.create_connection(("127.0.0.1", port)))
+        for _ in range(100):  # more stalled connections than the process has descriptors
+            silent.append(_stalled(port))
         assert _get(port) == 200  # a health check still gets in, and /metrics too
         assert _get(port, "/metrics") == 200
         report = _ask(child, "report")
@@ -243,12 +264,12 @@ def test_a_connection_flood_under_ulimit_64_starves_neither_training_nor_health_
 
         _ask(child, "hog")  # the process is out of descriptors: accept() fails
         waiting = socket.create_connection(("127.0.0.1", port))  # sits in the listen backlog
+        waiting.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
         before = _cpu_seconds(child.pid)
         time.sleep(2)
         spent = _cpu_seconds(child.pid) - before
         assert spent < 0.5, f"{spent:.2f} CPU-s in 2 s: the accept loop spins"
         report = _ask(child, "free")
-        waiting.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
         waiting.settimeout(5)
         assert waiting.recv(100).startswith(b"HTTP/1.0 200")  # served once descriptors free up
         waiting.close()

@@ -4,8 +4,10 @@ prometheus_client renders the exposition; its HTTP server (a thread per connecti
 per read, a busy loop when ``accept`` fails) cannot be bounded, so the HTTP layer here is
 wsgiref's request handler driven by ``BoundedServer``. One thread accepts connections and reads
 their requests without blocking; only a complete request gets a thread, to be answered. So a
-silent or slow client costs one descriptor and no thread, and the accept loop does a bounded
-amount of work a round (it matters in local mode, where it shares the GIL with training).
+slow client costs one descriptor and no thread, and the accept loop does a bounded amount of
+work a round (it matters in local mode, where it shares the GIL with training). On Linux a
+client that connects and says nothing is not even accepted (``TCP_DEFER_ACCEPT``): the kernel
+holds it, up to the listen backlog, at no cost to this process.
 At most ``limits.max_connections`` connections are open (never more than a quarter of the
 process's open-file limit, so the training process keeps its descriptors); each has
 ``limits.request_timeout_s`` to send its whole request (the TLS handshake included) and as long
@@ -25,6 +27,7 @@ import contextlib
 import errno
 import io
 import logging
+import math
 import os
 import resource
 import selectors
@@ -124,7 +127,9 @@ class BoundedServer(WSGIServer):
     """A WSGI server with a connection cap, per-request deadlines and accept back-off (see
     module doc). ``serve_forever`` runs the accept loop; ``stop`` ends it."""
 
-    request_queue_size = 128
+    request_queue_size = 1024
+    """The listen backlog: with TCP_DEFER_ACCEPT, how many silent connections the kernel
+    holds for us (past it, SYN cookies hand them to ``accept`` after all)."""
 
     def __init__(
         self,
@@ -137,6 +142,9 @@ class BoundedServer(WSGIServer):
         self.address_family = family
         super().__init__(address, _Handler)
         self.socket.setblocking(False)
+        if hasattr(socket, "TCP_DEFER_ACCEPT"):  # Linux: no accept before the first byte
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT,
+                                   math.ceil(limits.request_timeout_s))  # fmt: skip
         self.set_app(app)
         self.cap = connection_cap(limits.max_connections)
         self.timeout_s = limits.request_timeout_s
