@@ -33,6 +33,20 @@ def cluster_config(tmp_path: Path, namespace: str, **changes) -> Config:
     )
 
 
+LOOPBACK_COLLECTOR = CollectorConfig(address="127.0.0.1", port=0, head_port=0)
+NODE = "node-under-test"
+"""The node id of collectors built in the test process (without Ray)."""
+
+
+def config_at(root: Path, **changes) -> Config:
+    """A collector's config on loopback, free ports, archives under ``root``."""
+    return Config(
+        archive=ArchiveConfig(path=str(root)),
+        collector=changes.pop("collector", LOOPBACK_COLLECTOR),
+        **changes,
+    )
+
+
 @ray.remote(num_cpus=0)
 class Worker:
     """A training worker: compiles test programs, optionally with aotwatch attached."""

@@ -58,6 +58,25 @@ def ray_session():
 
 
 @pytest.fixture
+def node_collector(tmp_path: Path):
+    """Start NodeCollectors in this process (no Ray) over an archive directory, again after
+    ``close`` to see a restart; closed at the end."""
+    from aotwatch.cluster.collector import NodeCollector
+    from cluster_helpers import NODE, config_at
+
+    started: list[NodeCollector] = []
+
+    def start(root: Path = tmp_path / "archive", **changes) -> NodeCollector:
+        started.append(NodeCollector(NODE, config_at(root, **changes)))
+        return started[-1]
+
+    yield start
+    for collector in started:
+        if not collector._closed.is_set():
+            collector.close()
+
+
+@pytest.fixture
 def capture(tmp_path: Path) -> Attachment:
     """aotwatch attached to this process for one test, with fresh Dynamo caches around it."""
     torch._dynamo.reset()

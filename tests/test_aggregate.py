@@ -142,3 +142,67 @@ def test_dedupe_window_is_bounded_and_forgets_the_oldest_ids():
         assert aggregate.add(record)
     assert not aggregate.add(third) and not aggregate.add(second)
     assert aggregate.add(first)  # forgotten: outside the window of 2
+
+
+def _job_series(aggregate: Aggregate, job: str) -> set[tuple[str, tuple]]:
+    """Every (family, labels) of ``job`` in a snapshot."""
+    snapshot = aggregate.snapshot()
+    return {
+        (metric, labels)
+        for tables in (snapshot.values, snapshot.histograms)
+        for metric, table in tables.items()
+        for labels in table
+        if labels[:1] == (job,) and metric not in ("aotwatch_jobs",)
+    }
+
+
+def _run_job(aggregate: Aggregate, job: str) -> None:
+    """A frame and a forward graph with a mutation on two ranks."""
+    for rank in (0, 1):
+        aggregate.add(new_record(job_name=job, rank=rank, hostname="h", pid=rank))
+        aggregate.add(graph_record(job_name=job, rank=rank, inputs={"total": 2, "data": 1}))
+
+
+def test_a_new_job_gets_every_series_while_finished_jobs_hold_the_cap():
+    aggregate = Aggregate(max_series_per_metric=12)  # one job's worth: 6 mutation kinds x 2
+    _run_job(aggregate, "first")
+    wanted = {(metric, labels[1:]) for metric, labels in _job_series(aggregate, "first")}
+    previous = "first"
+    for job in ("second", "third", "fourth"):  # far more than the cap holds
+        aggregate.finish_job(previous)
+        _run_job(aggregate, job)
+        assert {(m, labels[1:]) for m, labels in _job_series(aggregate, job)} == wanted
+        previous = job
+    values = aggregate.snapshot().values
+    assert not any(values.get("aotwatch_series_dropped", {}).values())
+    assert values["aotwatch_jobs"] == {("running",): 1, ("finished",): 3}
+
+
+def test_running_jobs_are_never_evicted_and_a_refused_label_set_counts_once():
+    aggregate = Aggregate(max_series_per_metric=2)
+    for job in ("a", "b", "c", "d"):
+        for _ in range(5):  # the same refused label sets, again and again
+            aggregate.add(new_record(job_name=job))
+    values = aggregate.snapshot().values
+    assert set(values["torch_compile_frames"]) == {("a", "0", "cpu"), ("b", "0", "cpu")}
+    dropped = values["aotwatch_series_dropped"]
+    assert dropped[("torch_compile_frames",)] == 2  # c and d, once each
+
+
+def test_forgetting_a_job_removes_its_series_and_only_its():
+    aggregate = Aggregate()
+    _run_job(aggregate, "old")
+    _run_job(aggregate, "new")
+    aggregate.inc("aotwatch_records_rejected", ("not_json",))
+    kept = _job_series(aggregate, "new")
+    aggregate.finish_job("old")
+    assert aggregate.snapshot().values["aotwatch_jobs"] == {("running",): 1, ("finished",): 1}
+    aggregate.forget_job("old")
+    assert _job_series(aggregate, "old") == set()
+    assert _job_series(aggregate, "new") == kept
+    values = aggregate.snapshot().values
+    assert values["aotwatch_records_rejected"] == {("not_json",): 1}
+    assert values["aotwatch_jobs"] == {("running",): 1, ("finished",): 0}
+    aggregate.finish_job("new")
+    aggregate.finish_job("new", finished=False)  # running again: a worker came back
+    assert aggregate.snapshot().values["aotwatch_jobs"][("running",)] == 1

@@ -153,7 +153,7 @@ def test_a_restarted_collector_takes_in_a_spool_left_while_it_was_down(ray_sessi
         killed, pid = pid, None
         assert collector_pid(collector) != killed  # answers once restarted
         # The restarted collector drains in __init__, before it answers anything (its poll
-        # thread first sleeps SPOOL_POLL_S): the file is gone by its first answer.
+        # thread first sleeps HOUSEKEEPING_S): the file is gone by its first answer.
         assert not spooled(spool)
 
         restarted = counts()

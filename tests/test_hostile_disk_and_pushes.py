@@ -23,37 +23,15 @@ from aotwatch.aggregate import Aggregate
 from aotwatch.archive import ARCHIVE_FILE, UnsafePath
 from aotwatch.cluster.collector import NodeCollector, collector_directory
 from aotwatch.cluster.daemon import file_sd_path, write_file_sd
+from aotwatch.cluster.job_archives import JOB_FILE, JOBS_DIR, job_slug
 from aotwatch.cluster.worker_counts import COUNTS_FILE
-from aotwatch.config import ArchiveConfig, CollectorConfig, Config, LimitsConfig
+from aotwatch.config import LimitsConfig
 from aotwatch.records import new_record
+from cluster_helpers import NODE, config_at
 from conftest import scrape
 from test_cli import aotwatch
 
-NODE = "node-under-test"
 WORKER = {"worker_id": "w1", "job_name": "hostile", "rank": 0}
-
-
-def config_at(root: Path, **changes) -> Config:
-    return Config(
-        archive=ArchiveConfig(path=str(root)),
-        collector=CollectorConfig(address="127.0.0.1", port=0, head_port=0),
-        **changes,
-    )
-
-
-@pytest.fixture
-def start(tmp_path):
-    """Start NodeCollectors over a directory (again after ``close`` to see a restart)."""
-    started: list[NodeCollector] = []
-
-    def start_at(root: Path = tmp_path / "archive", **changes) -> NodeCollector:
-        started.append(NodeCollector(NODE, config_at(root, **changes)))
-        return started[-1]
-
-    yield start_at
-    for collector in started:
-        if not collector._closed.is_set():
-            collector.close()
 
 
 def metric(collector: NodeCollector, name: str) -> dict[tuple, float]:
@@ -68,8 +46,13 @@ def records(count: int, **fields) -> list[dict]:
     ]
 
 
+def job_directory(root: Path, job: str = "hostile") -> Path:
+    """Where a collector keeps one job's archive."""
+    return collector_directory(config_at(root), NODE) / JOBS_DIR / job_slug(job)
+
+
 def archived_ids(root: Path) -> list[str]:
-    path = collector_directory(config_at(root), NODE) / ARCHIVE_FILE
+    path = job_directory(root) / ARCHIVE_FILE
     return [json.loads(line)["record_id"] for line in path.read_text().splitlines() if line]
 
 
@@ -98,8 +81,8 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-def test_a_full_disk_is_an_error_to_the_worker_never_an_acknowledgement(start, small_disk):
-    collector = start(small_disk / "archive")
+def test_a_full_disk_is_an_error_to_the_worker_never_an_acknowledgement(node_collector, small_disk):
+    collector = node_collector(small_disk / "archive")
     filler = fill(small_disk)
     batch = records(3)
     with pytest.raises(OSError):
@@ -111,13 +94,13 @@ def test_a_full_disk_is_an_error_to_the_worker_never_an_acknowledgement(start, s
     assert metric(collector, "aotwatch_records_received") == {("hostile",): 3}
     assert metric(collector, "aotwatch_records_dropped") == {("hostile", "queue_full"): 1}
     collector.close()
-    restarted = start(small_disk / "archive")
+    restarted = node_collector(small_disk / "archive")
     assert restarted.replayed == 3
     assert metric(restarted, "aotwatch_records_dropped") == {("hostile", "queue_full"): 1}
 
 
-def test_every_accepted_record_is_archived_and_unknown_keys_are_refused(start, tmp_path):
-    collector = start()
+def test_every_accepted_record_is_archived_and_unknown_keys_are_refused(node_collector, tmp_path):
+    collector = node_collector()
     good = records(2)
     hostile = [
         {**records(1)[0], "extra": b"bytes"},  # a key no record has, a value JSON cannot hold
@@ -132,22 +115,22 @@ def test_every_accepted_record_is_archived_and_unknown_keys_are_refused(start, t
     assert collector.push(WORKER, [good[0], *hostile, good[1]], {}) == 0  # a resend: no-op
     assert archived_ids(tmp_path / "archive") == [r["record_id"] for r in good]
     collector.close()
-    assert start().replayed == 2  # every acknowledged record comes back after a restart
+    assert node_collector().replayed == 2  # every acknowledged record comes back after a restart
 
 
-def test_a_corrupt_archive_is_read_around_by_the_collector_and_by_report(start, tmp_path):
-    first = start()
+def test_a_corrupt_archive_is_read_around_by_the_collector_and_by_report(node_collector, tmp_path):
+    first = node_collector()
     first.push(WORKER, records(2), {"dropped": {"queue_full": 4}})
     first.close()
     directory = collector_directory(config_at(tmp_path / "archive"), NODE)
-    with open(directory / ARCHIVE_FILE, "ab") as archive:
+    with open(job_directory(tmp_path / "archive") / ARCHIVE_FILE, "ab") as archive:
         archive.write(b"\x80\n")  # not UTF-8
         archive.write(b"[" * 100_000 + b"\n")  # nested past the parser's recursion limit
         archive.write(b'{"a": "' + b"x" * (2 << 20) + b'"}\n')  # longer than any record
         archive.write(json.dumps(records(1)[0]).encode() + b"\n")  # a good one after them
     with open(directory / COUNTS_FILE, "ab") as counts:
         counts.write(b"\xff\xfe\n")
-    restarted = start()
+    restarted = node_collector()
     assert restarted.replayed == 3
     assert metric(restarted, "aotwatch_records_rejected") == {
         ("not_utf8",): 2,  # one in each file
@@ -156,7 +139,7 @@ def test_a_corrupt_archive_is_read_around_by_the_collector_and_by_report(start, 
     }
     assert metric(restarted, "aotwatch_records_dropped") == {("hostile", "queue_full"): 4}
     restarted.close()
-    report = aotwatch("report", str(directory), "--format", "json")
+    report = aotwatch("report", str(job_directory(tmp_path / "archive")), "--format", "json")
     assert report.returncode == 0, report.stderr
     rejected = {
         s["labels"]["reason"]: s["value"]
@@ -166,12 +149,12 @@ def test_a_corrupt_archive_is_read_around_by_the_collector_and_by_report(start, 
 
 
 @pytest.mark.parametrize("label", ["queue_full\udc80", "line\nbreak", "x" * 300])
-def test_a_bad_count_label_is_refused_before_it_is_persisted(start, label):
-    collector = start()
+def test_a_bad_count_label_is_refused_before_it_is_persisted(node_collector, label):
+    collector = node_collector()
     collector.push(WORKER, [], {"dropped": {label: 1, "queue_full": 1}})
     assert metric(collector, "aotwatch_records_dropped") == {}  # the whole totals refused
     collector.close()
-    restarted = start()
+    restarted = node_collector()
     assert metric(restarted, "aotwatch_records_dropped") == {}  # and nothing was persisted
 
 
@@ -188,8 +171,8 @@ def test_a_bad_count_label_is_refused_before_it_is_persisted(start, label):
         None,
     ],
 )
-def test_a_malformed_worker_is_refused_and_metrics_keep_answering(start, worker):
-    collector = start()
+def test_a_malformed_worker_is_refused_and_metrics_keep_answering(node_collector, worker):
+    collector = node_collector()
     assert collector.push(worker, records(2), {}) == 0
     collector.goodbye(worker)
     assert metric(collector, "aotwatch_records_rejected") == {("bad_worker",): 2}
@@ -197,8 +180,8 @@ def test_a_malformed_worker_is_refused_and_metrics_keep_answering(start, worker)
     assert scrape(collector.server.url.replace("/metrics", "/healthz")) == "ok\n"
 
 
-def test_workers_tracked_per_job_are_bounded(start):
-    collector = start(limits=LimitsConfig(max_workers_per_job=50))
+def test_workers_tracked_per_job_are_bounded(node_collector):
+    collector = node_collector(limits=LimitsConfig(max_workers_per_job=50))
     for i in range(500):
         worker = {**WORKER, "worker_id": f"w{i}", "hostname": f"host-{i:04d}-" + "h" * 200}
         collector.push(worker, [], {})
@@ -230,42 +213,46 @@ def as_root() -> None:
         pytest.skip("making a directory of another user needs root (CI runs as root)")
 
 
-def test_an_archive_root_of_another_user_is_refused(start, tmp_path):
+def test_an_archive_root_of_another_user_is_refused(node_collector, tmp_path):
     as_root()
     root = tmp_path / "archive"
     root.mkdir()
     os.chown(root, NOBODY, NOBODY)
     with pytest.raises(UnsafePath, match="belongs to uid 65534"):
-        start(root)
+        node_collector(root)
 
 
-def test_a_world_writable_archive_root_is_refused(start, tmp_path):
+def test_a_world_writable_archive_root_is_refused(node_collector, tmp_path):
     root = tmp_path / "archive"
     root.mkdir()
     root.chmod(0o777)
     with pytest.raises(UnsafePath, match="may be written by group or others"):
-        start(root)
+        node_collector(root)
 
 
-def test_a_planted_link_is_never_followed(start, tmp_path):
+def test_a_planted_link_is_never_followed(node_collector, tmp_path):
     target = tmp_path / "precious"
     target.write_text("root's file\n")
     directory = collector_directory(config_at(tmp_path / "archive"), NODE)
     (directory / ARCHIVE_FILE).symlink_to(target)
     with pytest.raises(UnsafePath, match="symbolic link"):
-        start()
+        node_collector()
     assert target.read_text() == "root's file\n"
 
 
-def test_files_are_private_and_file_sd_readable_but_not_writable_by_others(start, tmp_path):
-    collector = start()
+def test_files_are_private_and_file_sd_readable_but_not_writable_by_others(
+    node_collector, tmp_path
+):
+    collector = node_collector()
     collector.push(WORKER, records(1), {"dropped": {"queue_full": 1}})
     root = tmp_path / "archive"
     directory = collector_directory(config_at(root), NODE)
     assert stat.S_IMODE(root.stat().st_mode) == 0o711
-    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    for name in (ARCHIVE_FILE, COUNTS_FILE):
-        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600
+    job = job_directory(root)
+    for private in (directory, directory / JOBS_DIR, job):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    for path in (job / ARCHIVE_FILE, job / JOB_FILE, directory / COUNTS_FILE):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
     path = file_sd_path(config_at(root))
     write_file_sd(path, [], None)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644

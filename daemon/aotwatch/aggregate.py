@@ -1,8 +1,10 @@
 """A pure fold of CompileRecords into bounded counters, histograms and gauges.
 
 ``Aggregate`` is not thread-safe: its owner serialises ``add`` and
-``snapshot`` (see ``aotwatch.sink``). Label sets per family are capped; what
-the cap refuses is counted in ``aotwatch_series_dropped_total``.
+``snapshot`` (see ``aotwatch.sink``). Label sets per family are capped. A family full to its
+cap makes room for a new label set by dropping one of a finished job (see ``finish_job``), so
+the newest job keeps its series while old ones still hold some; what the cap refuses all the
+same is counted in ``aotwatch_series_dropped_total``, once per label set.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aotwatch import categories
-from aotwatch.metrics import BY_NAME
+from aotwatch.lru import LruCache
+from aotwatch.metrics import BY_NAME, PER_JOB
 from aotwatch.records import (
     CACHE_RESULTS,
     CACHES,
@@ -43,6 +46,8 @@ PHASES = (
 )
 _LABEL_VALUE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
+REFUSED_MEMORY = 10_000
+"""Refused label sets remembered, so each is counted in series_dropped once."""
 DEDUPE_WINDOW = 100_000
 """Record ids remembered to make re-delivery a no-op. Resends come within seconds (and a
 restarted collector replays its archive, newest ids last), so a window of recent ids keeps
@@ -123,6 +128,28 @@ class Aggregate:
         self._histograms: dict[str, dict[Labels, Histogram]] = {}
         self._seen_ids = _RecentIds(dedupe_window)
         self._workers: dict[str, set[int]] = {}  # job -> hashes of (hostname, pid)
+        self._jobs: dict[str, bool] = {}  # job -> finished
+        self._evictable: set[str] = set()  # families that may hold a finished job's series
+        self._refused = LruCache(REFUSED_MEMORY)  # (family, labels) counted as dropped
+
+    # -- jobs ------------------------------------------------------------
+
+    def finish_job(self, job_name: str, finished: bool = True) -> None:
+        """Mark a job finished (its series make room for others at the cap) or running again."""
+        if job_name in self._jobs:
+            self._jobs[job_name] = finished
+            if finished:
+                self._evictable.update(PER_JOB)
+
+    def forget_job(self, job_name: str) -> None:
+        """Drop every series of a job (a finished one, past its retention)."""
+        self._jobs.pop(job_name, None)
+        self._workers.pop(job_name, None)
+        for tables in (self._values, self._histograms):
+            for metric, table in tables.items():
+                if metric in PER_JOB:
+                    for labels in [labels for labels in table if labels[0] == job_name]:
+                        del table[labels]
 
     # -- generic updates -------------------------------------------------
 
@@ -131,7 +158,25 @@ class Aggregate:
             return True
         if metric == "aotwatch_series_dropped":  # one label set per family: bounded already
             return True
-        self.inc("aotwatch_series_dropped", (metric,))
+        if (
+            metric in PER_JOB
+            and not self._jobs.get(labels[0])
+            and self._evict_finished(table, metric)
+        ):
+            return True
+        if self._refused.get((metric, labels)) is None:
+            self._refused.put((metric, labels), True)
+            self.inc("aotwatch_series_dropped", (metric,))
+        return False
+
+    def _evict_finished(self, table: dict[Labels, Any], metric: str) -> bool:
+        """Drop one series of a finished job from a full family; False if it holds none."""
+        if metric in self._evictable:
+            for labels in table:
+                if self._jobs.get(labels[0]):
+                    del table[labels]
+                    return True
+            self._evictable.discard(metric)  # until another job finishes
         return False
 
     def inc(self, metric: str, labels: Labels, amount: float = 1) -> None:
@@ -162,6 +207,7 @@ class Aggregate:
             if not self._admit(table, "aotwatch_workers_attached", (job_name,)):
                 return  # capped like the gauge: past the cap, a job's workers are not kept
             workers = self._workers[job_name] = set()
+            self._jobs.setdefault(job_name, False)
         worker = hash((hostname, pid))
         if worker not in workers and len(workers) < self.max_workers_per_job:
             workers.add(worker)
@@ -255,8 +301,11 @@ class Aggregate:
 
     def snapshot(self) -> Snapshot:
         """A copy that later updates cannot change."""
+        finished = sum(self._jobs.values())
+        jobs = {("running",): len(self._jobs) - finished, ("finished",): finished}
         return Snapshot(
-            {metric: dict(table) for metric, table in self._values.items()},
+            {metric: dict(table) for metric, table in self._values.items()}
+            | {"aotwatch_jobs": jobs},
             {
                 metric: {labels: h.copy() for labels, h in table.items()}
                 for metric, table in self._histograms.items()

@@ -16,7 +16,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aotwatch.records import MAX_RECORD_BYTES, RecordError, parse_json, to_json, validate_record
 
@@ -76,6 +76,17 @@ def open_private(path: Path, flags: int) -> int:
     return fd
 
 
+class RecordArchive(Protocol):
+    """Where a sink appends the lines of the records it accepts: one ``ArchiveWriter``, or a
+    collector's per-job archives."""
+
+    path: Path
+
+    def write_records(self, records: list[dict[str, Any]], lines: list[bytes]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class ArchiveWriter:
     """Appends lines with one write and one flush each, so a crash loses at most the write in
     flight; the file is created 0600 in a private directory, never through a link."""
@@ -92,6 +103,10 @@ class ArchiveWriter:
         """Append whole lines (each ending in a newline); OSError when the disk refuses."""
         with self._lock:
             self._file.write(lines)
+
+    def write_records(self, records: list[dict[str, Any]], lines: list[bytes]) -> None:
+        """Append the lines of ``records`` (the interface a sink writes through)."""
+        self.write(b"".join(lines))
 
     def append(self, *entries: dict[str, Any]) -> None:
         """Append JSON objects, one line each."""

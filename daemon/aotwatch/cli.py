@@ -115,13 +115,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as err:
         return _fail(str(err))
-    path = archive_file(args.path)
-    if not path.is_file():
-        return _fail(f"{path}: no archive there (expected a records.jsonl or its directory)")
+    if args.job is not None:
+        from aotwatch.cluster.collector import archive_root
+
+        root = Path(args.path) if args.path else archive_root(config)
+        path = report.job_archives(root, args.job)
+        if not path:
+            return _fail(f"{root}: no archive of job {args.job!r} in its collectors' directories")
+    elif args.path is None:
+        return _fail("name an archive directory, or a job with --job NAME")
+    else:
+        path = archive_file(args.path)
+        if not path.is_file():
+            return _fail(f"{path}: no archive there (expected a records.jsonl or its directory)")
     try:
         aggregate = report.aggregate_archive(path, config.limits.max_series_per_metric)
     except (OSError, UnicodeDecodeError) as err:
-        return _fail(f"{path}: cannot read: {err}")
+        return _fail(f"{args.path or args.job}: cannot read: {err}")
     snapshot = aggregate.snapshot()
     if args.format == "json":
         print(json.dumps(report.as_json(snapshot), indent=2, sort_keys=True))
@@ -451,7 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     trace.set_defaults(func=cmd_trace)
 
     report = commands.add_parser("report", help="rebuild the metrics from an archive")
-    report.add_argument("path", help="an archive directory or its records.jsonl")
+    report.add_argument("path", nargs="?",
+                        help="an archive directory or its records.jsonl; with --job, the "
+                        "archive root (default: the config's archive.path)")  # fmt: skip
+    report.add_argument("--job", metavar="NAME",
+                        help="the job's archives on every node, found by its name")  # fmt: skip
     report.add_argument("--format", choices=("table", "json", "prometheus"), default="table")
     report.add_argument("--config", metavar="F", help="config whose labels and limits apply")
     report.set_defaults(func=cmd_report)

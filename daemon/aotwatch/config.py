@@ -260,6 +260,14 @@ class ArchiveConfig(Section):
     path: str | None = field(default=None, metadata=length(1, 4096))
     """Directory; when set, every record is appended to ``<path>/records.jsonl``."""
 
+    retention_days: int = field(default=30, metadata=between(0, 36_500))
+    """Collectors remove a finished job's archive this many days after it finished; 0 keeps
+    them by age."""
+
+    max_bytes: int = field(default=10 * 2**30, metadata=between(0, 2**62))
+    """Collectors remove finished jobs' archives, oldest first, while together they hold
+    more than this many bytes; 0: no bound."""
+
 
 @dataclass(frozen=True)
 class LimitsConfig(Section):
@@ -311,6 +319,10 @@ class CollectorConfig(Section):
 
     worker_timeout_s: int = field(default=30, metadata=between(1, 86_400))
     """A worker silent for this long is gone: its gauges expire (its counters stay)."""
+
+    job_retention_s: int = field(default=900, metadata=between(0, 31_536_000))
+    """A finished job's series leave /metrics this long after its last worker left (plus
+    worker_timeout_s); 0 keeps them for the collector's life."""
 
     file_sd_path: str | None = field(default=None, metadata=length(1, 4096))
     """Where the head writes the Prometheus file_sd JSON; null: <archive dir>/file_sd.json."""

@@ -115,6 +115,13 @@ FAMILIES: tuple[Family, ...] = (
         "Unix time when this rank last finished a compile.",
     ),
     Family(
+        "aotwatch_jobs",
+        "gauge",
+        "Jobs with series in this collector, by state: running, or finished and kept for "
+        "collector.job_retention_s.",
+        ("state",),
+    ),
+    Family(
         "aotwatch_workers_attached",
         "gauge",
         "Worker processes currently attached to this collector.",
@@ -161,3 +168,5 @@ RANK_DIVERGENCES = Family(
 """Served by the head, once per job (no rank label), not by the collectors."""
 
 BY_NAME = {family.name: family for family in FAMILIES}
+PER_JOB = frozenset(family.name for family in FAMILIES if family.labels[:1] == ("job_name",))
+"""The families whose first label is the job: a job's series leave with it."""

@@ -4,24 +4,41 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from aotwatch.aggregate import Aggregate, Snapshot
-from aotwatch.archive import read_archive
+from aotwatch.archive import ARCHIVE_FILE, read_archive
 from aotwatch.export.collector import exposition
 from aotwatch.metrics import BY_NAME, RANK_LABELS
 from aotwatch.records import RecordError
 
 
-def aggregate_archive(path: str | os.PathLike, max_series_per_metric: int = 1000) -> Aggregate:
-    """Fold every record of an archive; malformed lines count as rejected."""
+def aggregate_archive(
+    path: str | os.PathLike | list[Path], max_series_per_metric: int = 1000
+) -> Aggregate:
+    """Fold every record of an archive (or of several); malformed lines count as rejected."""
     aggregate = Aggregate(max_series_per_metric)
-    for item in read_archive(path):
-        if isinstance(item, RecordError):
-            aggregate.inc("aotwatch_records_rejected", (item.reason,))
-        else:
-            aggregate.add(item)
+    for one in path if isinstance(path, list) else [path]:
+        for item in read_archive(one):
+            if isinstance(item, RecordError):
+                aggregate.inc("aotwatch_records_rejected", (item.reason,))
+            else:
+                aggregate.add(item)
     return aggregate
+
+
+def job_archives(root: str | os.PathLike, job_name: str) -> list[Path]:
+    """The archive files of ``job_name`` under an archive root: one per node whose collector
+    saw the job (``collectors/<node>/jobs/<slug>/records.jsonl``)."""
+    from aotwatch.cluster.job_archives import JOBS_DIR, job_directories
+
+    return [
+        directory / ARCHIVE_FILE
+        for jobs in sorted(Path(root).glob(f"collectors/*/{JOBS_DIR}"))
+        for directory, info in job_directories(jobs)
+        if info["job_name"] == job_name and (directory / ARCHIVE_FILE).is_file()
+    ]
 
 
 def as_json(snapshot: Snapshot) -> dict[str, list[dict[str, Any]]]:

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from aotwatch.aggregate import Aggregate, Snapshot
-from aotwatch.archive import ArchiveWriter
+from aotwatch.archive import RecordArchive
 from aotwatch.records import RecordError, encode_record, validate_record
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class LocalSink:
     def __init__(
         self,
         max_series_per_metric: int,
-        archive: ArchiveWriter | None = None,
+        archive: RecordArchive | None = None,
         *,
         max_workers_per_job: int = 1024,
         strict: bool = False,
@@ -51,7 +51,7 @@ class LocalSink:
             accepted, lines, rejected = self._check(records)
             if self.archive is not None and lines:
                 try:
-                    self.archive.write(b"".join(lines))
+                    self.archive.write_records(accepted, lines)
                 except OSError:
                     if self.strict:
                         raise
@@ -94,6 +94,14 @@ class LocalSink:
     def attach_worker(self, job_name: str, hostname: str, pid: int) -> None:
         with self._lock:
             self.aggregate.attach_worker(job_name, hostname, pid)
+
+    def finish_job(self, job_name: str, finished: bool = True) -> None:
+        with self._lock:
+            self.aggregate.finish_job(job_name, finished)
+
+    def forget_job(self, job_name: str) -> None:
+        with self._lock:
+            self.aggregate.forget_job(job_name)
 
     def close(self) -> None:
         """Close the archive, if any."""

@@ -22,11 +22,12 @@ from aotwatch import divergence
 from aotwatch.aggregate import Snapshot
 from aotwatch.archive import (
     ARCHIVE_FILE,
-    ArchiveWriter,
     private_directory,
     read_archive,
     read_json_lines,
 )
+from aotwatch.cluster.job_archives import JobArchives
+from aotwatch.cluster.job_life import JobLife
 from aotwatch.cluster.worker_counts import CountsLedger
 from aotwatch.config import Config
 from aotwatch.export.collector import AggregateCollector, registry_for
@@ -41,8 +42,10 @@ SPOOL_DIR = "spool"
 SPOOL_SUFFIX = ".jsonl"
 SPOOL_BATCH = 500
 """Spooled records taken in per archive write."""
-SPOOL_POLL_S = 2.0
-"""How often a collector looks for spooled files."""
+PRUNE_S = 10.0
+"""How often finished jobs' archives are checked against the retention limits."""
+HOUSEKEEPING_S = 2.0
+"""How often a collector looks for spooled files and advances the life of its jobs."""
 
 
 def collector_name(node_id: str) -> str:
@@ -112,6 +115,7 @@ class NodeCollector:
         self._accept_lock = threading.Lock()  # pushes, the spool thread and the head's reads
         self._workers: dict[str, dict[str, Any]] = {}  # worker id -> announcement + last_seen
         self._workers_per_job: dict[str, int] = {}
+        self.jobs = JobLife(config.collector.worker_timeout_s, config.collector.job_retention_s)
         directory = collector_directory(config, node_id)
         limits = config.limits
         self.sink = LocalSink(
@@ -120,9 +124,11 @@ class NodeCollector:
             strict=True,
         )
         self._fingerprints: divergence.Fingerprints = {}
-        self.replayed = self._replay(directory)
-        self.sink.archive = ArchiveWriter(directory)
-        self.counts = CountsLedger(directory, self.sink)
+        self.archives = JobArchives(directory)
+        self.replayed = sum(self._replay(path) for path in self._replayable(directory))
+        self.sink.archive = self.archives
+        self.counts = CountsLedger(directory, self.sink, skip=self.archives.finished_jobs())
+        self._pruned_at = 0.0
         self.spool = spool_directory(config, node_id)
         self.drain_spool()
         registry = registry_for(AggregateCollector(self.snapshot, config.labels))
@@ -136,20 +142,24 @@ class NodeCollector:
         )
         self.hostname = socket.gethostname()
         self._ready = True
-        threading.Thread(target=self._drain_spool_forever, name="aotwatch-spool",
+        threading.Thread(target=self._housekeeping, name="aotwatch-housekeeping",
                          daemon=True).start()  # fmt: skip
         log.info("collector %s: %d records replayed, serving %s", node_id, self.replayed,
                  self.server.url)  # fmt: skip
 
-    def _replay(self, directory: Path) -> int:
-        if not (directory / ARCHIVE_FILE).exists():
-            return 0
+    def _replayable(self, directory: Path) -> list[Path]:
+        """The live jobs' archives, after the one file of collectors before per-job archives."""
+        legacy = directory / ARCHIVE_FILE
+        return [legacy] * legacy.exists() + list(self.archives.live())
+
+    def _replay(self, path: Path) -> int:
         count = 0
-        for item in read_archive(directory, private=True):
+        for item in read_archive(path, private=True):
             if isinstance(item, RecordError):  # a torn, corrupt or hostile line: skipped
                 self.sink.inc("aotwatch_records_rejected", (item.reason,))
             elif self.sink.aggregate.add(item):
                 divergence.observe(self._fingerprints, item)
+                self.jobs.known(item["job_name"])
                 count += 1
         return count
 
@@ -172,6 +182,9 @@ class NodeCollector:
             accepted = self.sink.record_batch(records)
             for record in accepted:
                 divergence.observe(self._fingerprints, record)
+            for job_name in {record["job_name"] for record in accepted}:
+                with self._lock:
+                    self.jobs.known(job_name)
             if counts:
                 self.counts.add(worker["worker_id"], worker["job_name"], counts)
             return len(accepted)
@@ -198,6 +211,8 @@ class NodeCollector:
             elif known["job_name"] != job:
                 return  # a worker id belongs to one job
             self._workers[worker["worker_id"]] = {**worker, "last_seen": time.monotonic()}
+            if self.jobs.running(job):
+                self.sink.finish_job(job, finished=False)
 
     def _forget(self, worker_id: str) -> None:
         """Stop tracking a worker (lock held)."""
@@ -207,6 +222,7 @@ class NodeCollector:
             self._workers_per_job[job] -= 1
             if not self._workers_per_job[job]:
                 del self._workers_per_job[job]
+                self.jobs.idle(job)
 
     def _live_workers(self) -> list[dict[str, Any]]:
         deadline = time.monotonic() - self.config.collector.worker_timeout_s
@@ -249,12 +265,38 @@ class NodeCollector:
                 batch = []
         return accepted + self._accept(worker, batch, header.get("counts"))
 
-    def _drain_spool_forever(self) -> None:
-        while not self._closed.wait(SPOOL_POLL_S):
+    # -- housekeeping: the spool and the life of jobs ----------------------------------
+
+    def _housekeeping(self) -> None:
+        while not self._closed.wait(HOUSEKEEPING_S):
             try:
                 self.drain_spool()
-            except Exception:  # noqa: BLE001 - keep draining; the next round retries
-                log.warning("aotwatch: draining the spool failed", exc_info=True)
+                self.advance_jobs()
+            except Exception:  # noqa: BLE001 - keep going; the next round retries
+                log.warning("aotwatch: housekeeping failed", exc_info=True)
+
+    def advance_jobs(self) -> tuple[list[str], list[str]]:
+        """Expire silent workers, then finish ended jobs and forget those past their
+        retention: (finished, forgotten)."""
+        self._live_workers()
+        with self._lock:
+            finished, forgotten = self.jobs.due()
+        for job_name in finished:
+            self.sink.finish_job(job_name)
+            with self._accept_lock:
+                self.archives.finish(job_name)
+        if forgotten:
+            with self._accept_lock:
+                for job_name in forgotten:
+                    self.sink.forget_job(job_name)
+                    self._fingerprints.pop(job_name, None)
+            log.info("aotwatch: forgot finished jobs %s", ", ".join(forgotten))
+        if time.monotonic() - self._pruned_at >= PRUNE_S:
+            self._pruned_at = time.monotonic()
+            archive = self.config.archive
+            with self._accept_lock:
+                self.archives.prune(archive.retention_days, archive.max_bytes)
+        return finished, forgotten
 
     # -- exported state ------------------------------------------------------------------
 

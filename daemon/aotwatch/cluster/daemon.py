@@ -194,7 +194,10 @@ class Head:
             collectors = list(self._collectors.values())
         parts = _answers([c.fingerprints.remote() for c in collectors])
         now = time.monotonic()
-        for job, ranks in divergence.merge(parts).items():
+        merged = divergence.merge(parts)
+        if len(parts) == len(collectors):  # every collector answered: the jobs they forgot go
+            self._forget_jobs_but(set(merged))
+        for job, ranks in merged.items():
             for finding in divergence.find(job, ranks):
                 with self._lock:
                     if finding.key in self._findings:
@@ -205,6 +208,13 @@ class Head:
                         self._findings[finding.key] = finding
                         log.warning("aotwatch: rank divergence: %s", finding.describe())
         return self.divergences()
+
+    def _forget_jobs_but(self, jobs: set[str]) -> None:
+        """Drop the findings of jobs no collector holds any more (finished, past retention)."""
+        with self._lock:
+            for table in (self._findings, self._candidates):
+                for key in [key for key in table if key[0] not in jobs]:
+                    del table[key]
 
     def divergences(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -33,7 +33,11 @@ Totals = dict[str, dict[str, int]]
 class CountsLedger:
     """Turns workers' running totals into counter increments, persisted (see module doc)."""
 
-    def __init__(self, directory: str | os.PathLike, sink: LocalSink) -> None:
+    def __init__(
+        self, directory: str | os.PathLike, sink: LocalSink, skip: set[str] = frozenset()
+    ) -> None:
+        """Rebuild the totals from ``counts.jsonl``, but for the jobs in ``skip`` (finished
+        jobs, whose series a restarted collector no longer shows)."""
         self.sink = sink
         self._known: OrderedDict[str, Totals] = OrderedDict()  # worker id -> totals applied
         path = Path(directory) / COUNTS_FILE
@@ -41,7 +45,8 @@ class CountsLedger:
             if isinstance(entry, RecordError):  # a torn, corrupt or hostile line
                 sink.inc("aotwatch_records_rejected", (entry.reason,))
             elif _valid_entry(entry):
-                self._apply(entry["worker_id"], entry["job_name"], entry["totals"])
+                if entry["job_name"] not in skip:
+                    self._apply(entry["worker_id"], entry["job_name"], entry["totals"])
             else:
                 sink.inc("aotwatch_records_rejected", ("wrong_type",))
         self._writer = ArchiveWriter(directory, COUNTS_FILE)

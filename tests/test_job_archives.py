@@ -1,0 +1,117 @@
+"""A collector's archive per job: a restart replays only live jobs, finished jobs' archives
+are kept for ``aotwatch report --job`` until retention removes them, and a hostile job file
+is read around. The real ``NodeCollector`` in this process (its Ray wrapper adds nothing
+here), real files, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from aotwatch.archive import ARCHIVE_FILE
+from aotwatch.cluster.collector import NodeCollector
+from aotwatch.cluster.job_archives import JOB_FILE, JobArchives, job_slug
+from aotwatch.config import CollectorConfig
+from aotwatch.records import new_record
+from test_cli import aotwatch
+from test_hostile_disk_and_pushes import job_directory, metric
+
+
+def worker(job: str, index: int = 0) -> dict:
+    return {"worker_id": f"{job}-w{index}", "job_name": job, "rank": index}
+
+
+def compiles(job: str, count: int) -> list[dict]:
+    return [new_record(job_name=job, graph="forward", nodes=3) for _ in range(count)]
+
+
+def finish_all(collector: NodeCollector) -> list[str]:
+    """Let the grace period pass (the job clock moved past it) and finish ended jobs."""
+    clock = collector.jobs.clock
+    collector.jobs.clock = lambda: clock() + collector.config.collector.worker_timeout_s + 1
+    finished, _ = collector.advance_jobs()
+    return finished
+
+
+def test_a_restart_after_20_finished_jobs_replays_only_the_live_job(node_collector, tmp_path):
+    collector = node_collector(
+        collector=CollectorConfig(address="127.0.0.1", port=0, job_retention_s=0)
+    )
+    for index in range(20):
+        job = f"done-{index}"
+        assert collector.push(worker(job), compiles(job, 5), {"dropped": {"queue_full": 1}}) == 5
+        collector.goodbye(worker(job))
+    assert sorted(finish_all(collector)) == sorted(f"done-{i}" for i in range(20))
+    assert collector.push(worker("live"), compiles("live", 3), {}) == 3
+    collector.close()
+
+    restarted = node_collector()
+    assert restarted.replayed == 3  # the live job's records; not the 100 of finished jobs
+    received = metric(restarted, "aotwatch_records_received")
+    assert received == {("live",): 3}
+    assert metric(restarted, "aotwatch_records_dropped") == {}  # finished jobs' counts stay out
+    # The finished jobs' archives are still there, found by name, for a report.
+    report = aotwatch("report", "--job", "done-7", str(tmp_path / "archive"), "--format", "json")
+    assert report.returncode == 0, report.stderr
+    (sample,) = json.loads(report.stdout)["aotwatch_records_received"]
+    assert sample == {"labels": {"job_name": "done-7"}, "value": 5}
+    missing = aotwatch("report", "--job", "never-ran", str(tmp_path / "archive"))
+    assert missing.returncode == 2 and "no archive of job 'never-ran'" in missing.stderr
+
+
+def test_a_finished_job_that_runs_again_is_replayed_again(node_collector):
+    collector = node_collector()
+    collector.push(worker("again"), compiles("again", 2), {})
+    collector.goodbye(worker("again"))
+    assert finish_all(collector) == ["again"]
+    collector.push(worker("again", 1), compiles("again", 1), {})  # the same name, back
+    collector.close()
+    assert node_collector().replayed == 3
+
+
+def _finished_job(archives: JobArchives, job: str, size: int, finished_at: float) -> Path:
+    archives.write_records([{"job_name": job}], [b"x" * size + b"\n"])
+    archives.finish(job)
+    directory = archives.path / job_slug(job)
+    info = json.loads((directory / JOB_FILE).read_text())
+    (directory / JOB_FILE).write_text(json.dumps({**info, "finished": finished_at}))
+    return directory
+
+
+def test_retention_removes_finished_jobs_by_age_then_oldest_first_by_size(tmp_path):
+    archives = JobArchives(tmp_path)
+    now = time.time()
+    ancient = _finished_job(archives, "ancient", 10, now - 40 * 86_400)
+    old = _finished_job(archives, "old", 1000, now - 3 * 86_400)
+    recent = _finished_job(archives, "recent", 1000, now - 2 * 86_400)
+    archives.write_records([{"job_name": "running"}], [b"y" * 5000 + b"\n"])
+    assert archives.prune(retention_days=30, max_bytes=0) == ["ancient"]
+    assert not ancient.exists() and old.exists()
+    assert archives.prune(retention_days=30, max_bytes=1500) == ["old"]  # oldest first
+    assert recent.exists()
+    assert (archives.path / job_slug("running") / ARCHIVE_FILE).exists()  # never a live job
+    assert archives.prune(retention_days=0, max_bytes=1) == ["recent"]
+    assert archives.finished_jobs() == set()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\x80\xff", b"[" * 100_000, b'{"job_name": 5}', b"x" * 100_000, b"null"],
+    ids=["not_utf8", "deep", "wrong_type", "huge", "null"],
+)
+def test_a_hostile_job_file_is_read_around(node_collector, tmp_path, content):
+    collector = node_collector()
+    collector.push(worker("fine"), compiles("fine", 2), {})
+    collector.close()
+    planted = job_directory(tmp_path / "archive", "planted")
+    planted.mkdir(mode=0o700)
+    (planted / JOB_FILE).write_bytes(content)
+    os.chmod(planted / JOB_FILE, 0o600)
+    (planted / ARCHIVE_FILE).write_bytes(json.dumps(compiles("planted", 1)[0]).encode() + b"\n")
+    restarted = node_collector()
+    assert restarted.replayed == 2  # the planted job is not a job: nothing of it replayed
+    assert metric(restarted, "aotwatch_records_received") == {("fine",): 2}

@@ -1,0 +1,138 @@
+"""Jobs come and go under ``aotwatch serve``: the newest job keeps its series at a low
+cardinality cap, finished jobs leave /metrics after their retention, and the head's findings
+leave with them. A real local Ray cluster, a real ``aotwatch serve``, real scrapes."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+import ray
+from prometheus_client.parser import text_string_to_metric_families
+
+from aotwatch.cluster.collector import HEAD_NAME, collector_name
+from cluster_helpers import Worker, cluster_config, ranked_worker
+from conftest import scrape, wait_for
+
+RETENTION_S = 4
+CAP = 30
+JOBS = 6
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of an exposition, by name and sorted labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def job_series(text: str, job: str) -> set[tuple[str, tuple]]:
+    """A job's samples by name and labels, the job name left out (to compare jobs)."""
+    return {
+        (name, tuple((k, v) for k, v in labels if k != "job_name"))
+        for name, labels in samples(text)
+        if ("job_name", job) in labels
+    }
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def served(ray_session, tmp_path):
+    """``aotwatch serve`` with a short retention and a low cap; yields the config workers
+    use and the URLs of the collector's and the head's /metrics."""
+    namespace = f"aotwatch-life-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "aotwatch.yaml"
+    path.write_text(
+        f"cluster: {{namespace: {namespace}}}\n"
+        "collector: {address: 127.0.0.1, port: 0, head_port: 0, worker_timeout_s: 1, "
+        f"job_retention_s: {RETENTION_S}}}\n"
+        f"limits: {{max_series_per_metric: {CAP}}}\n"
+        f"archive: {{path: {tmp_path / 'archive'}}}\n"
+    )
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "aotwatch.cli", "serve", "--config", str(path),
+         "--address", ray.get_runtime_context().gcs_address, "--interval", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        while "healthy" not in "".join(lines):
+            line = serve.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        node_id = ray.get_runtime_context().get_node_id()
+        collector = ray.get_actor(collector_name(node_id), namespace=namespace)
+        head = ray.get_actor(HEAD_NAME, namespace=namespace)
+        port = ray.get(collector.endpoint.remote(), timeout=30)["port"]
+        head_port = ray.get(head.status.remote(), timeout=30)["head"]["port"]
+        yield (
+            cluster_config(tmp_path, namespace),
+            f"http://127.0.0.1:{port}/metrics",
+            f"http://127.0.0.1:{head_port}/metrics",
+        )
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.communicate(timeout=120)
+
+
+def test_the_newest_job_keeps_its_series_and_finished_jobs_leave(served):
+    config, metrics, head_metrics = served
+
+    # job-0: two ranks that compile different graphs, a divergence the head reports.
+    ranks = [ranked_worker(rank) for rank in range(2)]
+    job0 = dataclasses.replace(config, job_name="job-0")
+    ray.get([w.attach.remote(job0) for w in ranks], timeout=120)
+    ray.get([ranks[0].compile_fn.remote("x * 2"), ranks[1].compile_fn.remote("x + 1")],
+            timeout=120)  # fmt: skip
+    assert all(ray.get([w.flush.remote() for w in ranks], timeout=60))
+    divergence = (
+        "torch_compile_rank_divergences_total",
+        {"job_name": "job-0", "kind": "graph_hash"},
+    )
+    wait_for(lambda: value(scrape(head_metrics), divergence[0], **divergence[1]) == 1,
+             timeout=60, message="the head to report job-0's divergence")  # fmt: skip
+    ray.get([w.detach.remote() for w in ranks], timeout=60)  # goodbye
+    for worker in ranks:
+        ray.kill(worker)
+
+    # Jobs 1..N in sequence, each after the one before has finished: together far more
+    # series than the cap holds.
+    first = None
+    for index in range(1, JOBS + 1):
+        job = f"job-{index}"
+        wait_for(lambda: value(scrape(metrics), "aotwatch_jobs", state="running") == 0,
+                 timeout=30, message="the previous job to finish")  # fmt: skip
+        worker = Worker.remote()
+        ray.get(worker.attach.remote(dataclasses.replace(config, job_name=job)), timeout=120)
+        ray.get(worker.run.remote("training_step", "input_mutation"), timeout=300)
+        assert ray.get(worker.flush.remote(), timeout=60)
+        text = scrape(metrics)
+        series = job_series(text, job)
+        assert value(text, "aotwatch_jobs", state="running") == 1
+        first = first or series
+        # The newest job has every series the first one had, however full the cap is.
+        assert series == first, f"{job} lacks {sorted(first - series)[:5]}"
+        ray.get(worker.detach.remote(), timeout=60)
+        ray.kill(worker)
+
+    mutations = [name for name, _ in first if name == "torch_compile_input_mutations_total"]
+    assert len(mutations) * JOBS > CAP  # the jobs together needed evictions
+    dropped = [v for (name, _), v in samples(scrape(metrics)).items() if "series_dropped" in name]
+    assert not any(dropped)
+    # Retention runs out: every finished job's series leave, and the head's findings too.
+    wait_for(lambda: not any(job_series(scrape(metrics), f"job-{i}") for i in range(JOBS + 1)),
+             timeout=60, message="finished jobs to leave /metrics")  # fmt: skip
+    text = scrape(metrics)
+    assert value(text, "aotwatch_jobs", state="running") == 0
+    assert value(text, "aotwatch_jobs", state="finished") == 0
+    wait_for(lambda: value(scrape(head_metrics), divergence[0], **divergence[1]) == 0,
+             timeout=30, message="job-0's divergence to leave the head")  # fmt: skip
