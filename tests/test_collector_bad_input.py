@@ -144,7 +144,9 @@ def test_floods_are_capped_counted_and_memory_stays_bounded(collector):
     received = counter(scraped, "aotwatch_records_received", "job_name")
     assert len(received) == CAP
     dropped = counter(scraped, "aotwatch_series_dropped", "metric")
-    assert sum(received.values()) + dropped["aotwatch_records_received"] == 5000 + records
+    # Jobs known only from records finish (no worker of theirs is attached) and make room
+    # for newer ones; a label set refused is counted once, not once per record.
+    assert 0 < dropped["aotwatch_records_received"] <= jobs
     assert dropped["torch_compile_frames"] > 0 and dropped["torch_compile_recompiles"] > 0
     breaks = Counter(s.labels["reason"] for s in scraped["torch_compile_graph_breaks"])
     assert set(breaks) == {"other"}  # 55k made-up categories, one label value

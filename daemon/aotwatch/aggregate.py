@@ -46,8 +46,9 @@ PHASES = (
 )
 _LABEL_VALUE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
-REFUSED_MEMORY = 10_000
-"""Refused label sets remembered, so each is counted in series_dropped once."""
+REFUSED_MEMORY = 100_000
+"""Refused label sets remembered (by hash, about 100 bytes each), so each is counted in
+series_dropped once; past this many, the least recently refused may be counted again."""
 DEDUPE_WINDOW = 100_000
 """Record ids remembered to make re-delivery a no-op. Resends come within seconds (and a
 restarted collector replays its archive, newest ids last), so a window of recent ids keeps
@@ -130,7 +131,7 @@ class Aggregate:
         self._workers: dict[str, set[int]] = {}  # job -> hashes of (hostname, pid)
         self._jobs: dict[str, bool] = {}  # job -> finished
         self._evictable: set[str] = set()  # families that may hold a finished job's series
-        self._refused = LruCache(REFUSED_MEMORY)  # (family, labels) counted as dropped
+        self._refused = LruCache(REFUSED_MEMORY)  # hashes of (family, labels) counted
 
     # -- jobs ------------------------------------------------------------
 
@@ -164,8 +165,9 @@ class Aggregate:
             and self._evict_finished(table, metric)
         ):
             return True
-        if self._refused.get((metric, labels)) is None:
-            self._refused.put((metric, labels), True)
+        refused = hash((metric, labels))
+        if self._refused.get(refused) is None:
+            self._refused.put(refused, True)
             self.inc("aotwatch_series_dropped", (metric,))
         return False
 
