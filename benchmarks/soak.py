@@ -16,6 +16,7 @@ series the first job had (none dropped by the cardinality cap).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -74,7 +75,13 @@ def rss_mib(pid: int) -> float:
 
 
 def disk_mib(directory: Path) -> float:
-    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) / 2**20
+    """Bytes of the files under ``directory`` (retention may remove some while this runs)."""
+    total = 0
+    for parent, _, files in os.walk(directory):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(parent, name)).st_size
+    return total / 2**20
 
 
 def main() -> None:
@@ -131,12 +138,13 @@ def main() -> None:
             total = series_of(text)
             memory, disk = rss_mib(pid), disk_mib(directory)
             ray.kill(collector, no_restart=False)
-            killed = time.perf_counter()
-            endpoint = ray.get(collector.endpoint.remote(), timeout=600)  # once replayed
-            url = f"http://127.0.0.1:{endpoint['port']}"
+            killed, old_pid = time.perf_counter(), pid
+            while pid == old_pid:  # the new actor answers once its __init__ (replay) is done
+                pid = ray.get(collector.__ray_call__.remote(lambda self: os.getpid()), timeout=600)
+            restart = time.perf_counter() - killed
+            endpoint = ray.get(collector.endpoint.remote(), timeout=60)
+            url, replayed = f"http://127.0.0.1:{endpoint['port']}", endpoint["replayed"]
             assert scrape(url + "/readyz")[0] == 200
-            restart, replayed = time.perf_counter() - killed, endpoint["replayed"]
-            pid = ray.get(collector.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
             print(f"| {index + 1} | {total} | {newest} | {memory:.0f} | {disk:.1f} | "
                   f"{restart:.2f} | {replayed} | {rate:,.0f} |", flush=True)  # fmt: skip
             started, pushed = time.perf_counter(), 0

@@ -52,8 +52,27 @@ def test_a_different_cache_pattern():
     assert kinds(prints) == [("cache_pattern", "0/0")]
 
 
-def test_merge_of_collectors_and_a_single_rank():
+def answer(epoch: str, prints: dict, versions: dict | None = None) -> dict:
+    """What a collector's ``fingerprints_since`` returns."""
+    return {"epoch": epoch, "versions": versions or dict.fromkeys(prints, 1), "jobs": prints}
+
+
+def test_the_digest_merges_collectors_and_takes_only_what_changed():
+    digest = divergence.Digest()
     a = fingerprints(graph(0, graph_hash="aaaa"))
     b = fingerprints(graph(1, graph_hash="bbbb"))
-    assert kinds(divergence.merge([a, b])) == [("graph_hash", "0/0")]
-    assert divergence.find("j", a["j"]) == []
+    assert digest.update("node-a", answer("e1", a)) == {"j"}
+    assert digest.update("node-b", answer("e2", b)) == {"j"}
+    assert kinds({"j": digest.ranks("j")}) == [("graph_hash", "0/0")]
+    assert divergence.find("j", a["j"]) == []  # one rank alone never diverges
+    assert digest.known("node-a") == ("e1", {"j": 1})
+    # Nothing new: no fingerprints sent, nothing to recompute, the picture unchanged.
+    assert digest.update("node-a", {"epoch": "e1", "versions": {"j": 1}, "jobs": {}}) == set()
+    assert set(digest.ranks("j")) == {"0", "1"}
+    # The collector restarted (a new epoch) and holds nothing yet: its ranks leave.
+    assert digest.update("node-a", {"epoch": "e3", "versions": {}, "jobs": {}}) == {"j"}
+    assert set(digest.ranks("j")) == {"1"}
+    # The job was forgotten by its last collector, then the node left.
+    assert digest.update("node-b", {"epoch": "e2", "versions": {}, "jobs": {}}) == {"j"}
+    assert digest.jobs() == set()
+    assert digest.forget("node-b") == set() and digest.nodes() == {"node-a"}

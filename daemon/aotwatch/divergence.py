@@ -52,13 +52,54 @@ def _forget_oldest(table: dict[str, Any]) -> None:
         del table[next(iter(table))]
 
 
-def merge(parts: list[Fingerprints]) -> Fingerprints:
-    """One job -> rank view from the fingerprints of several collectors."""
-    merged: Fingerprints = {}
-    for part in parts:
-        for job, ranks in part.items():
-            merged.setdefault(job, {}).update(ranks)
-    return merged
+class Digest:
+    """The head's copy of every collector's fingerprints, kept up to date from what changed.
+
+    A collector numbers each job's changes and sends, per round, every job's number and the
+    fingerprints of the jobs whose number moved since the head last saw them
+    (``NodeCollector.fingerprints_since``): a round with nothing new costs a few bytes per
+    job, not all history. A collector that restarted (a new ``epoch``) is read afresh.
+    """
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, dict[str, Any]] = {}  # node -> epoch, versions, jobs
+
+    def known(self, node: str) -> tuple[str | None, dict[str, int]]:
+        """(epoch, job versions) the head holds for ``node``: what it asks the collector for."""
+        entry = self._nodes.get(node)
+        return (entry["epoch"], entry["versions"]) if entry else (None, {})
+
+    def update(self, node: str, answer: dict[str, Any]) -> set[str]:
+        """Take a collector's answer; returns the jobs whose fingerprints changed."""
+        entry = self._nodes.get(node)
+        dirty: set[str] = set()
+        if entry is None or entry["epoch"] != answer["epoch"]:
+            dirty |= set(entry["jobs"]) if entry else set()
+            entry = self._nodes[node] = {"epoch": answer["epoch"], "versions": {}, "jobs": {}}
+        for job in set(entry["jobs"]) - set(answer["versions"]):  # forgotten by the collector
+            del entry["jobs"][job]
+            dirty.add(job)
+        entry["jobs"].update(answer["jobs"])
+        entry["versions"] = answer["versions"]
+        return dirty | set(answer["jobs"])
+
+    def forget(self, node: str) -> set[str]:
+        """A node is gone; returns the jobs it held."""
+        entry = self._nodes.pop(node, None)
+        return set(entry["jobs"]) if entry else set()
+
+    def nodes(self) -> set[str]:
+        return set(self._nodes)
+
+    def jobs(self) -> set[str]:
+        return {job for entry in self._nodes.values() for job in entry["jobs"]}
+
+    def ranks(self, job: str) -> dict[str, dict[str, Any]]:
+        """One job's ranks across every node."""
+        merged: dict[str, dict[str, Any]] = {}
+        for entry in self._nodes.values():
+            merged.update(entry["jobs"].get(job, {}))
+        return merged
 
 
 @dataclass(frozen=True)

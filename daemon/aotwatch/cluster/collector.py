@@ -15,6 +15,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,8 @@ class NodeCollector:
             strict=True,
         )
         self._fingerprints: divergence.Fingerprints = {}
+        self._epoch = uuid.uuid4().hex  # this instance: a head re-reads a restarted collector
+        self._versions: dict[str, int] = {}  # job -> how often its fingerprints changed
         self.archives = JobArchives(directory)
         self.replayed = sum(self._replay(path) for path in self._replayable(directory))
         self.sink.archive = self.archives
@@ -158,7 +161,7 @@ class NodeCollector:
             if isinstance(item, RecordError):  # a torn, corrupt or hostile line: skipped
                 self.sink.inc("aotwatch_records_rejected", (item.reason,))
             elif self.sink.aggregate.add(item):
-                divergence.observe(self._fingerprints, item)
+                self._observe(item)
                 self.jobs.known(item["job_name"])
                 count += 1
         return count
@@ -181,13 +184,18 @@ class NodeCollector:
         with self._accept_lock:
             accepted = self.sink.record_batch(records)
             for record in accepted:
-                divergence.observe(self._fingerprints, record)
+                self._observe(record)
             for job_name in {record["job_name"] for record in accepted}:
                 with self._lock:
                     self.jobs.known(job_name)
             if counts:
                 self.counts.add(worker["worker_id"], worker["job_name"], counts)
             return len(accepted)
+
+    def _observe(self, record: dict[str, Any]) -> None:
+        divergence.observe(self._fingerprints, record)
+        job = record["job_name"]
+        self._versions[job] = self._versions.get(job, 0) + 1
 
     def goodbye(self, worker: Any) -> None:
         """A worker is exiting: its gauges go now rather than at its timeout."""
@@ -290,6 +298,7 @@ class NodeCollector:
                 for job_name in forgotten:
                     self.sink.forget_job(job_name)
                     self._fingerprints.pop(job_name, None)
+                    self._versions.pop(job_name, None)
             log.info("aotwatch: forgot finished jobs %s", ", ".join(forgotten))
         if time.monotonic() - self._pruned_at >= PRUNE_S:
             self._pruned_at = time.monotonic()
@@ -335,11 +344,19 @@ class NodeCollector:
         self.sink.close()
         self.counts.close()
 
-    def fingerprints(self) -> divergence.Fingerprints:
-        """Per job and rank, what each compile produced: the input of divergence checks (a
-        copy: Ray serialises it after this returns, while the spool thread may add more)."""
+    def fingerprints_since(self, epoch: str | None, versions: dict[str, int]) -> dict[str, Any]:
+        """What the head lacks (see ``divergence.Digest``): this instance's epoch, every job's
+        version, and the fingerprints of the jobs changed since ``epoch`` and ``versions``
+        (copies: Ray serialises them after this returns, while pushes may add more)."""
         with self._accept_lock:
-            return copy.deepcopy(self._fingerprints)
+            fresh = epoch != self._epoch
+            changed = [job for job, version in self._versions.items()
+                       if fresh or versions.get(job) != version]  # fmt: skip
+            return {
+                "epoch": self._epoch,
+                "versions": dict(self._versions),
+                "jobs": {job: copy.deepcopy(self._fingerprints[job]) for job in changed},
+            }
 
 
 def scrape_host(bind_address: str) -> str:

@@ -138,6 +138,8 @@ class Head:
         self._endpoints: dict[str, dict[str, Any]] = {}
         self._findings: dict[tuple[str, str, str], divergence.Finding] = {}
         self._candidates: dict[tuple[str, str, str], float] = {}  # compile_ids, first seen
+        self._digest = divergence.Digest()
+        self._check_lock = threading.Lock()  # one round at a time (the loop, status callers)
         registry = registry_for(_DivergenceCollector(self))
         self.server = serve_metrics(
             registry,
@@ -186,19 +188,33 @@ class Head:
         return endpoints
 
     def check_divergences(self, final: bool = False) -> list[dict[str, Any]]:
-        """Compare the ranks of every job; count each new finding once.
+        """Compare the ranks of every job that changed since the last round (and of those
+        with a compile-id finding still settling); count each new finding once.
 
         A compile id missing on some ranks must persist COMPILE_IDS_SETTLE_S, unless ``final``.
         """
+        with self._check_lock:
+            return self._check_divergences(final)
+
+    def _check_divergences(self, final: bool) -> list[dict[str, Any]]:
         with self._lock:
-            collectors = list(self._collectors.values())
-        parts = _answers([c.fingerprints.remote() for c in collectors])
+            collectors = dict(self._collectors)
+        refs = {node: c.fingerprints_since.remote(*self._digest.known(node))
+                for node, c in collectors.items()}  # fmt: skip
+        dirty = set()
+        for node, answer in _answers(refs).items():  # a collector that did not answer keeps
+            dirty |= self._digest.update(node, answer)  # what the head last had of it
+        for node in self._digest.nodes() - set(collectors):
+            dirty |= self._digest.forget(node)
+        jobs = self._digest.jobs()
+        self._forget_jobs_but(jobs)
+        with self._lock:
+            dirty |= {key[0] for key in self._candidates}
         now = time.monotonic()
-        merged = divergence.merge(parts)
-        if len(parts) == len(collectors):  # every collector answered: the jobs they forgot go
-            self._forget_jobs_but(set(merged))
-        for job, ranks in merged.items():
-            for finding in divergence.find(job, ranks):
+        for job in dirty & jobs:
+            found = set()
+            for finding in divergence.find(job, self._digest.ranks(job)):
+                found.add(finding.key)
                 with self._lock:
                     if finding.key in self._findings:
                         continue
@@ -206,7 +222,11 @@ class Head:
                     settled = now - first_seen >= COMPILE_IDS_SETTLE_S
                     if finding.kind != "compile_ids" or settled or final:
                         self._findings[finding.key] = finding
+                        del self._candidates[finding.key]
                         log.warning("aotwatch: rank divergence: %s", finding.describe())
+            with self._lock:  # candidates that resolved (the slow rank caught up) are dropped
+                for key in [k for k in self._candidates if k[0] == job and k not in found]:
+                    del self._candidates[key]
         return self.divergences()
 
     def _forget_jobs_but(self, jobs: set[str]) -> None:
@@ -258,14 +278,20 @@ class Head:
             write_file_sd(self.file_sd, [], None)
 
 
-def _answers(refs: list[Any]) -> list[Any]:
-    """The results of the calls answered within CALL_TIMEOUT_S. A collector that is restarting
-    or stalled is left out of this round: its ranks are compared in a later one."""
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=CALL_TIMEOUT_S) if refs else ([], [])
-    answers = []
-    for ref in ready:
+def _answers(refs: dict[str, Any]) -> dict[str, Any]:
+    """The results of the calls answered within CALL_TIMEOUT_S, by key. A collector that is
+    restarting or stalled is left out of this round: its ranks are compared in a later one."""
+    pending = list(refs.values())
+    ready, _ = (
+        ray.wait(pending, num_returns=len(pending), timeout=CALL_TIMEOUT_S) if refs else ([], [])
+    )
+    ready = set(ready)
+    answers = {}
+    for key, ref in refs.items():
+        if ref not in ready:
+            continue
         try:
-            answers.append(ray.get(ref))
+            answers[key] = ray.get(ref)
         except Exception:  # noqa: BLE001 - died while answering: same as not answering
             log.debug("aotwatch head: a collector did not answer", exc_info=True)
     return answers
