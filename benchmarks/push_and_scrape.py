@@ -22,22 +22,21 @@ import time
 import urllib.request
 import uuid
 
-os.environ.update(
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0"
-)
-os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="aotwatch-bench-ray-"))
+import ray_env  # noqa: F401 - sets Ray's environment before Ray is imported
 
-from aotwatch.aggregate import Aggregate  # noqa: E402
-from aotwatch.config import (  # noqa: E402
+# isort: split
+
+from aotwatch.aggregate import Aggregate
+from aotwatch.config import (
     ArchiveConfig,
     ClusterConfig,
     CollectorConfig,
     Config,
-    PushConfig,  # noqa: E402
+    PushConfig,
 )
-from aotwatch.export.collector import AggregateCollector, registry_for  # noqa: E402
-from aotwatch.export.server import serve_metrics  # noqa: E402
-from aotwatch.records import new_record  # noqa: E402
+from aotwatch.export.collector import AggregateCollector, registry_for
+from aotwatch.export.server import serve_metrics
+from aotwatch.records import new_record
 
 WORKER = {"job_name": "bench", "hostname": "h", "pid": 1, "rank": 0, "worker_id": "w"}
 

@@ -24,22 +24,21 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-os.environ.update(
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0"
-)
-os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="aotwatch-bench-ray-"))
+import ray_env  # noqa: F401 - sets Ray's environment before Ray is imported
 
-import ray  # noqa: E402
+# isort: split
 
-from aotwatch.cluster.collector import collector_directory  # noqa: E402
-from aotwatch.cluster.daemon import ensure_collector  # noqa: E402
-from aotwatch.config import (  # noqa: E402
+import ray
+
+from aotwatch.cluster.collector import collector_directory
+from aotwatch.cluster.daemon import ensure_collector
+from aotwatch.config import (
     ArchiveConfig,
     ClusterConfig,
     CollectorConfig,
     Config,
 )
-from aotwatch.records import new_record  # noqa: E402
+from aotwatch.records import new_record
 
 BATCH = 100
 

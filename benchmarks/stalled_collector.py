@@ -19,14 +19,13 @@ import statistics
 import tempfile
 import time
 
-os.environ.update(
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0"
-)
-os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="aotwatch-bench-ray-"))
+import ray_env  # noqa: F401 - sets Ray's environment before Ray is imported
 
-import ray  # noqa: E402
+# isort: split
 
-from aotwatch.config import (  # noqa: E402
+import ray
+
+from aotwatch.config import (
     ArchiveConfig,
     ClusterConfig,
     CollectorConfig,

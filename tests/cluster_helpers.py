@@ -4,6 +4,8 @@ reading collectors."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -174,6 +176,24 @@ def collector_pid(collector) -> int:
             return None
 
     return wait_for(pid, timeout=60, message="the collector to answer")
+
+
+def start_serve(config_path: Path) -> subprocess.Popen:
+    """``aotwatch serve`` on this process's Ray cluster with the config at ``config_path``,
+    returned once it reports a healthy collector (output merged into ``stdout``)."""
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "aotwatch.cli", "serve", "--config", str(config_path),
+         "--address", ray.get_runtime_context().gcs_address, "--interval", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    while "healthy" not in "".join(lines):
+        line = serve.stdout.readline()
+        if not line:
+            serve.kill()
+            raise AssertionError("aotwatch serve ended:\n" + "".join(lines))
+        lines.append(line)
+    return serve
 
 
 def read_file_sd(path: Path) -> list[dict]:

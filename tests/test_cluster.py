@@ -15,6 +15,7 @@ from cluster_helpers import (
     cluster_config,
     collector_values,
     ranked_worker,
+    start_serve,
     total,
 )
 from conftest import scrape, wait_for
@@ -131,8 +132,6 @@ def test_status_lists_collectors_workers_and_divergences(config, tmp_path):
 
 def test_serve_runs_until_interrupted_then_removes_its_collectors(ray_session, tmp_path):
     import signal
-    import subprocess
-    import sys
 
     namespace = f"aotwatch-serve-{uuid.uuid4().hex[:8]}"
     path = tmp_path / "aotwatch.yaml"
@@ -141,24 +140,14 @@ def test_serve_runs_until_interrupted_then_removes_its_collectors(ray_session, t
         "collector: {address: 127.0.0.1, port: 0, head_port: 0}\n"
         f"archive: {{path: {tmp_path / 'archive'}}}\n"
     )
-    address = ray.get_runtime_context().gcs_address
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "aotwatch.cli", "serve", "--config", str(path),
-         "--address", address, "--interval", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    serve = start_serve(path)
     try:
-        lines = []
-        while "healthy" not in "".join(lines):
-            line = serve.stdout.readline()
-            assert line, "".join(lines)
-            lines.append(line)
         node_id = ray.get_runtime_context().get_node_id()
         assert ray.get_actor(collector_name(node_id), namespace=namespace)
     finally:
         serve.send_signal(signal.SIGINT)
         output, _ = serve.communicate(timeout=120)
-    assert serve.returncode == 0, "".join(lines) + output
+    assert serve.returncode == 0, output
     assert "stopping the collectors" in output
     wait_for(lambda: not _actor_exists(collector_name(node_id), namespace), timeout=30,
              message="the collector to be removed")  # fmt: skip

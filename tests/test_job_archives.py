@@ -15,6 +15,7 @@ import pytest
 from aotwatch.archive import ARCHIVE_FILE
 from aotwatch.cluster.collector import NodeCollector
 from aotwatch.cluster.job_archives import JOB_FILE, JobArchives, job_slug
+from aotwatch.cluster.push import write_spool
 from aotwatch.config import CollectorConfig
 from aotwatch.records import new_record
 from test_cli import aotwatch
@@ -71,6 +72,19 @@ def test_a_finished_job_that_runs_again_is_replayed_again(node_collector):
     collector.push(worker("again", 1), compiles("again", 1), {})  # the same name, back
     collector.close()
     assert node_collector().replayed == 3
+
+
+def test_records_of_a_finished_job_from_the_spool_end_it_again(node_collector):
+    collector = node_collector()
+    collector.push(worker("late"), compiles("late", 2), {})
+    collector.goodbye(worker("late"))
+    assert finish_all(collector) == ["late"]
+    header = {"worker": worker("late"), "counts": {}}  # what an exiting worker left behind
+    write_spool(collector.spool, "late-w0", header, compiles("late", 1))
+    assert collector.drain_spool() == 1
+    assert collector.jobs.state("late") == "ending"  # not finished for good: it ends again
+    assert finish_all(collector) == ["late"]
+    assert collector.archives.finished_jobs() == {"late"}  # marked again: no restart replays it
 
 
 def _finished_job(archives: JobArchives, job: str, size: int, finished_at: float) -> Path:

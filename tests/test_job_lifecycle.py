@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -15,7 +13,7 @@ import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from aotwatch.cluster.collector import HEAD_NAME, collector_name
-from cluster_helpers import Worker, cluster_config, ranked_worker
+from cluster_helpers import Worker, cluster_config, ranked_worker, start_serve
 from conftest import scrape, wait_for
 
 RETENTION_S = 4
@@ -58,17 +56,8 @@ def served(ray_session, tmp_path):
         f"limits: {{max_series_per_metric: {CAP}}}\n"
         f"archive: {{path: {tmp_path / 'archive'}}}\n"
     )
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "aotwatch.cli", "serve", "--config", str(path),
-         "--address", ray.get_runtime_context().gcs_address, "--interval", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    serve = start_serve(path)
     try:
-        lines = []
-        while "healthy" not in "".join(lines):
-            line = serve.stdout.readline()
-            assert line, "".join(lines)
-            lines.append(line)
         node_id = ray.get_runtime_context().get_node_id()
         collector = ray.get_actor(collector_name(node_id), namespace=namespace)
         head = ray.get_actor(HEAD_NAME, namespace=namespace)

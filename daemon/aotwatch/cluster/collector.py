@@ -187,7 +187,9 @@ class NodeCollector:
                 self._observe(record)
             for job_name in {record["job_name"] for record in accepted}:
                 with self._lock:
-                    self.jobs.known(job_name)
+                    finished = self.jobs.known(job_name)
+                if finished:  # it ends again, and its archive is marked again when it finishes
+                    self.sink.finish_job(job_name, finished=False)
             if counts:
                 self.counts.add(worker["worker_id"], worker["job_name"], counts)
             return len(accepted)

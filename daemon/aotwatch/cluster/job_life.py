@@ -5,7 +5,7 @@ out it is ending; ``grace_s`` later it is finished (its series then make room fo
 at the cardinality cap), and ``retention_s`` after that it is forgotten (its series leave
 /metrics: Prometheus has scraped the final values by then and keeps the history). A job known
 only from records, with no worker attached (replayed from the archive, taken from the spool),
-is ending from the moment it is seen.
+is ending from the moment it is seen, a finished one again too.
 """
 
 from __future__ import annotations
@@ -46,10 +46,13 @@ class JobLife:
         if job is None or job.state == RUNNING:
             self._jobs[job_name] = _Job(ENDING, self.clock())
 
-    def known(self, job_name: str) -> None:
-        """A record of the job arrived: a job not seen before is ending (no worker known)."""
-        if job_name not in self._jobs:
+    def known(self, job_name: str) -> bool:
+        """A record of the job arrived. A job not seen before, or finished (a record from the
+        spool, say), is ending from now: no worker of it is known. True if it had finished."""
+        job = self._jobs.get(job_name)
+        if job is None or job.state == FINISHED:
             self._jobs[job_name] = _Job(ENDING, self.clock())
+        return job is not None and job.state == FINISHED
 
     def due(self) -> tuple[list[str], list[str]]:
         """Advance the clock: (jobs finished now, jobs to forget now)."""
