@@ -7,8 +7,8 @@ One job spread over collectors of 8 ranks each; every rank has compiled ``--ids`
 both ends of a round, without Ray: each collector's ``NodeCollector.fingerprints_since``
 (called on an object holding just the state it reads), pickled as Ray would send it (the
 bytes column), then the head's ``divergence.Digest.update`` for every answer and
-``divergence.find`` for the jobs that changed (what ``Head.check_divergences`` does between
-its Ray calls). Not measured: Ray's own call overhead per collector. Rounds: the first (the
+``divergence.find`` at the compile ids that changed (what ``Head.check_divergences`` does
+between its Ray calls). Not measured: Ray's own call overhead per collector. Rounds: the first (the
 head knows nothing), a steady one (nothing new), and one after each rank compiled one more
 frame.
 """
@@ -32,8 +32,10 @@ RANKS_PER_COLLECTOR = 8
 def collector_state(first_rank: int, ids: int) -> types.SimpleNamespace:
     """What a collector of 8 ranks holds after ``ids`` compiles per rank."""
     state = types.SimpleNamespace(
-        _accept_lock=threading.Lock(), _epoch=uuid.uuid4().hex, _versions={}, _fingerprints={}
-    )
+        _accept_lock=threading.Lock(), _epoch=uuid.uuid4().hex, _versions={}, _fingerprints={},
+        _changes={}, _changes_since={},
+    )  # fmt: skip
+    state._delta = types.MethodType(NodeCollector._delta, state)
     for rank in range(first_rank, first_rank + RANKS_PER_COLLECTOR):
         for index in range(ids):
             compile_one(state, rank, index)
@@ -50,13 +52,16 @@ def compile_one(state: types.SimpleNamespace, rank: int, index: int) -> None:
 
 def head_round(digest: divergence.Digest, states: list) -> tuple[int, float, int]:
     """(bytes sent, seconds, findings) of one round over every collector."""
-    started, sent, dirty = time.perf_counter(), 0, set()
+    started, sent = time.perf_counter(), 0
     for node, state in enumerate(states):
         answer = NodeCollector.fingerprints_since(state, *digest.known(str(node)))
         payload = pickle.dumps(answer, protocol=5)
         sent += len(payload)
-        dirty |= digest.update(str(node), pickle.loads(payload))
-    findings = sum(len(divergence.find(job, digest.ranks(job))) for job in dirty)
+        digest.update(str(node), pickle.loads(payload))
+    findings = sum(
+        len(divergence.find(job, digest.ranks(job), compile_ids))
+        for job, compile_ids in digest.changes().items()
+    )
     return sent, time.perf_counter() - started, findings
 
 

@@ -53,7 +53,7 @@ def test_a_different_cache_pattern():
 
 
 def answer(epoch: str, prints: dict, versions: dict | None = None) -> dict:
-    """What a collector's ``fingerprints_since`` returns."""
+    """What a collector's ``fingerprints_since`` returns for a head that has nothing yet."""
     return {"epoch": epoch, "versions": versions or dict.fromkeys(prints, 1), "jobs": prints}
 
 
@@ -61,18 +61,40 @@ def test_the_digest_merges_collectors_and_takes_only_what_changed():
     digest = divergence.Digest()
     a = fingerprints(graph(0, graph_hash="aaaa"))
     b = fingerprints(graph(1, graph_hash="bbbb"))
-    assert digest.update("node-a", answer("e1", a)) == {"j"}
-    assert digest.update("node-b", answer("e2", b)) == {"j"}
+    digest.update("node-a", answer("e1", a))
+    digest.update("node-b", answer("e2", b))
+    assert digest.changes() == {"j": None}  # read whole: compare everything
     assert kinds({"j": digest.ranks("j")}) == [("graph_hash", "0/0")]
     assert divergence.find("j", a["j"]) == []  # one rank alone never diverges
     assert digest.known("node-a") == ("e1", {"j": 1})
-    # Nothing new: no fingerprints sent, nothing to recompute, the picture unchanged.
-    assert digest.update("node-a", {"epoch": "e1", "versions": {"j": 1}, "jobs": {}}) == set()
-    assert set(digest.ranks("j")) == {"0", "1"}
+    # Nothing new: nothing to compare again, the picture unchanged.
+    digest.update("node-a", {"epoch": "e1", "versions": {"j": 1}, "jobs": {}})
+    assert digest.changes() == {}
+    # A delta: one entry of rank 0; only its compile id is compared again.
+    delta = {"0": {"graphs": {"1/0 forward": ["cccc"]}, "cache": {}}}
+    digest.update(
+        "node-a", {"epoch": "e1", "versions": {"j": 2}, "jobs": {}, "deltas": {"j": delta}}
+    )
+    assert digest.changes() == {"j": {"1/0"}}
+    assert digest.ranks("j")["0"]["graphs"] == {"0/0 forward": ["aaaa"], "1/0 forward": ["cccc"]}
+    found = divergence.find("j", digest.ranks("j"), {"1/0"})
+    assert [(f.kind, f.compile_id) for f in found] == [("compile_ids", "1/0")]  # rank 1 lacks it
     # The collector restarted (a new epoch) and holds nothing yet: its ranks leave.
-    assert digest.update("node-a", {"epoch": "e3", "versions": {}, "jobs": {}}) == {"j"}
-    assert set(digest.ranks("j")) == {"1"}
+    digest.update("node-a", {"epoch": "e3", "versions": {}, "jobs": {}})
+    assert set(digest.ranks("j")) == {"1"} and digest.changes() == {"j": None}
     # The job was forgotten by its last collector, then the node left.
-    assert digest.update("node-b", {"epoch": "e2", "versions": {}, "jobs": {}}) == {"j"}
+    digest.update("node-b", {"epoch": "e2", "versions": {}, "jobs": {}})
     assert digest.jobs() == set()
-    assert digest.forget("node-b") == set() and digest.nodes() == {"node-a"}
+    digest.forget("node-b")
+    assert digest.nodes() == {"node-a"}
+
+
+def test_finding_at_some_compile_ids_finds_what_the_full_search_finds_there():
+    prints = fingerprints(
+        graph(0, graph_hash="aaaa"), graph(1, graph_hash="bbbb"),
+        graph(0, compile_id="1/0"), frame(0, compile_id="2/0"), frame(1, compile_id="2/0"),
+    )  # fmt: skip
+    everything = divergence.find("j", prints["j"])
+    for compile_id in ("0/0", "1/0", "2/0"):
+        at = divergence.find("j", prints["j"], {compile_id})
+        assert at == [f for f in everything if f.compile_id == compile_id]

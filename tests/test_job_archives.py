@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from pathlib import Path
 
 import pytest
 
+from aotwatch import divergence
 from aotwatch.archive import ARCHIVE_FILE
 from aotwatch.cluster.collector import NodeCollector
 from aotwatch.cluster.job_archives import JOB_FILE, JobArchives, job_slug
@@ -26,8 +28,14 @@ def worker(job: str, index: int = 0) -> dict:
     return {"worker_id": f"{job}-w{index}", "job_name": job, "rank": index}
 
 
-def compiles(job: str, count: int) -> list[dict]:
-    return [new_record(job_name=job, graph="forward", nodes=3) for _ in range(count)]
+def compiles(job: str, count: int, **fields) -> list[dict]:
+    return [new_record(job_name=job, graph="forward", nodes=3, **fields) for _ in range(count)]
+
+
+def graphs(job: str, rank: int, compile_ids: range) -> list[dict]:
+    """One forward graph a compile id, as a rank compiles them."""
+    return [new_record(job_name=job, rank=rank, graph="forward", compile_id=f"{i}/0",
+                       graph_hash=f"{i:016x}") for i in compile_ids]  # fmt: skip
 
 
 def finish_all(collector: NodeCollector) -> list[str]:
@@ -129,3 +137,25 @@ def test_a_hostile_job_file_is_read_around(node_collector, tmp_path, content):
     restarted = node_collector()
     assert restarted.replayed == 2  # the planted job is not a job: nothing of it replayed
     assert metric(restarted, "aotwatch_records_received") == {("fine",): 2}
+
+
+def test_the_head_is_sent_only_what_changed_since_it_last_asked(node_collector):
+    collector = node_collector()
+    digest = divergence.Digest()
+    for rank in range(4):
+        collector.push(worker("big", rank), graphs("big", rank, range(50)), {})
+    first = collector.fingerprints_since(*digest.known("n"))
+    digest.update("n", first)
+    assert set(first["jobs"]) == {"big"} and not first.get("deltas")
+    assert digest.changes() == {"big": None}  # read whole: compare everything
+    assert collector.fingerprints_since(*digest.known("n"))["deltas"] == {}  # nothing new
+    collector.push(worker("big", 2), graphs("big", 2, range(99, 100)), {})
+    second = collector.fingerprints_since(*digest.known("n"))
+    assert second["jobs"] == {}
+    assert second["deltas"] == {
+        "big": {"2": {"graphs": {"99/0 forward": [f"{99:016x}"]}, "cache": {}}}
+    }
+    assert len(pickle.dumps(second)) < len(pickle.dumps(first)) / 20  # 174 against 7,553
+    digest.update("n", second)
+    assert digest.ranks("big") == collector.fingerprints_since(None, {})["jobs"]["big"]
+    assert digest.changes() == {"big": {"99/0"}}  # then only the new compile id

@@ -13,7 +13,7 @@ import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from aotwatch.cluster.collector import HEAD_NAME, collector_name
-from cluster_helpers import Worker, cluster_config, ranked_worker, start_serve
+from cluster_helpers import Worker, actor_pid, cluster_config, ranked_worker, start_serve
 from conftest import scrape, wait_for
 
 RETENTION_S = 4
@@ -125,3 +125,27 @@ def test_the_newest_job_keeps_its_series_and_finished_jobs_leave(served):
     assert value(text, "aotwatch_jobs", state="finished") == 0
     wait_for(lambda: value(scrape(head_metrics), divergence[0], **divergence[1]) == 0,
              timeout=30, message="job-0's divergence to leave the head")  # fmt: skip
+
+
+def test_a_restarted_head_rebuilds_its_findings_from_the_collectors(served):
+    config, _, head_metrics = served
+    ranks = [ranked_worker(rank) for rank in range(2)]
+    job = dataclasses.replace(config, job_name="split")
+    ray.get([w.attach.remote(job) for w in ranks], timeout=120)
+    ray.get([ranks[0].compile_fn.remote("x * 2"), ranks[1].compile_fn.remote("x + 1")],
+            timeout=120)  # fmt: skip
+    assert all(ray.get([w.flush.remote() for w in ranks], timeout=60))
+    labels = {"job_name": "split", "kind": "graph_hash"}
+    name = "torch_compile_rank_divergences_total"
+    wait_for(lambda: value(scrape(head_metrics), name, **labels) == 1, timeout=60,
+             message="the head to report the divergence")  # fmt: skip
+    head = ray.get_actor(HEAD_NAME, namespace=config.cluster.namespace)
+    before = actor_pid(head)
+    ray.kill(head, no_restart=False)  # Ray starts it again: it has no state of its own
+    wait_for(lambda: actor_pid(head) != before, timeout=60, message="the head to restart")
+    port = ray.get(head.status.remote(), timeout=60)["head"]["port"]
+    restarted = f"http://127.0.0.1:{port}/metrics"
+    wait_for(lambda: value(scrape(restarted), name, **labels) == 1, timeout=30,
+             message="the restarted head to find the divergence again")  # fmt: skip
+    for worker in ranks:
+        ray.kill(worker)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from aotwatch.records import GRAPH_KINDS
+
 MAX_GRAPHS_PER_ID = 64
 """Distinct graph hashes kept per compile id and graph kind (DDP buckets make several)."""
 
@@ -21,15 +23,18 @@ a job runs."""
 Fingerprints = dict[str, dict[str, dict[str, dict[str, Any]]]]
 """job -> rank (str) -> {"graphs": {"<compile_id> <graph>": [distinct hashes]},
 "cache": {compile_id: pattern}}."""
+Change = tuple[str, str, str]
+"""(rank, "graphs" or "cache", graph key or compile id): one entry of a rank's fingerprint."""
 
 
-def observe(fingerprints: Fingerprints, record: dict[str, Any]) -> None:
-    """Fold one accepted record into ``fingerprints``."""
+def observe(fingerprints: Fingerprints, record: dict[str, Any]) -> Change | None:
+    """Fold one accepted record into ``fingerprints``; returns what it touched, if anything."""
     compile_id = record.get("compile_id")
     if compile_id is None:
-        return
+        return None
+    rank_name = str(record["rank"])
     rank = fingerprints.setdefault(record["job_name"], {}).setdefault(
-        str(record["rank"]), {"graphs": {}, "cache": {}}
+        rank_name, {"graphs": {}, "cache": {}}
     )
     if record["graph"] is not None:
         key, graph_hash = f"{compile_id} {record['graph']}", record.get("graph_hash")
@@ -38,13 +43,14 @@ def observe(fingerprints: Fingerprints, record: dict[str, Any]) -> None:
             hashes.append(graph_hash)
             hashes.sort()
         _forget_oldest(rank["graphs"])
-    else:
-        rank["cache"][compile_id] = ",".join(
-            f"{cache}:{result}"
-            for cache, results in sorted(record["cache"].items())
-            for result in sorted(results)
-        )
-        _forget_oldest(rank["cache"])
+        return rank_name, "graphs", key
+    rank["cache"][compile_id] = ",".join(
+        f"{cache}:{result}"
+        for cache, results in sorted(record["cache"].items())
+        for result in sorted(results)
+    )
+    _forget_oldest(rank["cache"])
+    return rank_name, "cache", compile_id
 
 
 def _forget_oldest(table: dict[str, Any]) -> None:
@@ -55,38 +61,59 @@ def _forget_oldest(table: dict[str, Any]) -> None:
 class Digest:
     """The head's copy of every collector's fingerprints, kept up to date from what changed.
 
-    A collector numbers each job's changes and sends, per round, every job's number and the
-    fingerprints of the jobs whose number moved since the head last saw them
-    (``NodeCollector.fingerprints_since``): a round with nothing new costs a few bytes per
-    job, not all history. A collector that restarted (a new ``epoch``) is read afresh.
+    A collector numbers each job's changes and answers, per round, every job's number and,
+    for the jobs whose number moved since the head last saw it, the entries that changed
+    since then (``NodeCollector.fingerprints_since``; a whole job when the head has nothing
+    of it yet). So a round costs what is new, not ranks x history. A collector that
+    restarted (a new ``epoch``) is read afresh. ``changes`` tells the head which compile ids
+    of which jobs to compare again.
     """
 
     def __init__(self) -> None:
         self._nodes: dict[str, dict[str, Any]] = {}  # node -> epoch, versions, jobs
+        self._changed: dict[str, set[str] | None] = {}  # job -> compile ids; None: all
 
     def known(self, node: str) -> tuple[str | None, dict[str, int]]:
         """(epoch, job versions) the head holds for ``node``: what it asks the collector for."""
         entry = self._nodes.get(node)
         return (entry["epoch"], entry["versions"]) if entry else (None, {})
 
-    def update(self, node: str, answer: dict[str, Any]) -> set[str]:
-        """Take a collector's answer; returns the jobs whose fingerprints changed."""
+    def update(self, node: str, answer: dict[str, Any]) -> None:
+        """Take a collector's answer."""
         entry = self._nodes.get(node)
-        dirty: set[str] = set()
         if entry is None or entry["epoch"] != answer["epoch"]:
-            dirty |= set(entry["jobs"]) if entry else set()
+            for job in entry["jobs"] if entry else ():
+                self._changed[job] = None
             entry = self._nodes[node] = {"epoch": answer["epoch"], "versions": {}, "jobs": {}}
         for job in set(entry["jobs"]) - set(answer["versions"]):  # forgotten by the collector
             del entry["jobs"][job]
-            dirty.add(job)
-        entry["jobs"].update(answer["jobs"])
+            self._changed[job] = None
+        for job, ranks in answer["jobs"].items():
+            entry["jobs"][job] = ranks
+            self._changed[job] = None
+        for job, delta in answer.get("deltas", {}).items():
+            self._apply(entry["jobs"].setdefault(job, {}), job, delta)
         entry["versions"] = answer["versions"]
-        return dirty | set(answer["jobs"])
 
-    def forget(self, node: str) -> set[str]:
-        """A node is gone; returns the jobs it held."""
-        entry = self._nodes.pop(node, None)
-        return set(entry["jobs"]) if entry else set()
+    def _apply(self, ranks: dict[str, dict[str, Any]], job: str, delta: dict) -> None:
+        changed = self._changed.setdefault(job, set())
+        for rank, parts in delta.items():
+            mine = ranks.setdefault(rank, {"graphs": {}, "cache": {}})
+            for kind in ("graphs", "cache"):
+                mine[kind].update(parts.get(kind, {}))
+                _forget_oldest(mine[kind])
+                if changed is not None:
+                    changed.update(key.split(" ")[0] for key in parts.get(kind, {}))
+
+    def forget(self, node: str) -> None:
+        """A node is gone."""
+        for job in self._nodes.pop(node, {"jobs": {}})["jobs"]:
+            self._changed[job] = None
+
+    def changes(self) -> dict[str, set[str] | None]:
+        """The jobs changed since the last call: the compile ids to compare again (None: all)."""
+        changed, self._changed = self._changed, {}
+        return changed
 
     def nodes(self) -> set[str]:
         return set(self._nodes)
@@ -137,28 +164,35 @@ def _groups(values: dict[str, str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
     )
 
 
-def find(job_name: str, ranks: dict[str, dict[str, Any]]) -> list[Finding]:
-    """Every divergence between the ranks of one job."""
+def find(
+    job_name: str, ranks: dict[str, dict[str, Any]], compile_ids: set[str] | None = None
+) -> list[Finding]:
+    """Every divergence between the ranks of one job, at ``compile_ids`` (None: all)."""
     if len(ranks) < 2:
         return []
+    if compile_ids is None:
+        compile_ids = {key.split(" ")[0] for v in ranks.values() for key in v["graphs"]}
+        compile_ids |= {compile_id for v in ranks.values() for compile_id in v["cache"]}
     findings = []
-    graph_keys = sorted({key for rank in ranks.values() for key in rank["graphs"]})
-    for key in graph_keys:
+    for compile_id in sorted(compile_ids):
+        findings += _find_at(job_name, ranks, compile_id)
+    return findings
+
+
+def _find_at(job_name: str, ranks: dict[str, dict[str, Any]], compile_id: str) -> list[Finding]:
+    findings, present = [], {}
+    for graph in GRAPH_KINDS:
+        key = f"{compile_id} {graph}"
         hashes = {r: ",".join(v["graphs"][key]) for r, v in ranks.items() if key in v["graphs"]}
         if len(set(hashes.values())) > 1:
-            findings.append(Finding(job_name, "graph_hash", key.split(" ")[0], _groups(hashes)))
-    compile_ids = {
-        r: {key.split(" ")[0] for key in v["graphs"]} | set(v["cache"]) for r, v in ranks.items()
-    }
-    for compile_id in sorted(set().union(*compile_ids.values())):
-        present = {
-            r: "compiled" if compile_id in ids else "missing" for r, ids in compile_ids.items()
-        }
-        if "missing" in present.values():
-            findings.append(Finding(job_name, "compile_ids", compile_id, _groups(present)))
-    for compile_id in sorted({c for v in ranks.values() for c in v["cache"]}):
-        patterns = {r: v["cache"][compile_id] or "none" for r, v in ranks.items()
-                    if compile_id in v["cache"]}  # fmt: skip
-        if len(set(patterns.values())) > 1:
-            findings.append(Finding(job_name, "cache_pattern", compile_id, _groups(patterns)))
+            findings.append(Finding(job_name, "graph_hash", compile_id, _groups(hashes)))
+        present.update(dict.fromkeys(hashes, "compiled"))
+    patterns = {r: v["cache"][compile_id] or "none" for r, v in ranks.items()
+                if compile_id in v["cache"]}  # fmt: skip
+    if len(set(patterns.values())) > 1:
+        findings.append(Finding(job_name, "cache_pattern", compile_id, _groups(patterns)))
+    present.update(dict.fromkeys(patterns, "compiled"))
+    if present and len(present) < len(ranks):
+        missing = {r: present.get(r, "missing") for r in ranks}
+        findings.append(Finding(job_name, "compile_ids", compile_id, _groups(missing)))
     return findings

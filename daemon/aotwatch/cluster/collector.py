@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ SPOOL_BATCH = 500
 """Spooled records taken in per archive write."""
 PRUNE_S = 10.0
 """How often finished jobs' archives are checked against the retention limits."""
+MAX_CHANGES = 200_000
+"""Fingerprint entries whose last change a collector remembers per job (each entry once), to
+send the head only what changed; a head further behind gets the whole job."""
 HOUSEKEEPING_S = 2.0
 """How often a collector looks for spooled files and advances the life of its jobs."""
 
@@ -127,6 +131,9 @@ class NodeCollector:
         self._fingerprints: divergence.Fingerprints = {}
         self._epoch = uuid.uuid4().hex  # this instance: a head re-reads a restarted collector
         self._versions: dict[str, int] = {}  # job -> how often its fingerprints changed
+        self._changes: dict[str, OrderedDict[divergence.Change, int]] = {}  # job -> entry ->
+        # the version that last changed it, oldest first
+        self._changes_since: dict[str, int] = {}  # job -> oldest version its log still covers
         self.archives = JobArchives(directory)
         self.replayed = sum(self._replay(path) for path in self._replayable(directory))
         self.sink.archive = self.archives
@@ -195,9 +202,16 @@ class NodeCollector:
             return len(accepted)
 
     def _observe(self, record: dict[str, Any]) -> None:
-        divergence.observe(self._fingerprints, record)
+        change = divergence.observe(self._fingerprints, record)
+        if change is None:
+            return
         job = record["job_name"]
-        self._versions[job] = self._versions.get(job, 0) + 1
+        version = self._versions[job] = self._versions.get(job, 0) + 1
+        log = self._changes.setdefault(job, OrderedDict())
+        log[change] = version
+        log.move_to_end(change)
+        if len(log) > MAX_CHANGES:  # the oldest entries go; a head that far behind reads all
+            self._changes_since[job] = log.popitem(last=False)[1]
 
     def goodbye(self, worker: Any) -> None:
         """A worker is exiting: its gauges go now rather than at its timeout."""
@@ -301,6 +315,8 @@ class NodeCollector:
                     self.sink.forget_job(job_name)
                     self._fingerprints.pop(job_name, None)
                     self._versions.pop(job_name, None)
+                    self._changes.pop(job_name, None)
+                    self._changes_since.pop(job_name, None)
             log.info("aotwatch: forgot finished jobs %s", ", ".join(forgotten))
         if time.monotonic() - self._pruned_at >= PRUNE_S:
             self._pruned_at = time.monotonic()
@@ -348,17 +364,33 @@ class NodeCollector:
 
     def fingerprints_since(self, epoch: str | None, versions: dict[str, int]) -> dict[str, Any]:
         """What the head lacks (see ``divergence.Digest``): this instance's epoch, every job's
-        version, and the fingerprints of the jobs changed since ``epoch`` and ``versions``
-        (copies: Ray serialises them after this returns, while pushes may add more)."""
+        version, whole fingerprints of the jobs the head has none of (or is too far behind
+        on), and for the others the entries changed since the head's version (copies: Ray
+        serialises them after this returns, while pushes may add more)."""
         with self._accept_lock:
-            fresh = epoch != self._epoch
-            changed = [job for job, version in self._versions.items()
-                       if fresh or versions.get(job) != version]  # fmt: skip
-            return {
-                "epoch": self._epoch,
-                "versions": dict(self._versions),
-                "jobs": {job: copy.deepcopy(self._fingerprints[job]) for job in changed},
-            }
+            jobs, deltas = {}, {}
+            for job, version in self._versions.items():
+                known = versions.get(job) if epoch == self._epoch else None
+                if known == version:
+                    continue
+                if known is None or known < self._changes_since.get(job, 0):
+                    jobs[job] = copy.deepcopy(self._fingerprints[job])
+                else:
+                    deltas[job] = self._delta(job, known)
+            return {"epoch": self._epoch, "versions": dict(self._versions), "jobs": jobs,
+                    "deltas": deltas}  # fmt: skip
+
+    def _delta(self, job: str, since: int) -> dict[str, dict[str, dict[str, Any]]]:
+        """The entries of ``job`` changed after version ``since``, per rank and kind."""
+        ranks, delta = self._fingerprints[job], {}
+        for (rank, kind, key), version in reversed(self._changes[job].items()):
+            if version <= since:
+                break
+            value = ranks.get(rank, {}).get(kind, {}).get(key)
+            if value is not None:  # None: forgotten since (the oldest compile ids go)
+                parts = delta.setdefault(rank, {"graphs": {}, "cache": {}})
+                parts[kind][key] = copy.copy(value)
+        return delta
 
 
 def scrape_host(bind_address: str) -> str:

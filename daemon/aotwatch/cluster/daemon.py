@@ -201,33 +201,43 @@ class Head:
             collectors = dict(self._collectors)
         refs = {node: c.fingerprints_since.remote(*self._digest.known(node))
                 for node, c in collectors.items()}  # fmt: skip
-        dirty = set()
         for node, answer in _answers(refs).items():  # a collector that did not answer keeps
-            dirty |= self._digest.update(node, answer)  # what the head last had of it
+            self._digest.update(node, answer)  # what the head last had of it
         for node in self._digest.nodes() - set(collectors):
-            dirty |= self._digest.forget(node)
+            self._digest.forget(node)
         jobs = self._digest.jobs()
         self._forget_jobs_but(jobs)
+        changed = self._digest.changes()
         with self._lock:
-            dirty |= {key[0] for key in self._candidates}
+            for job, _, compile_id in self._candidates:  # still settling: look again
+                if changed.get(job, set()) is not None:
+                    changed.setdefault(job, set()).add(compile_id)
         now = time.monotonic()
-        for job in dirty & jobs:
-            found = set()
-            for finding in divergence.find(job, self._digest.ranks(job)):
-                found.add(finding.key)
-                with self._lock:
-                    if finding.key in self._findings:
-                        continue
-                    first_seen = self._candidates.setdefault(finding.key, now)
-                    settled = now - first_seen >= COMPILE_IDS_SETTLE_S
-                    if finding.kind != "compile_ids" or settled or final:
-                        self._findings[finding.key] = finding
-                        del self._candidates[finding.key]
-                        log.warning("aotwatch: rank divergence: %s", finding.describe())
-            with self._lock:  # candidates that resolved (the slow rank caught up) are dropped
-                for key in [k for k in self._candidates if k[0] == job and k not in found]:
-                    del self._candidates[key]
+        for job, compile_ids in changed.items():
+            if job in jobs:
+                self._judge(job, divergence.find(job, self._digest.ranks(job), compile_ids),
+                            compile_ids, now, final)  # fmt: skip
         return self.divergences()
+
+    def _judge(self, job: str, findings: list, compile_ids: set[str] | None, now: float,
+               final: bool) -> None:  # fmt: skip
+        """Count new findings once (a compile id missing on some ranks only once it has been
+        for COMPILE_IDS_SETTLE_S, unless ``final``); drop candidates that resolved."""
+        found = set()
+        with self._lock:
+            for finding in findings:
+                found.add(finding.key)
+                if finding.key in self._findings:
+                    continue
+                first_seen = self._candidates.setdefault(finding.key, now)
+                settled = now - first_seen >= COMPILE_IDS_SETTLE_S
+                if finding.kind != "compile_ids" or settled or final:
+                    self._findings[finding.key] = finding
+                    del self._candidates[finding.key]
+                    log.warning("aotwatch: rank divergence: %s", finding.describe())
+            for key in [k for k in self._candidates if k[0] == job and k not in found
+                        and (compile_ids is None or k[2] in compile_ids)]:  # fmt: skip
+                del self._candidates[key]  # the slow rank caught up
 
     def _forget_jobs_but(self, jobs: set[str]) -> None:
         """Drop the findings of jobs no collector holds any more (finished, past retention)."""
