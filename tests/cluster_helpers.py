@@ -198,3 +198,12 @@ def start_serve(config_path: Path) -> subprocess.Popen:
 
 def read_file_sd(path: Path) -> list[dict]:
     return json.loads(path.read_text())
+
+
+def collector_targets(path: Path) -> dict[str, str]:
+    """Node id -> host:port of every collector that file_sd lists."""
+    return {
+        group["labels"]["node_id"]: group["targets"][0]
+        for group in read_file_sd(path)
+        if group["labels"]["role"] == "collector"
+    }

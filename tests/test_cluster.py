@@ -9,10 +9,12 @@ import ray
 
 from aotwatch.cluster.attach import attach_actors
 from aotwatch.cluster.collector import collector_name
-from aotwatch.cluster.daemon import ensure_head, stop_daemon
+from aotwatch.cluster.daemon import ensure_head, file_sd_path, stop_daemon
 from cluster_helpers import (
     Worker,
+    actor_pid,
     cluster_config,
+    collector_targets,
     collector_values,
     ranked_worker,
     start_serve,
@@ -93,6 +95,18 @@ def test_a_worker_that_exits_keeps_its_counters_and_loses_its_gauges(config):
     wait_for(lambda: not attached().get(("ray-test",)), timeout=30, message="the worker to expire")
     assert collector_values(collector, "torch_compile_last_compile_timestamp_seconds") == {}
     assert total(collector, "torch_compile_graphs") == 1
+
+
+def test_file_sd_follows_a_collector_that_restarted_on_another_port(config):
+    collector = node_collector(config)
+    node_id = ray.get_runtime_context().get_node_id()
+    before, pid = collector_targets(file_sd_path(config))[node_id], actor_pid(collector)
+    ray.kill(collector, no_restart=False)  # port 0: the new instance binds another port
+    wait_for(lambda: actor_pid(collector) != pid, timeout=60, message="the collector back")
+    wait_for(lambda: collector_targets(file_sd_path(config))[node_id] != before, timeout=30,
+             message="file_sd to list the new port")  # fmt: skip
+    target = collector_targets(file_sd_path(config))[node_id]
+    assert scrape(f"http://{target}/healthz") == "ok\n"
 
 
 def test_divergent_ranks_are_found(config):

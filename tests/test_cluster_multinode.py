@@ -10,7 +10,14 @@ from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from aotwatch.cluster.daemon import ensure_head, file_sd_path, stop_daemon
-from cluster_helpers import WORKER_ENV, Worker, cluster_config, collector_values, read_file_sd
+from cluster_helpers import (
+    WORKER_ENV,
+    Worker,
+    cluster_config,
+    collector_targets,
+    collector_values,
+    read_file_sd,
+)
 from conftest import scrape, wait_for
 
 
@@ -28,14 +35,6 @@ def cluster():
 
 def alive_node_ids() -> set[str]:
     return {node["NodeID"] for node in ray.nodes() if node["Alive"]}
-
-
-def collector_targets(path) -> dict[str, str]:
-    return {
-        group["labels"]["node_id"]: group["targets"][0]
-        for group in read_file_sd(path)
-        if group["labels"]["role"] == "collector"
-    }
 
 
 def test_one_collector_per_node_each_with_its_own_workers(cluster, tmp_path):

@@ -37,6 +37,9 @@ from aotwatch.metrics import RANK_DIVERGENCES
 log = logging.getLogger(__name__)
 
 RECONCILE_S = 2.0
+ENDPOINT_REFRESH_S = 30.0
+"""Every collector's endpoint is asked for this often; in between, only those of collectors
+that are new, restarted or did not answer the last round."""
 CALL_TIMEOUT_S = 10.0
 COMPILE_IDS_SETTLE_S = 10.0
 """A compile id missing on some ranks counts only once it is still missing after this long
@@ -139,6 +142,8 @@ class Head:
         self._findings: dict[tuple[str, str, str], divergence.Finding] = {}
         self._candidates: dict[tuple[str, str, str], float] = {}  # compile_ids, first seen
         self._digest = divergence.Digest()
+        self._stale: set[str] = set()  # nodes whose endpoint to ask again (restarted, silent)
+        self._file_sd_targets: list | None = None  # what file_sd lists now
         self._check_lock = threading.Lock()  # one round at a time (the loop, status callers)
         registry = registry_for(_DivergenceCollector(self))
         self.server = serve_metrics(
@@ -153,15 +158,20 @@ class Head:
         threading.Thread(target=self._loop, name="aotwatch-head", daemon=True).start()
 
     def _loop(self) -> None:
+        refreshed = time.monotonic()
         while not self._stop.wait(RECONCILE_S):
             try:
-                self.reconcile()
+                everything = time.monotonic() - refreshed >= ENDPOINT_REFRESH_S
+                self.reconcile(everything)
+                refreshed = time.monotonic() if everything else refreshed
                 self.check_divergences()
             except Exception:  # noqa: BLE001 - keep watching; the next round retries
                 log.warning("aotwatch head: round failed", exc_info=True)
 
-    def reconcile(self) -> list[dict[str, Any]]:
-        """Create collectors on new nodes, forget dead ones, refresh endpoints and file_sd."""
+    def reconcile(self, everything: bool = True) -> list[dict[str, Any]]:
+        """Create collectors on new nodes, forget dead ones, refresh endpoints (of every
+        collector, or only of new, restarted and silent ones) and file_sd (when a target
+        changed, and at every refresh of everything)."""
         alive = set(alive_nodes())
         with self._lock:
             if self._stop.is_set():  # stopping: create nothing, leave file_sd empty
@@ -171,20 +181,30 @@ class Head:
             for node_id in set(self._collectors) - alive:
                 del self._collectors[node_id]
                 self._endpoints.pop(node_id, None)
-            collectors = dict(self._collectors)
-        refs = {node_id: handle.endpoint.remote() for node_id, handle in collectors.items()}
-        for node_id, ref in refs.items():
-            try:
-                endpoint = {**ray.get(ref, timeout=CALL_TIMEOUT_S), "healthy": True}
-            except Exception:  # noqa: BLE001 - restarting or unreachable: keep its last target
-                endpoint = {**self._endpoints.get(node_id, {}), "healthy": False}
-            with self._lock:
-                self._endpoints[node_id] = endpoint
+            due = {
+                node_id: handle for node_id, handle in self._collectors.items()
+                if everything or node_id in self._stale
+                or not self._endpoints.get(node_id, {}).get("healthy")
+            }  # fmt: skip
+            self._stale -= set(due)
+            if everything:
+                self._file_sd_targets = None  # written again, whatever happened to the file
+        answers = _answers({node_id: handle.endpoint.remote() for node_id, handle in due.items()})
+        with self._lock:
+            for node_id in due:
+                if node_id in answers:
+                    self._endpoints[node_id] = {**answers[node_id], "healthy": True}
+                else:  # restarting or unreachable: keep its last target
+                    self._endpoints[node_id] = {**self._endpoints.get(node_id, {}),
+                                                "healthy": False}  # fmt: skip
         endpoints = self.endpoints()
         with self._lock:  # shutdown() empties file_sd under this lock, after setting _stop
-            if not self._stop.is_set():
-                targets = [e for e in endpoints if "port" in e]
+            targets = [e for e in endpoints if "port" in e]
+            written = [(e["node_id"], e.get("hostname"), e.get("ip"), e["port"], e.get("scheme"))
+                       for e in targets]  # fmt: skip
+            if not self._stop.is_set() and written != self._file_sd_targets:
                 write_file_sd(self.file_sd, targets, self.head_endpoint())
+                self._file_sd_targets = written
         return endpoints
 
     def check_divergences(self, final: bool = False) -> list[dict[str, Any]]:
@@ -201,8 +221,13 @@ class Head:
             collectors = dict(self._collectors)
         refs = {node: c.fingerprints_since.remote(*self._digest.known(node))
                 for node, c in collectors.items()}  # fmt: skip
-        for node, answer in _answers(refs).items():  # a collector that did not answer keeps
-            self._digest.update(node, answer)  # what the head last had of it
+        answers = _answers(refs)
+        restarted = {node for node, answer in answers.items()  # maybe on a new port
+                     if answer["epoch"] != self._digest.known(node)[0]}  # fmt: skip
+        for node, answer in answers.items():  # a collector that did not answer keeps what
+            self._digest.update(node, answer)  # the head last had of it
+        with self._lock:
+            self._stale |= restarted | (set(collectors) - set(answers))
         for node in self._digest.nodes() - set(collectors):
             self._digest.forget(node)
         jobs = self._digest.jobs()
