@@ -98,3 +98,12 @@ def test_finding_at_some_compile_ids_finds_what_the_full_search_finds_there():
     for compile_id in ("0/0", "1/0", "2/0"):
         at = divergence.find("j", prints["j"], {compile_id})
         assert at == [f for f in everything if f.compile_id == compile_id]
+
+
+def test_a_copy_of_fingerprints_is_equal_and_independent():
+    prints = fingerprints(graph(0), graph(1, graph_hash="bbbb"), frame(0, cache={"fx": {"hit": 1}}))
+    copied = divergence.copy_ranks(prints["j"])
+    assert copied == prints["j"]
+    divergence.observe(prints, graph(0, graph_hash="cccc"))  # a later record, same compile id
+    assert copied["0"]["graphs"]["0/0 forward"] == ["aaaa"]
+    assert prints["j"]["0"]["graphs"]["0/0 forward"] == ["aaaa", "cccc"]

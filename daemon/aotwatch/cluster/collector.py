@@ -374,7 +374,7 @@ class NodeCollector:
                 if known == version:
                     continue
                 if known is None or known < self._changes_since.get(job, 0):
-                    jobs[job] = copy.deepcopy(self._fingerprints[job])
+                    jobs[job] = divergence.copy_ranks(self._fingerprints[job])
                 else:
                     deltas[job] = self._delta(job, known)
             return {"epoch": self._epoch, "versions": dict(self._versions), "jobs": jobs,
