@@ -73,16 +73,23 @@ def served(ray_session, tmp_path):
         serve.communicate(timeout=120)
 
 
+def diverging_ranks(config, job: str) -> list:
+    """Two ranks of ``job`` that compile different graphs (a graph_hash divergence), their
+    records delivered."""
+    ranks = [ranked_worker(rank) for rank in range(2)]
+    ray.get([w.attach.remote(dataclasses.replace(config, job_name=job)) for w in ranks],
+            timeout=120)  # fmt: skip
+    ray.get([ranks[0].compile_fn.remote("x * 2"), ranks[1].compile_fn.remote("x + 1")],
+            timeout=120)  # fmt: skip
+    assert all(ray.get([w.flush.remote() for w in ranks], timeout=60))
+    return ranks
+
+
 def test_the_newest_job_keeps_its_series_and_finished_jobs_leave(served):
     config, metrics, head_metrics = served
 
     # job-0: two ranks that compile different graphs, a divergence the head reports.
-    ranks = [ranked_worker(rank) for rank in range(2)]
-    job0 = dataclasses.replace(config, job_name="job-0")
-    ray.get([w.attach.remote(job0) for w in ranks], timeout=120)
-    ray.get([ranks[0].compile_fn.remote("x * 2"), ranks[1].compile_fn.remote("x + 1")],
-            timeout=120)  # fmt: skip
-    assert all(ray.get([w.flush.remote() for w in ranks], timeout=60))
+    ranks = diverging_ranks(config, "job-0")
     divergence = (
         "torch_compile_rank_divergences_total",
         {"job_name": "job-0", "kind": "graph_hash"},
@@ -129,12 +136,7 @@ def test_the_newest_job_keeps_its_series_and_finished_jobs_leave(served):
 
 def test_a_restarted_head_rebuilds_its_findings_from_the_collectors(served):
     config, _, head_metrics = served
-    ranks = [ranked_worker(rank) for rank in range(2)]
-    job = dataclasses.replace(config, job_name="split")
-    ray.get([w.attach.remote(job) for w in ranks], timeout=120)
-    ray.get([ranks[0].compile_fn.remote("x * 2"), ranks[1].compile_fn.remote("x + 1")],
-            timeout=120)  # fmt: skip
-    assert all(ray.get([w.flush.remote() for w in ranks], timeout=60))
+    ranks = diverging_ranks(config, "split")
     labels = {"job_name": "split", "kind": "graph_hash"}
     name = "torch_compile_rank_divergences_total"
     wait_for(lambda: value(scrape(head_metrics), name, **labels) == 1, timeout=60,

@@ -135,9 +135,11 @@ class NodeCollector:
         # the version that last changed it, oldest first
         self._changes_since: dict[str, int] = {}  # job -> oldest version its log still covers
         self.archives = JobArchives(directory)
-        self.replayed = sum(self._replay(path) for path in self._replayable(directory))
+        live, finished = self.archives.survey()
+        legacy = directory / ARCHIVE_FILE  # the one file of collectors before per-job archives
+        self.replayed = sum(self._replay(path) for path in [legacy] * legacy.exists() + live)
         self.sink.archive = self.archives
-        self.counts = CountsLedger(directory, self.sink, skip=self.archives.finished_jobs())
+        self.counts = CountsLedger(directory, self.sink, skip=finished)
         self._pruned_at = 0.0
         self.spool = spool_directory(config, node_id)
         self.drain_spool()
@@ -156,11 +158,6 @@ class NodeCollector:
                          daemon=True).start()  # fmt: skip
         log.info("collector %s: %d records replayed, serving %s", node_id, self.replayed,
                  self.server.url)  # fmt: skip
-
-    def _replayable(self, directory: Path) -> list[Path]:
-        """The live jobs' archives, after the one file of collectors before per-job archives."""
-        legacy = directory / ARCHIVE_FILE
-        return [legacy] * legacy.exists() + list(self.archives.live())
 
     def _replay(self, path: Path) -> int:
         count = 0

@@ -109,18 +109,16 @@ class JobArchives:
             stream.write(json.dumps(info).encode())
         os.replace(temporary, directory / JOB_FILE)
 
-    def live(self) -> Iterator[Path]:
-        """The archive files of jobs not finished (what a restart replays)."""
+    def survey(self) -> tuple[list[Path], set[str]]:
+        """One pass over the jobs: (the archive files of those not finished, which a restart
+        replays; the names of the finished ones)."""
+        live, finished = [], set()
         for directory, info in job_directories(self.path):
-            if info.get("finished") is None and (directory / ARCHIVE_FILE).exists():
-                yield directory / ARCHIVE_FILE
-
-    def finished_jobs(self) -> set[str]:
-        return {
-            info["job_name"]
-            for _, info in job_directories(self.path)
-            if info.get("finished") is not None
-        }
+            if info.get("finished") is not None:
+                finished.add(info["job_name"])
+            elif (directory / ARCHIVE_FILE).exists():
+                live.append(directory / ARCHIVE_FILE)
+        return live, finished
 
     def prune(self, retention_days: float, max_bytes: int) -> list[str]:
         """Remove finished jobs' directories past ``retention_days`` (0: none by age), then
