@@ -36,7 +36,7 @@ from aotwatch.config import (
 )
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import serve_metrics
-from aotwatch.records import new_record
+from aotwatch.records import encode_record, new_record
 
 WORKER = {"job_name": "bench", "hostname": "h", "pid": 1, "rank": 0, "worker_id": "w"}
 
@@ -135,7 +135,10 @@ def ray_benchmarks() -> None:
     print(f"collector RSS after the pusher's 100k records: {rss_mb(pid):.0f} MB")
     ingested = 100_000
     for _ in range(3):
-        batches = [[graph_record(1, i) for i in range(j, j + 100)] for j in range(0, 100_000, 100)]
+        batches = [  # JSON lines, as workers send them (encoded on the worker, not timed here)
+            b"".join(encode_record(graph_record(1, i)) for i in range(j, j + 100))
+            for j in range(0, 100_000, 100)
+        ]
         begin = time.perf_counter()
         ray.get([collector.push.remote(WORKER, batch, {}) for batch in batches], timeout=600)
         rate = 100_000 / (time.perf_counter() - begin)

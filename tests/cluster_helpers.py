@@ -18,9 +18,15 @@ from aotwatch.config import (
     Config,
     PushConfig,
 )
+from aotwatch.records import encode_record
 
 TESTS = Path(__file__).parent
 WORKER_ENV = {"env_vars": {"PYTHONPATH": str(TESTS)}}
+
+
+def lines(records: list[dict]) -> bytes:
+    """Records as the JSON lines a worker sends and spools."""
+    return b"".join(encode_record(record) for record in records)
 
 
 def cluster_config(tmp_path: Path, namespace: str, **changes) -> Config:

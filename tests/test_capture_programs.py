@@ -106,11 +106,12 @@ def test_recompile_counted_with_its_category(capture):
 
 def test_records_carry_the_metrics_md_fields(capture, tmp_path):
     from aotwatch.archive import read_archive
+    from aotwatch.records import as_dict
 
     torch._dynamo.utils.clear_compilation_metrics()
     PROGRAMS["training_step"]("aot_eager", "cpu")
     (metrics,) = _frame_metrics()
-    records = list(read_archive(tmp_path / "archive"))
+    records = [as_dict(r) for r in read_archive(tmp_path / "archive")]
     kinds = sorted(r["graph"] or "frame" for r in records)
     assert kinds == ["backward", "forward", "frame"]
     by_kind = {r["graph"]: r for r in records}

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from aotwatch.archive import read_archive
+from aotwatch.records import as_dict
 from conftest import scrape
 from programs import PROGRAMS
 
@@ -44,7 +45,7 @@ def test_trace_records_every_graph_and_prints_a_summary(tmp_path):
     result = aotwatch("trace", "--port", "0", "--archive", str(tmp_path / "a"), "--",
                       "python", str(script))  # fmt: skip
     assert result.returncode == 0, result.stderr
-    records = list(read_archive(tmp_path / "a"))
+    records = [as_dict(r) for r in read_archive(tmp_path / "a")]
     assert sorted(r["graph"] or "frame" for r in records) == [
         "backward", "forward", "frame", "frame", "inference",
     ]  # fmt: skip

@@ -19,7 +19,7 @@ from aotwatch.config import (
     config_from_dict,
     load_config,
 )
-from aotwatch.records import MAX_LABEL, RecordError, new_record, validate_record
+from aotwatch.records import MAX_LABEL, RecordError, new_record, to_record
 
 DEFAULT_FILE = Path(__file__).resolve().parents[1] / "config" / "aotwatch.yaml"
 
@@ -280,7 +280,7 @@ def test_config_and_records_agree_on_label_values(value, valid):
             return False
         return True
 
-    assert accepts(lambda: validate_record(new_record(job_name=value, device=value))) is valid
+    assert accepts(lambda: to_record(new_record(job_name=value, device=value))) is valid
     assert accepts(lambda: Config(job_name=value)) is valid
     assert accepts(lambda: Config(labels={"team": value})) is valid
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from aotwatch import divergence
-from aotwatch.records import new_record
+from aotwatch.records import new_record, to_record
 
 
 def fingerprints(*records):
     prints: divergence.Fingerprints = {}
     for record in records:
-        divergence.observe(prints, record)
+        divergence.observe(prints, to_record(record))
     return prints
 
 
@@ -104,6 +104,8 @@ def test_a_copy_of_fingerprints_is_equal_and_independent():
     prints = fingerprints(graph(0), graph(1, graph_hash="bbbb"), frame(0, cache={"fx": {"hit": 1}}))
     copied = divergence.copy_ranks(prints["j"])
     assert copied == prints["j"]
-    divergence.observe(prints, graph(0, graph_hash="cccc"))  # a later record, same compile id
+    divergence.observe(
+        prints, to_record(graph(0, graph_hash="cccc"))
+    )  # a later record, same compile id
     assert copied["0"]["graphs"]["0/0 forward"] == ["aaaa"]
     assert prints["j"]["0"]["graphs"]["0/0 forward"] == ["aaaa", "cccc"]

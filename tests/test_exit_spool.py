@@ -28,6 +28,7 @@ from aotwatch.records import new_record
 from cluster_helpers import (
     Worker,
     collector_pid,
+    lines,
     start_daemon,
     total,
 )
@@ -120,7 +121,7 @@ def test_a_restarted_collector_takes_in_a_spool_left_while_it_was_down(ray_sessi
     try:
         path = write_spool(staging, worker["worker_id"], {
             "worker": worker, "counts": {"dropped": {"queue_full": 2}}
-        }, first)  # fmt: skip
+        }, lines(first))  # fmt: skip
         with open(path, "ab") as stream:
             stream.write(b"\x80garbage\n")
         os.replace(path, spool / path.name)
@@ -147,7 +148,7 @@ def test_a_restarted_collector_takes_in_a_spool_left_while_it_was_down(ray_sessi
         second = [new_record(job_name=JOB, graph="forward", nodes=3) for _ in range(2)]
         path = write_spool(staging, f"{worker['worker_id']}-again", {
             "worker": worker, "counts": {"dropped": {"queue_full": 3}}
-        }, [first[0], *second])  # fmt: skip
+        }, lines([first[0], *second]))  # fmt: skip
         os.replace(path, spool / path.name)
         os.kill(pid, signal.SIGKILL)
         killed, pid = pid, None

@@ -19,7 +19,8 @@ from aotwatch.cluster.collector import NodeCollector
 from aotwatch.cluster.job_archives import JOB_FILE, JobArchives, job_slug
 from aotwatch.cluster.push import write_spool
 from aotwatch.config import CollectorConfig
-from aotwatch.records import new_record
+from aotwatch.records import new_record, to_record
+from cluster_helpers import lines
 from test_cli import aotwatch
 from test_hostile_disk_and_pushes import job_directory, metric
 
@@ -88,7 +89,7 @@ def test_records_of_a_finished_job_from_the_spool_end_it_again(node_collector):
     collector.goodbye(worker("late"))
     assert finish_all(collector) == ["late"]
     header = {"worker": worker("late"), "counts": {}}  # what an exiting worker left behind
-    write_spool(collector.spool, "late-w0", header, compiles("late", 1))
+    write_spool(collector.spool, "late-w0", header, lines(compiles("late", 1)))
     assert collector.drain_spool() == 1
     assert collector.jobs.state("late") == "ending"  # not finished for good: it ends again
     assert finish_all(collector) == ["late"]
@@ -96,7 +97,7 @@ def test_records_of_a_finished_job_from_the_spool_end_it_again(node_collector):
 
 
 def _finished_job(archives: JobArchives, job: str, size: int, finished_at: float) -> Path:
-    archives.write_records([{"job_name": job}], [b"x" * size + b"\n"])
+    archives.write_records([to_record(new_record(job_name=job))], [b"x" * size + b"\n"])
     archives.finish(job)
     directory = archives.path / job_slug(job)
     info = json.loads((directory / JOB_FILE).read_text())
@@ -110,7 +111,7 @@ def test_retention_removes_finished_jobs_by_age_then_oldest_first_by_size(tmp_pa
     ancient = _finished_job(archives, "ancient", 10, now - 40 * 86_400)
     old = _finished_job(archives, "old", 1000, now - 3 * 86_400)
     recent = _finished_job(archives, "recent", 1000, now - 2 * 86_400)
-    archives.write_records([{"job_name": "running"}], [b"y" * 5000 + b"\n"])
+    archives.write_records([to_record(new_record(job_name="running"))], [b"y" * 5000 + b"\n"])
     assert archives.prune(retention_days=30, max_bytes=0) == ["ancient"]
     assert not ancient.exists() and old.exists()
     assert archives.prune(retention_days=30, max_bytes=1500) == ["old"]  # oldest first

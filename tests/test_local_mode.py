@@ -179,8 +179,9 @@ def test_rank_and_world_size_come_from_torch_distributed(tmp_path):
         attachment = aotwatch.attach(test_config(tmp_path, job_name="dist"))
         PROGRAMS["input_mutation"]("aot_eager", "cpu")
         from aotwatch.archive import read_archive
+        from aotwatch.records import as_dict
 
-        records = list(read_archive(tmp_path / "archive"))
+        records = [as_dict(r) for r in read_archive(tmp_path / "archive")]
         assert {(r["job_name"], r["rank"], r["world_size"]) for r in records} == {("dist", 0, 1)}
         frames = attachment.sink.snapshot().values["torch_compile_frames"]
         assert frames == {("dist", "0", "cpu"): 1}
@@ -209,6 +210,7 @@ def test_a_hook_missing_from_this_torch_is_skipped_and_counted(tmp_path, monkeyp
 def test_graph_hashes_and_node_counts_can_be_switched_off(tmp_path):
     from aotwatch.archive import read_archive
     from aotwatch.config import CaptureConfig
+    from aotwatch.records import as_dict
 
     config = test_config(tmp_path, capture=CaptureConfig(graph_hashes=False, node_counts=False))
     aotwatch.attach(config)
@@ -217,7 +219,7 @@ def test_graph_hashes_and_node_counts_can_be_switched_off(tmp_path):
     finally:
         aotwatch.detach()
         torch._dynamo.reset()
-    graphs = [r for r in read_archive(tmp_path / "archive") if r["graph"]]
+    graphs = [as_dict(r) for r in read_archive(tmp_path / "archive") if r.graph]
     assert [r["graph"] for r in graphs] == ["forward", "backward"]
     assert all(r["graph_hash"] is None and r["nodes"] is None for r in graphs)
     assert graphs[0]["inputs"]["total"] == 5  # the metadata is still read

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aotwatch.archive import read_archive
+from aotwatch.records import as_dict
 from test_cli import aotwatch, write_script
 
 GRAPH_FIELDS = ("graph", "graph_hash", "nodes", "inputs", "mutation_placement", "outputs",
@@ -22,7 +23,7 @@ def _run(tmp_path: Path, name: str, cache: Path) -> list[dict]:
         env={"TORCHINDUCTOR_CACHE_DIR": str(cache)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    return list(read_archive(tmp_path / name))
+    return [as_dict(r) for r in read_archive(tmp_path / name)]
 
 
 def _graphs(records: list[dict]) -> list[tuple]:

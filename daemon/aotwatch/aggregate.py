@@ -24,8 +24,9 @@ from aotwatch.records import (
     MUTATION_KINDS,
     PLACEMENTS,
     TOKEN_DIRECTIONS,
+    Record,
     RecordError,
-    validate_record,
+    to_record,
 )
 
 Labels = tuple[str, ...]
@@ -217,19 +218,23 @@ class Aggregate:
 
     def observe(self, metric: str, labels: Labels, value: float) -> None:
         table = self._histograms.setdefault(metric, {})
-        if self._admit(table, metric, labels):
-            table.setdefault(labels, Histogram(BY_NAME[metric].buckets)).observe(value)
+        histogram = table.get(labels)
+        if histogram is None:
+            if not self._admit(table, metric, labels):
+                return
+            histogram = table[labels] = Histogram(BY_NAME[metric].buckets)
+        histogram.observe(value)
 
     # -- records ---------------------------------------------------------
 
     def add(self, obj: Any) -> bool:
         """Fold one record; False when it was a duplicate or was rejected (and counted)."""
         try:
-            record = validate_record(obj)
+            record = to_record(obj)
         except RecordError as err:
             self.inc("aotwatch_records_rejected", (err.reason,))
             return False
-        if self.has_seen(record["record_id"]):
+        if self.has_seen(record.record_id):
             return False
         self.fold(record)
         return True
@@ -238,67 +243,66 @@ class Aggregate:
         """Whether a record with this id was folded (within the dedupe window)."""
         return record_id in self._seen_ids
 
-    def fold(self, record: dict[str, Any]) -> None:
+    def fold(self, record: Record) -> None:
         """Fold a validated record that was not seen before."""
-        self.inc("aotwatch_records_received", (record["job_name"],))
-        self.attach_worker(record["job_name"], record["hostname"], record["pid"])
-        rank = (record["job_name"], str(record["rank"]), record["device"])
-        if record["graph"] is None:
+        job = record.job_name
+        self.inc("aotwatch_records_received", (job,))
+        self.attach_worker(job, record.hostname, record.pid)
+        rank = (job, str(record.rank), record.device)
+        if record.graph is None:
             self._fold_frame(rank, record)
         else:
             self._fold_graph(rank, record)
-        for phase, seconds in record["durations_s"].items():
+        for phase, seconds in record.durations_s.items():
             self.observe(
                 "torch_compile_duration_seconds", (*rank, _bounded(phase, PHASES)), seconds
             )
-        for cache, results in record["cache"].items():
+        for cache, results in record.cache.items():
             for result, count in results.items():
                 labels = (*rank, _bounded(cache, CACHES), _bounded(result, CACHE_RESULTS))
                 self.inc("torch_compile_cache_lookups", labels, count)
         last = self._values.get("torch_compile_last_compile_timestamp_seconds", {}).get(rank, 0)
-        self.set_gauge(
-            "torch_compile_last_compile_timestamp_seconds", rank, max(last, record["time"])
-        )
-        self._seen_ids.add(record["record_id"])  # only once folded: validation made it safe
+        self.set_gauge("torch_compile_last_compile_timestamp_seconds", rank, max(last, record.time))
+        self._seen_ids.add(record.record_id)  # only once folded: validation made it safe
 
-    def _fold_frame(self, rank: Labels, record: dict[str, Any]) -> None:
+    def _fold_frame(self, rank: Labels, record: Record) -> None:
         self.inc("torch_compile_frames", rank)
-        if record["fail_type"] is not None:
-            category = record.get("fail_category") or categories.fail_type_category(
-                record["fail_type"], record.get("fail_reason")
+        if record.fail_type is not None:
+            category = record.fail_category or categories.fail_type_category(
+                record.fail_type, record.fail_reason
             )
             fail_label = _bounded(category, categories.FAIL_TYPES)
             self.inc("torch_compile_frame_failures", (*rank, fail_label))
-        for graph_break in record["graph_breaks"]:
+        for graph_break in record.graph_breaks:
             category = graph_break["category"]
             if not categories.is_graph_break_category(category):
                 category = categories.OTHER
             self.inc("torch_compile_graph_breaks", (*rank, category))
-        if record["recompile_reason"] is not None:
-            category = record.get("recompile_category") or categories.recompile_category(
-                record["recompile_reason"]
+        if record.recompile_reason is not None:
+            category = record.recompile_category or categories.recompile_category(
+                record.recompile_reason
             )
             recompile_label = _bounded(category, categories.RECOMPILE_CATEGORIES)
             self.inc("torch_compile_recompiles", (*rank, recompile_label))
 
-    def _fold_graph(self, rank: Labels, record: dict[str, Any]) -> None:
-        graph = record["graph"]
+    def _fold_graph(self, rank: Labels, record: Record) -> None:
+        graph = record.graph
         self.inc("torch_compile_graphs", (*rank, graph))
-        if record["nodes"] is not None:
-            self.observe("torch_compile_graph_nodes", (*rank, graph), record["nodes"])
-        inputs = record["inputs"]
+        if record.nodes is not None:
+            self.observe("torch_compile_graph_nodes", (*rank, graph), record.nodes)
+        inputs = record.inputs
         self.inc("torch_compile_graph_inputs", rank, inputs.get("total", 0))
         for kind in MUTATION_KINDS:
             self.inc("torch_compile_input_mutations", (*rank, kind), inputs.get(kind, 0))
         for placement in PLACEMENTS:
-            count = record.get("mutation_placement", {}).get(placement, 0)  # validated
+            count = record.mutation_placement.get(placement, 0)
             self.inc("torch_compile_mutated_inputs", (*rank, placement), count)
-        for output_type, count in record["outputs"].items():
+        for output_type, count in record.outputs.items():
             label = output_type if _LABEL_VALUE.fullmatch(output_type) else categories.OTHER
             self.inc("torch_compile_graph_outputs", (*rank, label), count)
-        self.inc("torch_compile_intermediate_bases", rank, record["intermediate_bases"])
+        self.inc("torch_compile_intermediate_bases", rank, record.intermediate_bases)
         for direction in TOKEN_DIRECTIONS:
-            count = record["tokens"].get(direction, 0)
+            count = record.tokens.get(direction, 0)
             self.inc("torch_compile_effect_tokens", (*rank, direction), count)
 
     def snapshot(self) -> Snapshot:

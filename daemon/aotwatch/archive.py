@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from aotwatch.records import MAX_RECORD_BYTES, RecordError, parse_json, to_json, validate_record
+from aotwatch.records import MAX_RECORD_BYTES, Record, RecordError, decode_line, parse_json, to_json
 
 ARCHIVE_FILE = "records.jsonl"
 _READ_CHUNK = 1 << 16
@@ -82,7 +82,7 @@ class RecordArchive(Protocol):
 
     path: Path
 
-    def write_records(self, records: list[dict[str, Any]], lines: list[bytes]) -> None: ...
+    def write_records(self, records: list[Record], lines: list[bytes]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -104,7 +104,7 @@ class ArchiveWriter:
         with self._lock:
             self._file.write(lines)
 
-    def write_records(self, records: list[dict[str, Any]], lines: list[bytes]) -> None:
+    def write_records(self, records: list[Record], lines: list[bytes]) -> None:
         """Append the lines of ``records`` (the interface a sink writes through)."""
         self.write(b"".join(lines))
 
@@ -153,12 +153,10 @@ def read_json_lines(path: str | os.PathLike, private: bool = False) -> Iterator[
             yield err
 
 
-def read_archive(
-    path: str | os.PathLike, private: bool = False
-) -> Iterator[dict[str, Any] | RecordError]:
+def read_archive(path: str | os.PathLike, private: bool = False) -> Iterator[Record | RecordError]:
     """Every line of an archive: a valid record, or the RecordError that refuses it."""
-    for item in read_json_lines(archive_file(path), private):
+    for line in read_lines(archive_file(path), private):
         try:
-            yield item if isinstance(item, RecordError) else validate_record(item)
+            yield line if isinstance(line, RecordError) else decode_line(line)
         except RecordError as err:
             yield err

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aotwatch.records import GRAPH_KINDS
+from aotwatch.records import GRAPH_KINDS, Record
 
 MAX_GRAPHS_PER_ID = 64
 """Distinct graph hashes kept per compile id and graph kind (DDP buckets make several)."""
@@ -27,17 +27,17 @@ Change = tuple[str, str, str]
 """(rank, "graphs" or "cache", graph key or compile id): one entry of a rank's fingerprint."""
 
 
-def observe(fingerprints: Fingerprints, record: dict[str, Any]) -> Change | None:
+def observe(fingerprints: Fingerprints, record: Record) -> Change | None:
     """Fold one accepted record into ``fingerprints``; returns what it touched, if anything."""
-    compile_id = record.get("compile_id")
+    compile_id = record.compile_id
     if compile_id is None:
         return None
-    rank_name = str(record["rank"])
-    rank = fingerprints.setdefault(record["job_name"], {}).setdefault(
+    rank_name = str(record.rank)
+    rank = fingerprints.setdefault(record.job_name, {}).setdefault(
         rank_name, {"graphs": {}, "cache": {}}
     )
-    if record["graph"] is not None:
-        key, graph_hash = f"{compile_id} {record['graph']}", record.get("graph_hash")
+    if record.graph is not None:
+        key, graph_hash = f"{compile_id} {record.graph}", record.graph_hash
         hashes = rank["graphs"].setdefault(key, [])
         if graph_hash and graph_hash not in hashes and len(hashes) < MAX_GRAPHS_PER_ID:
             hashes.append(graph_hash)
@@ -46,7 +46,7 @@ def observe(fingerprints: Fingerprints, record: dict[str, Any]) -> Change | None
         return rank_name, "graphs", key
     rank["cache"][compile_id] = ",".join(
         f"{cache}:{result}"
-        for cache, results in sorted(record["cache"].items())
+        for cache, results in sorted(record.cache.items())
         for result in sorted(results)
     )
     _forget_oldest(rank["cache"])

@@ -1,18 +1,22 @@
-"""The CompileRecord schema: plain, versioned, JSON-serialisable dicts.
+"""The CompileRecord schema, declared once as ``Record``: every field with its type and bounds.
 
 One record per AOT graph (``graph`` = forward, backward or inference) or per
-compiled frame (``graph`` is None). Records are the boundary between
-processes, so they hold only plain data, and ``record_id`` makes
-re-delivery idempotent. METRICS.md lists the keys others rely on.
+compiled frame (``graph`` is None). Capture builds records as plain dicts
+(``new_record``); they cross processes as JSON lines, the archive's own format, and are
+validated into ``Record`` structs by msgspec from this one declaration (``decode_line``,
+``to_record``). ``record_id`` makes re-delivery idempotent. docs/metrics.md lists the
+fields the metrics are folded from.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
 
 SCHEMA_VERSION = 1
 
@@ -35,12 +39,10 @@ MAX_TEXT = 16_384
 
 MAX_LABEL = 256
 """Longest value of a field that becomes a label (job_name, device)."""
-_LABEL_FIELDS = ("job_name", "device")
 
 MAX_ID = 256
-"""Longest identifier (record_id, compile_id, graph_hash, hostname): collectors remember many
-of them."""
-_ID_FIELDS = ("record_id", "compile_id", "graph_hash", "hostname")
+"""Longest identifier (record_id, compile_id, graph_hash, hostname, a name in a mapping):
+collectors remember many of them."""
 
 MAX_NUMBER = 2**53
 """Largest number a record may carry: metric values are floats, exact up to 2**53."""
@@ -51,45 +53,85 @@ MAX_ITEMS = 4096
 MAX_RECORD_BYTES = 1 << 20
 """Longest record as one JSON line: every record accepted fits an archive line."""
 
+Id = Annotated[str, Meta(max_length=MAX_ID)]
+Label = Annotated[str, Meta(max_length=MAX_LABEL)]
+Text = Annotated[str, Meta(max_length=MAX_TEXT)]
+Int = Annotated[int, Meta(ge=-MAX_NUMBER, le=MAX_NUMBER)]
+Count = Annotated[int, Meta(ge=0, le=MAX_NUMBER)]
+Seconds = Annotated[float, Meta(ge=0, le=MAX_NUMBER)]
+Scalar = Text | Int | Annotated[float, Meta(ge=-MAX_NUMBER, le=MAX_NUMBER)] | bool | None
+Counts = Annotated[dict[Id, Count], Meta(max_length=MAX_ITEMS)]
+Fields = Annotated[dict[Id, Scalar], Meta(max_length=MAX_ITEMS)]
+"""A small mapping of names to JSON scalars (a frame, a graph break)."""
+
+
+def _zeros(*names: str) -> Any:
+    return msgspec.field(default_factory=lambda: dict.fromkeys(names, 0))
+
+
+class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
+    """One compile record. Fields without a default are required; another key is refused,
+    so what is accepted is what gets archived."""
+
+    schema: int
+    record_id: Id
+    job_name: Label
+    rank: Int
+    world_size: Int
+    device: Label
+    hostname: Id
+    pid: Int
+    time: Seconds
+    """Unix time the record was made."""
+    compile_id: Id | None = None
+    frame: Fields | None = None
+    graph: Literal[GRAPH_KINDS] | None = None
+    aot_id: Scalar = None
+    cache_hit: Scalar = False
+    graph_hash: Id | None = None
+    nodes: Count | None = None
+    inputs: Counts = _zeros("total", "subclass", *MUTATION_KINDS)
+    mutation_placement: Counts = _zeros(*PLACEMENTS)
+    outputs: Counts = msgspec.field(default_factory=dict)
+    intermediate_bases: Count = 0
+    tokens: Counts = _zeros(*TOKEN_DIRECTIONS)
+    symints_saved_for_backward: Scalar = 0
+    durations_s: Annotated[dict[Id, Seconds], Meta(max_length=MAX_ITEMS)] = msgspec.field(
+        default_factory=dict
+    )
+    cache: Annotated[dict[Id, Counts], Meta(max_length=MAX_ITEMS)] = msgspec.field(
+        default_factory=dict
+    )
+    graph_breaks: Annotated[list[Fields], Meta(max_length=MAX_ITEMS)] = msgspec.field(
+        default_factory=list
+    )
+    recompile_reason: Text | None = None
+    recompile_category: Text | None = None
+    fail_type: Text | None = None
+    fail_category: Text | None = None
+    fail_reason: Text | None = None
+
+
+RECORD_FIELDS = Record.__struct_fields__
+REQUIRED_FIELDS = tuple(f.name for f in msgspec.structs.fields(Record) if f.required)
+
+_NEW_IDENTITY = {
+    "schema": SCHEMA_VERSION,
+    "record_id": "",
+    "job_name": "default",
+    "rank": 0,
+    "world_size": 1,
+    "device": "cpu",
+    "hostname": "",
+    "pid": 0,
+    "time": 0.0,
+}
+"""Where capture starts before it knows the process's identity."""
+
 
 def empty_record() -> dict[str, Any]:
     """A record with every field present and empty: capture fills in what it knows."""
-    return {
-        "schema": SCHEMA_VERSION,
-        "record_id": "",
-        "job_name": "default",
-        "rank": 0,
-        "world_size": 1,
-        "device": "cpu",
-        "hostname": "",
-        "pid": 0,
-        "time": 0.0,
-        "compile_id": None,
-        "frame": None,
-        "graph": None,
-        "aot_id": None,
-        "cache_hit": False,
-        "graph_hash": None,
-        "nodes": None,
-        "inputs": {"total": 0, "subclass": 0, **dict.fromkeys(MUTATION_KINDS, 0)},
-        "mutation_placement": dict.fromkeys(PLACEMENTS, 0),
-        "outputs": {},
-        "intermediate_bases": 0,
-        "tokens": dict.fromkeys(TOKEN_DIRECTIONS, 0),
-        "symints_saved_for_backward": 0,
-        "durations_s": {},
-        "cache": {},
-        "graph_breaks": [],
-        "recompile_reason": None,
-        "recompile_category": None,
-        "fail_type": None,
-        "fail_category": None,
-        "fail_reason": None,
-    }
-
-
-RECORD_FIELDS = frozenset(empty_record())
-"""Every field a record may carry: another key is refused, so what is accepted is archived."""
+    return msgspec.structs.asdict(Record(**_NEW_IDENTITY))
 
 
 def new_record(**fields: Any) -> dict[str, Any]:
@@ -102,10 +144,13 @@ def new_record(**fields: Any) -> dict[str, Any]:
 
 
 def clip_text(text: Any) -> str | None:
-    """``text`` as a string no longer than MAX_TEXT, or None."""
+    """``text`` as UTF-8-safe string no longer than MAX_TEXT, or None (a lone surrogate, as
+    a file name read with surrogateescape carries, becomes a backslash escape)."""
     if text is None:
         return None
     text = str(text)
+    if not _encodable(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
 
 
@@ -115,46 +160,6 @@ class RecordError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
-
-
-_NONE = type(None)
-_MISSING = object()
-_REQUIRED_TYPES: tuple[tuple[str, frozenset[type]], ...] = tuple(
-    (key, frozenset(types))
-    for key, types in {
-        "schema": (int,),
-        "record_id": (str,),
-        "job_name": (str,),
-        "rank": (int,),
-        "world_size": (int,),
-        "device": (str,),
-        "hostname": (str,),
-        "pid": (int,),
-        "time": (int, float),
-        "compile_id": (str, _NONE),
-        "frame": (dict, _NONE),
-        "graph": (str, _NONE),
-        "graph_hash": (str, _NONE),
-        "nodes": (int, _NONE),
-        "inputs": (dict,),
-        "outputs": (dict,),
-        "intermediate_bases": (int,),
-        "tokens": (dict,),
-        "durations_s": (dict,),
-        "cache": (dict,),
-        "graph_breaks": (list,),
-        "recompile_reason": (str, _NONE),
-        "fail_type": (str, _NONE),
-    }.items()
-)
-"""Exact types (``type(v) in ...``: a bool is not an int here) of the fields others rely on."""
-_INT = frozenset({int})
-_STR_OR_NONE = frozenset({str, _NONE})
-_OPTIONAL_TEXT = ("fail_reason", "fail_category", "recompile_category")
-"""Fields the fold reads besides the required ones: a string or null (or absent)."""
-_SCALARS = frozenset({str, int, float, bool, _NONE})
-_OPTIONAL_SCALARS = ("aot_id", "cache_hit", "symints_saved_for_backward")
-"""Fields only archives and reports read: a JSON scalar (or absent)."""
 
 
 def _encodable(text: str) -> bool:
@@ -175,119 +180,99 @@ def label_value_problem(text: str) -> str | None:
     return None
 
 
-_NUMBER = frozenset({int, float})
+# -- validation: msgspec checks the declaration, ``_check`` what it cannot express ---------
+
+_LINE_DECODER = msgspec.json.Decoder(Record)
+_ENCODER = msgspec.json.Encoder()
+_GOOD_LABELS: set[str] = set()  # label values already found printable
+_GOOD_LABELS_MAX = 10_000
 
 
-def _check_scalar(value: Any, key: str) -> None:
-    if type(value) not in _SCALARS:
-        raise RecordError("wrong_type", f"{key} is {type(value).__name__}")
-    if type(value) is str and len(value) > MAX_TEXT:
-        raise RecordError("too_large", key)
-    if type(value) in _NUMBER and abs(value) > MAX_NUMBER:
-        raise RecordError("too_large", key)
-
-
-def _check_fields(fields: Any, key: str) -> None:
-    """A small mapping of names to JSON scalars (a frame, a graph break)."""
-    if type(fields) is not dict:
-        raise RecordError("wrong_type", key)
-    if len(fields) > MAX_ITEMS:
-        raise RecordError("too_large", key)
-    for name, value in fields.items():
-        if type(name) is not str or len(name) > MAX_ID:
-            raise RecordError("wrong_type", f"{key} field name")
-        _check_scalar(value, f"{key}.{name}")
-
-
-def _check_counts(counts: dict[Any, Any], key: str, number_types: frozenset[type]) -> None:
-    if len(counts) > MAX_ITEMS:
-        raise RecordError("too_large", key)
-    for name, value in counts.items():
-        if type(name) is not str or type(value) not in number_types:
-            raise RecordError("wrong_type", f"{key}.{name}")
-        if value < 0 or value != value or value == math.inf:
-            raise RecordError("wrong_type", f"{key}.{name} must be a non-negative number")
-        if value > MAX_NUMBER:
-            raise RecordError("too_large", f"{key}.{name}")
-
-
-def validate_record(obj: Any) -> dict[str, Any]:
-    """Return ``obj`` if it is a well-formed record of this schema, else raise RecordError."""
+def _refusal(obj: Any, err: msgspec.ValidationError) -> RecordError:
+    """The bounded reason for what msgspec refused."""
+    message = str(err)
     if type(obj) is not dict:
-        raise RecordError("not_an_object", type(obj).__name__)
-    if obj.get("schema") != SCHEMA_VERSION:
-        raise RecordError("schema_version", f"schema {obj.get('schema')!r}")
-    if not RECORD_FIELDS.issuperset(obj):
-        unknown = next(key for key in obj if key not in RECORD_FIELDS)
-        raise RecordError("unknown_field", repr(unknown)[:MAX_ID])
-    for key, types in _REQUIRED_TYPES:
-        value = obj.get(key, _MISSING)
-        if type(value) not in types:
-            if value is _MISSING:
-                raise RecordError("missing_field", key)
-            raise RecordError("wrong_type", f"{key} is {type(value).__name__}")
-        if type(value) is str and len(value) > (MAX_ID if key in _ID_FIELDS else MAX_TEXT):
-            raise RecordError("too_large", key)
-        if type(value) is int and abs(value) > MAX_NUMBER:
-            raise RecordError("too_large", key)
-    if not obj["record_id"]:
+        return RecordError("not_an_object", type(obj).__name__)
+    if obj.get("schema") != SCHEMA_VERSION or type(obj.get("schema")) is not int:
+        return RecordError("schema_version", f"schema {obj.get('schema')!r:.40}")
+    if "missing required field" in message:
+        return RecordError("missing_field", message)
+    if "unknown field" in message:
+        return RecordError("unknown_field", message[:MAX_ID])
+    if "<=" in message or ">= -" in message or "out of range" in message:
+        return RecordError("too_large", message)
+    return RecordError("wrong_type", message)
+
+
+def _check(record: Record) -> Record:
+    """What the declaration cannot say: the schema version, a record id, printable labels,
+    a category on every graph break."""
+    if record.schema != SCHEMA_VERSION:
+        raise RecordError("schema_version", f"schema {record.schema}")
+    if not record.record_id:
         raise RecordError("missing_field", "record_id")
-    for key in _LABEL_FIELDS:
-        if len(obj[key]) > MAX_LABEL:
-            raise RecordError("too_large", key)
-        if label_value_problem(obj[key]):
-            raise RecordError("wrong_type", f"{key} is not printable UTF-8")
-    if obj["time"] < 0 or obj["time"] != obj["time"] or obj["time"] == math.inf:
-        raise RecordError("wrong_type", "time must be a finite unix time")
-    for key in _OPTIONAL_TEXT:
-        if type(obj.get(key)) not in _STR_OR_NONE:
-            raise RecordError("wrong_type", f"{key} is {type(obj.get(key)).__name__}")
-        if obj.get(key) is not None and len(obj[key]) > MAX_TEXT:
-            raise RecordError("too_large", key)
-    for key in _OPTIONAL_SCALARS:
-        _check_scalar(obj.get(key), key)
-    if type(obj.get("mutation_placement", {})) is not dict:
-        raise RecordError("wrong_type", "mutation_placement")
-    _check_counts(obj.get("mutation_placement", {}), "mutation_placement", _INT)
-    if obj["graph"] is not None and obj["graph"] not in GRAPH_KINDS:
-        raise RecordError("wrong_type", f"graph {obj['graph']!r}")
-    for key in ("inputs", "outputs", "tokens"):
-        _check_counts(obj[key], key, _INT)
-    _check_counts(obj["durations_s"], "durations_s", _NUMBER)
-    if len(obj["cache"]) > MAX_ITEMS:
-        raise RecordError("too_large", "cache")
-    for cache, results in obj["cache"].items():
-        if type(cache) is not str or type(results) is not dict:
-            raise RecordError("wrong_type", "cache entry")
-        _check_counts(results, "cache entry", _INT)
-    if len(obj["graph_breaks"]) > MAX_ITEMS:
-        raise RecordError("too_large", "graph_breaks")
-    for graph_break in obj["graph_breaks"]:
-        _check_fields(graph_break, "graph_breaks entry")
+    for value in (record.job_name, record.device):
+        if value not in _GOOD_LABELS:
+            if label_value_problem(value):
+                raise RecordError("wrong_type", "a label is not printable UTF-8")
+            if len(_GOOD_LABELS) >= _GOOD_LABELS_MAX:
+                _GOOD_LABELS.clear()
+            _GOOD_LABELS.add(value)
+    for graph_break in record.graph_breaks:
         if type(graph_break.get("category")) is not str:
-            raise RecordError("wrong_type", "graph_breaks entry")
-    _check_fields(obj["frame"] or {}, "frame")
-    return obj
+            raise RecordError("wrong_type", "a graph_breaks entry has no category")
+    return record
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+def to_record(obj: Any) -> Record:
+    """``obj`` (a record dict, or a Record) validated; RecordError when it is malformed or
+    cannot be archived (``record_line``)."""
+    return obj if type(obj) is Record else record_line(obj)[0]
 
 
-def to_json(record: dict[str, Any]) -> str:
-    """One line of JSON for an archive."""
-    return _ENCODER.encode(record)
-
-
-def encode_record(record: dict[str, Any]) -> bytes:
-    """A validated record as one archive line (newline included); RecordError when it is
-    beyond MAX_RECORD_BYTES or cannot be encoded."""
+def record_line(obj: Any) -> tuple[Record, bytes]:
+    """A record dict validated, and its archive line."""
     try:
-        line = (to_json(record) + "\n").encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as err:
+        record = _check(msgspec.convert(obj, Record))
+    except msgspec.ValidationError as err:
+        raise _refusal(obj, err) from None
+    return record, encode_record(record)
+
+
+def decode_line(line: bytes) -> Record:
+    """One JSON line validated into a Record; RecordError ``not_utf8``, ``not_json``,
+    ``too_large`` or what the record breaks."""
+    if len(line) > MAX_RECORD_BYTES:
+        raise RecordError("too_large", f"a line of {len(line)} bytes")
+    try:
+        return _check(_LINE_DECODER.decode(line))
+    except msgspec.ValidationError as err:
+        raise _refusal(parse_json(line), err) from None
+    except msgspec.DecodeError:
+        parse_json(line)  # raises the reason: not UTF-8, not JSON
+        raise RecordError("not_json", "not a record") from None
+
+
+def as_dict(record: Record) -> dict[str, Any]:
+    """A record as the plain dict capture made (nested values are shared, not copied)."""
+    return msgspec.structs.asdict(record)
+
+
+def encode_record(record: Record | dict[str, Any]) -> bytes:
+    """A record as one archive line (newline included); RecordError when it is beyond
+    MAX_RECORD_BYTES or its text is not UTF-8."""
+    try:
+        line = _ENCODER.encode(record) + b"\n"
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as err:
         raise RecordError("wrong_type", f"cannot be encoded as JSON: {err}") from None
     if len(line) > MAX_RECORD_BYTES:
         raise RecordError("too_large", f"{len(line)} bytes as JSON")
     return line
+
+
+def to_json(entry: Any) -> str:
+    """One line of JSON (any value; a record, or an entry of an aotwatch file)."""
+    return json.dumps(entry, separators=(",", ":"), check_circular=False)
 
 
 def parse_json(line: bytes | str) -> Any:
@@ -306,8 +291,3 @@ def parse_json(line: bytes | str) -> Any:
         raise RecordError("not_json", "nested too deeply") from None
     except ValueError as err:
         raise RecordError("not_json", str(err)) from None
-
-
-def from_json(line: bytes | str) -> dict[str, Any]:
-    """Parse and validate one archive line."""
-    return validate_record(parse_json(line))

@@ -9,7 +9,7 @@ from typing import Any
 
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import RecordArchive
-from aotwatch.records import RecordError, encode_record, validate_record
+from aotwatch.records import Record, RecordError, decode_line, record_line
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,16 @@ class LocalSink:
         """Archive and fold ``record``; False if it was a duplicate or malformed."""
         return bool(self.record_batch([record]))
 
-    def record_batch(self, records: list[Any]) -> list[dict[str, Any]]:
+    def record_batch(self, records: list[Any] | bytes) -> list[Record]:
         """Archive the new, valid records with one write, then fold them; returns those.
 
-        Malformed ones are counted in ``aotwatch_records_rejected_total``. When ``strict``
-        and the write fails, raises OSError with nothing folded or counted.
+        ``records``: record dicts, or JSON lines (the archive's format, as workers send
+        them). Malformed ones are counted in ``aotwatch_records_rejected_total``. When
+        ``strict`` and the write fails, raises OSError with nothing folded or counted.
         """
+        items = records.split(b"\n") if isinstance(records, bytes) else records
         with self._lock:
-            accepted, lines, rejected = self._check(records)
+            accepted, lines, rejected = self._check(items)
             if self.archive is not None and lines:
                 try:
                     self.archive.write_records(accepted, lines)
@@ -58,7 +60,7 @@ class LocalSink:
                     log.warning("aotwatch: cannot append to %s", self.archive.path,
                                 exc_info=True)  # fmt: skip
                     for record in accepted:
-                        labels = (record["job_name"], "archive_write")
+                        labels = (record.job_name, "archive_write")
                         self.aggregate.inc("aotwatch_records_dropped", labels)
             for reason in rejected:
                 self.aggregate.inc("aotwatch_records_rejected", (reason,))
@@ -66,18 +68,24 @@ class LocalSink:
                 self.aggregate.fold(record)
             return accepted
 
-    def _check(self, records: list[Any]) -> tuple[list[dict], list[bytes], list[str]]:
+    def _check(self, items: list[Any]) -> tuple[list[Record], list[bytes], list[str]]:
         """(new valid records, their archive lines, the reasons of the rejected ones)."""
         accepted, lines, rejected, ids = [], [], [], set()
-        for obj in records:
+        has_seen = self.aggregate.has_seen
+        for item in items:
             try:
-                record = validate_record(obj)
-                line = encode_record(record) if self.archive is not None else b""
+                if type(item) is bytes:
+                    if not item.strip():
+                        continue
+                    record = decode_line(item)
+                    line = item if item.endswith(b"\n") else item + b"\n"
+                else:
+                    record, line = record_line(item)
             except RecordError as err:
                 rejected.append(err.reason)
                 continue
-            record_id = record["record_id"]
-            if record_id not in ids and not self.aggregate.has_seen(record_id):
+            record_id = record.record_id
+            if record_id not in ids and not has_seen(record_id):
                 ids.add(record_id)
                 accepted.append(record)
                 lines.append(line)

@@ -90,7 +90,7 @@ def redact_values(text: str | None) -> str | None:
 
 def frame_fields(metrics: Any, graph_break_reasons: list[str]) -> dict[str, Any]:
     """Frame-record fields: where, what failed, why it recompiled, which breaks it took."""
-    filename = getattr(metrics, "co_filename", None)
+    filename = clip_text(getattr(metrics, "co_filename", None))
     line = getattr(metrics, "co_firstlineno", None)
     user_frame = f"{filename}:{line}" if filename else None
     recompile_reason = getattr(metrics, "recompile_reason", None)
@@ -98,7 +98,11 @@ def frame_fields(metrics: Any, graph_break_reasons: list[str]) -> dict[str, Any]
     fail_reason = getattr(metrics, "fail_reason", None)
     return {
         "compile_id": getattr(metrics, "compile_id", None),
-        "frame": {"co_name": getattr(metrics, "co_name", None), "filename": filename, "line": line},
+        "frame": {
+            "co_name": clip_text(getattr(metrics, "co_name", None)),
+            "filename": filename,
+            "line": line,
+        },
         "graph_breaks": [
             {
                 "reason": clip_text(redact_values(reason)),

@@ -26,7 +26,7 @@ from aotwatch.archive import (
     ARCHIVE_FILE,
     private_directory,
     read_archive,
-    read_json_lines,
+    read_lines,
 )
 from aotwatch.cluster.job_archives import JobArchives
 from aotwatch.cluster.job_life import JobLife
@@ -34,7 +34,14 @@ from aotwatch.cluster.worker_counts import CountsLedger
 from aotwatch.config import Config
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import serve_metrics
-from aotwatch.records import MAX_ID, MAX_NUMBER, RecordError, label_value_problem
+from aotwatch.records import (
+    MAX_ID,
+    MAX_NUMBER,
+    Record,
+    RecordError,
+    label_value_problem,
+    parse_json,
+)
 from aotwatch.sink import LocalSink
 
 log = logging.getLogger(__name__)
@@ -166,30 +173,32 @@ class NodeCollector:
                 self.sink.inc("aotwatch_records_rejected", (item.reason,))
             elif self.sink.aggregate.add(item):
                 self._observe(item)
-                self.jobs.known(item["job_name"])
+                self.jobs.known(item.job_name)
                 count += 1
         return count
 
     # -- called by workers (cluster.push) ------------------------------------------------
 
-    def push(self, worker: Any, records: list[Any], counts: Any) -> int:
-        """Accept a batch and the worker's running drop and capture-error totals, both
-        persisted before this returns; OSError (the worker keeps the batch and sends it
-        again) when they cannot be. A batch from a malformed worker is rejected whole."""
+    def push(self, worker: Any, records: bytes | list[Any], counts: Any) -> int:
+        """Accept a batch (JSON lines, as ``cluster.push`` sends them, or record dicts) and
+        the worker's running drop and capture-error totals, both persisted before this
+        returns; OSError (the worker keeps the batch and sends it again) when they cannot
+        be. A batch from a malformed worker is rejected whole."""
         problem = worker_problem(worker)
         if problem is not None:
             log.debug("aotwatch: refused a batch: worker %s", problem)
-            self.sink.inc("aotwatch_records_rejected", ("bad_worker",), len(records))
+            size = records.count(b"\n") if isinstance(records, bytes) else len(records)
+            self.sink.inc("aotwatch_records_rejected", ("bad_worker",), size)
             return 0
         self._seen(worker)
         return self._accept(worker, records, counts)
 
-    def _accept(self, worker: dict[str, Any], records: list[Any], counts: Any) -> int:
+    def _accept(self, worker: dict[str, Any], records: bytes | list[Any], counts: Any) -> int:
         with self._accept_lock:
             accepted = self.sink.record_batch(records)
             for record in accepted:
                 self._observe(record)
-            for job_name in {record["job_name"] for record in accepted}:
+            for job_name in {record.job_name for record in accepted}:
                 with self._lock:
                     finished = self.jobs.known(job_name)
                 if finished:  # it ends again, and its archive is marked again when it finishes
@@ -198,11 +207,11 @@ class NodeCollector:
                 self.counts.add(worker["worker_id"], worker["job_name"], counts)
             return len(accepted)
 
-    def _observe(self, record: dict[str, Any]) -> None:
+    def _observe(self, record: Record) -> None:
         change = divergence.observe(self._fingerprints, record)
         if change is None:
             return
-        job = record["job_name"]
+        job = record.job_name
         version = self._versions[job] = self._versions.get(job, 0) + 1
         log = self._changes.setdefault(job, OrderedDict())
         log[change] = version
@@ -269,18 +278,22 @@ class NodeCollector:
         return accepted
 
     def _drain_file(self, path: Path) -> int:
-        lines = read_json_lines(path, private=True)
-        header = next(lines, None)
+        lines = read_lines(path, private=True)
+        first = next(lines, None)
+        try:
+            header = parse_json(first) if isinstance(first, bytes) else None
+        except RecordError:
+            header = None
         worker = header.get("worker") if isinstance(header, dict) else None
         if worker_problem(worker) is not None:
             self.sink.inc("aotwatch_records_rejected", ("bad_worker",), 1 + sum(1 for _ in lines))
             return 0
         accepted, batch = 0, []
-        for item in lines:
-            if isinstance(item, RecordError):
-                self.sink.inc("aotwatch_records_rejected", (item.reason,))
+        for line in lines:
+            if isinstance(line, RecordError):
+                self.sink.inc("aotwatch_records_rejected", (line.reason,))
                 continue
-            batch.append(item)
+            batch.append(line)
             if len(batch) == SPOOL_BATCH:
                 accepted += self._accept(worker, batch, None)
                 batch = []

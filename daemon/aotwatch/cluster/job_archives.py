@@ -22,7 +22,7 @@ from typing import Any
 
 from aotwatch.archive import ARCHIVE_FILE, ArchiveWriter, open_private, private_directory
 from aotwatch.lru import LruCache
-from aotwatch.records import RecordError, parse_json
+from aotwatch.records import Record, RecordError, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,11 @@ class JobArchives:
         self.path = private_directory(collector_directory / JOBS_DIR)
         self._writers = LruCache(MAX_OPEN, on_evict=lambda _, writer: writer.close())
 
-    def write_records(self, records: list[dict[str, Any]], lines: list[bytes]) -> None:
+    def write_records(self, records: list[Record], lines: list[bytes]) -> None:
         """Append each line to its record's job file; OSError when the disk refuses."""
         by_job: dict[str, list[bytes]] = {}
         for record, line in zip(records, lines, strict=True):
-            by_job.setdefault(record["job_name"], []).append(line)
+            by_job.setdefault(record.job_name, []).append(line)
         for job_name, job_lines in by_job.items():
             self._writer(job_name).write(b"".join(job_lines))
 

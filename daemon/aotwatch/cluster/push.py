@@ -29,7 +29,7 @@ from aotwatch.archive import open_private
 from aotwatch.capture.identity import rank_and_world_size
 from aotwatch.cluster.collector import SPOOL_SUFFIX
 from aotwatch.config import PushConfig
-from aotwatch.records import to_json
+from aotwatch.records import RecordError, encode_record, to_json
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ bounded memory, and a call still in flight is never counted as dropped."""
 @dataclass(eq=False)  # compared by identity: removing one must not compare record lists
 class _Batch:
     records: list[dict]
+    lines: bytes | None = None  # the records as JSON lines, encoded when first sent
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # the totals when sent
     counts_version: int = 0
     ref: Any = None
@@ -170,10 +171,23 @@ class RecordPusher:
                 batch.counts, batch.counts_version = self._counts.totals(), self._counts.version
                 self._counts.sent = max(self._counts.sent, self._counts.version)
             self.worker["rank"], self.worker["world_size"] = rank_and_world_size()
+            if batch.lines is None:
+                batch.lines = self._encode(batch.records)
             try:
-                batch.ref = self._collector.push.remote(self.worker, batch.records, batch.counts)
+                batch.ref = self._collector.push.remote(self.worker, batch.lines, batch.counts)
             except Exception:  # noqa: BLE001 - no collector handle right now: next round
                 return
+
+    def _encode(self, records: list[dict]) -> bytes:
+        """``records`` as JSON lines; one that cannot be encoded is counted as dropped."""
+        lines = []
+        for record in records:
+            try:
+                lines.append(encode_record(record))
+            except RecordError:
+                with self._lock:
+                    self._counts.add("dropped", "unencodable")
+        return b"".join(lines)
 
     def _check_answers(self) -> float:
         """Forget acknowledged batches; put failed ones back to wait. Returns the backoff."""
@@ -276,7 +290,9 @@ class RecordPusher:
         """Write what the collector has not acknowledged to the spool, where the collector
         takes it in (resent records and totals count once); log what happened to it."""
         with self._lock:
-            records = [*self._queue, *(r for batch in self._batches for r in batch.records)]
+            records = [*(r for batch in self._batches for r in batch.records), *self._queue]
+        lines = self._encode(records)
+        with self._lock:
             header = {"worker": self.worker, "counts": self._counts.totals()}
         within = f"within {self.config.exit_timeout_s} s at exit"
         if self.spool is None:
@@ -284,7 +300,7 @@ class RecordPusher:
                         within)  # fmt: skip
             return
         try:
-            path = write_spool(self.spool, self.worker["worker_id"], header, records)
+            path = write_spool(self.spool, self.worker["worker_id"], header, lines)
         except OSError as err:
             log.warning("aotwatch: %d records not delivered %s and lost: cannot spool them: "
                         "%s", len(records), within, err)  # fmt: skip
@@ -293,15 +309,15 @@ class RecordPusher:
                     len(records), within, path)  # fmt: skip
 
 
-def write_spool(directory: Path, worker_id: str, header: dict, records: list[dict]) -> Path:
-    """``directory/<worker_id>.jsonl``: the header line, then one line per record. Written
+def write_spool(directory: Path, worker_id: str, header: dict, lines: bytes) -> Path:
+    """``directory/<worker_id>.jsonl``: the header line, then the records' lines. Written
     under a temporary name and renamed, so a collector never reads half a file."""
     path = directory / f"{worker_id}{SPOOL_SUFFIX}"
     partial = directory / f".{worker_id}.partial"
     fd = open_private(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         with os.fdopen(fd, "wb") as stream:
-            stream.write("".join(to_json(line) + "\n" for line in (header, *records)).encode())
+            stream.write((to_json(header) + "\n").encode() + lines)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(partial, path)
