@@ -5,7 +5,9 @@
 ``--check`` writes nothing and exits 1 listing the files that differ from this script's output.
 
 Every query filters on ``$job_name``, ``$instance`` and ``$rank`` where its family carries
-that label (METRICS.md). Counters that aotwatch creates on their first increment (failures,
+that label (docs/metrics.md). Every sample name but Prometheus's own goes through
+``aotwatch.metrics.sample``: a name the metric table does not declare fails here, not as a
+blank panel. Counters that aotwatch creates on their first increment (failures,
 recompiles, drops, errors, divergences) have no series at all on a healthy run; their queries
 fall back to 0, which is the truthful value there.
 """
@@ -18,6 +20,8 @@ import re
 import sys
 from pathlib import Path
 
+from aotwatch.metrics import RANK_LABELS, sample
+
 OUT_DIR = Path(__file__).resolve().parent / "grafana"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 WINDOW = "[$__rate_interval]"
@@ -27,7 +31,9 @@ RANK = ('job_name=~"$job_name"', 'instance=~"$instance"', 'rank=~"$rank"')
 JOB = RANK[:2]
 INSTANCE = RANK[1:2]
 HEAD = RANK[:1]  # served by the head, not a collector: no rank, and another instance
-PER_RANK = "job_name, rank, device"
+PER_RANK = ", ".join(RANK_LABELS)
+PROMETHEUS_OWN = ("up",)
+"""Samples Prometheus itself writes for every target."""
 RANK_LEGEND = "rank {{rank}} · {{device}} · {{job_name}}"
 
 EXAMPLE_VALUES = {
@@ -43,7 +49,8 @@ EXAMPLE_VALUES = {
 
 def sel(metric: str, scope: tuple[str, ...], *matchers: str) -> str:
     """``metric{...}`` filtered on ``scope``'s template variables and extra ``matchers``."""
-    return f"{metric}{{{', '.join((*scope, *matchers))}}}"
+    name = metric if metric in PROMETHEUS_OWN else sample(metric)
+    return f"{name}{{{', '.join((*scope, *matchers))}}}"
 
 
 def total(selector: str, by: str = "") -> str:

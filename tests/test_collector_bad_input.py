@@ -79,7 +79,7 @@ def test_malformed_records_are_counted_and_valid_ones_beside_them_accepted(colle
     handle, url = collector
     malformed = {
         "schema_version": [{**new_record(), "schema": SCHEMA_VERSION + 1}, {"schema": None}],
-        "missing_field": [without(new_record(), "record_id"), without(new_record(), "inputs")],
+        "missing_field": [without(new_record(), "record_id"), without(new_record(), "job_name")],
         "wrong_type": [
             new_record(rank="0"),
             new_record(graph="forward", nodes=1.5),

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aotwatch import categories
-from aotwatch.aggregate import PHASES, Aggregate
+from aotwatch.aggregate import Aggregate
 from aotwatch.records import (
     CACHE_RESULTS,
     CACHES,
@@ -25,6 +25,7 @@ from aotwatch.records import (
     MAX_NUMBER,
     MAX_TEXT,
     MUTATION_KINDS,
+    PHASES,
     PLACEMENTS,
     REQUIRED_FIELDS,
     SCHEMA_VERSION,

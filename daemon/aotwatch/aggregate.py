@@ -10,42 +10,13 @@ same is counted in ``aotwatch_series_dropped_total``, once per label set.
 from __future__ import annotations
 
 import bisect
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from aotwatch import categories
 from aotwatch.lru import LruCache
-from aotwatch.metrics import BY_NAME, PER_JOB
-from aotwatch.records import (
-    CACHE_RESULTS,
-    CACHES,
-    MUTATION_KINDS,
-    PLACEMENTS,
-    TOKEN_DIRECTIONS,
-    Record,
-    RecordError,
-    to_record,
-)
-
-Labels = tuple[str, ...]
-"""Label values in the order of the family's label names."""
-
-PHASES = (
-    "total",
-    "dynamo",
-    "aot_autograd",
-    "inductor",
-    "inductor_codegen",
-    "backward",
-    "pre_grad_passes",
-    "joint_graph_passes",
-    "post_grad_passes",
-    "triton_compile",
-    categories.OTHER,
-)
-_LABEL_VALUE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+from aotwatch.metrics import BY_NAME, FOLDED, PER_JOB, Labels
+from aotwatch.records import Record, RecordError, to_record
 
 REFUSED_MEMORY = 100_000
 """Refused label sets remembered (by hash, about 100 bytes each), so each is counted in
@@ -70,10 +41,6 @@ class _RecentIds:
         self._ids[record_id] = None
         if len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
-
-
-def _bounded(value: Any, allowed: tuple[str, ...]) -> str:
-    return value if value in allowed else categories.OTHER
 
 
 @dataclass
@@ -133,6 +100,16 @@ class Aggregate:
         self._jobs: dict[str, bool] = {}  # job -> finished
         self._evictable: set[str] = set()  # families that may hold a finished job's series
         self._refused = LruCache(REFUSED_MEMORY)  # hashes of (family, labels) counted
+        self._folds = {  # is a frame record -> (family, its fold, how it updates)
+            is_frame: [(f.name, f.fold, self._update(f)) for f in FOLDED[kind]]
+            for is_frame, kind in ((False, "graph"), (True, "frame"))
+        }
+
+    def _update(self, family) -> Any:
+        """How a family takes a folded value; None for a counter (see ``fold_batch``)."""
+        if family.kind == "histogram":
+            return self.observe
+        return self.set_latest if family.latest else None
 
     # -- jobs ------------------------------------------------------------
 
@@ -199,6 +176,12 @@ class Aggregate:
         if self._admit(table, metric, labels):
             table[labels] = value
 
+    def set_latest(self, metric: str, labels: Labels, value: float) -> None:
+        """Set a gauge to ``value`` unless it holds a larger one (a timestamp)."""
+        current = self._values.get(metric, {}).get(labels)
+        if current is None or value > current:
+            self.set_gauge(metric, labels, value)
+
     def remove_gauge(self, metric: str, labels: Labels) -> None:
         self._values.get(metric, {}).pop(labels, None)
 
@@ -245,65 +228,30 @@ class Aggregate:
 
     def fold(self, record: Record) -> None:
         """Fold a validated record that was not seen before."""
-        job = record.job_name
-        self.inc("aotwatch_records_received", (job,))
-        self.attach_worker(job, record.hostname, record.pid)
-        rank = (job, str(record.rank), record.device)
-        if record.graph is None:
-            self._fold_frame(rank, record)
-        else:
-            self._fold_graph(rank, record)
-        for phase, seconds in record.durations_s.items():
-            self.observe(
-                "torch_compile_duration_seconds", (*rank, _bounded(phase, PHASES)), seconds
-            )
-        for cache, results in record.cache.items():
-            for result, count in results.items():
-                labels = (*rank, _bounded(cache, CACHES), _bounded(result, CACHE_RESULTS))
-                self.inc("torch_compile_cache_lookups", labels, count)
-        last = self._values.get("torch_compile_last_compile_timestamp_seconds", {}).get(rank, 0)
-        self.set_gauge("torch_compile_last_compile_timestamp_seconds", rank, max(last, record.time))
-        self._seen_ids.add(record.record_id)  # only once folded: validation made it safe
+        self.fold_batch([record])
 
-    def _fold_frame(self, rank: Labels, record: Record) -> None:
-        self.inc("torch_compile_frames", rank)
-        if record.fail_type is not None:
-            category = record.fail_category or categories.fail_type_category(
-                record.fail_type, record.fail_reason
-            )
-            fail_label = _bounded(category, categories.FAIL_TYPES)
-            self.inc("torch_compile_frame_failures", (*rank, fail_label))
-        for graph_break in record.graph_breaks:
-            category = graph_break["category"]
-            if not categories.is_graph_break_category(category):
-                category = categories.OTHER
-            self.inc("torch_compile_graph_breaks", (*rank, category))
-        if record.recompile_reason is not None:
-            category = record.recompile_category or categories.recompile_category(
-                record.recompile_reason
-            )
-            recompile_label = _bounded(category, categories.RECOMPILE_CATEGORIES)
-            self.inc("torch_compile_recompiles", (*rank, recompile_label))
-
-    def _fold_graph(self, rank: Labels, record: Record) -> None:
-        graph = record.graph
-        self.inc("torch_compile_graphs", (*rank, graph))
-        if record.nodes is not None:
-            self.observe("torch_compile_graph_nodes", (*rank, graph), record.nodes)
-        inputs = record.inputs
-        self.inc("torch_compile_graph_inputs", rank, inputs.get("total", 0))
-        for kind in MUTATION_KINDS:
-            self.inc("torch_compile_input_mutations", (*rank, kind), inputs.get(kind, 0))
-        for placement in PLACEMENTS:
-            count = record.mutation_placement.get(placement, 0)
-            self.inc("torch_compile_mutated_inputs", (*rank, placement), count)
-        for output_type, count in record.outputs.items():
-            label = output_type if _LABEL_VALUE.fullmatch(output_type) else categories.OTHER
-            self.inc("torch_compile_graph_outputs", (*rank, label), count)
-        self.inc("torch_compile_intermediate_bases", rank, record.intermediate_bases)
-        for direction in TOKEN_DIRECTIONS:
-            count = record.tokens.get(direction, 0)
-            self.inc("torch_compile_effect_tokens", (*rank, direction), count)
+    def fold_batch(self, records: list[Record]) -> None:
+        """Fold validated records not seen before: every family of the table
+        (``metrics.FAMILIES``) that takes their kind of record, by the row's own ``fold``.
+        A batch's counter increments are summed first and applied once per label set."""
+        counts: dict[tuple[str, Labels], float] = {}
+        worker = None
+        for record in records:
+            if worker != (record.job_name, record.hostname, record.pid):
+                worker = (record.job_name, record.hostname, record.pid)
+                self.attach_worker(*worker)
+            rank = (record.job_name, str(record.rank), record.device)
+            for name, fold, update in self._folds[record.graph is None]:
+                if update is None:  # a counter: summed over the batch
+                    for labels, amount in fold(record, rank):
+                        key = (name, labels)
+                        counts[key] = counts.get(key, 0) + amount
+                else:
+                    for labels, amount in fold(record, rank):
+                        update(name, labels, amount)
+            self._seen_ids.add(record.record_id)  # only once folded: validation made it safe
+        for (name, labels), amount in counts.items():
+            self.inc(name, labels, amount)
 
     def snapshot(self) -> Snapshot:
         """A copy that later updates cannot change."""

@@ -17,31 +17,8 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
+from aotwatch.metrics import RESERVED_LABEL_NAMES
 from aotwatch.records import MAX_LABEL, label_value_problem
-
-RESERVED_LABEL_NAMES = frozenset(
-    {
-        "job_name",
-        "rank",
-        "device",
-        "instance",
-        "job",
-        "graph",
-        "phase",
-        "reason",
-        "kind",
-        "cache",
-        "result",
-        "placement",
-        "output_type",
-        "direction",
-        "fail_type",
-        "metric",
-        "stage",
-        "le",
-    }
-)
-"""Label names that aotwatch or Prometheus set themselves; ``labels`` may not use them."""
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 

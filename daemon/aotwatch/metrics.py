@@ -1,11 +1,37 @@
-"""The exported metric families (METRICS.md): one table for the fold and the exporter."""
+"""The exported metric families: one row each, the only place a metric is written down.
+
+A row says what the family is (name, type, help, unit, label names and their allowed
+values), how a record folds into it (``fold``), and what a user should do when it moves
+(``action``). ``Aggregate`` folds records by looping over this table, the exporter renders
+it, and the reserved label names, the dashboards' names, the golden exposition and
+docs/metrics.md (``python -m aotwatch.metrics``) are derived from it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Literal
 
+from aotwatch import categories
+from aotwatch.records import (
+    CACHE_RESULTS,
+    CACHES,
+    GRAPH_KINDS,
+    MUTATION_KINDS,
+    PHASES,
+    PLACEMENTS,
+    TOKEN_DIRECTIONS,
+    Record,
+)
+
 RANK_LABELS = ("job_name", "rank", "device")
+JOB_LABELS = ("job_name",)
+BUILD_INFO_LABELS = ("version", "torch_version", "ray_version", "python_version")
+"""``aotwatch_build_info``'s own labels: what is running."""
+SCRAPE_LABELS = ("instance", "job", "le", "quantile")
+"""Labels Prometheus itself sets on every series, or histograms and summaries carry."""
 
 DURATION_BUCKETS = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -16,103 +42,275 @@ DURATION_BUCKETS = (
 NODE_BUCKETS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000)
 """FX nodes per AOT graph."""
 
+Labels = tuple[str, ...]
+Fold = Callable[[Record, Labels], Iterator[tuple[Labels, float]]]
+"""A record and its rank's labels -> (label values, amount) pairs for one family."""
+FREE = "a bounded name (lower case, digits, _; others become other)"
+"""The allowed values of a label whose values come from torch rather than a fixed list."""
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def bounded(value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else ``other``."""
+    return value if value in allowed else categories.OTHER
+
+
+def _name(value: str) -> str:
+    return value if _NAME.fullmatch(value) else categories.OTHER
+
 
 @dataclass(frozen=True)
 class Family:
-    """One metric family: its name (counters without ``_total``), type, help and labels."""
+    """One metric family (counters without ``_total``)."""
 
     name: str
     kind: Literal["counter", "gauge", "histogram"]
     help: str
     labels: tuple[str, ...]
+    values: dict[str, tuple[str, ...] | str] = field(default_factory=dict)
+    """Allowed values of the labels whose values are bounded (others: free text, a job)."""
+    action: str = ""
+    """What a user should do when it moves (docs/metrics.md)."""
+    records: Literal["graph", "frame", "any", "none"] = "none"
+    """Which records fold into it; ``none``: aotwatch sets it itself."""
+    fold: Fold | None = None
+    latest: bool = False
+    """A gauge that keeps the largest value it was given (a timestamp)."""
     buckets: tuple[float, ...] = ()
+    unit: str = ""
+
+    @property
+    def per_job(self) -> bool:
+        """Whether its first label is the job: a job's series leave with the job."""
+        return self.labels[:1] == JOB_LABELS
+
+    def samples(self) -> tuple[str, ...]:
+        """The sample names it exposes."""
+        if self.kind == "counter":
+            return (f"{self.name}_total",)
+        if self.kind == "histogram":
+            return tuple(f"{self.name}_{suffix}" for suffix in ("bucket", "sum", "count"))
+        return (self.name,)
 
 
-def _rank(name: str, kind, help_text: str, *extra: str, buckets=()) -> Family:
-    return Family(name, kind, help_text, RANK_LABELS + extra, buckets)
+def _rank_family(name, kind, help_text, extra=(), **options) -> Family:
+    return Family(name, kind, help_text, RANK_LABELS + tuple(extra), **options)
+
+
+def _once(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
+    yield rank, 1
+
+
+def _failures(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
+    if record.fail_type is not None:
+        category = record.fail_category or categories.fail_type_category(
+            record.fail_type, record.fail_reason
+        )
+        yield (*rank, bounded(category, categories.FAIL_TYPES)), 1
+
+
+def _graph_breaks(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
+    for graph_break in record.graph_breaks:
+        category = graph_break["category"]
+        if not categories.is_graph_break_category(category):
+            category = categories.OTHER
+        yield (*rank, category), 1
+
+
+def _recompiles(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
+    if record.recompile_reason is not None:
+        category = record.recompile_category or categories.recompile_category(
+            record.recompile_reason
+        )
+        yield (*rank, bounded(category, categories.RECOMPILE_CATEGORIES)), 1
+
+
+def _durations(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
+    for phase, seconds in record.durations_s.items():
+        yield (*rank, bounded(phase, PHASES)), seconds
+
+
+def _cache_lookups(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
+    for cache, results in record.cache.items():
+        for result, count in results.items():
+            yield (*rank, bounded(cache, CACHES), bounded(result, CACHE_RESULTS)), count
+
+
+def _counts(field_name: str, names: tuple[str, ...]) -> Fold:
+    """A fold of one of a record's fixed count mappings: every name, zero too."""
+
+    def fold(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
+        counts = getattr(record, field_name)
+        for name in names:
+            yield (*rank, name), counts.get(name, 0)
+
+    return fold
 
 
 FAMILIES: tuple[Family, ...] = (
-    _rank("torch_compile_frames", "counter", "Frames that Dynamo compiled (successful or not)."),
-    _rank(
+    _rank_family(
+        "torch_compile_frames",
+        "counter",
+        "Frames that Dynamo compiled (successful or not).",
+        records="frame",
+        fold=_once,
+        action="Rises with every compile; a rank that keeps rising after warm-up is "
+        "recompiling: see torch_compile_recompiles_total.",
+    ),
+    _rank_family(
         "torch_compile_frame_failures",
         "counter",
         "Frames whose compile failed, by failure category.",
-        "fail_type",
+        ["fail_type"],
+        values={"fail_type": categories.FAIL_TYPES},
+        records="frame",
+        fold=_failures,
+        action="A failed frame runs eagerly (slow) or stops training: read the failure in "
+        "`aotwatch report` and fix the unsupported code or the backend error.",
     ),
-    _rank(
+    _rank_family(
         "torch_compile_graphs",
         "counter",
         "AOTAutograd graphs compiled (forward, backward, inference).",
-        "graph",
+        ["graph"],
+        values={"graph": GRAPH_KINDS},
+        records="graph",
+        fold=lambda record, rank: iter((((*rank, record.graph), 1),)),
+        action="Should stop rising after warm-up; growth means recompiles or graph breaks.",
     ),
-    _rank(
+    _rank_family(
         "torch_compile_graph_nodes",
         "histogram",
         "FX nodes per compiled AOTAutograd graph.",
-        "graph",
+        ["graph"],
+        values={"graph": GRAPH_KINDS},
+        records="graph",
         buckets=NODE_BUCKETS,
+        fold=lambda record, rank: iter(
+            () if record.nodes is None else (((*rank, record.graph), record.nodes),)
+        ),
+        action="Many tiny graphs mean graph breaks; huge ones mean long compiles.",
     ),
-    _rank(
+    _rank_family(
         "torch_compile_duration_seconds",
         "histogram",
         "Compile time per frame and phase, as torch reports it (phases nest).",
-        "phase",
+        ["phase"],
+        values={"phase": (*PHASES, categories.OTHER)},
+        records="any",
+        fold=_durations,
         buckets=DURATION_BUCKETS,
+        unit="seconds",
+        action="The phase that dominates is where to look: a warm cache (Inductor, "
+        "AOTAutograd) removes most of inductor and aot_autograd.",
     ),
-    _rank(
+    _rank_family(
         "torch_compile_graph_breaks",
         "counter",
         "Graph breaks, by registry id or category.",
-        "reason",
+        ["reason"],
+        values={"reason": "a graph-break registry id (gbNNNN) or a category"},
+        records="frame",
+        fold=_graph_breaks,
+        action="Each break splits a graph: fix the top reasons (`aotwatch report` has "
+        "their text), or mark the code with torch._dynamo.disable.",
     ),
-    _rank(
+    _rank_family(
         "torch_compile_recompiles",
         "counter",
         "Recompilations of an already compiled frame, by reason category.",
-        "reason",
+        ["reason"],
+        values={"reason": categories.RECOMPILE_CATEGORIES},
+        records="frame",
+        fold=_recompiles,
+        action="shape: mark dynamic dimensions (torch._dynamo.mark_dynamic); others: keep "
+        "guarded values stable between steps.",
     ),
-    _rank(
+    _rank_family(
         "torch_compile_cache_lookups",
         "counter",
         "Compile-cache lookups by cache and result.",
-        "cache",
-        "result",
+        ["cache", "result"],
+        values={"cache": (*CACHES, categories.OTHER), "result": (*CACHE_RESULTS, categories.OTHER)},
+        records="any",
+        fold=_cache_lookups,
+        action="Misses on a restarted job mean a cold or unshared cache: point "
+        "TORCHINDUCTOR_CACHE_DIR at shared storage; bypasses name what cannot be cached.",
+    ),  # fmt: skip
+    _rank_family(
+        "torch_compile_graph_inputs",
+        "counter",
+        "Graph inputs seen by AOTAutograd.",
+        records="graph",
+        fold=lambda record, rank: iter(((rank, record.inputs.get("total", 0)),)),
+        action="The denominator of the mutation ratios.",
     ),
-    _rank("torch_compile_graph_inputs", "counter", "Graph inputs seen by AOTAutograd."),
-    _rank(
+    _rank_family(
         "torch_compile_input_mutations",
         "counter",
         "Mutated graph inputs by mutation flag (an input counts once per flag it carries).",
-        "kind",
+        ["kind"],
+        values={"kind": MUTATION_KINDS},
+        records="graph",
+        fold=_counts("inputs", MUTATION_KINDS),
+        action="Mutations of inputs cost copies or epilogues; metadata and storage "
+        "mutations are the expensive ones: prefer out-of-place ops on inputs.",
     ),
-    _rank(
+    _rank_family(
         "torch_compile_mutated_inputs",
         "counter",
         "Mutated graph inputs by placement: kept in the graph or replayed by a runtime epilogue.",
-        "placement",
+        ["placement"],
+        values={"placement": PLACEMENTS},
+        records="graph",
+        fold=_counts("mutation_placement", PLACEMENTS),
+        action="out_of_graph mutations run in Python after every call: make them "
+        "in-graph (functional) where you can.",
     ),
-    _rank(
+    _rank_family(
         "torch_compile_graph_outputs",
         "counter",
         "Graph outputs by AOTAutograd alias type (OutputType).",
-        "output_type",
+        ["output_type"],
+        values={"output_type": FREE},
+        records="graph",
+        fold=lambda record, rank: (
+            ((*rank, _name(kind)), count) for kind, count in record.outputs.items()
+        ),
+        action="Outputs that alias inputs or intermediates are regenerated at runtime: "
+        "return fresh tensors from compiled regions where you can.",
     ),
-    _rank(
+    _rank_family(
         "torch_compile_intermediate_bases",
         "counter",
         "Intermediate bases (outputs aliasing one intermediate) summed over graphs.",
+        records="graph",
+        fold=lambda record, rank: iter(((rank, record.intermediate_bases),)),
+        action="Each one is an extra output and a view replay: avoid returning several views "
+        "of one intermediate.",
     ),
-    _rank(
+    _rank_family(
         "torch_compile_effect_tokens",
         "counter",
         "Effect tokens threaded through graphs, before Inductor unlifts them.",
-        "direction",
+        ["direction"],
+        values={"direction": TOKEN_DIRECTIONS},
+        records="graph",
+        fold=_counts("tokens", TOKEN_DIRECTIONS),
+        action="Tokens order side-effecting ops (prints, custom effectful ops); they "
+        "serialise those ops.",
     ),
-    _rank(
+    _rank_family(
         "torch_compile_last_compile_timestamp_seconds",
         "gauge",
         "Unix time when this rank last finished a compile.",
+        records="any",
+        latest=True,
+        fold=lambda record, rank: iter(((rank, record.time),)),
+        unit="seconds",
+        action="A rank whose compiles keep coming long after the others stopped is "
+        "recompiling, or compiling what the others are not.",
     ),
     Family(
         "aotwatch_jobs",
@@ -120,53 +318,151 @@ FAMILIES: tuple[Family, ...] = (
         "Jobs with series in this collector, by state: running, or finished and kept for "
         "collector.job_retention_s.",
         ("state",),
+        values={"state": ("running", "finished")},
+        action="finished jobs leave after collector.job_retention_s; a growing count means "
+        "the retention is longer than the jobs come.",
     ),
     Family(
         "aotwatch_workers_attached",
         "gauge",
         "Worker processes currently attached to this collector.",
-        ("job_name",),
+        JOB_LABELS,
+        action="Fewer than the job's ranks: workers that never attached or stopped pushing.",
     ),
     Family(
         "aotwatch_records_received",
         "counter",
         "Compile records accepted.",
-        ("job_name",),
+        JOB_LABELS,
+        records="any",
+        fold=lambda record, rank: iter(((rank[:1], 1),)),
+        action="Flat during a compile-heavy phase means capture is off or not reaching the "
+        "collector.",
     ),
     Family(
         "aotwatch_records_dropped",
         "counter",
         "Compile records lost on the way, by reason.",
         ("job_name", "reason"),
+        values={"reason": "queue_full, buffer_full, unencodable, archive_write"},
+        action="queue_full or buffer_full: the collector is slow or away; raise "
+        "push.queue_size / push.buffer_size or look at the collector.",
     ),
     Family(
         "aotwatch_records_rejected",
         "counter",
         "Compile records refused as malformed, by reason.",
         ("reason",),
-    ),
+        values={
+            "reason": "not_an_object, schema_version, missing_field, unknown_field, "
+            "wrong_type, too_large, not_json, not_utf8, bad_worker"
+        },
+        action="A version mismatch between workers and collectors, or a client that is not "
+        "aotwatch: check aotwatch_build_info.",
+    ),  # fmt: skip
     Family(
         "aotwatch_capture_errors",
         "counter",
         "Failures inside the capture hooks (swallowed, never raised into training).",
         ("job_name", "stage"),
+        action="Capture missed something: report it with the torch version "
+        "(aotwatch_build_info); training is not affected.",
     ),
     Family(
         "aotwatch_series_dropped",
         "counter",
         "Label sets refused by the per-metric cardinality cap.",
         ("metric",),
+        action="Raise limits.max_series_per_metric, or shorten collector.job_retention_s.",
     ),
 )
 
 RANK_DIVERGENCES = Family(
-    "torch_compile_rank_divergences",
-    "counter",
-    "Compiles that differ across the ranks of a job, by kind.",
-    ("job_name", "kind"),
-)
+    "torch_compile_rank_divergences", "counter",
+    "Compiles that differ across the ranks of a job, by kind.", ("job_name", "kind"),
+    values={"kind": ("graph_hash", "compile_ids", "cache")},
+    action="Ranks that compile different graphs hang in collectives: see the head's log "
+    "or `aotwatch report` for the ranks and compile ids.",
+)  # fmt: skip
 """Served by the head, once per job (no rank label), not by the collectors."""
 
+BUILD_INFO = Family(
+    "aotwatch_build_info", "gauge",
+    "What is running: aotwatch, torch, ray and Python versions.", BUILD_INFO_LABELS,
+    action="Mixed versions across collectors or workers explain rejected records.",
+)  # fmt: skip
+
+ALL_FAMILIES = (BUILD_INFO, *FAMILIES, RANK_DIVERGENCES)
 BY_NAME = {family.name: family for family in FAMILIES}
-PER_JOB = frozenset(family.name for family in FAMILIES if family.labels[:1] == ("job_name",))
+PER_JOB = frozenset(family.name for family in FAMILIES if family.per_job)
 """The families whose first label is the job: a job's series leave with it."""
+FOLDED = {
+    kind: tuple(f for f in FAMILIES if f.records in (kind, "any")) for kind in ("graph", "frame")
+}
+"""The families a graph record and a frame record fold into, in table order."""
+RESERVED_LABEL_NAMES = frozenset(
+    name for family in ALL_FAMILIES for name in family.labels
+) | frozenset(SCRAPE_LABELS)
+"""Label names that aotwatch or Prometheus set themselves: ``labels`` in a config may not
+use them."""
+SAMPLE_NAMES = frozenset(sample for family in ALL_FAMILIES for sample in family.samples())
+"""Every sample name aotwatch exposes (what dashboards and alert rules may query)."""
+
+
+def sample(name: str) -> str:
+    """``name`` if aotwatch exposes a sample of that name; KeyError otherwise. Dashboards and
+    rules write names through this, so a renamed metric fails where it is used."""
+    if name not in SAMPLE_NAMES:
+        raise KeyError(f"{name} is not a sample aotwatch exposes")
+    return name
+
+
+FREE_LABELS = {
+    "job_name": "the job's name (a config's `job_name`)",
+    "rank": "the worker's rank, `0` to world size - 1",
+    "device": "the worker's device: `cpu`, `cuda:0`, ...",
+    "stage": "the capture hook that failed",
+    "metric": "a family's name",
+}
+"""What the values of labels without a fixed list are (docs/metrics.md)."""
+
+
+def _values_text(family: Family, label: str) -> str:
+    values = family.values.get(label, FREE_LABELS.get(label, "free text (a version)"))
+    return values if isinstance(values, str) else ", ".join(f"`{v}`" for v in values)
+
+
+def contract() -> str:
+    """docs/metrics.md: the metric contract, generated from the table."""
+    lines = [
+        "# Metrics",
+        "",
+        "Generated from `daemon/aotwatch/metrics.py` by `python -m aotwatch.metrics > "
+        "docs/metrics.md`; a test fails when this file is stale. Collectors serve every family "
+        "but `torch_compile_rank_divergences` (the head's); the `labels:` of a config are added "
+        "to every series and may not use the label names below.",
+        "",
+    ]
+    for family in ALL_FAMILIES:
+        folded = {"graph": "graph records", "frame": "frame records", "any": "every record",
+                  "none": "aotwatch itself"}[family.records]  # fmt: skip
+        lines += [
+            f"## `{', '.join(family.samples())}`",
+            "",
+            f"{family.kind}{f' ({family.unit})' if family.unit else ''}: {family.help} "
+            f"Set from {folded}.",
+            "",
+            "| label | values |",
+            "| --- | --- |",
+            *(f"| `{label}` | {_values_text(family, label)} |" for label in family.labels),
+            "",
+            f"When it moves: {family.action}",
+            "",
+        ]
+    lines += ["## Reserved label names", "", ", ".join(f"`{n}`" for n in
+              sorted(RESERVED_LABEL_NAMES)), ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(contract(), end="")

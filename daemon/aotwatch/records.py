@@ -21,15 +21,35 @@ from msgspec import Meta
 SCHEMA_VERSION = 1
 
 GRAPH_KINDS = ("forward", "backward", "inference")
-MUTATION_KINDS = (
-    "data",
-    "metadata",
-    "storage_metadata",
-    "storage_resize",
-    "hidden_from_autograd",
-    "under_no_grad",
+MUTATION_FLAGS = (
+    ("mutates_data", "data"),
+    ("mutates_metadata", "metadata"),
+    ("mutates_storage_metadata", "storage_metadata"),
+    ("mutation_inductor_storage_resize", "storage_resize"),
+    # These two are vacuously True on inputs that are not mutated at all:
+    # they only count for inputs that carry one of the flags above.
+    ("mutations_hidden_from_autograd", "hidden_from_autograd"),
+    ("mutations_under_no_grad_or_inference_mode", "under_no_grad"),
 )
-PLACEMENTS = ("in_graph", "out_of_graph")
+"""torch's ``InputAliasInfo`` flag -> the kind a record's ``inputs`` counts it under."""
+MUTATION_KINDS = tuple(kind for _, kind in MUTATION_FLAGS)
+PLACEMENT_TYPES = (("MUTATED_IN_GRAPH", "in_graph"), ("MUTATED_OUT_GRAPH", "out_of_graph"))
+"""torch's ``MutationType`` -> where a mutation of an input is applied."""
+PLACEMENTS = tuple(placement for _, placement in PLACEMENT_TYPES)
+PHASE_FIELDS_US = (
+    ("dynamo_cumulative_compile_time_us", "dynamo"),
+    ("aot_autograd_cumulative_compile_time_us", "aot_autograd"),
+    ("inductor_cumulative_compile_time_us", "inductor"),
+    ("inductor_code_gen_cumulative_compile_time_us", "inductor_codegen"),
+    ("backward_cumulative_compile_time_us", "backward"),
+    ("pre_grad_pass_time_us", "pre_grad_passes"),
+    ("joint_graph_pass_time_us", "joint_graph_passes"),
+    ("post_grad_pass_time_us", "post_grad_passes"),
+    ("triton_compile_time_us", "triton_compile"),
+)
+"""torch's ``CompilationMetrics`` field (microseconds) -> the phase of ``durations_s``."""
+PHASES = ("total", *(phase for _, phase in PHASE_FIELDS_US))
+"""``durations_s`` keys: ``total`` is the whole frame (``entire_frame_compile_time_s``)."""
 TOKEN_DIRECTIONS = ("forward", "backward")
 CACHES = ("fx_graph", "aot_autograd")
 CACHE_RESULTS = ("hit", "miss", "bypass")

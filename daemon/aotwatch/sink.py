@@ -64,8 +64,7 @@ class LocalSink:
                         self.aggregate.inc("aotwatch_records_dropped", labels)
             for reason in rejected:
                 self.aggregate.inc("aotwatch_records_rejected", (reason,))
-            for record in accepted:
-                self.aggregate.fold(record)
+            self.aggregate.fold_batch(accepted)
             return accepted
 
     def _check(self, items: list[Any]) -> tuple[list[Record], list[bytes], list[str]]:

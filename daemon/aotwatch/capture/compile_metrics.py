@@ -6,25 +6,13 @@ import re
 from typing import Any
 
 from aotwatch import categories
-from aotwatch.records import clip_text
+from aotwatch.records import PHASE_FIELDS_US, clip_text
 
 _COMPARED_VALUE = re.compile(
     r"""(==|!=)(\s*)"""
     r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[-+]?\d[\w.+-]*)"""
 )
 
-# CompilationMetrics field (microseconds) -> phase label.
-_PHASE_FIELDS_US = (
-    ("dynamo_cumulative_compile_time_us", "dynamo"),
-    ("aot_autograd_cumulative_compile_time_us", "aot_autograd"),
-    ("inductor_cumulative_compile_time_us", "inductor"),
-    ("inductor_code_gen_cumulative_compile_time_us", "inductor_codegen"),
-    ("backward_cumulative_compile_time_us", "backward"),
-    ("pre_grad_pass_time_us", "pre_grad_passes"),
-    ("joint_graph_pass_time_us", "joint_graph_passes"),
-    ("post_grad_pass_time_us", "post_grad_passes"),
-    ("triton_compile_time_us", "triton_compile"),
-)
 # (cache, result) -> CompilationMetrics count fields, local and remote.
 _CACHE_FIELDS = (
     (
@@ -61,7 +49,7 @@ def durations(metrics: Any) -> dict[str, float]:
     total = _number(metrics, "entire_frame_compile_time_s")
     if total:
         phases["total"] = float(total)
-    for name, phase in _PHASE_FIELDS_US:
+    for name, phase in PHASE_FIELDS_US:
         if value := _number(metrics, name):
             phases[phase] = value / 1e6
     return phases

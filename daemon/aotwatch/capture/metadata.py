@@ -8,28 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from aotwatch.records import MUTATION_KINDS
+from aotwatch.records import MUTATION_FLAGS, MUTATION_KINDS, PLACEMENT_TYPES, PLACEMENTS
 
-# InputAliasInfo flag -> mutation kind label.
-_MUTATION_FLAGS = (
-    ("mutates_data", "data"),
-    ("mutates_metadata", "metadata"),
-    ("mutates_storage_metadata", "storage_metadata"),
-    ("mutation_inductor_storage_resize", "storage_resize"),
-    # These two are vacuously True on inputs that are not mutated at all:
-    # they only count for inputs that carry one of the flags above.
-    ("mutations_hidden_from_autograd", "hidden_from_autograd"),
-    ("mutations_under_no_grad_or_inference_mode", "under_no_grad"),
-)
 _MUTATIONS = {"data", "metadata", "storage_metadata", "storage_resize"}
-_PLACEMENTS = {"MUTATED_IN_GRAPH": "in_graph", "MUTATED_OUT_GRAPH": "out_of_graph"}
+_PLACEMENTS = dict(PLACEMENT_TYPES)
 
 
 def _input_counts(input_info: list[Any]) -> tuple[dict[str, int], dict[str, int]]:
     counts = {"total": len(input_info), "subclass": 0, **dict.fromkeys(MUTATION_KINDS, 0)}
-    placement = dict.fromkeys(_PLACEMENTS.values(), 0)
+    placement = dict.fromkeys(PLACEMENTS, 0)
     for info in input_info:
-        flags = {kind for attr, kind in _MUTATION_FLAGS if getattr(info, attr, False) is True}
+        flags = {kind for attr, kind in MUTATION_FLAGS if getattr(info, attr, False) is True}
         if not flags & _MUTATIONS:
             continue  # not mutated: the hidden/no_grad flags are vacuous here
         for kind in flags:

@@ -15,7 +15,7 @@ from prometheus_client.core import (
 )
 
 from aotwatch.aggregate import Snapshot
-from aotwatch.metrics import FAMILIES
+from aotwatch.metrics import BUILD_INFO, FAMILIES
 
 _FAMILY_TYPES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
 
@@ -29,28 +29,25 @@ def _version(distribution: str) -> str:
 
 def build_info() -> dict[str, str]:
     """What is running: the labels of ``aotwatch_build_info``."""
-    return {
-        "version": _version("aotwatch"),
-        "torch_version": _version("torch"),
-        "ray_version": _version("ray"),
-        "python_version": platform.python_version(),
-    }
+    versions = (
+        _version("aotwatch"),
+        _version("torch"),
+        _version("ray"),
+        platform.python_version(),
+    )
+    return dict(zip(BUILD_INFO.labels, versions, strict=True))
 
 
 def build_info_family(const_labels: Mapping[str, str] | None = None) -> GaugeMetricFamily:
     """``aotwatch_build_info``: 1, labelled with what is running."""
     info, const = build_info(), dict(const_labels or {})
-    family = GaugeMetricFamily(
-        "aotwatch_build_info",
-        "What is running: aotwatch, torch, ray and Python versions.",
-        labels=(*info, *const),
-    )
+    family = GaugeMetricFamily(BUILD_INFO.name, BUILD_INFO.help, labels=(*info, *const))
     family.add_metric((*info.values(), *const.values()), 1)
     return family
 
 
 class AggregateCollector:
-    """Exposes exactly the METRICS.md families that one collector owns."""
+    """Exposes exactly the families of ``metrics.FAMILIES`` (what one collector owns)."""
 
     def __init__(
         self, snapshot: Callable[[], Snapshot], const_labels: Mapping[str, str] | None = None

@@ -1,0 +1,64 @@
+"""The metric table is the one source: the contract document, the reserved label names and
+the labels a fold can produce all follow from it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from aotwatch.aggregate import Aggregate
+from aotwatch.config import ConfigError, load_config
+from aotwatch.export.collector import exposition
+from aotwatch.metrics import ALL_FAMILIES, BUILD_INFO, BY_NAME, contract
+from test_properties import valid_records
+
+CONTRACT = Path(__file__).parents[1] / "docs" / "metrics.md"
+
+
+def test_docs_metrics_md_is_generated_from_the_table():
+    assert CONTRACT.read_text() == contract(), (
+        "docs/metrics.md is stale: run `python -m aotwatch.metrics > docs/metrics.md`"
+    )
+    generated = subprocess.run(
+        [sys.executable, "-m", "aotwatch.metrics"], capture_output=True, text=True, check=True
+    ).stdout
+    assert generated == CONTRACT.read_text()
+    for family in ALL_FAMILIES:  # every family has a section that says what to do
+        assert f"## `{family.samples()[0]}" in generated
+        assert family.action, family.name
+
+
+@pytest.mark.parametrize("label", BUILD_INFO.labels)
+def test_build_info_labels_are_reserved(tmp_path, label):
+    path = tmp_path / "job.yaml"
+    path.write_text(f"labels: {{{label}: x}}\n")
+    with pytest.raises(ConfigError, match="a label that aotwatch sets itself"):
+        load_config(path)
+
+
+def test_a_config_label_never_replaces_build_info(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("labels: {team: ml}\n")
+    text = exposition(Aggregate().snapshot(), load_config(path).labels).decode()
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("aotwatch_build_info{")]
+    assert 'team="ml"' in line and 'version="' in line and 'version="x"' not in line
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_records)
+def test_every_folded_label_value_is_one_the_table_allows(record):
+    aggregate = Aggregate()
+    assert aggregate.add(record)
+    snapshot = aggregate.snapshot()
+    for name, table in (*snapshot.values.items(), *snapshot.histograms.items()):
+        family = BY_NAME[name]
+        for labels in table:
+            assert len(labels) == len(family.labels)
+            for label, value in zip(family.labels, labels, strict=True):
+                allowed = family.values.get(label)
+                if isinstance(allowed, tuple):
+                    assert value in allowed, (name, label, value)
