@@ -113,8 +113,15 @@ def time_capture_work() -> dict[str, float]:
 
         return wrapper
 
-    for name in ("tokens_unlifted", "graph_logged", "cache_hit", "graph_compiled",
-                 "backward_compiled", "backward_compiling", "compilation_metrics"):  # fmt: skip
+    for name in (
+        "tokens_unlifted",
+        "graph_logged",
+        "cache_hit",
+        "graph_compiled",
+        "backward_compiled",
+        "backward_compiling",
+        "compilation_metrics",
+    ):
         setattr(CaptureSession, name, timed(getattr(CaptureSession, name)))
     return spent
 

@@ -32,9 +32,13 @@ RANKS_PER_COLLECTOR = 8
 def collector_state(first_rank: int, ids: int) -> types.SimpleNamespace:
     """What a collector of 8 ranks holds after ``ids`` compiles per rank."""
     state = types.SimpleNamespace(
-        _accept_lock=threading.Lock(), _epoch=uuid.uuid4().hex, _versions={}, _fingerprints={},
-        _changes={}, _changes_since={},
-    )  # fmt: skip
+        _accept_lock=threading.Lock(),
+        _epoch=uuid.uuid4().hex,
+        _versions={},
+        _fingerprints={},
+        _changes={},
+        _changes_since={},
+    )
     state._delta = types.MethodType(NodeCollector._delta, state)
     for rank in range(first_rank, first_rank + RANKS_PER_COLLECTOR):
         for index in range(ids):
@@ -70,8 +74,10 @@ def main() -> None:
     parser.add_argument("--ranks", default="128,1024,10240")
     parser.add_argument("--ids", type=int, default=200)
     args = parser.parse_args()
-    print(f"one job, {RANKS_PER_COLLECTOR} ranks per collector, {args.ids} compile ids per "
-          "rank (forward, backward, frame)\n")  # fmt: skip
+    print(
+        f"one job, {RANKS_PER_COLLECTOR} ranks per collector, {args.ids} compile ids per "
+        "rank (forward, backward, frame)\n"
+    )
     print("| ranks | collectors | round | bytes sent | seconds | findings |")
     print("|---|---|---|---|---|---|")
     for ranks in (int(r) for r in args.ranks.split(",")):
@@ -79,16 +85,20 @@ def main() -> None:
             collector_state(first, args.ids) for first in range(0, ranks, RANKS_PER_COLLECTOR)
         ]
         digest = divergence.Digest()
-        rows = [("first (all)", head_round(digest, states)),
-                ("nothing new", head_round(digest, states))]  # fmt: skip
+        rows = [
+            ("first (all)", head_round(digest, states)),
+            ("nothing new", head_round(digest, states)),
+        ]
         for node, state in enumerate(states):
             for rank in range(node * RANKS_PER_COLLECTOR, (node + 1) * RANKS_PER_COLLECTOR):
                 compile_one(state, rank, args.ids)
         rows.append(("one new compile per rank", head_round(digest, states)))
         rows.append(("nothing new", head_round(digest, states)))
         for name, (sent, seconds, findings) in rows:
-            print(f"| {ranks:,} | {len(states):,} | {name} | {sent:,} | {seconds:.3f} | "
-                  f"{findings} |", flush=True)  # fmt: skip
+            print(
+                f"| {ranks:,} | {len(states):,} | {name} | {sent:,} | {seconds:.3f} | {findings} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -77,14 +77,27 @@ def _collector_target() -> tuple[object, object]:
     )
     collector = NodeCollector("bench-node", config)
     for rank in range(8):  # a node of 8 ranks, 50 compiles each
-        worker = {"job_name": "attack-bench", "hostname": "h", "pid": 1000 + rank, "rank": rank,
-                  "worker_id": f"w{rank}"}  # fmt: skip
+        worker = {
+            "job_name": "attack-bench",
+            "hostname": "h",
+            "pid": 1000 + rank,
+            "rank": rank,
+            "worker_id": f"w{rank}",
+        }
         records = [
-            new_record(job_name="attack-bench", rank=rank, hostname="h", pid=1000 + rank,
-                       compile_id=f"{i}/0", graph="forward", graph_hash=f"{i:016x}",
-                       nodes=100 + i, durations_s={"backward": 0.05})
+            new_record(
+                job_name="attack-bench",
+                rank=rank,
+                hostname="h",
+                pid=1000 + rank,
+                compile_id=f"{i}/0",
+                graph="forward",
+                graph_hash=f"{i:016x}",
+                nodes=100 + i,
+                durations_s={"backward": 0.05},
+            )
             for i in range(50)
-        ]  # fmt: skip
+        ]
         collector.push(worker, records, None)
     return collector.server, collector.server.close
 
@@ -166,8 +179,9 @@ def child(kind: str) -> None:
             if phase[0] in steps:
                 steps[phase[0]].append(elapsed)
     close()
-    _emit(peaks=peaks, steps=steps, cpu=cpu, cap=server.cap,
-          peak_connections=server.peak_connections)  # fmt: skip
+    _emit(
+        peaks=peaks, steps=steps, cpu=cpu, cap=server.cap, peak_connections=server.peak_connections
+    )
 
 
 # -- the parent: scraper and attacker -----------------------------------------------------
@@ -234,9 +248,19 @@ class Attacker:
         self.slots = [_Slot("silent") for _ in range(silent)] + [_Slot("slow") for _ in range(slow)]
         self.selector = selectors.DefaultSelector()
         self.stop = threading.Event()
-        self.counts = {key: 0 for key in (
-            "silent_opened", "silent_cut", "slow_opened", "slow_cut", "slow_bytes",
-            "slow_answered", "connect_failed", "connect_timeout")}  # fmt: skip
+        self.counts = {
+            key: 0
+            for key in (
+                "silent_opened",
+                "silent_cut",
+                "slow_opened",
+                "slow_cut",
+                "slow_bytes",
+                "slow_answered",
+                "connect_failed",
+                "connect_timeout",
+            )
+        }
         self.established: list[int] = []  # silent connections established, sampled
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -346,8 +370,11 @@ class Child:
         self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by close()
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--child", kind],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+        )
         self.watchdog = threading.Timer(deadline_s, self.proc.kill)
         self.watchdog.daemon = True
         self.watchdog.start()
@@ -415,10 +442,18 @@ def run_target(kind: str, args: argparse.Namespace) -> dict:
             child.close()
     result = results[0]
     if kind == "control":  # the attacked server's side of the picture is the decoy's
-        result.update(peaks=results[1]["peaks"], cap=results[1]["cap"],
-                      peak_connections=results[1]["peak_connections"])  # fmt: skip
-    result.update(kind=kind, scrapes=scraper.results, attack=attacker.counts,
-                  established=attacker.established, attacker_cpu=attacker_cpu)  # fmt: skip
+        result.update(
+            peaks=results[1]["peaks"],
+            cap=results[1]["cap"],
+            peak_connections=results[1]["peak_connections"],
+        )
+    result.update(
+        kind=kind,
+        scrapes=scraper.results,
+        attack=attacker.counts,
+        established=attacker.established,
+        attacker_cpu=attacker_cpu,
+    )
     return result
 
 
@@ -454,21 +489,28 @@ def report(result: dict) -> None:
     print("|---|" + "---|" * len(PHASES))
     for key, values in rows.items():
         print(f"| {key} | " + " | ".join(values) + " |")
-    failures = [f"{s[0]}: {s[3]} after {s[1]:.2f} s (connected after {s[4]:.2f} s)"
-                for s in result["scrapes"] if not s[2]]  # fmt: skip
-    print(f"\ncap {result['cap']}, server peak_connections {result['peak_connections']}; "
-          f"attacker: {result['attack']}; silent connections established (attacker's view) "
-          f"median {statistics.median(result['established'] or [0]):.0f}; the attacker and "
-          f"scraper used {result['attacker_cpu']:.2f} cores")  # fmt: skip
+    failures = [
+        f"{s[0]}: {s[3]} after {s[1]:.2f} s (connected after {s[4]:.2f} s)"
+        for s in result["scrapes"]
+        if not s[2]
+    ]
+    print(
+        f"\ncap {result['cap']}, server peak_connections {result['peak_connections']}; "
+        f"attacker: {result['attack']}; silent connections established (attacker's view) "
+        f"median {statistics.median(result['established'] or [0]):.0f}; the attacker and "
+        f"scraper used {result['attacker_cpu']:.2f} cores"
+    )
     if failures:
         print("failed scrapes: " + "; ".join(failures))
     if result["steps"]["attack"]:
         quiet = result["steps"]["before"] + result["steps"]["after"]
         attack = result["steps"]["attack"]
         if quiet and attack:
-            print(f"step time attack / no attack (before + after): median "
-                  f"{statistics.median(attack) / statistics.median(quiet):.3f}, mean "
-                  f"{statistics.fmean(attack) / statistics.fmean(quiet):.3f}")  # fmt: skip
+            print(
+                f"step time attack / no attack (before + after): median "
+                f"{statistics.median(attack) / statistics.median(quiet):.3f}, mean "
+                f"{statistics.fmean(attack) / statistics.fmean(quiet):.3f}"
+            )
 
 
 def main() -> None:
@@ -484,10 +526,15 @@ def main() -> None:
     )
     parser.add_argument("--silent", type=int, default=500)
     parser.add_argument("--slow", type=int, default=50)
-    parser.add_argument("--reopen-per-s", type=float, default=500,
-                        help="silent connections re-opened per second, at most")  # fmt: skip
-    parser.add_argument("--stall", action="store_true",
-                        help="silent connections send one byte, then nothing")  # fmt: skip
+    parser.add_argument(
+        "--reopen-per-s",
+        type=float,
+        default=500,
+        help="silent connections re-opened per second, at most",
+    )
+    parser.add_argument(
+        "--stall", action="store_true", help="silent connections send one byte, then nothing"
+    )
     parser.add_argument("--child", choices=("collector", "local"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -499,11 +546,13 @@ def main() -> None:
     need = args.silent + args.slow + 64
     if soft != resource.RLIM_INFINITY and soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    print(f"{os.cpu_count()} CPUs; {args.silent} silent connections"
-          f"{' (one byte sent first)' if args.stall else ''} (re-opened at most "
-          f"{args.reopen_per_s:g}/s), {args.slow} one-byte-per-second clients, one scrape a "
-          f"second; phases {args.quiet_seconds:g} s before, {args.seconds:g} s attack, "
-          f"{args.quiet_seconds:g} s after")  # fmt: skip
+    print(
+        f"{os.cpu_count()} CPUs; {args.silent} silent connections"
+        f"{' (one byte sent first)' if args.stall else ''} (re-opened at most "
+        f"{args.reopen_per_s:g}/s), {args.slow} one-byte-per-second clients, one scrape a "
+        f"second; phases {args.quiet_seconds:g} s before, {args.seconds:g} s attack, "
+        f"{args.quiet_seconds:g} s after"
+    )
     for kind in args.targets.split(","):
         report(run_target(kind, args))
 

@@ -51,23 +51,35 @@ def graph_record(rank: int, compile_index: int) -> dict:
         graph="forward",
         graph_hash=uuid.uuid4().hex[:16],
         nodes=100 + compile_index % 50,
-        inputs={"total": 8, "subclass": 0, "data": 1, "metadata": 0, "storage_metadata": 0,
-                "storage_resize": 0, "hidden_from_autograd": 0, "under_no_grad": 0},
+        inputs={
+            "total": 8,
+            "subclass": 0,
+            "data": 1,
+            "metadata": 0,
+            "storage_metadata": 0,
+            "storage_resize": 0,
+            "hidden_from_autograd": 0,
+            "under_no_grad": 0,
+        },
         outputs={"non_alias": 2, "alias_of_input": 1},
         durations_s={"backward": 0.05},
-    )  # fmt: skip
+    )
 
 
 def frame_record(rank: int, compile_index: int) -> dict:
     return new_record(
-        job_name="bench", rank=rank, hostname="h", pid=1000 + rank,
+        job_name="bench",
+        rank=rank,
+        hostname="h",
+        pid=1000 + rank,
         compile_id=f"{compile_index}/0",
         durations_s={"total": 1.5, "dynamo": 1.5, "aot_autograd": 1.0, "inductor": 0.7},
         cache={"fx_graph": {"miss": 2}, "aot_autograd": {"miss": 1}},
         recompile_reason="0/0: tensor 'x' size mismatch at index 0" if compile_index else None,
-        graph_breaks=[{"reason": "x", "category": f"gb{compile_index % 20:04d}",
-                       "user_frame": None}],
-    )  # fmt: skip
+        graph_breaks=[
+            {"reason": "x", "category": f"gb{compile_index % 20:04d}", "user_frame": None}
+        ],
+    )
 
 
 def scrape_ms(ranks: int, graphs_per_rank: int, repeats: int = 20) -> tuple[float, int]:
@@ -102,7 +114,7 @@ def rss_mb(pid: int) -> float:
 def ray_benchmarks() -> None:
     import ray
 
-    from aotwatch.cluster.daemon import ensure_collector
+    from aotwatch.cluster.placement import ensure_collector
     from aotwatch.cluster.push import MAX_CALLS, RecordPusher
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
@@ -123,13 +135,17 @@ def ray_benchmarks() -> None:
         for record in records[start : start + 1000]:
             pusher.record(record)
         chunk_us.append((time.perf_counter() - begin) / 1000 * 1e6)
-    print(f"enqueue: median {statistics.median(chunk_us):.2f} us/record "
-          f"(max chunk {max(chunk_us):.2f} us), 100k records")  # fmt: skip
+    print(
+        f"enqueue: median {statistics.median(chunk_us):.2f} us/record "
+        f"(max chunk {max(chunk_us):.2f} us), 100k records"
+    )
     begin = time.perf_counter()
     assert pusher.flush(timeout=120), "the pusher did not drain"
     drained = time.perf_counter() - begin
-    print(f"push path: the last of 100k records acknowledged {drained:.1f} s after the enqueue "
-          f"ended (at most {MAX_CALLS} calls in flight)")  # fmt: skip
+    print(
+        f"push path: the last of 100k records acknowledged {drained:.1f} s after the enqueue "
+        f"ended (at most {MAX_CALLS} calls in flight)"
+    )
     pusher.close()
 
     print(f"collector RSS after the pusher's 100k records: {rss_mb(pid):.0f} MB")

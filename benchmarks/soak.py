@@ -2,7 +2,7 @@
 
     python benchmarks/soak.py [--jobs 1000] [--ranks 8] [--compiles 50] [--every 100]
 
-One real collector actor (``cluster.daemon.ensure_collector``, as ``aotwatch serve`` places
+One real collector actor (``cluster.head.ensure_collector``, as ``aotwatch serve`` places
 it) on a local Ray cluster takes jobs in sequence: per job, ``--ranks`` workers each push
 ``--compiles`` compiles (a frame, a forward and a backward graph record each) in batches of
 100, then say goodbye. ``collector.job_retention_s`` is short (``--retention-s``) and
@@ -31,7 +31,7 @@ import ray_env  # noqa: F401 - sets Ray's environment before Ray is imported
 import ray
 
 from aotwatch.cluster.collector import collector_directory
-from aotwatch.cluster.daemon import ensure_collector
+from aotwatch.cluster.placement import ensure_collector
 from aotwatch.config import (
     ArchiveConfig,
     ClusterConfig,
@@ -46,12 +46,24 @@ BATCH = 100
 def job_records(job: str, rank: int, compiles: int) -> list[dict]:
     records = []
     for index in range(compiles):
-        common = {"job_name": job, "rank": rank, "hostname": "h", "pid": 1000 + rank,
-                  "compile_id": f"{index}/0"}  # fmt: skip
+        common = {
+            "job_name": job,
+            "rank": rank,
+            "hostname": "h",
+            "pid": 1000 + rank,
+            "compile_id": f"{index}/0",
+        }
         records.append(new_record(**common, durations_s={"total": 0.5, "dynamo": 0.2}))
         for graph in ("forward", "backward"):
-            records.append(new_record(**common, graph=graph, nodes=100, graph_hash=f"{index:x}",
-                                      inputs={"total": 4, "data": 1}))  # fmt: skip
+            records.append(
+                new_record(
+                    **common,
+                    graph=graph,
+                    nodes=100,
+                    graph_hash=f"{index:x}",
+                    inputs={"total": 4, "data": 1},
+                )
+            )
     return records
 
 
@@ -99,7 +111,7 @@ def main() -> None:
         cluster=ClusterConfig(namespace=f"aotwatch-soak-{uuid.uuid4().hex[:8]}"),
         collector=CollectorConfig(
             address="127.0.0.1", port=0, worker_timeout_s=1, job_retention_s=args.retention_s
-        ),  # fmt: skip
+        ),
     )
     ray.init(num_cpus=2, include_dashboard=False)
     node_id = ray.get_runtime_context().get_node_id()
@@ -112,20 +124,25 @@ def main() -> None:
         f"{args.jobs} jobs x {args.ranks} ranks x {args.compiles} compiles (3 records each); "
         f"job_retention_s {args.retention_s}, archive.max_bytes {args.max_archive_mib} MiB\n"
     )
-    print("| jobs | series in /metrics | newest job's series | collector RSS (MiB) | "
-          "archive (MiB) | restart to ready (s) | replayed | records/s |")  # fmt: skip
+    print(
+        "| jobs | series in /metrics | newest job's series | collector RSS (MiB) | "
+        "archive (MiB) | restart to ready (s) | replayed | records/s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     first, short, started, pushed = None, 0, time.perf_counter(), 0
     for index in range(args.jobs):
         job = f"job-{index:05d}"
-        workers = [{"worker_id": f"{job}-{r}", "job_name": job, "rank": r}
-                   for r in range(args.ranks)]  # fmt: skip
+        workers = [
+            {"worker_id": f"{job}-{r}", "job_name": job, "rank": r} for r in range(args.ranks)
+        ]
         calls = []
         for worker in workers:
             records = job_records(job, worker["rank"], args.compiles)
             pushed += len(records)
-            calls += [collector.push.remote(worker, records[i : i + BATCH], None)
-                      for i in range(0, len(records), BATCH)]  # fmt: skip
+            calls += [
+                collector.push.remote(worker, records[i : i + BATCH], None)
+                for i in range(0, len(records), BATCH)
+            ]
         ray.get(calls, timeout=300)
         _, text = scrape(url + "/metrics")
         newest = series_of(text, job)
@@ -144,8 +161,11 @@ def main() -> None:
             endpoint = ray.get(collector.endpoint.remote(), timeout=60)
             url, replayed = f"http://127.0.0.1:{endpoint['port']}", endpoint["replayed"]
             assert scrape(url + "/readyz")[0] == 200
-            print(f"| {index + 1} | {total} | {newest} | {memory:.0f} | {disk:.1f} | "
-                  f"{restart:.2f} | {replayed} | {rate:,.0f} |", flush=True)  # fmt: skip
+            print(
+                f"| {index + 1} | {total} | {newest} | {memory:.0f} | {disk:.1f} | "
+                f"{restart:.2f} | {replayed} | {rate:,.0f} |",
+                flush=True,
+            )
             started, pushed = time.perf_counter(), 0
     print(f"\njobs whose newest series were short of the first job's {first}: {short}")
     ray.kill(collector, no_restart=True)

@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--compiles", type=int, default=40)
     args = parser.parse_args()
 
-    from aotwatch.cluster.daemon import ensure_head, stop_daemon
+    from aotwatch.cluster.head import ensure_head, stop_daemon
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     push = PushConfig(batch_size=10, buffer_size=50)
@@ -134,8 +134,10 @@ def main() -> None:
     ratio = statistics.median(results["stopped"]["step"]) / statistics.median(results["up"]["step"])
     received = sum(values.get("aotwatch_records_received", {}).values())
     dropped = sum(values.get("aotwatch_records_dropped", {}).values())
-    print(f"step time stopped/up: {ratio:.3f}; records received {received:.0f}, dropped "
-          f"(counted) {dropped:.0f}")  # fmt: skip
+    print(
+        f"step time stopped/up: {ratio:.3f}; records received {received:.0f}, dropped "
+        f"(counted) {dropped:.0f}"
+    )
 
 
 if __name__ == "__main__":

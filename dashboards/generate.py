@@ -404,64 +404,126 @@ def compile_overview() -> dict:
     windowed_hits = f"sum by (cache) (rate({hits}{WINDOW}))"
     cumulative = "Cumulative, as the collectors export it."
     panels = [
-        stat("Frames compiled", "short", f"Frames Dynamo compiled. {cumulative}",
-             target(total(frames))),
-        stat("Recompiles", "short", f"Recompilations of compiled frames. {cumulative}",
-             target(or_zero(total(recompiles))), warn_from=1),
-        stat("Graph breaks", "short", f"Graph breaks. {cumulative}",
-             target(or_zero(total(breaks))), warn_from=1),
-        stat("Failed frames", "short", f"Frames whose compile failed. {cumulative}",
-             target(or_zero(total(failures))), warn_from=1),
-        stat("Compile time", "s", f"Whole-frame compile time (phase total). {cumulative}",
-             target(total(sel("torch_compile_duration_seconds_sum", RANK, 'phase="total"')))),
-        stat("Cache hit ratio", "percentunit",
-             f"Hits over lookups, all compile caches together. {cumulative}",
-             target(f"({total(hits)} or 0 * {total(lookups)}) / {total(lookups)}")),
-        timeseries("Compile time by phase", "s",
-                   "Compile seconds spent per second of wall time, by phase (phases nest: "
-                   "total contains dynamo, which contains aot_autograd, ...).",
-                   target(f"sum by (phase) (rate({seconds}{WINDOW}))", "{{phase}}")),
-        timeseries("Compile time per frame, p50 / p95", "s",
-                   "Quantiles of the compile time per frame and phase over the rate window; "
-                   "empty while nothing compiles.",
-                   target(quantile(0.5, buckets, "phase"), "p50 {{phase}}"),
-                   target(quantile(0.95, buckets, "phase"), "p95 {{phase}}")),
-        timeseries("Compiles and recompiles per minute", "cpm",
-                   "Frames compiled (recompiles included) and recompiles, per minute.",
-                   target(per_minute(frames), "frames compiled"),
-                   target(or_zero(per_minute(recompiles)), "recompiles")),
-        timeseries("Cache hit ratio by cache", "percentunit",
-                   "Hits over lookups per compile cache over the rate window; empty while "
-                   "nothing is looked up.",
-                   target(f"({windowed_hits} or 0 * {windowed_lookups}) / {windowed_lookups}",
-                          "{{cache}}"),
-                   defaults={"max": 1}),
-        timeseries("Recompiles by reason", "cpm",
-                   "Recompilations per minute by reason category ('none': no recompiles).",
-                   target(or_zero(per_minute(recompiles, "reason"), "reason"), "{{reason}}")),
-        timeseries("Graph breaks by reason", "cpm",
-                   "Graph breaks per minute by registry id or category ('none': no breaks).",
-                   target(or_zero(per_minute(breaks, "reason"), "reason"), "{{reason}}")),
-        timeseries("Frame failures by type", "cpm",
-                   "Failed frame compiles per minute by failure category ('none': none failed).",
-                   target(or_zero(per_minute(failures, "fail_type"), "fail_type"),
-                          "{{fail_type}}")),
-        timeseries("Cache lookups by cache and result", "cpm",
-                   "Compile-cache lookups per minute: hit, miss or bypass, per cache.",
-                   target(per_minute(lookups, "cache, result"), "{{cache}} {{result}}")),
-        table("Per rank", "Cumulative totals per rank and device.", PER_RANK, [
-            ("frames", total(frames, PER_RANK), "short"),
-            ("recompiles", or_zero_per_rank(total(recompiles, PER_RANK)), "short"),
-            ("graph breaks", or_zero_per_rank(total(breaks, PER_RANK)), "short"),
-            ("failures", or_zero_per_rank(total(failures, PER_RANK)), "short"),
-            ("compile time",
-             total(sel("torch_compile_duration_seconds_sum", RANK, 'phase="total"'), PER_RANK),
-             "s"),
-            ("cache hit ratio",
-             f"({total(hits, PER_RANK)} or 0 * {total(lookups, PER_RANK)})"
-             f" / {total(lookups, PER_RANK)}", "percentunit"),
-        ]),
-    ]  # fmt: skip
+        stat(
+            "Frames compiled",
+            "short",
+            f"Frames Dynamo compiled. {cumulative}",
+            target(total(frames)),
+        ),
+        stat(
+            "Recompiles",
+            "short",
+            f"Recompilations of compiled frames. {cumulative}",
+            target(or_zero(total(recompiles))),
+            warn_from=1,
+        ),
+        stat(
+            "Graph breaks",
+            "short",
+            f"Graph breaks. {cumulative}",
+            target(or_zero(total(breaks))),
+            warn_from=1,
+        ),
+        stat(
+            "Failed frames",
+            "short",
+            f"Frames whose compile failed. {cumulative}",
+            target(or_zero(total(failures))),
+            warn_from=1,
+        ),
+        stat(
+            "Compile time",
+            "s",
+            f"Whole-frame compile time (phase total). {cumulative}",
+            target(total(sel("torch_compile_duration_seconds_sum", RANK, 'phase="total"'))),
+        ),
+        stat(
+            "Cache hit ratio",
+            "percentunit",
+            f"Hits over lookups, all compile caches together. {cumulative}",
+            target(f"({total(hits)} or 0 * {total(lookups)}) / {total(lookups)}"),
+        ),
+        timeseries(
+            "Compile time by phase",
+            "s",
+            "Compile seconds spent per second of wall time, by phase (phases nest: "
+            "total contains dynamo, which contains aot_autograd, ...).",
+            target(f"sum by (phase) (rate({seconds}{WINDOW}))", "{{phase}}"),
+        ),
+        timeseries(
+            "Compile time per frame, p50 / p95",
+            "s",
+            "Quantiles of the compile time per frame and phase over the rate window; "
+            "empty while nothing compiles.",
+            target(quantile(0.5, buckets, "phase"), "p50 {{phase}}"),
+            target(quantile(0.95, buckets, "phase"), "p95 {{phase}}"),
+        ),
+        timeseries(
+            "Compiles and recompiles per minute",
+            "cpm",
+            "Frames compiled (recompiles included) and recompiles, per minute.",
+            target(per_minute(frames), "frames compiled"),
+            target(or_zero(per_minute(recompiles)), "recompiles"),
+        ),
+        timeseries(
+            "Cache hit ratio by cache",
+            "percentunit",
+            "Hits over lookups per compile cache over the rate window; empty while "
+            "nothing is looked up.",
+            target(
+                f"({windowed_hits} or 0 * {windowed_lookups}) / {windowed_lookups}", "{{cache}}"
+            ),
+            defaults={"max": 1},
+        ),
+        timeseries(
+            "Recompiles by reason",
+            "cpm",
+            "Recompilations per minute by reason category ('none': no recompiles).",
+            target(or_zero(per_minute(recompiles, "reason"), "reason"), "{{reason}}"),
+        ),
+        timeseries(
+            "Graph breaks by reason",
+            "cpm",
+            "Graph breaks per minute by registry id or category ('none': no breaks).",
+            target(or_zero(per_minute(breaks, "reason"), "reason"), "{{reason}}"),
+        ),
+        timeseries(
+            "Frame failures by type",
+            "cpm",
+            "Failed frame compiles per minute by failure category ('none': none failed).",
+            target(or_zero(per_minute(failures, "fail_type"), "fail_type"), "{{fail_type}}"),
+        ),
+        timeseries(
+            "Cache lookups by cache and result",
+            "cpm",
+            "Compile-cache lookups per minute: hit, miss or bypass, per cache.",
+            target(per_minute(lookups, "cache, result"), "{{cache}} {{result}}"),
+        ),
+        table(
+            "Per rank",
+            "Cumulative totals per rank and device.",
+            PER_RANK,
+            [
+                ("frames", total(frames, PER_RANK), "short"),
+                ("recompiles", or_zero_per_rank(total(recompiles, PER_RANK)), "short"),
+                ("graph breaks", or_zero_per_rank(total(breaks, PER_RANK)), "short"),
+                ("failures", or_zero_per_rank(total(failures, PER_RANK)), "short"),
+                (
+                    "compile time",
+                    total(
+                        sel("torch_compile_duration_seconds_sum", RANK, 'phase="total"'), PER_RANK
+                    ),
+                    "s",
+                ),
+                (
+                    "cache hit ratio",
+                    f"({total(hits, PER_RANK)} or 0 * {total(lookups, PER_RANK)})"
+                    f" / {total(lookups, PER_RANK)}",
+                    "percentunit",
+                ),
+            ],
+        ),
+    ]
     return dashboard(
         "aotwatch-compile-overview",
         "aotwatch / Compile overview",
@@ -490,59 +552,125 @@ def aot_metadata() -> dict:
         )
 
     panels = [
-        stat("AOT graphs", "short", f"AOTAutograd graphs compiled. {cumulative}",
-             target(total(graphs))),
-        stat("Graph inputs", "short", f"Graph inputs seen by AOTAutograd. {cumulative}",
-             target(total(inputs))),
-        stat("Mutated inputs", "short", f"Inputs mutated in place. {cumulative}",
-             target(total(mutated))),
-        stat("Aliased outputs", "short",
-             f"Outputs that alias an input or an intermediate. {cumulative}",
-             target(total(sel("torch_compile_graph_outputs_total", RANK,
-                              'output_type!="non_alias"')))),
-        stat("Intermediate bases", "short", f"Intermediate bases. {cumulative}",
-             target(total(bases))),
-        stat("Effect tokens", "short", f"Effect tokens, forward and backward. {cumulative}",
-             target(total(tokens, "direction"), "{{direction}}")),
-        per_rank("AOT graphs by kind", "AOTAutograd graphs (forward, backward, inference).",
-                 graphs, "graph"),
-        timeseries("AOT graphs compiled per minute", "cpm",
-                   "AOTAutograd graphs compiled per minute, by kind and device.",
-                   target(per_minute(graphs, "graph, device"), "{{graph}} · {{device}}")),
-        per_rank("Input mutations by kind", "Inputs per mutation flag (an input counts once "
-                 "per flag).", mutations, "kind"),
-        per_rank("Mutated inputs by placement", "Mutated inputs kept in the graph (in_graph) "
-                 "or replayed by a runtime epilogue (out_of_graph).", mutated, "placement"),
-        per_rank("Graph outputs by alias type", "Graph outputs by OutputType.", outputs,
-                 "output_type"),
+        stat(
+            "AOT graphs",
+            "short",
+            f"AOTAutograd graphs compiled. {cumulative}",
+            target(total(graphs)),
+        ),
+        stat(
+            "Graph inputs",
+            "short",
+            f"Graph inputs seen by AOTAutograd. {cumulative}",
+            target(total(inputs)),
+        ),
+        stat(
+            "Mutated inputs",
+            "short",
+            f"Inputs mutated in place. {cumulative}",
+            target(total(mutated)),
+        ),
+        stat(
+            "Aliased outputs",
+            "short",
+            f"Outputs that alias an input or an intermediate. {cumulative}",
+            target(
+                total(sel("torch_compile_graph_outputs_total", RANK, 'output_type!="non_alias"'))
+            ),
+        ),
+        stat(
+            "Intermediate bases", "short", f"Intermediate bases. {cumulative}", target(total(bases))
+        ),
+        stat(
+            "Effect tokens",
+            "short",
+            f"Effect tokens, forward and backward. {cumulative}",
+            target(total(tokens, "direction"), "{{direction}}"),
+        ),
+        per_rank(
+            "AOT graphs by kind",
+            "AOTAutograd graphs (forward, backward, inference).",
+            graphs,
+            "graph",
+        ),
+        timeseries(
+            "AOT graphs compiled per minute",
+            "cpm",
+            "AOTAutograd graphs compiled per minute, by kind and device.",
+            target(per_minute(graphs, "graph, device"), "{{graph}} · {{device}}"),
+        ),
+        per_rank(
+            "Input mutations by kind",
+            "Inputs per mutation flag (an input counts once per flag).",
+            mutations,
+            "kind",
+        ),
+        per_rank(
+            "Mutated inputs by placement",
+            "Mutated inputs kept in the graph (in_graph) "
+            "or replayed by a runtime epilogue (out_of_graph).",
+            mutated,
+            "placement",
+        ),
+        per_rank(
+            "Graph outputs by alias type", "Graph outputs by OutputType.", outputs, "output_type"
+        ),
         per_rank("Intermediate bases per rank", "Intermediate bases summed over graphs.", bases),
-        per_rank("Effect tokens, forward / backward", "Effect tokens threaded through graphs.",
-                 tokens, "direction"),
-        timeseries("FX nodes per graph, p50 / p95", "short",
-                   f"Graph size quantiles by kind, rank and device. {cumulative}",
-                   target(quantile(0.5, nodes, f"graph, {PER_RANK}", window=False),
-                          f"p50 {{{{graph}}}} · {RANK_LEGEND}"),
-                   target(quantile(0.95, nodes, f"graph, {PER_RANK}", window=False),
-                          f"p95 {{{{graph}}}} · {RANK_LEGEND}")),
-        bargauge("Graph size distribution", "short",
-                 f"AOT graphs per FX-node bucket (upper bound). {cumulative}",
-                 target(total(nodes, "le"), "{{le}}", fmt="heatmap")),
-        table("Per rank and device", f"AOT metadata per rank and device. {cumulative}",
-              PER_RANK, [
-                  ("graphs", total(graphs, PER_RANK), "short"),
-                  ("inputs", total(inputs, PER_RANK), "short"),
-                  ("mutated inputs", total(mutated, PER_RANK), "short"),
-                  ("outputs", or_zero_per_rank(total(outputs, PER_RANK)), "short"),
-                  ("intermediate bases", total(bases, PER_RANK), "short"),
-                  ("forward tokens",
-                   total(sel("torch_compile_effect_tokens_total", RANK, 'direction="forward"'),
-                         PER_RANK), "short"),
-                  ("backward tokens",
-                   total(sel("torch_compile_effect_tokens_total", RANK, 'direction="backward"'),
-                         PER_RANK), "short"),
-                  ("p95 FX nodes", quantile(0.95, nodes, PER_RANK, window=False), "short"),
-              ]),
-    ]  # fmt: skip
+        per_rank(
+            "Effect tokens, forward / backward",
+            "Effect tokens threaded through graphs.",
+            tokens,
+            "direction",
+        ),
+        timeseries(
+            "FX nodes per graph, p50 / p95",
+            "short",
+            f"Graph size quantiles by kind, rank and device. {cumulative}",
+            target(
+                quantile(0.5, nodes, f"graph, {PER_RANK}", window=False),
+                f"p50 {{{{graph}}}} · {RANK_LEGEND}",
+            ),
+            target(
+                quantile(0.95, nodes, f"graph, {PER_RANK}", window=False),
+                f"p95 {{{{graph}}}} · {RANK_LEGEND}",
+            ),
+        ),
+        bargauge(
+            "Graph size distribution",
+            "short",
+            f"AOT graphs per FX-node bucket (upper bound). {cumulative}",
+            target(total(nodes, "le"), "{{le}}", fmt="heatmap"),
+        ),
+        table(
+            "Per rank and device",
+            f"AOT metadata per rank and device. {cumulative}",
+            PER_RANK,
+            [
+                ("graphs", total(graphs, PER_RANK), "short"),
+                ("inputs", total(inputs, PER_RANK), "short"),
+                ("mutated inputs", total(mutated, PER_RANK), "short"),
+                ("outputs", or_zero_per_rank(total(outputs, PER_RANK)), "short"),
+                ("intermediate bases", total(bases, PER_RANK), "short"),
+                (
+                    "forward tokens",
+                    total(
+                        sel("torch_compile_effect_tokens_total", RANK, 'direction="forward"'),
+                        PER_RANK,
+                    ),
+                    "short",
+                ),
+                (
+                    "backward tokens",
+                    total(
+                        sel("torch_compile_effect_tokens_total", RANK, 'direction="backward"'),
+                        PER_RANK,
+                    ),
+                    "short",
+                ),
+                ("p95 FX nodes", quantile(0.95, nodes, PER_RANK, window=False), "short"),
+            ],
+        ),
+    ]
     return dashboard(
         "aotwatch-aot-metadata",
         "aotwatch / AOT metadata",
@@ -564,63 +692,143 @@ def fleet_health() -> dict:
     live_ranks = sel("torch_compile_last_compile_timestamp_seconds", RANK)
     cumulative = "Cumulative, as the collectors export it."
     panels = [
-        stat("Collectors up", "short", "Collector targets (role=collector) that answer scrapes.",
-             target(total(collectors)), w=3),
-        stat("Workers attached", "short", "Worker processes attached to the collectors now.",
-             target(or_zero(total(workers))), w=3),
-        stat("Records received", "short", f"Compile records accepted. {cumulative}",
-             target(total(received)), w=3),
-        stat("Records dropped", "short", f"Records lost on the way. {cumulative}",
-             target(or_zero(total(dropped))), warn_from=1, w=3),
-        stat("Records rejected", "short", f"Records refused as malformed. {cumulative}",
-             target(or_zero(total(rejected))), warn_from=1, w=3),
-        stat("Capture errors", "short", f"Failures inside the capture hooks. {cumulative}",
-             target(or_zero(total(errors))), warn_from=1, w=3),
-        stat("Series dropped", "short", f"Label sets refused by the cardinality cap. {cumulative}",
-             target(or_zero(total(series))), warn_from=1, w=3),
-        stat("Rank divergences", "short",
-             "Compiles that differ across the ranks of a job (from the head). Cumulative.",
-             target(or_zero(total(divergences))), warn_from=1, w=3),
-        timeseries("Collector up, per instance", "short",
-                   "1 while a collector answers its scrapes, 0 while it does not.",
-                   target(collectors, "{{instance}}"), defaults={"max": 1}),
-        timeseries("Workers and live ranks", "short",
-                   "Worker processes attached, per job and collector, and ranks with a live "
-                   "worker, per job.",
-                   target(or_zero(total(workers, "job_name, instance"), "job_name"),
-                          "workers · {{job_name}} · {{instance}}"),
-                   target(or_zero(f"count by (job_name) ({live_ranks})", "job_name"),
-                          "live ranks · {{job_name}}")),
-        timeseries("Records received per minute", "cpm", "Records accepted, per job and collector.",
-                   target(per_minute(received, "job_name, instance"),
-                          "{{job_name}} · {{instance}}")),
-        timeseries("Records dropped per minute", "cpm",
-                   "Records lost on the way (full queue, collector unreachable, archive write), "
-                   "by reason ('none': no drops).",
-                   target(or_zero(per_minute(dropped, "job_name, reason"), "reason"),
-                          "{{reason}} · {{job_name}}")),
-        timeseries("Records rejected per minute", "cpm",
-                   "Records refused as malformed, by reason and collector ('none': none).",
-                   target(or_zero(per_minute(rejected, "instance, reason"), "reason"),
-                          "{{reason}} · {{instance}}")),
-        timeseries("Capture errors per minute", "cpm",
-                   "Failures inside the capture hooks (never raised into training), by stage "
-                   "('none': none).",
-                   target(or_zero(per_minute(errors, "job_name, stage"), "stage"),
-                          "{{stage}} · {{job_name}}")),
-        timeseries("Series dropped per minute", "cpm",
-                   "Label sets refused by the per-metric cardinality cap, by metric ('none': "
-                   "none).",
-                   target(or_zero(per_minute(series, "metric"), "metric"), "{{metric}}")),
-        timeseries("Rank divergences by kind", "short",
-                   "Compiles that differ across the ranks of a job, by kind (graph_hash, "
-                   "compile_ids, cache_pattern; 'none': none). Cumulative, from the head.",
-                   target(or_zero(total(divergences, "job_name, kind"), "kind"),
-                          "{{kind}} · {{job_name}}")),
-        info_table("Running versions",
-                   "What each collector and the head run (aotwatch_build_info).",
-                   sel("aotwatch_build_info", INSTANCE)),
-    ]  # fmt: skip
+        stat(
+            "Collectors up",
+            "short",
+            "Collector targets (role=collector) that answer scrapes.",
+            target(total(collectors)),
+            w=3,
+        ),
+        stat(
+            "Workers attached",
+            "short",
+            "Worker processes attached to the collectors now.",
+            target(or_zero(total(workers))),
+            w=3,
+        ),
+        stat(
+            "Records received",
+            "short",
+            f"Compile records accepted. {cumulative}",
+            target(total(received)),
+            w=3,
+        ),
+        stat(
+            "Records dropped",
+            "short",
+            f"Records lost on the way. {cumulative}",
+            target(or_zero(total(dropped))),
+            warn_from=1,
+            w=3,
+        ),
+        stat(
+            "Records rejected",
+            "short",
+            f"Records refused as malformed. {cumulative}",
+            target(or_zero(total(rejected))),
+            warn_from=1,
+            w=3,
+        ),
+        stat(
+            "Capture errors",
+            "short",
+            f"Failures inside the capture hooks. {cumulative}",
+            target(or_zero(total(errors))),
+            warn_from=1,
+            w=3,
+        ),
+        stat(
+            "Series dropped",
+            "short",
+            f"Label sets refused by the cardinality cap. {cumulative}",
+            target(or_zero(total(series))),
+            warn_from=1,
+            w=3,
+        ),
+        stat(
+            "Rank divergences",
+            "short",
+            "Compiles that differ across the ranks of a job (from the head). Cumulative.",
+            target(or_zero(total(divergences))),
+            warn_from=1,
+            w=3,
+        ),
+        timeseries(
+            "Collector up, per instance",
+            "short",
+            "1 while a collector answers its scrapes, 0 while it does not.",
+            target(collectors, "{{instance}}"),
+            defaults={"max": 1},
+        ),
+        timeseries(
+            "Workers and live ranks",
+            "short",
+            "Worker processes attached, per job and collector, and ranks with a live "
+            "worker, per job.",
+            target(
+                or_zero(total(workers, "job_name, instance"), "job_name"),
+                "workers · {{job_name}} · {{instance}}",
+            ),
+            target(
+                or_zero(f"count by (job_name) ({live_ranks})", "job_name"),
+                "live ranks · {{job_name}}",
+            ),
+        ),
+        timeseries(
+            "Records received per minute",
+            "cpm",
+            "Records accepted, per job and collector.",
+            target(per_minute(received, "job_name, instance"), "{{job_name}} · {{instance}}"),
+        ),
+        timeseries(
+            "Records dropped per minute",
+            "cpm",
+            "Records lost on the way (full queue, collector unreachable, archive write), "
+            "by reason ('none': no drops).",
+            target(
+                or_zero(per_minute(dropped, "job_name, reason"), "reason"),
+                "{{reason}} · {{job_name}}",
+            ),
+        ),
+        timeseries(
+            "Records rejected per minute",
+            "cpm",
+            "Records refused as malformed, by reason and collector ('none': none).",
+            target(
+                or_zero(per_minute(rejected, "instance, reason"), "reason"),
+                "{{reason}} · {{instance}}",
+            ),
+        ),
+        timeseries(
+            "Capture errors per minute",
+            "cpm",
+            "Failures inside the capture hooks (never raised into training), by stage "
+            "('none': none).",
+            target(
+                or_zero(per_minute(errors, "job_name, stage"), "stage"), "{{stage}} · {{job_name}}"
+            ),
+        ),
+        timeseries(
+            "Series dropped per minute",
+            "cpm",
+            "Label sets refused by the per-metric cardinality cap, by metric ('none': none).",
+            target(or_zero(per_minute(series, "metric"), "metric"), "{{metric}}"),
+        ),
+        timeseries(
+            "Rank divergences by kind",
+            "short",
+            "Compiles that differ across the ranks of a job, by kind (graph_hash, "
+            "compile_ids, cache_pattern; 'none': none). Cumulative, from the head.",
+            target(
+                or_zero(total(divergences, "job_name, kind"), "kind"), "{{kind}} · {{job_name}}"
+            ),
+        ),
+        info_table(
+            "Running versions",
+            "What each collector and the head run (aotwatch_build_info).",
+            sel("aotwatch_build_info", INSTANCE),
+        ),
+    ]
     return dashboard(
         "aotwatch-fleet-health",
         "aotwatch / Fleet health",

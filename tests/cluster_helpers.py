@@ -162,7 +162,7 @@ def start_daemon(tmp_path: Path, prefix: str, **changes) -> tuple[Config, object
     """A head and this node's collector in a namespace of their own: (config, collector
     handle, node id)."""
     from aotwatch.cluster.collector import collector_name
-    from aotwatch.cluster.daemon import ensure_head
+    from aotwatch.cluster.head import ensure_head
 
     config = cluster_config(tmp_path, namespace=f"{prefix}-{uuid.uuid4().hex[:8]}", **changes)
     ensure_head(config)
@@ -188,10 +188,22 @@ def start_serve(config_path: Path) -> subprocess.Popen:
     """``aotwatch serve`` on this process's Ray cluster with the config at ``config_path``,
     returned once it reports a healthy collector (output merged into ``stdout``)."""
     serve = subprocess.Popen(
-        [sys.executable, "-m", "aotwatch.cli", "serve", "--config", str(config_path),
-         "--address", ray.get_runtime_context().gcs_address, "--interval", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "aotwatch.cli",
+            "serve",
+            "--config",
+            str(config_path),
+            "--address",
+            ray.get_runtime_context().gcs_address,
+            "--interval",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     while "healthy" not in "".join(lines):
         line = serve.stdout.readline()

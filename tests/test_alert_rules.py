@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aotwatch.cluster.daemon import file_sd_path, write_file_sd
+from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
 from aotwatch.config import Config
 from aotwatch.metrics import FAMILIES, RANK_DIVERGENCES
 
@@ -26,7 +26,7 @@ SERIES_SUFFIXES = {
     "histogram": ("_bucket", "_sum", "_count"),
 }
 HEAD_SERIES = {f"{RANK_DIVERGENCES.name}_total"}
-"""Served by the head (aotwatch.cluster.daemon), not by the collectors."""
+"""Served by the head (aotwatch.cluster.head), not by the collectors."""
 PROMQL_WORDS = {"and", "or", "unless", "bool", "inf", "nan"}
 
 

@@ -19,6 +19,7 @@ def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path):
     writer.close()
     items = list(read_archive(tmp_path))
     assert [i.record_id for i in items if not isinstance(i, RecordError)] == [
-        first["record_id"], second["record_id"],
-    ]  # fmt: skip
+        first["record_id"],
+        second["record_id"],
+    ]
     assert [i.reason for i in items if isinstance(i, RecordError)] == ["not_json"]

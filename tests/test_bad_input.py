@@ -105,8 +105,9 @@ def test_bad_config_file(tmp_path, workdir, command, case):
         result = aotwatch("check-config", str(config), cwd=workdir)
     else:
         script = script_with_side_effect(tmp_path)
-        result = aotwatch("trace", "--config", str(config), "--", "python", str(script),
-                          cwd=workdir)  # fmt: skip
+        result = aotwatch(
+            "trace", "--config", str(config), "--", "python", str(script), cwd=workdir
+        )
     assert_one_line_error(result, config, message)
     assert result.stdout == ""
     assert list(workdir.iterdir()) == []  # no script ran, no archive was made
@@ -200,8 +201,13 @@ def run_job(job: Path, workdir: Path):
     """``aotwatch run`` on a fresh local cluster whose session files would go to workdir/ray."""
     ray_tmp = workdir.parent / "ray"
     ray_tmp.mkdir(exist_ok=True)
-    result = aotwatch("run", str(job), cwd=workdir, env={"RAY_TMPDIR": str(ray_tmp),
-                      "RAY_ADDRESS": ""}, timeout=120)  # fmt: skip
+    result = aotwatch(
+        "run",
+        str(job),
+        cwd=workdir,
+        env={"RAY_TMPDIR": str(ray_tmp), "RAY_ADDRESS": ""},
+        timeout=120,
+    )
     assert list(ray_tmp.iterdir()) == [], "Ray started"
     assert list(workdir.iterdir()) == []
     assert result.stdout == ""

@@ -42,13 +42,18 @@ def test_trace_records_every_graph_and_prints_a_summary(tmp_path):
         "import programs\nprograms.training_step('aot_eager', 'cpu')\n"
         "programs.input_mutation('aot_eager', 'cpu')\n",
     )
-    result = aotwatch("trace", "--port", "0", "--archive", str(tmp_path / "a"), "--",
-                      "python", str(script))  # fmt: skip
+    result = aotwatch(
+        "trace", "--port", "0", "--archive", str(tmp_path / "a"), "--", "python", str(script)
+    )
     assert result.returncode == 0, result.stderr
     records = [as_dict(r) for r in read_archive(tmp_path / "a")]
     assert sorted(r["graph"] or "frame" for r in records) == [
-        "backward", "forward", "frame", "frame", "inference",
-    ]  # fmt: skip
+        "backward",
+        "forward",
+        "frame",
+        "frame",
+        "inference",
+    ]
     assert "aotwatch summary" in result.stderr
     header, row = result.stderr.strip().splitlines()[-2:]
     assert header.split()[:4] == ["job_name", "rank", "device", "frames"]
@@ -61,8 +66,17 @@ def test_trace_records_every_graph_and_prints_a_summary(tmp_path):
 )
 def test_trace_exits_with_the_scripts_status(tmp_path, body, code):
     script = write_script(tmp_path / "s.py", body + "\n")
-    result = aotwatch("trace", "--port", "0", "--archive", str(tmp_path / "a"), "--", "python",
-                      str(script), "extra-arg")  # fmt: skip
+    result = aotwatch(
+        "trace",
+        "--port",
+        "0",
+        "--archive",
+        str(tmp_path / "a"),
+        "--",
+        "python",
+        str(script),
+        "extra-arg",
+    )
     assert result.returncode == code, result.stderr
     if code == 1:
         assert "RuntimeError: boom" in result.stderr
@@ -72,8 +86,18 @@ def test_trace_passes_arguments_and_main_to_the_script(tmp_path):
     script = write_script(
         tmp_path / "args.py", "if __name__ == '__main__':\n    print('ARGV', sys.argv[1:])\n"
     )
-    result = aotwatch("trace", "--port", "0", "--archive", str(tmp_path / "a"), "--", "python",
-                      str(script), "--lr", "0.1")  # fmt: skip
+    result = aotwatch(
+        "trace",
+        "--port",
+        "0",
+        "--archive",
+        str(tmp_path / "a"),
+        "--",
+        "python",
+        str(script),
+        "--lr",
+        "0.1",
+    )
     assert "ARGV ['--lr', '0.1']" in result.stdout
 
 

@@ -9,7 +9,8 @@ import ray
 
 from aotwatch.cluster.attach import attach_actors
 from aotwatch.cluster.collector import collector_name
-from aotwatch.cluster.daemon import ensure_head, file_sd_path, stop_daemon
+from aotwatch.cluster.file_sd import file_sd_path
+from aotwatch.cluster.head import ensure_head, stop_daemon
 from cluster_helpers import (
     Worker,
     actor_pid,
@@ -103,8 +104,11 @@ def test_file_sd_follows_a_collector_that_restarted_on_another_port(config):
     before, pid = collector_targets(file_sd_path(config))[node_id], actor_pid(collector)
     ray.kill(collector, no_restart=False)  # port 0: the new instance binds another port
     wait_for(lambda: actor_pid(collector) != pid, timeout=60, message="the collector back")
-    wait_for(lambda: collector_targets(file_sd_path(config))[node_id] != before, timeout=30,
-             message="file_sd to list the new port")  # fmt: skip
+    wait_for(
+        lambda: collector_targets(file_sd_path(config))[node_id] != before,
+        timeout=30,
+        message="file_sd to list the new port",
+    )
     target = collector_targets(file_sd_path(config))[node_id]
     assert scrape(f"http://{target}/healthz") == "ok\n"
 
@@ -113,8 +117,7 @@ def test_divergent_ranks_are_found(config):
     head = ray.get_actor("aotwatch-head", namespace=config.cluster.namespace)
     ranks = [ranked_worker(rank) for rank in range(2)]
     ray.get([w.attach.remote(config) for w in ranks], timeout=120)
-    ray.get([ranks[0].compile_fn.remote("x * 2"), ranks[1].compile_fn.remote("x + 1")],
-            timeout=120)  # fmt: skip
+    ray.get([ranks[0].compile_fn.remote("x * 2"), ranks[1].compile_fn.remote("x + 1")], timeout=120)
     assert all(ray.get([w.flush.remote() for w in ranks], timeout=60))
     findings = ray.get(head.check_divergences.remote(final=True), timeout=60)
     kinds = {(f["kind"], f["compile_id"]) for f in findings}
@@ -163,8 +166,11 @@ def test_serve_runs_until_interrupted_then_removes_its_collectors(ray_session, t
         output, _ = serve.communicate(timeout=120)
     assert serve.returncode == 0, output
     assert "stopping the collectors" in output
-    wait_for(lambda: not _actor_exists(collector_name(node_id), namespace), timeout=30,
-             message="the collector to be removed")  # fmt: skip
+    wait_for(
+        lambda: not _actor_exists(collector_name(node_id), namespace),
+        timeout=30,
+        message="the collector to be removed",
+    )
 
 
 def _actor_exists(name: str, namespace: str) -> bool:

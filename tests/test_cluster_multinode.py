@@ -9,7 +9,8 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from aotwatch.cluster.daemon import ensure_head, file_sd_path, stop_daemon
+from aotwatch.cluster.file_sd import file_sd_path
+from aotwatch.cluster.head import ensure_head, stop_daemon
 from cluster_helpers import (
     WORKER_ENV,
     Worker,
@@ -73,8 +74,11 @@ def test_one_collector_per_node_each_with_its_own_workers(cluster, tmp_path):
 
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        wait_for(lambda: len(collector_targets(file_sd_path(config))) == 4, timeout=60,
-                 message="a collector on the new node in file_sd")  # fmt: skip
+        wait_for(
+            lambda: len(collector_targets(file_sd_path(config))) == 4,
+            timeout=60,
+            message="a collector on the new node in file_sd",
+        )
         new_node = (alive_node_ids() - nodes).pop()
         target = collector_targets(file_sd_path(config))[new_node]
         assert "aotwatch_build_info" in scrape(f"http://{target}/metrics")
@@ -90,12 +94,18 @@ def test_a_removed_node_loses_its_collector_and_the_others_keep_serving(cluster,
         doomed = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         (doomed_id,) = alive_node_ids() - before
-        wait_for(lambda: doomed_id in collector_targets(file_sd_path(config)), timeout=60,
-                 message="a collector on the new node")  # fmt: skip
+        wait_for(
+            lambda: doomed_id in collector_targets(file_sd_path(config)),
+            timeout=60,
+            message="a collector on the new node",
+        )
 
         cluster.remove_node(doomed)
-        wait_for(lambda: set(collector_targets(file_sd_path(config))) == before, timeout=120,
-                 message="file_sd to drop the removed node")  # fmt: skip
+        wait_for(
+            lambda: set(collector_targets(file_sd_path(config))) == before,
+            timeout=120,
+            message="file_sd to drop the removed node",
+        )
         for target in collector_targets(file_sd_path(config)).values():
             assert "aotwatch_build_info" in scrape(f"http://{target}/metrics")
         (head,) = [g for g in read_file_sd(file_sd_path(config)) if g["labels"]["role"] == "head"]

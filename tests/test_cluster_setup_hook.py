@@ -13,7 +13,7 @@ import ray
 
 from aotwatch.cluster.attach import runtime_env
 from aotwatch.cluster.collector import collector_name
-from aotwatch.cluster.daemon import ensure_head, stop_daemon
+from aotwatch.cluster.head import ensure_head, stop_daemon
 from cluster_helpers import WORKER_ENV, Worker, cluster_config, total
 
 
@@ -33,8 +33,11 @@ def test_setup_hook_attaches_at_the_first_compile_only(config):
     workers = [Worker.remote() for _ in range(2)]
     idle, compiling = workers
     assert ray.get(idle.state.remote(), timeout=120) == {
-        "attached": False, "dynamo_imported": False, "pending": None, "captured": None,
-    }  # fmt: skip
+        "attached": False,
+        "dynamo_imported": False,
+        "pending": None,
+        "captured": None,
+    }
     ray.get(compiling.run.remote("graph_break", "training_step"), timeout=300)
     assert ray.get(compiling.state.remote(), timeout=30)["attached"]
     assert ray.get(compiling.flush.remote(), timeout=60)

@@ -12,7 +12,7 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
-from aotwatch.cluster.daemon import ensure_collector
+from aotwatch.cluster.placement import ensure_collector
 from aotwatch.config import LimitsConfig
 from aotwatch.records import MAX_NUMBER, SCHEMA_VERSION, new_record
 from cluster_helpers import (
@@ -93,7 +93,8 @@ def test_malformed_records_are_counted_and_valid_ones_beside_them_accepted(colle
             new_record(durations_s={"total": MAX_NUMBER * 2}),
             new_record(graph="forward", nodes=10**400),
         ],
-        "not_an_object": ["a string", 5, None, [new_record()], b"bytes"],
+        "not_an_object": ["a string", 5, None, [new_record()]],
+        "not_json": [b"bytes"],  # bytes are taken as a JSON line
     }
     valid = [new_record(job_name="good", graph="forward", nodes=3) for _ in range(3)]
     batch = [valid[0], *(r for records in malformed.values() for r in records), *valid[1:]]
@@ -138,8 +139,9 @@ def test_floods_are_capped_counted_and_memory_stays_bounded(collector):
 
     scraped = families(url)
     for name, samples in scraped.items():
-        label_sets = {tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
-                      for s in samples}  # fmt: skip
+        label_sets = {
+            tuple(sorted((k, v) for k, v in s.labels.items() if k != "le")) for s in samples
+        }
         assert len(label_sets) <= CAP, name
     received = counter(scraped, "aotwatch_records_received", "job_name")
     assert len(received) == CAP

@@ -268,10 +268,18 @@ def test_label_values_are_checked_as_records_check_them(tmp_path, text, key, say
 
 @pytest.mark.parametrize(
     ("value", "valid"),
-    [("j" * MAX_LABEL, True), ("llm-ü 東京", True), ("a b", True), ("j" * (MAX_LABEL + 1), False),
-     ("my-job\n", False), ("j\ud800", False), ("a\tb", False), ("\x7f", False)],
+    [
+        ("j" * MAX_LABEL, True),
+        ("llm-ü 東京", True),
+        ("a b", True),
+        ("j" * (MAX_LABEL + 1), False),
+        ("my-job\n", False),
+        ("j\ud800", False),
+        ("a\tb", False),
+        ("\x7f", False),
+    ],
     ids=["longest", "non-ascii", "space", "too long", "newline", "surrogate", "tab", "DEL"],
-)  # fmt: skip
+)
 def test_config_and_records_agree_on_label_values(value, valid):
     def accepts(make) -> bool:
         try:

@@ -14,8 +14,9 @@ def fingerprints(*records):
 
 
 def graph(rank, compile_id="0/0", graph_hash="aaaa", kind="forward"):
-    return new_record(job_name="j", rank=rank, compile_id=compile_id, graph=kind,
-                      graph_hash=graph_hash)  # fmt: skip
+    return new_record(
+        job_name="j", rank=rank, compile_id=compile_id, graph=kind, graph_hash=graph_hash
+    )
 
 
 def frame(rank, compile_id="0/0", cache=None):
@@ -91,9 +92,12 @@ def test_the_digest_merges_collectors_and_takes_only_what_changed():
 
 def test_finding_at_some_compile_ids_finds_what_the_full_search_finds_there():
     prints = fingerprints(
-        graph(0, graph_hash="aaaa"), graph(1, graph_hash="bbbb"),
-        graph(0, compile_id="1/0"), frame(0, compile_id="2/0"), frame(1, compile_id="2/0"),
-    )  # fmt: skip
+        graph(0, graph_hash="aaaa"),
+        graph(1, graph_hash="bbbb"),
+        graph(0, compile_id="1/0"),
+        frame(0, compile_id="2/0"),
+        frame(1, compile_id="2/0"),
+    )
     everything = divergence.find("j", prints["j"])
     for compile_id in ("0/0", "1/0", "2/0"):
         at = divergence.find("j", prints["j"], {compile_id})

@@ -187,9 +187,13 @@ def build_in_fresh_venv(tmp_path: Path, build_args: dict[str, str]) -> Path:
             cwd = root / workdir.relative_to("/")
             cwd.mkdir(parents=True, exist_ok=True)
             result = subprocess.run(
-                ["/bin/sh", "-c", instruction.args], cwd=cwd, env=env, capture_output=True,
-                text=True, timeout=120,
-            )  # fmt: skip
+                ["/bin/sh", "-c", instruction.args],
+                cwd=cwd,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert result.returncode == 0, f"RUN {instruction.args}\n{result.stdout}{result.stderr}"
     return bin_dir
 
@@ -203,8 +207,11 @@ def test_the_commands_the_image_runs_work_in_a_fresh_virtualenv(tmp_path, monkey
     venv = bin_dir.parent
     installed = subprocess.run(
         [bin_dir / "python", "-c", "import aotwatch; print(aotwatch.__file__)"],
-        capture_output=True, text=True, check=True, cwd=tmp_path,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
     assert Path(installed.stdout.strip()).is_relative_to(venv), installed.stdout
 
     entrypoint = json.loads(only("ENTRYPOINT").args)
@@ -214,8 +221,10 @@ def test_the_commands_the_image_runs_work_in_a_fresh_virtualenv(tmp_path, monkey
     for arguments in ([], json.loads(only("CMD").args)):
         help_run = subprocess.run(
             [executable, *entrypoint[1:], *arguments, "--help"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert help_run.returncode == 0, help_run.stderr
         with pytest.raises(SystemExit) as exited:
             build_parser().parse_args([*arguments, "--help"])

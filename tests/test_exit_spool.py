@@ -21,7 +21,7 @@ import ray
 
 from aotwatch.archive import private_directory
 from aotwatch.cluster.collector import SPOOL_SUFFIX, spool_directory
-from aotwatch.cluster.daemon import stop_daemon
+from aotwatch.cluster.head import stop_daemon
 from aotwatch.cluster.push import MAX_CALLS, RecordPusher, write_spool
 from aotwatch.config import PushConfig
 from aotwatch.records import new_record
@@ -49,9 +49,12 @@ def read_spool(path) -> tuple[dict, list[dict]]:
 
 def worker_id_of(worker) -> str:
     """The id the attached worker's pusher announces (its spool file is named after it)."""
-    return ray.get(worker.__ray_call__.remote(
-        lambda self: __import__("aotwatch.local").local.current().sink.worker["worker_id"]
-    ), timeout=30)  # fmt: skip
+    return ray.get(
+        worker.__ray_call__.remote(
+            lambda self: __import__("aotwatch.local").local.current().sink.worker["worker_id"]
+        ),
+        timeout=30,
+    )
 
 
 def test_records_undelivered_at_exit_are_spooled_and_taken_in(ray_session, tmp_path):
@@ -100,8 +103,10 @@ def test_records_undelivered_at_exit_are_spooled_and_taken_in(ray_session, tmp_p
         wait_for(lambda: received() >= captured, timeout=30, message="every record")
         snapshot = ray.get(collector.snapshot.remote(), timeout=60)
         dropped = snapshot.values.get("aotwatch_records_dropped", {})
-        print(f"\nexit spool: captured {captured}, {unacknowledged} spooled, "
-              f"received {received()}, dropped {dropped}")  # fmt: skip
+        print(
+            f"\nexit spool: captured {captured}, {unacknowledged} spooled, "
+            f"received {received()}, dropped {dropped}"
+        )
         assert received() == captured  # resends (in-flight calls, the spool) count once
         assert not any(dropped.values())
         assert observed(snapshot) == truth_of(*names)
@@ -119,9 +124,12 @@ def test_a_restarted_collector_takes_in_a_spool_left_while_it_was_down(ray_sessi
     first = [new_record(job_name=JOB, graph="forward", nodes=3) for _ in range(5)]
     pid = None
     try:
-        path = write_spool(staging, worker["worker_id"], {
-            "worker": worker, "counts": {"dropped": {"queue_full": 2}}
-        }, lines(first))  # fmt: skip
+        path = write_spool(
+            staging,
+            worker["worker_id"],
+            {"worker": worker, "counts": {"dropped": {"queue_full": 2}}},
+            lines(first),
+        )
         with open(path, "ab") as stream:
             stream.write(b"\x80garbage\n")
         os.replace(path, spool / path.name)
@@ -131,9 +139,13 @@ def test_a_restarted_collector_takes_in_a_spool_left_while_it_was_down(ray_sessi
             snapshot = ray.get(collector.snapshot.remote(), timeout=30)
             return {
                 name: snapshot.values.get(name, {})
-                for name in ("aotwatch_records_received", "aotwatch_records_dropped",
-                             "aotwatch_records_rejected", "torch_compile_graphs")
-            }  # fmt: skip
+                for name in (
+                    "aotwatch_records_received",
+                    "aotwatch_records_dropped",
+                    "aotwatch_records_rejected",
+                    "torch_compile_graphs",
+                )
+            }
 
         taken_in = counts()
         assert sum(taken_in["aotwatch_records_received"].values()) == 5
@@ -146,9 +158,12 @@ def test_a_restarted_collector_takes_in_a_spool_left_while_it_was_down(ray_sessi
         pid = collector_pid(collector)
         os.kill(pid, signal.SIGSTOP)
         second = [new_record(job_name=JOB, graph="forward", nodes=3) for _ in range(2)]
-        path = write_spool(staging, f"{worker['worker_id']}-again", {
-            "worker": worker, "counts": {"dropped": {"queue_full": 3}}
-        }, lines([first[0], *second]))  # fmt: skip
+        path = write_spool(
+            staging,
+            f"{worker['worker_id']}-again",
+            {"worker": worker, "counts": {"dropped": {"queue_full": 3}}},
+            lines([first[0], *second]),
+        )
         os.replace(path, spool / path.name)
         os.kill(pid, signal.SIGKILL)
         killed, pid = pid, None
@@ -195,8 +210,9 @@ def test_the_exit_warning_names_the_records_spooled_and_where(ray_session, tmp_p
     push = PushConfig(exit_timeout_s=1, queue_size=5, batch_size=100, flush_interval_ms=60_000)
     pusher = None
     try:
-        pusher = RecordPusher(collector, {"job_name": JOB, "pid": os.getpid()}, push,
-                              heartbeat_s=3600, spool=spool)  # fmt: skip
+        pusher = RecordPusher(
+            collector, {"job_name": JOB, "pid": os.getpid()}, push, heartbeat_s=3600, spool=spool
+        )
         records = [new_record(job_name=JOB, graph="forward", nodes=3) for _ in range(7)]
         for record in records:
             pusher.record(record)

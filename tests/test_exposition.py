@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from aotwatch.aggregate import Aggregate
+from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.export.collector import exposition
+from aotwatch.liveness import Liveness
 from aotwatch.metrics import FAMILIES
 from aotwatch.records import new_record
 from conftest import scrape
@@ -29,13 +30,21 @@ def fixed_records() -> list[dict]:
     common = {"hostname": "node-1", "pid": 42, "time": 1_700_000_000.0, "job_name": "golden"}
     graph = {
         "nodes": 40,
-        "inputs": {"total": 3, "subclass": 0, "data": 1, "metadata": 0, "storage_metadata": 0,
-                   "storage_resize": 0, "hidden_from_autograd": 0, "under_no_grad": 1},
+        "inputs": {
+            "total": 3,
+            "subclass": 0,
+            "data": 1,
+            "metadata": 0,
+            "storage_metadata": 0,
+            "storage_resize": 0,
+            "hidden_from_autograd": 0,
+            "under_no_grad": 1,
+        },
         "mutation_placement": {"in_graph": 1, "out_of_graph": 0},
         "outputs": {"non_alias": 1, "alias_of_input": 1},
         "intermediate_bases": 1,
         "tokens": {"forward": 1, "backward": 0},
-    }  # fmt: skip
+    }
     return [
         new_record(record_id="f0", compile_id="0/0", graph="forward", **graph, **common),
         new_record(
@@ -45,7 +54,7 @@ def fixed_records() -> list[dict]:
             nodes=55,
             durations_s={"backward": 0.3},
             **common,
-        ),  # fmt: skip
+        ),
         new_record(
             record_id="fr0",
             compile_id="0/0",
@@ -72,7 +81,7 @@ def fixed_records() -> list[dict]:
             rank=1,
             device="cuda:1",
             **common,
-        ),  # fmt: skip
+        ),
         new_record(
             record_id="i0",
             compile_id="2/0",
@@ -82,7 +91,7 @@ def fixed_records() -> list[dict]:
             device="cuda:1",
             rank=1,
             **{**common, "pid": 43},
-        ),  # fmt: skip
+        ),
     ]
 
 
@@ -98,8 +107,16 @@ def golden_aggregate() -> Aggregate:
     return aggregate
 
 
+def golden_snapshot() -> Snapshot:
+    """The golden aggregate as a collector shows it, with two workers of the job attached."""
+    liveness = Liveness(timeout_s=60, max_per_job=8, max_jobs=8)
+    for rank in (0, 1):
+        liveness.seen({"worker_id": f"w{rank}", "job_name": "golden", "rank": rank})
+    return liveness.apply(golden_aggregate().snapshot())
+
+
 def golden_exposition() -> str:
-    text = exposition(golden_aggregate().snapshot(), {"team": "llm"}).decode()
+    text = exposition(golden_snapshot(), {"team": "llm"}).decode()
     # build_info carries the installed versions: checked by promtool, not by the golden file.
     return "".join(line for line in text.splitlines(True) if "aotwatch_build_info{" not in line)
 

@@ -15,7 +15,7 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
-from aotwatch.cluster.daemon import stop_daemon
+from aotwatch.cluster.head import stop_daemon
 from aotwatch.cluster.push import MAX_CALLS
 from aotwatch.config import PushConfig
 from cluster_helpers import (
@@ -61,8 +61,9 @@ def test_collector_sigkilled_again_and_again_while_workers_compile(ray_session, 
         captured = sum(state["captured"] for state in states)
         snapshot = ray.get(collector.snapshot.remote(), timeout=60)
         received = int(sum(snapshot.values["aotwatch_records_received"].values()))
-        print(f"\nSIGKILLs: {len(kills)} at {kills} records; captured {captured}, "
-              f"received {received}")  # fmt: skip
+        print(
+            f"\nSIGKILLs: {len(kills)} at {kills} records; captured {captured}, received {received}"
+        )
         assert len(set(kills)) >= 3, kills  # at different moments
         assert received == captured
         assert not snapshot.values.get("aotwatch_records_dropped")
@@ -84,8 +85,11 @@ def test_a_worker_killed_mid_compile_keeps_counters_and_loses_its_gauges(ray_ses
 
         victim_pid = ray.get(victim.pid.remote(), timeout=30)  # it answers nothing while compiling
         compiling = victim.compile_with_breaks.remote(200)
-        wait_for(lambda: total(collector, "aotwatch_records_received") >= before + 4,
-                 timeout=120, message="the victim's first records")  # fmt: skip
+        wait_for(
+            lambda: total(collector, "aotwatch_records_received") >= before + 4,
+            timeout=120,
+            message="the victim's first records",
+        )
         assert not ray.wait([compiling], timeout=0)[0], "killed after its compile, not during"
         assert collector_values(collector, "aotwatch_workers_attached") == {("ray-test",): 2}
         mid_compile = counter_samples(scrape(url))
@@ -94,11 +98,17 @@ def test_a_worker_killed_mid_compile_keeps_counters_and_loses_its_gauges(ray_ses
             ray.get(compiling, timeout=60)
 
         attached = lambda: collector_values(collector, "aotwatch_workers_attached")  # noqa: E731
-        wait_for(lambda: attached() == {("ray-test",): 1}, timeout=30,
-                 message="the killed worker to expire")  # fmt: skip
+        wait_for(
+            lambda: attached() == {("ray-test",): 1},
+            timeout=30,
+            message="the killed worker to expire",
+        )
         after = counter_samples(scrape(url))
-        shrunk = {key: (value, after.get(key)) for key, value in mid_compile.items()
-                  if after.get(key, -1) < value}  # fmt: skip
+        shrunk = {
+            key: (value, after.get(key))
+            for key, value in mid_compile.items()
+            if after.get(key, -1) < value
+        }
         assert not shrunk, shrunk
         timestamps = collector_values(collector, "torch_compile_last_compile_timestamp_seconds")
         assert set(timestamps) == {("ray-test", "0", "cpu")}  # rank 1's gauge expired
@@ -130,8 +140,10 @@ def test_a_stalled_collector_blocks_no_step_and_drops_only_what_it_counts(ray_se
         captured = ray.get(worker.state.remote(), timeout=30)["captured"]
         received = int(total(collector, "aotwatch_records_received"))
         dropped = collector_values(collector, "aotwatch_records_dropped")
-        print(f"\nstalled: captured {captured}, pending at most {stalled['pending']}, "
-              f"received {received}, dropped {dropped}")  # fmt: skip
+        print(
+            f"\nstalled: captured {captured}, pending at most {stalled['pending']}, "
+            f"received {received}, dropped {dropped}"
+        )
         assert dropped.get(("ray-test", "buffer_full"), 0) > 0
         assert received + sum(dropped.values()) == captured  # every record accounted for
     finally:
@@ -160,8 +172,13 @@ def test_an_unreachable_cluster_leaves_training_going_and_capture_local(tmp_path
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", UNREACHABLE_SCRIPT, address], env=env,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", UNREACHABLE_SCRIPT, address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "graphs ['backward', 'forward'] served http://127.0.0.1:" in result.stdout
     warnings = [line for line in result.stderr.splitlines() if "unreachable" in line]

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from aotwatch.aggregate import Aggregate
+from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import ARCHIVE_FILE, UnsafePath
 from aotwatch.cluster.collector import NodeCollector, collector_directory
-from aotwatch.cluster.daemon import file_sd_path, write_file_sd
+from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
 from aotwatch.cluster.job_archives import JOB_FILE, JOBS_DIR, job_slug
 from aotwatch.cluster.worker_counts import COUNTS_FILE
 from aotwatch.config import LimitsConfig
+from aotwatch.liveness import Liveness
 from aotwatch.records import new_record
 from cluster_helpers import NODE, config_at
 from conftest import scrape
@@ -61,8 +62,9 @@ def small_disk(tmp_path):
     """A real 64 KiB tmpfs (mounting needs root: CI runs as root)."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
-                             capture_output=True)  # fmt: skip
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     yield mount_point
@@ -189,16 +191,20 @@ def test_workers_tracked_per_job_are_bounded(node_collector):
     assert metric(collector, "aotwatch_workers_attached") == {("hostile",): 50}
 
 
-def test_workers_counted_from_records_are_bounded_in_number_and_memory():
-    aggregate = Aggregate(max_workers_per_job=1024)
+def test_attached_workers_are_bounded_in_number_and_memory():
+    liveness = Liveness(timeout_s=60, max_per_job=1024, max_jobs=4)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for i in range(10_000):
         hostname = f"{i:05d}" + "h" * 250
-        assert aggregate.add(new_record(job_name="j", hostname=hostname, pid=i))
+        worker = {"worker_id": f"w{i}", "job_name": "j", "rank": i, "hostname": hostname}
+        assert liveness.seen(worker) is (i < 1024)
+    for i in range(10):
+        liveness.seen({"worker_id": f"other-{i}", "job_name": f"job-{i}", "rank": 0})
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert aggregate.snapshot().values["aotwatch_workers_attached"] == {("j",): 1024}
+    attached = liveness.apply(Snapshot({}, {})).values["aotwatch_workers_attached"]
+    assert attached == {("j",): 1024, ("job-0",): 1, ("job-1",): 1, ("job-2",): 1}
     assert grown < 16 << 20  # 10,000 hostnames of 255 characters are not kept
     assert not Aggregate().add(new_record(hostname="h" * 16_384))  # a 16 KB hostname: refused
 
@@ -263,8 +269,18 @@ def test_trace_refuses_an_archive_directory_of_another_user(tmp_path):
     archive = tmp_path / f"theirs-{uuid.uuid4().hex[:6]}"
     archive.mkdir()
     os.chown(archive, NOBODY, NOBODY)
-    result = aotwatch("trace", "--archive", str(archive), "--port", "0", "--", "python", "-c",
-                      "open('ran', 'w')", cwd=tmp_path)  # fmt: skip
+    result = aotwatch(
+        "trace",
+        "--archive",
+        str(archive),
+        "--port",
+        "0",
+        "--",
+        "python",
+        "-c",
+        "open('ran', 'w')",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith(f"aotwatch: error: {archive}: belongs to uid 65534")

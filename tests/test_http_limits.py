@@ -35,8 +35,13 @@ def _registry(sink: LocalSink | None = None):
     return registry_for(AggregateCollector((sink or LocalSink(100)).snapshot, {}))
 
 
-def _get(port: int, path: str = "/healthz", headers: dict | None = None,
-         source: str | None = None, timeout: float = 5) -> int:  # fmt: skip
+def _get(
+    port: int,
+    path: str = "/healthz",
+    headers: dict | None = None,
+    source: str | None = None,
+    timeout: float = 5,
+) -> int:
     """The status of one GET from ``source`` (a loopback address) to 127.0.0.1:port."""
     source_address = (source, 0) if source else None
     connection = http.client.HTTPConnection(
@@ -247,8 +252,13 @@ def _ask(child: subprocess.Popen, command: str) -> dict:
 
 def test_a_connection_flood_under_ulimit_64_starves_neither_training_nor_health_checks():
     env = {**os.environ, "PYTHONPATH": str(DAEMON)}
-    child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     silent: list[socket.socket] = []
     try:
         started = json.loads(child.stdout.readline())

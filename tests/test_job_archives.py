@@ -35,8 +35,12 @@ def compiles(job: str, count: int, **fields) -> list[dict]:
 
 def graphs(job: str, rank: int, compile_ids: range) -> list[dict]:
     """One forward graph a compile id, as a rank compiles them."""
-    return [new_record(job_name=job, rank=rank, graph="forward", compile_id=f"{i}/0",
-                       graph_hash=f"{i:016x}") for i in compile_ids]  # fmt: skip
+    return [
+        new_record(
+            job_name=job, rank=rank, graph="forward", compile_id=f"{i}/0", graph_hash=f"{i:016x}"
+        )
+        for i in compile_ids
+    ]
 
 
 def finish_all(collector: NodeCollector) -> list[str]:

@@ -77,10 +77,10 @@ def diverging_ranks(config, job: str) -> list:
     """Two ranks of ``job`` that compile different graphs (a graph_hash divergence), their
     records delivered."""
     ranks = [ranked_worker(rank) for rank in range(2)]
-    ray.get([w.attach.remote(dataclasses.replace(config, job_name=job)) for w in ranks],
-            timeout=120)  # fmt: skip
-    ray.get([ranks[0].compile_fn.remote("x * 2"), ranks[1].compile_fn.remote("x + 1")],
-            timeout=120)  # fmt: skip
+    ray.get(
+        [w.attach.remote(dataclasses.replace(config, job_name=job)) for w in ranks], timeout=120
+    )
+    ray.get([ranks[0].compile_fn.remote("x * 2"), ranks[1].compile_fn.remote("x + 1")], timeout=120)
     assert all(ray.get([w.flush.remote() for w in ranks], timeout=60))
     return ranks
 
@@ -94,8 +94,11 @@ def test_the_newest_job_keeps_its_series_and_finished_jobs_leave(served):
         "torch_compile_rank_divergences_total",
         {"job_name": "job-0", "kind": "graph_hash"},
     )
-    wait_for(lambda: value(scrape(head_metrics), divergence[0], **divergence[1]) == 1,
-             timeout=60, message="the head to report job-0's divergence")  # fmt: skip
+    wait_for(
+        lambda: value(scrape(head_metrics), divergence[0], **divergence[1]) == 1,
+        timeout=60,
+        message="the head to report job-0's divergence",
+    )
     ray.get([w.detach.remote() for w in ranks], timeout=60)  # goodbye
     for worker in ranks:
         ray.kill(worker)
@@ -105,8 +108,11 @@ def test_the_newest_job_keeps_its_series_and_finished_jobs_leave(served):
     first = None
     for index in range(1, JOBS + 1):
         job = f"job-{index}"
-        wait_for(lambda: value(scrape(metrics), "aotwatch_jobs", state="running") == 0,
-                 timeout=30, message="the previous job to finish")  # fmt: skip
+        wait_for(
+            lambda: value(scrape(metrics), "aotwatch_jobs", state="running") == 0,
+            timeout=30,
+            message="the previous job to finish",
+        )
         worker = Worker.remote()
         ray.get(worker.attach.remote(dataclasses.replace(config, job_name=job)), timeout=120)
         ray.get(worker.run.remote("training_step", "input_mutation"), timeout=300)
@@ -125,13 +131,19 @@ def test_the_newest_job_keeps_its_series_and_finished_jobs_leave(served):
     dropped = [v for (name, _), v in samples(scrape(metrics)).items() if "series_dropped" in name]
     assert not any(dropped)
     # Retention runs out: every finished job's series leave, and the head's findings too.
-    wait_for(lambda: not any(job_series(scrape(metrics), f"job-{i}") for i in range(JOBS + 1)),
-             timeout=60, message="finished jobs to leave /metrics")  # fmt: skip
+    wait_for(
+        lambda: not any(job_series(scrape(metrics), f"job-{i}") for i in range(JOBS + 1)),
+        timeout=60,
+        message="finished jobs to leave /metrics",
+    )
     text = scrape(metrics)
     assert value(text, "aotwatch_jobs", state="running") == 0
     assert value(text, "aotwatch_jobs", state="finished") == 0
-    wait_for(lambda: value(scrape(head_metrics), divergence[0], **divergence[1]) == 0,
-             timeout=30, message="job-0's divergence to leave the head")  # fmt: skip
+    wait_for(
+        lambda: value(scrape(head_metrics), divergence[0], **divergence[1]) == 0,
+        timeout=30,
+        message="job-0's divergence to leave the head",
+    )
 
 
 def test_a_restarted_head_rebuilds_its_findings_from_the_collectors(served):
@@ -139,15 +151,21 @@ def test_a_restarted_head_rebuilds_its_findings_from_the_collectors(served):
     ranks = diverging_ranks(config, "split")
     labels = {"job_name": "split", "kind": "graph_hash"}
     name = "torch_compile_rank_divergences_total"
-    wait_for(lambda: value(scrape(head_metrics), name, **labels) == 1, timeout=60,
-             message="the head to report the divergence")  # fmt: skip
+    wait_for(
+        lambda: value(scrape(head_metrics), name, **labels) == 1,
+        timeout=60,
+        message="the head to report the divergence",
+    )
     head = ray.get_actor(HEAD_NAME, namespace=config.cluster.namespace)
     before = actor_pid(head)
     ray.kill(head, no_restart=False)  # Ray starts it again: it has no state of its own
     wait_for(lambda: actor_pid(head) != before, timeout=60, message="the head to restart")
     port = ray.get(head.status.remote(), timeout=60)["head"]["port"]
     restarted = f"http://127.0.0.1:{port}/metrics"
-    wait_for(lambda: value(scrape(restarted), name, **labels) == 1, timeout=30,
-             message="the restarted head to find the divergence again")  # fmt: skip
+    wait_for(
+        lambda: value(scrape(restarted), name, **labels) == 1,
+        timeout=30,
+        message="the restarted head to find the divergence again",
+    )
     for worker in ranks:
         ray.kill(worker)

@@ -35,10 +35,12 @@ def test_the_demo_job():
         ("name: x\nentrypoint: not-a-function\n", "entrypoint: 'not-a-function' is not"),
         ("name: x\nentrypoint: a:b\nworkers: 0\n", "workers: 0 is out of range"),
         ("name: x\nentrypoint: a:b\nworker: 2\n", "worker: unknown key"),
-        ("name: x\nentrypoint: a:b\naotwatch: {export: {port: x}}\n",
-         "aotwatch.export.port: got str 'x'; expected an integer"),
+        (
+            "name: x\nentrypoint: a:b\naotwatch: {export: {port: x}}\n",
+            "aotwatch.export.port: got str 'x'; expected an integer",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_job_files_are_refused_with_the_key(tmp_path, text, message):
     path = tmp_path / "job.yaml"
     path.write_text(text)

@@ -149,11 +149,17 @@ def stack(tmp_path_factory):
     with log.open("w") as out:
         run = subprocess.Popen(
             [sys.executable, "-m", "aotwatch.cli", "run", str(job), "--linger", str(LINGER_S)],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "RAY_TMPDIR": ray_dir},
-        )  # fmt: skip
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RAY_TMPDIR": ray_dir},
+        )
     try:
-        wait_for(lambda: "serving for" in log.read_text() or run.poll() is not None,
-                 timeout=RUN_TIMEOUT_S, interval=1, message="the job's report")  # fmt: skip
+        wait_for(
+            lambda: "serving for" in log.read_text() or run.poll() is not None,
+            timeout=RUN_TIMEOUT_S,
+            interval=1,
+            message="the job's report",
+        )
         assert run.poll() is None, f"aotwatch run exited {run.returncode}:\n{log.read_text()}"
         for selector in (
             'up{role="collector"}',
@@ -163,8 +169,10 @@ def stack(tmp_path_factory):
         ):
             wait_for(
                 lambda s=selector: series_samples(prometheus, s) >= MIN_SAMPLES,
-                timeout=120, interval=1, message=f"{MIN_SAMPLES} scrapes of {selector}",
-            )  # fmt: skip
+                timeout=120,
+                interval=1,
+                message=f"{MIN_SAMPLES} scrapes of {selector}",
+            )
         yield prometheus, log
     finally:
         prometheus.stop()
@@ -224,12 +232,16 @@ def test_every_alert_expression_parses(stack, alert):
 def test_the_alerting_job_fires(stack, alert):
     prometheus, _ = stack
     label, values = FIRED_ALERTS[alert]
-    found = prometheus.query(f'({rule_expressions()[alert]}) and on(job_name) '
-                             f'torch_compile_frames_total{{job_name="{JOB_NAME}"}}')  # fmt: skip
+    found = prometheus.query(
+        f"({rule_expressions()[alert]}) and on(job_name) "
+        f'torch_compile_frames_total{{job_name="{JOB_NAME}"}}'
+    )
     assert {series["metric"][label] for series in found} >= values, (alert, found)
     states = wait_for(
         lambda: prometheus.query(f'ALERTS{{alertname="{alert}", job_name="{JOB_NAME}"}}'),
-        timeout=30, interval=1, message=f"{alert} pending or firing",
-    )  # fmt: skip
+        timeout=30,
+        interval=1,
+        message=f"{alert} pending or firing",
+    )
     assert {series["metric"]["alertstate"] for series in states} <= {"pending", "firing"}
     assert {series["metric"][label] for series in states} >= values, (alert, states)

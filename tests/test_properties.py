@@ -57,8 +57,9 @@ QUICK = settings(max_examples=100, deadline=None, suppress_health_check=[HealthC
 
 # -- valid records, field by field from the schema ------------------------------------------
 
-label_text = st.text(st.characters(codec="utf-8", categories=("L", "N", "P", "S")),
-                     min_size=1, max_size=12)  # fmt: skip
+label_text = st.text(
+    st.characters(codec="utf-8", categories=("L", "N", "P", "S")), min_size=1, max_size=12
+)
 free_text = st.text(st.characters(codec="utf-8"), max_size=20)  # control characters too
 count = st.integers(0, 1000)
 seconds = st.integers(0, 10**6).map(lambda n: n / 64)  # dyadic: sums are exact in any order
@@ -114,7 +115,7 @@ FIELDS = {
             }
         ),
         max_size=2,
-    ),  # fmt: skip
+    ),
     "recompile_reason": st.none() | free_text,
     "recompile_category": st.none() | st.sampled_from(categories.RECOMPILE_CATEGORIES) | free_text,
     "fail_type": st.none() | st.sampled_from(["Unsupported", "BackendCompilerFailed"]) | free_text,
@@ -140,9 +141,14 @@ def test_valid_records_validate_and_round_trip(record):
 # -- one broken field -----------------------------------------------------------------------
 
 ANY_VALUE = (
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
-    | st.lists(st.integers(), max_size=2) | st.dictionaries(st.text(max_size=3), st.integers())
-)  # fmt: skip
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=5)
+    | st.lists(st.integers(), max_size=2)
+    | st.dictionaries(st.text(max_size=3), st.integers())
+)
 
 
 def wrong_type(key: str) -> st.SearchStrategy[object]:
@@ -165,10 +171,25 @@ def broken_records(draw) -> tuple[dict, str]:
     """A valid record with one thing broken, and the reason it must be refused for."""
     record = draw(valid_records)
     required = sorted(set(REQUIRED_FIELDS) - {"schema"})
-    kind = draw(st.sampled_from([
-        "missing", "wrong_type", "schema", "time", "count", "huge_count", "huge_int",
-        "label", "id", "text", "graph", "break_text", "negative_count",
-    ]))  # fmt: skip
+    kind = draw(
+        st.sampled_from(
+            [
+                "missing",
+                "wrong_type",
+                "schema",
+                "time",
+                "count",
+                "huge_count",
+                "huge_int",
+                "label",
+                "id",
+                "text",
+                "graph",
+                "break_text",
+                "negative_count",
+            ]
+        )
+    )
     if kind == "missing":
         del record[draw(st.sampled_from(required))]
         return record, "missing_field"
@@ -284,9 +305,11 @@ def fold(stream, **options) -> Aggregate:
 def test_a_shuffled_redelivered_stream_with_junk_folds_like_the_clean_one(stream, data):
     resent = data.draw(st.lists(st.sampled_from(stream), max_size=12) if stream else st.just([]))
     junk = data.draw(st.lists(broken_records(), max_size=4))
-    dirty = data.draw(st.permutations(
-        [*stream, *(dict(record) for record in resent), *(record for record, _ in junk)]
-    ))  # fmt: skip
+    dirty = data.draw(
+        st.permutations(
+            [*stream, *(dict(record) for record in resent), *(record for record, _ in junk)]
+        )
+    )
     clean, folded = fold(stream).snapshot(), fold(dirty).snapshot()
     rejected = folded.values.pop("aotwatch_records_rejected", {})
     assert folded == clean
@@ -318,4 +341,4 @@ def test_the_cardinality_cap_holds_and_counts_what_it_refuses(cap, pairs):
     assert sum(received.values()) == sum((r["job_name"],) in received for r in stream)
     refused = dropped.get(("aotwatch_records_received",), 0)
     assert refused == max(0, len(jobs) - cap)  # each refused label set counted once
-    assert len(aggregate._workers) <= cap  # the per-job worker sets are capped with the gauge
+    assert len(aggregate._jobs) <= cap  # the jobs tracked are capped like a family

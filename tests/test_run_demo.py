@@ -70,11 +70,13 @@ def test_demo_job_end_to_end(tmp_path):
     assert "# TYPE torch_compile_rank_divergences_total counter" in exposition
     for rank in ("0", "1"):
         labels = f'job_name="demo-test",kind="data",rank="{rank}"'
-        assert re.search(rf"torch_compile_input_mutations_total{{device=\"cpu\",{labels}}} [1-9]",
-                         exposition), rank  # fmt: skip
+        assert re.search(
+            rf"torch_compile_input_mutations_total{{device=\"cpu\",{labels}}} [1-9]", exposition
+        ), rank
         for family in ("effect_tokens", "recompiles", "graph_breaks"):
-            assert re.search(rf'torch_compile_{family}_total{{[^}}]*rank="{rank}"[^}}]*}} [1-9]',
-                             exposition), (family, rank)  # fmt: skip
+            assert re.search(
+                rf'torch_compile_{family}_total{{[^}}]*rank="{rank}"[^}}]*}} [1-9]', exposition
+            ), (family, rank)
 
 
 def test_a_driver_command_job_gets_capture_on_its_workers(tmp_path):
@@ -92,18 +94,24 @@ def test_a_driver_command_job_gets_capture_on_its_workers(tmp_path):
         "assert ray.get(step.remote(), timeout=300)\n"
     )
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({
-        "name": "driver-test",
-        "command": f"{sys.executable} {driver}",
-        "aotwatch": {
-            "archive": {"path": str(tmp_path / "archive")},
-            "collector": {"address": "127.0.0.1", "port": 0, "head_port": 0},
-        },
-    }))  # fmt: skip
+    job.write_text(
+        yaml.safe_dump(
+            {
+                "name": "driver-test",
+                "command": f"{sys.executable} {driver}",
+                "aotwatch": {
+                    "archive": {"path": str(tmp_path / "archive")},
+                    "collector": {"address": "127.0.0.1", "port": 0, "head_port": 0},
+                },
+            }
+        )
+    )
     result = subprocess.run(
         [sys.executable, "-m", "aotwatch.cli", "run", str(job)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     report = result.stdout.split("aotwatch report for job 'driver-test':\n")[1].splitlines()
     assert report[1].split()[:5] == ["driver-test", "0", "cpu", "1", "0/0/1"], result.stdout

@@ -137,11 +137,24 @@ class Serve:
         self.stderr_path = tmp_path / "serve.stderr"
         self.stderr_file = open(self.stderr_path, "w")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aotwatch.cli", "serve", "--config", str(config),
-             "--address", cluster.address, "--interval", "1"],
-            stdout=subprocess.PIPE, stderr=self.stderr_file, text=True, env=cluster.env,
+            [
+                sys.executable,
+                "-m",
+                "aotwatch.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--address",
+                cluster.address,
+                "--interval",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self.stderr_file,
+            text=True,
+            env=cluster.env,
             start_new_session=True,
-        )  # fmt: skip
+        )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

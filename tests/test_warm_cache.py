@@ -8,8 +8,17 @@ from aotwatch.archive import read_archive
 from aotwatch.records import as_dict
 from test_cli import aotwatch, write_script
 
-GRAPH_FIELDS = ("graph", "graph_hash", "nodes", "inputs", "mutation_placement", "outputs",
-                "intermediate_bases", "tokens", "device")  # fmt: skip
+GRAPH_FIELDS = (
+    "graph",
+    "graph_hash",
+    "nodes",
+    "inputs",
+    "mutation_placement",
+    "outputs",
+    "intermediate_bases",
+    "tokens",
+    "device",
+)
 
 
 def _run(tmp_path: Path, name: str, cache: Path) -> list[dict]:
@@ -19,9 +28,16 @@ def _run(tmp_path: Path, name: str, cache: Path) -> list[dict]:
         "programs.input_mutation('inductor', 'cpu')\n",
     )
     result = aotwatch(
-        "trace", "--port", "0", "--archive", str(tmp_path / name), "--", "python", str(script),
+        "trace",
+        "--port",
+        "0",
+        "--archive",
+        str(tmp_path / name),
+        "--",
+        "python",
+        str(script),
         env={"TORCHINDUCTOR_CACHE_DIR": str(cache)},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     return [as_dict(r) for r in read_archive(tmp_path / name)]
 

@@ -66,8 +66,12 @@ def client_context(ca: trustme.CA, client_cert: trustme.LeafCert | None = None) 
     return context
 
 
-def fetch(url: str, context: ssl.SSLContext | None = None, user: str | None = None,
-          password: str = PASSWORD) -> tuple[int, http.client.HTTPMessage, str]:  # fmt: skip
+def fetch(
+    url: str,
+    context: ssl.SSLContext | None = None,
+    user: str | None = None,
+    password: str = PASSWORD,
+) -> tuple[int, http.client.HTTPMessage, str]:
     """(status, headers, body) of a GET; an HTTP error status is returned, not raised."""
     headers = {}
     if user is not None:
@@ -88,8 +92,11 @@ def serve():
 
     def start(web_config: Path | None, **limits) -> MetricsServer:
         registry = registry_for(AggregateCollector(LocalSink(100).snapshot, {}))
-        servers.append(serve_metrics(registry, "127.0.0.1", 0, web_config=web_config,
-                                     limits=LimitsConfig(**limits)))  # fmt: skip
+        servers.append(
+            serve_metrics(
+                registry, "127.0.0.1", 0, web_config=web_config, limits=LimitsConfig(**limits)
+            )
+        )
         return servers[-1]
 
     yield start
@@ -272,8 +279,11 @@ def test_a_handshake_sent_a_byte_at_a_time_holds_no_thread_and_meets_the_deadlin
     with slow, pytest.raises(OSError):  # cut at its deadline, long before the hello is sent
         for byte in hello:
             slow.sendall(bytes([byte]))
-            wait_for(lambda: threading.active_count() == threads, timeout=2,
-                     message="no thread left for the slow handshake")  # fmt: skip
+            wait_for(
+                lambda: threading.active_count() == threads,
+                timeout=2,
+                message="no thread left for the slow handshake",
+            )
             assert fetch(server.url, client_context(ca))[0] == 200  # others are served
             time.sleep(0.1)
     assert 2 <= time.monotonic() - started < 6
@@ -369,35 +379,68 @@ def test_tls_cannot_be_turned_off_without_restart(conf, serve, ca, caplog):
 @pytest.mark.parametrize(
     ("web", "key", "says"),
     [
-        ({"tls_server_config": {**TLS, "cert_fle": "x"}}, "tls_server_config.cert_fle",
-         "did you mean 'cert_file'"),
+        (
+            {"tls_server_config": {**TLS, "cert_fle": "x"}},
+            "tls_server_config.cert_fle",
+            "did you mean 'cert_file'",
+        ),
         ({"basic_auth_user": {}}, "basic_auth_user", "unknown key"),
         ({"http_server_config": {"http2": True}}, "http_server_config", "not supported"),
-        ({"tls_server_config": {**TLS, "cipher_suites": ["TLS_AES_128_GCM_SHA256"]}},
-         "tls_server_config.cipher_suites", "not supported"),
-        ({"tls_server_config": {**TLS, "cert_file": "missing.pem"}},
-         "tls_server_config.cert_file", "No such file"),
-        ({"tls_server_config": {"cert_file": "server.pem"}}, "tls_server_config.key_file",
-         "missing"),
-        ({"tls_server_config": {**TLS, "key_file": "server.pem"}},
-         "tls_server_config.key_file", "no private key"),
-        ({"tls_server_config": {**TLS, "client_auth_type": "RequireAndVerifyClientCert"}},
-         "tls_server_config.client_ca_file", "missing"),
-        ({"tls_server_config": {**TLS, "client_auth_type": "RequireAnyClientCert"}},
-         "tls_server_config.client_auth_type", "without verifying"),
-        ({"tls_server_config": {**TLS, "client_ca_file": "server.pem"}},
-         "tls_server_config.client_auth_type", "not asked for"),
-        ({"tls_server_config": {**TLS, "min_version": "TLS10"}}, "tls_server_config.min_version",
-         "expected TLS12 or TLS13"),
-        ({"tls_server_config": {**TLS, "min_version": 12}}, "tls_server_config.min_version",
-         "expected a string"),
+        (
+            {"tls_server_config": {**TLS, "cipher_suites": ["TLS_AES_128_GCM_SHA256"]}},
+            "tls_server_config.cipher_suites",
+            "not supported",
+        ),
+        (
+            {"tls_server_config": {**TLS, "cert_file": "missing.pem"}},
+            "tls_server_config.cert_file",
+            "No such file",
+        ),
+        (
+            {"tls_server_config": {"cert_file": "server.pem"}},
+            "tls_server_config.key_file",
+            "missing",
+        ),
+        (
+            {"tls_server_config": {**TLS, "key_file": "server.pem"}},
+            "tls_server_config.key_file",
+            "no private key",
+        ),
+        (
+            {"tls_server_config": {**TLS, "client_auth_type": "RequireAndVerifyClientCert"}},
+            "tls_server_config.client_ca_file",
+            "missing",
+        ),
+        (
+            {"tls_server_config": {**TLS, "client_auth_type": "RequireAnyClientCert"}},
+            "tls_server_config.client_auth_type",
+            "without verifying",
+        ),
+        (
+            {"tls_server_config": {**TLS, "client_ca_file": "server.pem"}},
+            "tls_server_config.client_auth_type",
+            "not asked for",
+        ),
+        (
+            {"tls_server_config": {**TLS, "min_version": "TLS10"}},
+            "tls_server_config.min_version",
+            "expected TLS12 or TLS13",
+        ),
+        (
+            {"tls_server_config": {**TLS, "min_version": 12}},
+            "tls_server_config.min_version",
+            "expected a string",
+        ),
         ({"basic_auth_users": ["alice"]}, "basic_auth_users", "expected a mapping"),
-        ({"basic_auth_users": {"alice": "plaintext-password"}}, "basic_auth_users.alice",
-         "not a bcrypt hash"),
+        (
+            {"basic_auth_users": {"alice": "plaintext-password"}},
+            "basic_auth_users.alice",
+            "not a bcrypt hash",
+        ),
         ({"basic_auth_users": {"alice": 123456}}, "basic_auth_users.alice", "not a bcrypt hash"),
         ({"basic_auth_users": {"al:ice": bcrypt_hash("x")}}, "basic_auth_users.al:ice", "':'"),
     ],
-)  # fmt: skip
+)
 def test_bad_web_config_files_name_the_file_and_key(conf, serve, web, key, says):
     path = write_yaml(conf / "web.yml", web)
     with pytest.raises(ConfigError) as info:

@@ -40,10 +40,17 @@ def test_a_restarted_collector_rebuilds_the_same_totals_from_its_file(tmp_path):
 def test_malformed_totals_are_ignored(tmp_path):
     sink = LocalSink(100)
     ledger = CountsLedger(tmp_path, sink)
-    for totals in (None, [], {"stolen": {"x": 1}}, {"dropped": {"queue_full": -1}},
-                   {"dropped": {"queue_full": 1.5}}, {"dropped": {7: 1}},
-                   {"dropped": {"queue_full": 10**400}}, {"dropped": {"x" * 10_000: 1}},
-                   {"dropped": {f"reason{i}": 1 for i in range(1000)}}):  # fmt: skip
+    for totals in (
+        None,
+        [],
+        {"stolen": {"x": 1}},
+        {"dropped": {"queue_full": -1}},
+        {"dropped": {"queue_full": 1.5}},
+        {"dropped": {7: 1}},
+        {"dropped": {"queue_full": 10**400}},
+        {"dropped": {"x" * 10_000: 1}},
+        {"dropped": {f"reason{i}": 1 for i in range(1000)}},
+    ):
         ledger.add("w1", "job", totals)
     ledger.add("w1", "j" * 10_000, {"dropped": {"queue_full": 1}})
     ledger.add("w" * 10_000, "job", {"dropped": {"queue_full": 1}})

@@ -10,7 +10,6 @@ same is counted in ``aotwatch_series_dropped_total``, once per label set.
 from __future__ import annotations
 
 import bisect
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,22 +24,6 @@ DEDUPE_WINDOW = 100_000
 """Record ids remembered to make re-delivery a no-op. Resends come within seconds (and a
 restarted collector replays its archive, newest ids last), so a window of recent ids keeps
 memory flat in the number of records."""
-
-
-class _RecentIds:
-    """The last ``capacity`` ids seen, as an insertion-ordered set."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, record_id: str) -> bool:
-        return record_id in self._ids
-
-    def add(self, record_id: str) -> None:
-        self._ids[record_id] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
 
 
 @dataclass
@@ -89,14 +72,11 @@ class Aggregate:
         self,
         max_series_per_metric: int = 1000,
         dedupe_window: int = DEDUPE_WINDOW,
-        max_workers_per_job: int = 1024,
     ) -> None:
         self.max_series_per_metric = max_series_per_metric
-        self.max_workers_per_job = max_workers_per_job
         self._values: dict[str, dict[Labels, float]] = {}
         self._histograms: dict[str, dict[Labels, Histogram]] = {}
-        self._seen_ids = _RecentIds(dedupe_window)
-        self._workers: dict[str, set[int]] = {}  # job -> hashes of (hostname, pid)
+        self._seen_ids = LruCache(dedupe_window)
         self._jobs: dict[str, bool] = {}  # job -> finished
         self._evictable: set[str] = set()  # families that may hold a finished job's series
         self._refused = LruCache(REFUSED_MEMORY)  # hashes of (family, labels) counted
@@ -123,7 +103,6 @@ class Aggregate:
     def forget_job(self, job_name: str) -> None:
         """Drop every series of a job (a finished one, past its retention)."""
         self._jobs.pop(job_name, None)
-        self._workers.pop(job_name, None)
         for tables in (self._values, self._histograms):
             for metric, table in tables.items():
                 if metric in PER_JOB:
@@ -185,20 +164,6 @@ class Aggregate:
     def remove_gauge(self, metric: str, labels: Labels) -> None:
         self._values.get(metric, {}).pop(labels, None)
 
-    def attach_worker(self, job_name: str, hostname: str, pid: int) -> None:
-        """Count a worker process in ``aotwatch_workers_attached`` (records do this too)."""
-        workers = self._workers.get(job_name)
-        if workers is None:
-            table = self._values.setdefault("aotwatch_workers_attached", {})
-            if not self._admit(table, "aotwatch_workers_attached", (job_name,)):
-                return  # capped like the gauge: past the cap, a job's workers are not kept
-            workers = self._workers[job_name] = set()
-            self._jobs.setdefault(job_name, False)
-        worker = hash((hostname, pid))
-        if worker not in workers and len(workers) < self.max_workers_per_job:
-            workers.add(worker)
-            self.set_gauge("aotwatch_workers_attached", (job_name,), len(workers))
-
     def observe(self, metric: str, labels: Labels, value: float) -> None:
         table = self._histograms.setdefault(metric, {})
         histogram = table.get(labels)
@@ -235,11 +200,9 @@ class Aggregate:
         (``metrics.FAMILIES``) that takes their kind of record, by the row's own ``fold``.
         A batch's counter increments are summed first and applied once per label set."""
         counts: dict[tuple[str, Labels], float] = {}
-        worker = None
         for record in records:
-            if worker != (record.job_name, record.hostname, record.pid):
-                worker = (record.job_name, record.hostname, record.pid)
-                self.attach_worker(*worker)
+            if record.job_name not in self._jobs and len(self._jobs) < self.max_series_per_metric:
+                self._jobs[record.job_name] = False  # as many jobs as a family has series
             rank = (record.job_name, str(record.rank), record.device)
             for name, fold, update in self._folds[record.graph is None]:
                 if update is None:  # a counter: summed over the batch
@@ -249,7 +212,7 @@ class Aggregate:
                 else:
                     for labels, amount in fold(record, rank):
                         update(name, labels, amount)
-            self._seen_ids.add(record.record_id)  # only once folded: validation made it safe
+            self._seen_ids.put(record.record_id, None)  # only once folded: validation made it safe
         for (name, labels), amount in counts.items():
             self.inc(name, labels, amount)
 

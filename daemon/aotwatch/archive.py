@@ -43,8 +43,10 @@ def private_directory(path: str | os.PathLike, mode: int = 0o700) -> Path:
     info = os.lstat(path)
     problem = _ownership_problem(info, stat.S_ISDIR, "a directory")
     if problem:
-        raise UnsafePath(f"{path}: {problem}; aotwatch keeps its files only in a directory of "
-                         "its own user that nobody else can write to")  # fmt: skip
+        raise UnsafePath(
+            f"{path}: {problem}; aotwatch keeps its files only in a directory of "
+            "its own user that nobody else can write to"
+        )
     return path
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -12,7 +11,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 
@@ -167,14 +165,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _targets(status: dict) -> list[str]:
-    return [
-        f"{c.get('scheme', 'http')}://{c['ip']}:{c['port']}/metrics"
-        for c in status["collectors"]
-        if "port" in c
-    ]
-
-
 def _check_local_ports(config: Config, source: str) -> None:
     """A local cluster's collector and head serve on this machine: a port in use fails here,
     before Ray starts, not in a collector that Ray restarts forever."""
@@ -188,8 +178,12 @@ def _check_local_ports(config: Config, source: str) -> None:
         except OSError as err:
             reason = os.strerror(err.errno) if err.errno else err  # not create_server's text
             problem = f"cannot serve /metrics on {address}:{port}: {reason}"
-            raise ConfigError(problem, file=source, key=f"aotwatch.collector.{key}",
-                              expected="a free port (0 picks any free port)") from None  # fmt: skip
+            raise ConfigError(
+                problem,
+                file=source,
+                key=f"aotwatch.collector.{key}",
+                expected="a free port (0 picks any free port)",
+            ) from None
 
 
 def _check_archive_root(config: Config) -> None:
@@ -222,51 +216,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_runnable(job, args.job)
     except (ConfigError, OSError) as err:  # OSError: an archive directory aotwatch won't use
         return _fail(str(err))
-    import ray
-
-    from aotwatch import report
     from aotwatch.cluster import driver
-    from aotwatch.cluster.attach import runtime_env
-    from aotwatch.cluster.daemon import stop_daemon
-    from aotwatch.jobs import run_command, run_trainer
 
-    config = job.config
-    head = driver.start(config)
-    try:
-        status = ray.get(head.status.remote(), timeout=driver.TIMEOUT_S)
-        print(f"aotwatch: job {job.name!r}; collectors: {', '.join(_targets(status))}")
-        if job.entrypoint:
-            work = lambda: run_trainer(job)  # noqa: E731
-        else:
-            address = ray.get_runtime_context().gcs_address
-            work = lambda: run_command(job, address, runtime_env(config))  # noqa: E731
-        result, error = driver.run_with_progress(work, config)
-        time.sleep(driver.PROGRESS_S)  # the workers' last pushes
-        findings = ray.get(head.check_divergences.remote(final=True), timeout=driver.TIMEOUT_S)
-        print(f"\naotwatch report for job {job.name!r}:")
-        print(report.table(driver.merged_snapshot(config, job.name)))
-        print(f"\nrank divergences: {len(findings) or 'none'}")
-        for finding in findings:
-            groups = "; ".join(f"ranks {','.join(r)}: {v}" for v, r in finding["groups"].items())
-            print(f"  {finding['kind']} at {finding['compile_id']}: {groups}")
-        status = ray.get(head.status.remote(), timeout=driver.TIMEOUT_S)
-        print(f"\nmetrics: {', '.join(_targets(status))}")
-        head_endpoint = status["head"]
-        print(f"head (divergences): {head_endpoint['scheme']}://{head_endpoint['ip']}:"
-              f"{head_endpoint['port']}/metrics")  # fmt: skip
-        print(f"Prometheus file_sd: {status['file_sd']}")
-        if args.linger:
-            print(f"serving for {args.linger} s (Ctrl-C to stop)", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                time.sleep(args.linger)
-        failed = error is not None or (isinstance(result, int) and result != 0)
-        if error is not None:
-            print(f"aotwatch: the job failed: {error}", file=sys.stderr)
-        return 1 if failed else 0
-    finally:
-        if config.cluster.address is None:
-            stop_daemon(config)
-        ray.shutdown()
+    return driver.run_job(job, linger=args.linger)
 
 
 def _print_status(status: dict) -> None:
@@ -343,7 +295,7 @@ def _stop_serving(config: Config, watcher: threading.Thread, where: str) -> int:
     status, or ends the process (os._exit: Ray's own atexit shutdown would block as long)."""
     import ray
 
-    from aotwatch.cluster.daemon import stop_daemon
+    from aotwatch.cluster.head import stop_daemon
 
     failure: list[str] = []
 
@@ -461,11 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     trace.set_defaults(func=cmd_trace)
 
     report = commands.add_parser("report", help="rebuild the metrics from an archive")
-    report.add_argument("path", nargs="?",
-                        help="an archive directory or its records.jsonl; with --job, the "
-                        "archive root (default: the config's archive.path)")  # fmt: skip
-    report.add_argument("--job", metavar="NAME",
-                        help="the job's archives on every node, found by its name")  # fmt: skip
+    report.add_argument(
+        "path",
+        nargs="?",
+        help="an archive directory or its records.jsonl; with --job, the "
+        "archive root (default: the config's archive.path)",
+    )
+    report.add_argument(
+        "--job", metavar="NAME", help="the job's archives on every node, found by its name"
+    )
     report.add_argument("--format", choices=("table", "json", "prometheus"), default="table")
     report.add_argument("--config", metavar="F", help="config whose labels and limits apply")
     report.set_defaults(func=cmd_report)
@@ -478,8 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
         "show progress, print the report. Exits non-zero if the job failed.",
     )
     run.add_argument("job", help="the job file, e.g. config/jobs/demo.yaml")
-    run.add_argument("--linger", type=float, default=0, metavar="S",
-                     help="keep serving metrics S seconds after the report")  # fmt: skip
+    run.add_argument(
+        "--linger",
+        type=float,
+        default=0,
+        metavar="S",
+        help="keep serving metrics S seconds after the report",
+    )
     run.set_defaults(func=cmd_run)
 
     for name, func, text in (
@@ -490,8 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", metavar="F", help="YAML config (default: built-in)")
         sub.add_argument("--address", help="Ray address (default: cluster.address or auto)")
         if name == "serve":
-            sub.add_argument("--interval", type=float, default=30, metavar="S",
-                             help="print the status every S seconds")  # fmt: skip
+            sub.add_argument(
+                "--interval",
+                type=float,
+                default=30,
+                metavar="S",
+                help="print the status every S seconds",
+            )
         sub.set_defaults(func=func)
 
     check = commands.add_parser("check-config", help="validate a config file and print it")

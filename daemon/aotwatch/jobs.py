@@ -35,8 +35,11 @@ def _check_entrypoint(value: str, key: str) -> None:
     import re
 
     if not re.fullmatch(_ENTRYPOINT, value):
-        raise ConfigError(f"{value!r} is not module:function", key=key,
-                          expected="e.g. my_package.train:train_loop")  # fmt: skip
+        raise ConfigError(
+            f"{value!r} is not module:function",
+            key=key,
+            expected="e.g. my_package.train:train_loop",
+        )
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,11 @@ class JobConfig(Section):
     def __post_init__(self) -> None:
         super().__post_init__()
         if (self.entrypoint is None) == (self.command is None):
-            raise ConfigError("a job needs exactly one of entrypoint and command",
-                              key="entrypoint", expected="entrypoint: module:function, or "
-                              "command: a command line")  # fmt: skip
+            raise ConfigError(
+                "a job needs exactly one of entrypoint and command",
+                key="entrypoint",
+                expected="entrypoint: module:function, or command: a command line",
+            )
 
     @property
     def config(self) -> Config:
@@ -111,8 +116,12 @@ def check_runnable(job: JobConfig, source: str) -> None:
     except ValueError as err:  # an unclosed quote
         raise ConfigError(str(err), file=source, key="command", expected="a command line") from None
     if shutil.which(program) is None:
-        raise ConfigError(f"no program {program!r} found", file=source, key="command",
-                          expected="a program on PATH or a path to one")  # fmt: skip
+        raise ConfigError(
+            f"no program {program!r} found",
+            file=source,
+            key="command",
+            expected="a program on PATH or a path to one",
+        )
 
 
 def run_trainer(job: JobConfig) -> Any:
@@ -144,5 +153,10 @@ def run_command(job: JobConfig, ray_address: str, runtime_env: dict[str, Any]) -
     """Run the driver command; its ``ray.init()`` joins this cluster with aotwatch's runtime_env."""
     env = dict(os.environ, RAY_ADDRESS=ray_address)
     env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps({"runtime_env": runtime_env})
-    return subprocess.call(shlex.split(job.command), env=env, stdin=subprocess.DEVNULL,
-                           stdout=sys.stdout, stderr=sys.stderr)  # fmt: skip
+    return subprocess.call(
+        shlex.split(job.command),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=sys.stdout,
+        stderr=sys.stderr,
+    )

@@ -16,6 +16,7 @@ from aotwatch.capture.session import CaptureSession
 from aotwatch.config import Config, ConfigError, load_config
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import MetricsServer, serve_metrics
+from aotwatch.liveness import Liveness
 from aotwatch.sink import LocalSink
 
 log = logging.getLogger("aotwatch")
@@ -83,8 +84,9 @@ def _sink(config: Config) -> tuple[Any, MetricsServer | None, str]:
     sink, server = _local_sink(config)
     where = server.url if server else "not served (export.enabled: false)"
     if unreachable:
-        log.warning("aotwatch: %s; capturing in this process instead (metrics %s)",
-                    unreachable, where)  # fmt: skip
+        log.warning(
+            "aotwatch: %s; capturing in this process instead (metrics %s)", unreachable, where
+        )
     return sink, server, where
 
 
@@ -92,12 +94,12 @@ def _local_sink(config: Config) -> tuple[LocalSink, MetricsServer | None]:
     """Aggregate here and serve /metrics; the archive is opened once the port is bound, so
     a port in use leaves no archive behind."""
     limits = config.limits
-    sink = LocalSink(limits.max_series_per_metric, max_workers_per_job=limits.max_workers_per_job)
-    me = identity(config.job_name)
-    sink.attach_worker(config.job_name, me["hostname"], me["pid"])
+    sink = LocalSink(limits.max_series_per_metric)
+    liveness = Liveness(None, limits.max_workers_per_job, limits.max_series_per_metric)
+    liveness.seen({"worker_id": "this process", **identity(config.job_name)})  # never leaves
     server = None
     if config.export.enabled:
-        collector = AggregateCollector(sink.snapshot, config.labels)
+        collector = AggregateCollector(lambda: liveness.apply(sink.snapshot()), config.labels)
         server = serve_metrics(
             registry_for(collector),
             config.export.address,
@@ -146,8 +148,12 @@ def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
                 server.close()
             sink.close()
             raise
-        log.info("aotwatch: capturing compiles of job %r (%d hooks); metrics %s",
-                 config.job_name, installed, where)  # fmt: skip
+        log.info(
+            "aotwatch: capturing compiles of job %r (%d hooks); metrics %s",
+            config.job_name,
+            installed,
+            where,
+        )
         _current = Attachment(config, sink, server)
         return _current
 

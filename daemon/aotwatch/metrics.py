@@ -34,13 +34,31 @@ SCRAPE_LABELS = ("instance", "job", "le", "quantile")
 """Labels Prometheus itself sets on every series, or histograms and summaries carry."""
 
 DURATION_BUCKETS = (
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0, 300.0, 600.0, 1200.0, 1800.0,
-)  # fmt: skip
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1200.0,
+    1800.0,
+)
 """Compile time buckets in seconds: 10 ms to 30 min."""
 
 NODE_BUCKETS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000)
 """FX nodes per AOT graph."""
+
+WORKERS_ATTACHED = "aotwatch_workers_attached"
+"""The family ``liveness`` sets: workers attached now, per job."""
 
 Labels = tuple[str, ...]
 Fold = Callable[[Record, Labels], Iterator[tuple[Labels, float]]]
@@ -77,6 +95,8 @@ class Family:
     fold: Fold | None = None
     latest: bool = False
     """A gauge that keeps the largest value it was given (a timestamp)."""
+    live: bool = False
+    """Shown only for ranks whose worker is attached (see ``liveness``)."""
     buckets: tuple[float, ...] = ()
     unit: str = ""
 
@@ -237,7 +257,7 @@ FAMILIES: tuple[Family, ...] = (
         fold=_cache_lookups,
         action="Misses on a restarted job mean a cold or unshared cache: point "
         "TORCHINDUCTOR_CACHE_DIR at shared storage; bypasses name what cannot be cached.",
-    ),  # fmt: skip
+    ),
     _rank_family(
         "torch_compile_graph_inputs",
         "counter",
@@ -307,6 +327,7 @@ FAMILIES: tuple[Family, ...] = (
         "Unix time when this rank last finished a compile.",
         records="any",
         latest=True,
+        live=True,
         fold=lambda record, rank: iter(((rank, record.time),)),
         unit="seconds",
         action="A rank whose compiles keep coming long after the others stopped is "
@@ -323,7 +344,7 @@ FAMILIES: tuple[Family, ...] = (
         "the retention is longer than the jobs come.",
     ),
     Family(
-        "aotwatch_workers_attached",
+        WORKERS_ATTACHED,
         "gauge",
         "Worker processes currently attached to this collector.",
         JOB_LABELS,
@@ -359,7 +380,7 @@ FAMILIES: tuple[Family, ...] = (
         },
         action="A version mismatch between workers and collectors, or a client that is not "
         "aotwatch: check aotwatch_build_info.",
-    ),  # fmt: skip
+    ),
     Family(
         "aotwatch_capture_errors",
         "counter",
@@ -378,24 +399,30 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 RANK_DIVERGENCES = Family(
-    "torch_compile_rank_divergences", "counter",
-    "Compiles that differ across the ranks of a job, by kind.", ("job_name", "kind"),
+    "torch_compile_rank_divergences",
+    "counter",
+    "Compiles that differ across the ranks of a job, by kind.",
+    ("job_name", "kind"),
     values={"kind": ("graph_hash", "compile_ids", "cache")},
     action="Ranks that compile different graphs hang in collectives: see the head's log "
     "or `aotwatch report` for the ranks and compile ids.",
-)  # fmt: skip
+)
 """Served by the head, once per job (no rank label), not by the collectors."""
 
 BUILD_INFO = Family(
-    "aotwatch_build_info", "gauge",
-    "What is running: aotwatch, torch, ray and Python versions.", BUILD_INFO_LABELS,
+    "aotwatch_build_info",
+    "gauge",
+    "What is running: aotwatch, torch, ray and Python versions.",
+    BUILD_INFO_LABELS,
     action="Mixed versions across collectors or workers explain rejected records.",
-)  # fmt: skip
+)
 
 ALL_FAMILIES = (BUILD_INFO, *FAMILIES, RANK_DIVERGENCES)
 BY_NAME = {family.name: family for family in FAMILIES}
 PER_JOB = frozenset(family.name for family in FAMILIES if family.per_job)
 """The families whose first label is the job: a job's series leave with it."""
+LIVE = tuple(family.name for family in FAMILIES if family.live)
+"""The families that show only ranks whose worker is attached."""
 FOLDED = {
     kind: tuple(f for f in FAMILIES if f.records in (kind, "any")) for kind in ("graph", "frame")
 }
@@ -444,8 +471,12 @@ def contract() -> str:
         "",
     ]
     for family in ALL_FAMILIES:
-        folded = {"graph": "graph records", "frame": "frame records", "any": "every record",
-                  "none": "aotwatch itself"}[family.records]  # fmt: skip
+        folded = {
+            "graph": "graph records",
+            "frame": "frame records",
+            "any": "every record",
+            "none": "aotwatch itself",
+        }[family.records]
         lines += [
             f"## `{', '.join(family.samples())}`",
             "",
@@ -459,8 +490,12 @@ def contract() -> str:
             f"When it moves: {family.action}",
             "",
         ]
-    lines += ["## Reserved label names", "", ", ".join(f"`{n}`" for n in
-              sorted(RESERVED_LABEL_NAMES)), ""]  # fmt: skip
+    lines += [
+        "## Reserved label names",
+        "",
+        ", ".join(f"`{n}`" for n in sorted(RESERVED_LABEL_NAMES)),
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -86,23 +86,40 @@ def _seconds(snapshot: Snapshot, rank: tuple[str, ...], phase: str) -> float:
 
 _COLUMNS = (
     ("frames", lambda s, r: _total(s, "torch_compile_frames", r)),
-    ("graphs f/b/i", lambda s, r: "/".join(
-        f"{_total(s, 'torch_compile_graphs', r, graph=g):.0f}"
-        for g in ("forward", "backward", "inference"))),
+    (
+        "graphs f/b/i",
+        lambda s, r: "/".join(
+            f"{_total(s, 'torch_compile_graphs', r, graph=g):.0f}"
+            for g in ("forward", "backward", "inference")
+        ),
+    ),
     ("compile s", lambda s, r: f"{_seconds(s, r, 'total') + _seconds(s, r, 'backward'):.2f}"),
     ("breaks", lambda s, r: _total(s, "torch_compile_graph_breaks", r)),
     ("recompiles", lambda s, r: _total(s, "torch_compile_recompiles", r)),
-    ("cache hit/miss", lambda s, r: "{:.0f}/{:.0f}".format(
-        _total(s, "torch_compile_cache_lookups", r, result="hit"),
-        _total(s, "torch_compile_cache_lookups", r, result="miss"))),
+    (
+        "cache hit/miss",
+        lambda s, r: "{:.0f}/{:.0f}".format(
+            _total(s, "torch_compile_cache_lookups", r, result="hit"),
+            _total(s, "torch_compile_cache_lookups", r, result="miss"),
+        ),
+    ),
     ("mutated inputs", lambda s, r: _total(s, "torch_compile_mutated_inputs", r)),
-    ("aliased outputs", lambda s, r: _total(s, "torch_compile_graph_outputs", r)
-        - _total(s, "torch_compile_graph_outputs", r, output_type="non_alias")),
-    ("tokens f/b", lambda s, r: "{:.0f}/{:.0f}".format(
-        _total(s, "torch_compile_effect_tokens", r, direction="forward"),
-        _total(s, "torch_compile_effect_tokens", r, direction="backward"))),
+    (
+        "aliased outputs",
+        lambda s, r: (
+            _total(s, "torch_compile_graph_outputs", r)
+            - _total(s, "torch_compile_graph_outputs", r, output_type="non_alias")
+        ),
+    ),
+    (
+        "tokens f/b",
+        lambda s, r: "{:.0f}/{:.0f}".format(
+            _total(s, "torch_compile_effect_tokens", r, direction="forward"),
+            _total(s, "torch_compile_effect_tokens", r, direction="backward"),
+        ),
+    ),
     ("failures", lambda s, r: _total(s, "torch_compile_frame_failures", r)),
-)  # fmt: skip
+)
 
 
 def table(snapshot: Snapshot) -> str:
@@ -122,3 +139,13 @@ def table(snapshot: Snapshot) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
     )
+
+
+def job_summary(job_name: str, snapshot: Snapshot, findings: list[dict[str, Any]]) -> str:
+    """The end of ``aotwatch run``: the job's table and its rank divergences."""
+    lines = [f"aotwatch report for job {job_name!r}:", table(snapshot), ""]
+    lines.append(f"rank divergences: {len(findings) or 'none'}")
+    for finding in findings:
+        groups = "; ".join(f"ranks {','.join(r)}: {v}" for v, r in finding["groups"].items())
+        lines.append(f"  {finding['kind']} at {finding['compile_id']}: {groups}")
+    return "\n".join(lines)

@@ -29,10 +29,9 @@ class LocalSink:
         max_series_per_metric: int,
         archive: RecordArchive | None = None,
         *,
-        max_workers_per_job: int = 1024,
         strict: bool = False,
     ) -> None:
-        self.aggregate = Aggregate(max_series_per_metric, max_workers_per_job=max_workers_per_job)
+        self.aggregate = Aggregate(max_series_per_metric)
         self.archive = archive
         self.strict = strict
         self._lock = threading.Lock()
@@ -57,8 +56,7 @@ class LocalSink:
                 except OSError:
                     if self.strict:
                         raise
-                    log.warning("aotwatch: cannot append to %s", self.archive.path,
-                                exc_info=True)  # fmt: skip
+                    log.warning("aotwatch: cannot append to %s", self.archive.path, exc_info=True)
                     for record in accepted:
                         labels = (record.job_name, "archive_write")
                         self.aggregate.inc("aotwatch_records_dropped", labels)
@@ -97,10 +95,6 @@ class LocalSink:
 
     def capture_error(self, job_name: str, stage: str) -> None:
         self.inc("aotwatch_capture_errors", (job_name, stage))
-
-    def attach_worker(self, job_name: str, hostname: str, pid: int) -> None:
-        with self._lock:
-            self.aggregate.attach_worker(job_name, hostname, pid)
 
     def finish_job(self, job_name: str, finished: bool = True) -> None:
         with self._lock:

@@ -24,8 +24,10 @@ from aotwatch.capture.session import CaptureSession
 log = logging.getLogger("aotwatch.capture")
 
 _AOT = "torch._functorch._aot_autograd"
-_BYPASS_COUNTERS = (("fx_graph", "inductor", "fxgraph_cache_bypass"),
-                    ("aot_autograd", "aot_autograd", "autograd_cache_bypass"))  # fmt: skip
+_BYPASS_COUNTERS = (
+    ("fx_graph", "inductor", "fxgraph_cache_bypass"),
+    ("aot_autograd", "aot_autograd", "autograd_cache_bypass"),
+)
 
 
 def _current_compile_id() -> str | None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 from aotwatch.capture import compile_metrics, graphs
 from aotwatch.capture.identity import identity
 from aotwatch.capture.metadata import read_metadata
+from aotwatch.lru import LruCache
 from aotwatch.records import new_record
 
 log = logging.getLogger("aotwatch.capture")
@@ -37,15 +37,6 @@ class Sink(Protocol):
     def capture_error(self, job_name: str, stage: str) -> None: ...
 
 
-class _Bounded(OrderedDict):
-    """An insertion-ordered dict that forgets its oldest entries past _MAX_PENDING."""
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        while len(self) > _MAX_PENDING:
-            self.popitem(last=False)
-
-
 class CaptureSession:
     """State between hook calls; every public method is called by a hook in capture.hooks."""
 
@@ -57,13 +48,13 @@ class CaptureSession:
         self.node_counts = node_counts
         self.graph_hashes = graph_hashes
         self._lock = threading.Lock()
-        self._digests: _Bounded = _Bounded()  # (aot_id, graph kind) -> GraphDigest
-        self._tokens: _Bounded = _Bounded()  # aot_id -> (forward, backward) before unlifting
-        self._cache_hits: _Bounded = _Bounded()  # aot_id -> True for graphs loaded from cache
-        self._lazy_backwards: _Bounded = _Bounded()  # compile_id -> [(aot_id, bw tokens)]
-        self._eager_backwards: _Bounded = _Bounded()  # aot_id -> True: compiled with its forward
+        self._digests = LruCache(_MAX_PENDING)  # (aot_id, graph kind) -> GraphDigest
+        self._tokens = LruCache(_MAX_PENDING)  # aot_id -> (forward, backward) before unlifting
+        self._cache_hits = LruCache(_MAX_PENDING)  # aot_id -> True for graphs loaded from cache
+        self._lazy_backwards = LruCache(_MAX_PENDING)  # compile_id -> [(aot_id, bw tokens)]
+        self._eager_backwards = LruCache(_MAX_PENDING)  # aot_id -> True: compiled with its forward
         self._lazy_hint = threading.local()  # .aot_id: the lazy backward compiling in this thread
-        self._frame_devices: _Bounded = _Bounded()  # compile_id -> device of its graphs
+        self._frame_devices = LruCache(_MAX_PENDING)  # compile_id -> device of its graphs
         self._last_device = "cpu"
         self._logged_stages: set[str] = set()
 
@@ -91,7 +82,7 @@ class CaptureSession:
 
     def tokens_unlifted(self, aot_id: Any, forward: int, backward: int) -> None:
         with self._lock:
-            self._tokens[aot_id] = (forward, backward)
+            self._tokens.put(aot_id, (forward, backward))
 
     def graph_logged(self, aot_id: Any, kind: str, module: Any, text: str | None) -> None:
         digest = graphs.digest_module(
@@ -102,7 +93,7 @@ class CaptureSession:
             want_hash=self.graph_hashes,
         )
         with self._lock:
-            self._digests[(aot_id, kind)] = digest
+            self._digests.put((aot_id, kind), digest)
 
     def cache_hit(self, aot_id: Any, forward_text: str | None, backward_text: str | None) -> None:
         """An AOTAutogradCache entry is being loaded: its graphs are known only as text."""
@@ -110,11 +101,12 @@ class CaptureSession:
         if backward_text is None:
             texts = (("inference", forward_text),)
         with self._lock:
-            self._cache_hits[aot_id] = True
+            self._cache_hits.put(aot_id, True)
             for kind, text in texts:
-                self._digests[(aot_id, kind)] = graphs.digest_text(
+                digest = graphs.digest_text(
                     text, want_nodes=self.node_counts, want_hash=self.graph_hashes
                 )
+                self._digests.put((aot_id, kind), digest)
 
     # -- records ---------------------------------------------------------
 
@@ -123,7 +115,7 @@ class CaptureSession:
         if kind is not None:
             with self._lock:
                 if compile_id is not None:
-                    self._frame_devices[compile_id] = record["device"]
+                    self._frame_devices.put(compile_id, record["device"])
                 self._last_device = record["device"]
         self.sink.record(record)
 
@@ -158,12 +150,12 @@ class CaptureSession:
         elif trace_joint and not eager_backward:
             with self._lock:  # the backward compiles at the first .backward(), under compile_id
                 waiting = self._lazy_backwards.get(compile_id, [])[-(_MAX_WAITING_PER_ID - 1) :]
-                self._lazy_backwards[compile_id] = [*waiting, (aot_id, backward_tokens)]
+                self._lazy_backwards.put(compile_id, [*waiting, (aot_id, backward_tokens)])
 
     def backward_compiled(self, aot_id: Any, compile_id: str | None, metadata: Any) -> None:
         """The backward graph compiled eagerly, with its forward (symints saved for backward)."""
         with self._lock:
-            self._eager_backwards[aot_id] = True
+            self._eager_backwards.put(aot_id, True)
             unlifted = self._tokens.get(aot_id)
         tokens = unlifted[1] if unlifted else int(getattr(metadata, "num_backward_tokens", 0) or 0)
         self._emit_backward(aot_id, compile_id, tokens, {}, {})
@@ -182,7 +174,7 @@ class CaptureSession:
             waiting = self._lazy_backwards.pop(compile_id, [])
             done = next((w for w in waiting if w[0] == hint), waiting[-1] if waiting else None)
             if done is not None and len(waiting) > 1:
-                self._lazy_backwards[compile_id] = [w for w in waiting if w is not done]
+                self._lazy_backwards.put(compile_id, [w for w in waiting if w is not done])
         return done
 
     def _emit_backward(

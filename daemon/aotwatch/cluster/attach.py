@@ -58,8 +58,12 @@ def join_cluster(config: Config) -> None:
             host, _, port = address.removeprefix("ray://").rpartition(":")
             probe = (host.strip("[]"), int(port))  # [::1]:6379 too
             socket.create_connection(probe, timeout=PROBE_TIMEOUT_S).close()
-        ray.init(address=address, namespace=config.cluster.namespace, logging_level="WARNING",
-                 log_to_driver=False)  # fmt: skip
+        ray.init(
+            address=address,
+            namespace=config.cluster.namespace,
+            logging_level="WARNING",
+            log_to_driver=False,
+        )
     except (OSError, ValueError, RuntimeError) as err:
         raise ClusterUnreachable(f"Ray cluster {address!r} unreachable: {err}") from None
 
@@ -69,7 +73,7 @@ def cluster_sink(config: Config) -> RecordPusher:
 
     Outside a Ray worker it first joins ``cluster.address``. Raises ClusterUnreachable.
     """
-    from aotwatch.cluster.daemon import ensure_collector
+    from aotwatch.cluster.placement import ensure_collector
 
     joined = not in_ray_worker()
     if joined:

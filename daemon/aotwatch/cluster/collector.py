@@ -34,6 +34,8 @@ from aotwatch.cluster.worker_counts import CountsLedger
 from aotwatch.config import Config
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import serve_metrics
+from aotwatch.liveness import Liveness
+from aotwatch.lru import trim_oldest
 from aotwatch.records import (
     MAX_ID,
     MAX_NUMBER,
@@ -116,23 +118,25 @@ def worker_problem(worker: Any) -> str | None:
 
 
 class NodeCollector:
-    """Aggregates the records of one node's workers (a Ray actor: see ``cluster.daemon``)."""
+    """Aggregates the records of one node's workers (a Ray actor: see ``cluster.placement``)."""
 
     def __init__(self, node_id: str, config: Config) -> None:
         self.node_id = node_id
         self.config = config
         self._ready = False
         self._closed = threading.Event()
-        self._lock = threading.Lock()  # the workers table
+        self._lock = threading.Lock()  # the attached workers and the life of jobs
         self._accept_lock = threading.Lock()  # pushes, the spool thread and the head's reads
-        self._workers: dict[str, dict[str, Any]] = {}  # worker id -> announcement + last_seen
-        self._workers_per_job: dict[str, int] = {}
+        limits = config.limits
+        self.liveness = Liveness(
+            config.collector.worker_timeout_s,
+            limits.max_workers_per_job,
+            limits.max_series_per_metric,
+        )
         self.jobs = JobLife(config.collector.worker_timeout_s, config.collector.job_retention_s)
         directory = collector_directory(config, node_id)
-        limits = config.limits
         self.sink = LocalSink(
             limits.max_series_per_metric,
-            max_workers_per_job=limits.max_workers_per_job,
             strict=True,
         )
         self._fingerprints: divergence.Fingerprints = {}
@@ -161,10 +165,12 @@ class NodeCollector:
         )
         self.hostname = socket.gethostname()
         self._ready = True
-        threading.Thread(target=self._housekeeping, name="aotwatch-housekeeping",
-                         daemon=True).start()  # fmt: skip
-        log.info("collector %s: %d records replayed, serving %s", node_id, self.replayed,
-                 self.server.url)  # fmt: skip
+        threading.Thread(
+            target=self._housekeeping, name="aotwatch-housekeeping", daemon=True
+        ).start()
+        log.info(
+            "collector %s: %d records replayed, serving %s", node_id, self.replayed, self.server.url
+        )
 
     def _replay(self, path: Path) -> int:
         count = 0
@@ -216,8 +222,8 @@ class NodeCollector:
         log = self._changes.setdefault(job, OrderedDict())
         log[change] = version
         log.move_to_end(change)
-        if len(log) > MAX_CHANGES:  # the oldest entries go; a head that far behind reads all
-            self._changes_since[job] = log.popitem(last=False)[1]
+        # the oldest entries go; a head that far behind reads the whole job
+        trim_oldest(log, MAX_CHANGES, lambda _, oldest: self._changes_since.update({job: oldest}))
 
     def goodbye(self, worker: Any) -> None:
         """A worker is exiting: its gauges go now rather than at its timeout."""
@@ -228,40 +234,21 @@ class NodeCollector:
     def _seen(self, worker: dict[str, Any]) -> None:
         """Note the worker alive; at most ``limits.max_workers_per_job`` per job and
         ``limits.max_series_per_metric`` jobs are tracked."""
-        job, limits = worker["job_name"], self.config.limits
         with self._lock:
-            known = self._workers.get(worker["worker_id"])
-            if known is None:
-                per_job = self._workers_per_job.get(job, 0)
-                if per_job >= limits.max_workers_per_job or (
-                    not per_job and len(self._workers_per_job) >= limits.max_series_per_metric
-                ):
-                    return
-                self._workers_per_job[job] = per_job + 1
-            elif known["job_name"] != job:
-                return  # a worker id belongs to one job
-            self._workers[worker["worker_id"]] = {**worker, "last_seen": time.monotonic()}
-            if self.jobs.running(job):
-                self.sink.finish_job(job, finished=False)
+            if self.liveness.seen(worker) and self.jobs.running(worker["job_name"]):
+                self.sink.finish_job(worker["job_name"], finished=False)
 
     def _forget(self, worker_id: str) -> None:
         """Stop tracking a worker (lock held)."""
-        worker = self._workers.pop(worker_id, None)
-        if worker is not None:
-            job = worker["job_name"]
-            self._workers_per_job[job] -= 1
-            if not self._workers_per_job[job]:
-                del self._workers_per_job[job]
-                self.jobs.idle(job)
+        job = self.liveness.leave(worker_id)
+        if job is not None:
+            self.jobs.idle(job)
 
     def _live_workers(self) -> list[dict[str, Any]]:
-        deadline = time.monotonic() - self.config.collector.worker_timeout_s
         with self._lock:
-            for worker_id in [
-                w for w, info in self._workers.items() if info["last_seen"] < deadline
-            ]:
-                self._forget(worker_id)
-            return list(self._workers.values())
+            for job in self.liveness.expire():
+                self.jobs.idle(job)
+            return self.liveness.workers()
 
     # -- the spool: what workers could not deliver before they exited --------------------
 
@@ -338,19 +325,11 @@ class NodeCollector:
     # -- exported state ------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """The aggregate, with gauges of departed workers expired."""
+        """The aggregate as it is now (see ``liveness``)."""
         snapshot = self.sink.snapshot()
-        workers = self._live_workers()
-        attached: dict[tuple[str], int] = {}
-        for worker in workers:
-            attached[(worker["job_name"],)] = attached.get((worker["job_name"],), 0) + 1
-        snapshot.values["aotwatch_workers_attached"] = attached
-        live_ranks = {(w["job_name"], str(w["rank"])) for w in workers}
-        timestamps = snapshot.values.get("torch_compile_last_compile_timestamp_seconds", {})
-        snapshot.values["torch_compile_last_compile_timestamp_seconds"] = {
-            labels: value for labels, value in timestamps.items() if labels[:2] in live_ranks
-        }
-        return snapshot
+        self._live_workers()
+        with self._lock:
+            return self.liveness.apply(snapshot)
 
     def endpoint(self) -> dict[str, Any]:
         """What file_sd and ``aotwatch status`` need to know about this collector."""
@@ -387,8 +366,12 @@ class NodeCollector:
                     jobs[job] = divergence.copy_ranks(self._fingerprints[job])
                 else:
                     deltas[job] = self._delta(job, known)
-            return {"epoch": self._epoch, "versions": dict(self._versions), "jobs": jobs,
-                    "deltas": deltas}  # fmt: skip
+            return {
+                "epoch": self._epoch,
+                "versions": dict(self._versions),
+                "jobs": jobs,
+                "deltas": deltas,
+            }
 
     def _delta(self, job: str, since: int) -> dict[str, dict[str, dict[str, Any]]]:
         """The entries of ``job`` changed after version ``since``, per rank and kind."""

@@ -296,17 +296,24 @@ class RecordPusher:
             header = {"worker": self.worker, "counts": self._counts.totals()}
         within = f"within {self.config.exit_timeout_s} s at exit"
         if self.spool is None:
-            log.warning("aotwatch: %d records not delivered %s, and no spool", len(records),
-                        within)  # fmt: skip
+            log.warning("aotwatch: %d records not delivered %s, and no spool", len(records), within)
             return
         try:
             path = write_spool(self.spool, self.worker["worker_id"], header, lines)
         except OSError as err:
-            log.warning("aotwatch: %d records not delivered %s and lost: cannot spool them: "
-                        "%s", len(records), within, err)  # fmt: skip
+            log.warning(
+                "aotwatch: %d records not delivered %s and lost: cannot spool them: %s",
+                len(records),
+                within,
+                err,
+            )
             return
-        log.warning("aotwatch: %d records not delivered %s; spooled to %s for the collector",
-                    len(records), within, path)  # fmt: skip
+        log.warning(
+            "aotwatch: %d records not delivered %s; spooled to %s for the collector",
+            len(records),
+            within,
+            path,
+        )
 
 
 def write_spool(directory: Path, worker_id: str, header: dict, lines: bytes) -> Path:

@@ -10,11 +10,11 @@ totals from that file.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from aotwatch.archive import ArchiveWriter, read_json_lines
+from aotwatch.lru import LruCache
 from aotwatch.records import MAX_ID, MAX_NUMBER, RecordError, label_value_problem
 from aotwatch.sink import LocalSink
 
@@ -39,7 +39,7 @@ class CountsLedger:
         """Rebuild the totals from ``counts.jsonl``, but for the jobs in ``skip`` (finished
         jobs, whose series a restarted collector no longer shows)."""
         self.sink = sink
-        self._known: OrderedDict[str, Totals] = OrderedDict()  # worker id -> totals applied
+        self._known = LruCache(MAX_WORKERS)  # worker id -> totals applied
         path = Path(directory) / COUNTS_FILE
         for entry in read_json_lines(path, private=True) if path.exists() else ():
             if isinstance(entry, RecordError):  # a torn, corrupt or hostile line
@@ -80,9 +80,7 @@ class CountsLedger:
                 if growth > 0:
                     self.sink.inc(KINDS[kind], (job_name, label), growth)
                     applied[label] = count
-        self._known[worker_id] = known  # most recently heard from last
-        if len(self._known) > MAX_WORKERS:
-            self._known.popitem(last=False)
+        self._known.put(worker_id, known)
 
 
 def _valid_entry(entry: Any) -> bool:

@@ -16,8 +16,9 @@ class TinyTransformer(nn.Module):
     def __init__(self, vocab: int = 64, width: int = 32, heads: int = 2) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
-        self.block = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0,
-                                                batch_first=True)  # fmt: skip
+        self.block = nn.TransformerEncoderLayer(
+            width, heads, 2 * width, dropout=0.0, batch_first=True
+        )
         self.head = nn.Linear(width, vocab)
         self.register_buffer("steps", torch.zeros(()))
 

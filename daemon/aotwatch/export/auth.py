@@ -137,8 +137,9 @@ def with_basic_auth(app: Callable, web_config: LiveWebConfig, open_paths: tuple[
         try:
             allowed = auth.allows(users, header, client)
         except Busy:
-            return _plain(start_response, "503 Service Unavailable", b"busy\n",
-                          ("Retry-After", "1"))  # fmt: skip
+            return _plain(
+                start_response, "503 Service Unavailable", b"busy\n", ("Retry-After", "1")
+            )
         if allowed:
             return app(environ, start_response)
         challenge = ("WWW-Authenticate", f'Basic realm="{REALM}"')

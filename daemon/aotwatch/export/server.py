@@ -143,8 +143,9 @@ class BoundedServer(WSGIServer):
         super().__init__(address, _Handler)
         self.socket.setblocking(False)
         if hasattr(socket, "TCP_DEFER_ACCEPT"):  # Linux: no accept before the first byte
-            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT,
-                                   math.ceil(limits.request_timeout_s))  # fmt: skip
+            self.socket.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, math.ceil(limits.request_timeout_s)
+            )
         self.set_app(app)
         self.cap = connection_cap(limits.max_connections)
         self.timeout_s = limits.request_timeout_s
@@ -199,8 +200,10 @@ class BoundedServer(WSGIServer):
                 if err.errno not in _ACCEPT_LIMITS:
                     return 0.0  # the client left already, or another transient refusal
                 if not backoff:
-                    log.warning("aotwatch: /metrics cannot accept connections: %s; backing off",
-                                os.strerror(err.errno))  # fmt: skip
+                    log.warning(
+                        "aotwatch: /metrics cannot accept connections: %s; backing off",
+                        os.strerror(err.errno),
+                    )
                 return min(MAX_ACCEPT_BACKOFF_S, max(0.01, backoff * 2))
             self._admit(sock, address)
         return 0.0
@@ -265,8 +268,9 @@ class BoundedServer(WSGIServer):
             connection.deadline = time.monotonic() + self.timeout_s
         connection.sock.setblocking(True)
         connection.sock.settimeout(self.timeout_s)
-        thread = threading.Thread(target=self._serve, args=(connection,), daemon=True,
-                                  name="aotwatch-http-request")  # fmt: skip
+        thread = threading.Thread(
+            target=self._serve, args=(connection,), daemon=True, name="aotwatch-http-request"
+        )
         try:
             thread.start()
         except RuntimeError:  # no more threads in this process: refused, as at the cap

@@ -334,12 +334,18 @@ class LiveWebConfig:
             log.warning("aotwatch: %s; keeping the web config loaded before", err)
             return
         if (loaded.context is not None) != self.tls:
-            log.warning("aotwatch: %s: turning TLS on or off needs a restart; keeping the web "
-                        "config loaded before", self.path)  # fmt: skip
+            log.warning(
+                "aotwatch: %s: turning TLS on or off needs a restart; keeping the web "
+                "config loaded before",
+                self.path,
+            )
             return
         if self._loaded.config.basic_auth_users and not loaded.config.basic_auth_users:
-            log.warning("aotwatch: %s: turning basic auth off needs a restart; keeping the web "
-                        "config loaded before", self.path)  # fmt: skip
+            log.warning(
+                "aotwatch: %s: turning basic auth off needs a restart; keeping the web "
+                "config loaded before",
+                self.path,
+            )
             return
         self._seen, self._loaded = signature, loaded
         log.info("aotwatch: reloaded %s", self.path)

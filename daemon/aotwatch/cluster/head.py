@@ -1,34 +1,22 @@
-"""Placing collectors and the head on a Ray cluster.
-
-The head keeps one collector on every alive node (named, detached, pinned to
-its node, ``num_cpus=0``, restarted by Ray when it dies), writes the
-Prometheus file_sd file that lists them, and compares the ranks of each job.
+"""The head: one per cluster, it keeps a collector on every alive node (see ``placement``),
+writes the Prometheus file_sd file that lists them (``file_sd``), and compares the ranks of
+each job (``divergence``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import ray
 from prometheus_client.core import CounterMetricFamily
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from aotwatch import divergence
-from aotwatch.archive import private_directory
-from aotwatch.cluster.collector import (
-    HEAD_NAME,
-    NodeCollector,
-    archive_root,
-    collector_name,
-    scrape_host,
-)
+from aotwatch.cluster.collector import HEAD_NAME, scrape_host
+from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
+from aotwatch.cluster.placement import alive_nodes, daemon_actor_options, ensure_collector
 from aotwatch.config import Config
 from aotwatch.export.collector import build_info_family, registry_for
 from aotwatch.export.server import serve_metrics
@@ -44,69 +32,6 @@ CALL_TIMEOUT_S = 10.0
 COMPILE_IDS_SETTLE_S = 10.0
 """A compile id missing on some ranks counts only once it is still missing after this long
 (ranks compile the same frame at slightly different times)."""
-
-_CollectorActor = ray.remote(NodeCollector)
-
-
-def _daemon_actor_options(name: str, config: Config) -> dict[str, Any]:
-    """A named, detached, zero-CPU actor in aotwatch's namespace that Ray restarts forever."""
-    return {
-        "name": name,
-        "namespace": config.cluster.namespace,
-        "lifetime": "detached",
-        "get_if_exists": True,
-        "num_cpus": 0,
-        "max_restarts": -1,
-        "max_task_retries": -1,
-    }
-
-
-def ensure_collector(node_id: str, config: Config) -> Any:
-    """The collector actor of ``node_id``, created (pinned to that node) if there is none."""
-    return _CollectorActor.options(
-        **_daemon_actor_options(collector_name(node_id), config),
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-    ).remote(node_id, config)
-
-
-def alive_nodes() -> list[str]:
-    return [node["NodeID"] for node in ray.nodes() if node["Alive"]]
-
-
-def file_sd_path(config: Config) -> Path:
-    """The configured file_sd path, or file_sd.json in the private archive root."""
-    if config.collector.file_sd_path:
-        return Path(config.collector.file_sd_path)
-    return private_directory(archive_root(config), 0o711) / "file_sd.json"
-
-
-def write_file_sd(path: Path, endpoints: list[dict[str, Any]], head: dict[str, Any] | None) -> None:
-    """Replace ``path`` atomically with one file_sd target group per collector and the head
-    (none when the daemon stops: Prometheus then stops scraping, and no alert fires)."""
-    groups = [
-        _target_group(e, {"node_id": e["node_id"], "hostname": e["hostname"], "role": "collector"})
-        for e in sorted(endpoints, key=lambda e: e["node_id"])
-    ]
-    if head is not None:
-        groups.append(_target_group(head, {"role": "head"}))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        try:
-            json.dump(groups, tmp, indent=2)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-            os.chmod(tmp.name, 0o644)  # Prometheus may run as another user
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-    os.replace(tmp.name, path)
-
-
-def _target_group(endpoint: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
-    """One file_sd group; ``__scheme__`` tells Prometheus to scrape a TLS endpoint over https."""
-    if endpoint.get("scheme") == "https":
-        labels = {**labels, "__scheme__": "https"}
-    return {"targets": [f"{endpoint['ip']}:{endpoint['port']}"], "labels": labels}
 
 
 class _DivergenceCollector:
@@ -182,10 +107,12 @@ class Head:
                 del self._collectors[node_id]
                 self._endpoints.pop(node_id, None)
             due = {
-                node_id: handle for node_id, handle in self._collectors.items()
-                if everything or node_id in self._stale
+                node_id: handle
+                for node_id, handle in self._collectors.items()
+                if everything
+                or node_id in self._stale
                 or not self._endpoints.get(node_id, {}).get("healthy")
-            }  # fmt: skip
+            }
             self._stale -= set(due)
             if everything:
                 self._file_sd_targets = None  # written again, whatever happened to the file
@@ -195,13 +122,17 @@ class Head:
                 if node_id in answers:
                     self._endpoints[node_id] = {**answers[node_id], "healthy": True}
                 else:  # restarting or unreachable: keep its last target
-                    self._endpoints[node_id] = {**self._endpoints.get(node_id, {}),
-                                                "healthy": False}  # fmt: skip
+                    self._endpoints[node_id] = {
+                        **self._endpoints.get(node_id, {}),
+                        "healthy": False,
+                    }
         endpoints = self.endpoints()
         with self._lock:  # shutdown() empties file_sd under this lock, after setting _stop
             targets = [e for e in endpoints if "port" in e]
-            written = [(e["node_id"], e.get("hostname"), e.get("ip"), e["port"], e.get("scheme"))
-                       for e in targets]  # fmt: skip
+            written = [
+                (e["node_id"], e.get("hostname"), e.get("ip"), e["port"], e.get("scheme"))
+                for e in targets
+            ]
             if not self._stop.is_set() and written != self._file_sd_targets:
                 write_file_sd(self.file_sd, targets, self.head_endpoint())
                 self._file_sd_targets = written
@@ -219,11 +150,16 @@ class Head:
     def _check_divergences(self, final: bool) -> list[dict[str, Any]]:
         with self._lock:
             collectors = dict(self._collectors)
-        refs = {node: c.fingerprints_since.remote(*self._digest.known(node))
-                for node, c in collectors.items()}  # fmt: skip
+        refs = {
+            node: c.fingerprints_since.remote(*self._digest.known(node))
+            for node, c in collectors.items()
+        }
         answers = _answers(refs)
-        restarted = {node for node, answer in answers.items()  # maybe on a new port
-                     if answer["epoch"] != self._digest.known(node)[0]}  # fmt: skip
+        restarted = {
+            node
+            for node, answer in answers.items()  # maybe on a new port
+            if answer["epoch"] != self._digest.known(node)[0]
+        }
         for node, answer in answers.items():  # a collector that did not answer keeps what
             self._digest.update(node, answer)  # the head last had of it
         with self._lock:
@@ -240,12 +176,18 @@ class Head:
         now = time.monotonic()
         for job, compile_ids in changed.items():
             if job in jobs:
-                self._judge(job, divergence.find(job, self._digest.ranks(job), compile_ids),
-                            compile_ids, now, final)  # fmt: skip
+                self._judge(
+                    job,
+                    divergence.find(job, self._digest.ranks(job), compile_ids),
+                    compile_ids,
+                    now,
+                    final,
+                )
         return self.divergences()
 
-    def _judge(self, job: str, findings: list, compile_ids: set[str] | None, now: float,
-               final: bool) -> None:  # fmt: skip
+    def _judge(
+        self, job: str, findings: list, compile_ids: set[str] | None, now: float, final: bool
+    ) -> None:
         """Count new findings once (a compile id missing on some ranks only once it has been
         for COMPILE_IDS_SETTLE_S, unless ``final``); drop candidates that resolved."""
         found = set()
@@ -260,8 +202,11 @@ class Head:
                     self._findings[finding.key] = finding
                     del self._candidates[finding.key]
                     log.warning("aotwatch: rank divergence: %s", finding.describe())
-            for key in [k for k in self._candidates if k[0] == job and k not in found
-                        and (compile_ids is None or k[2] in compile_ids)]:  # fmt: skip
+            for key in [
+                k
+                for k in self._candidates
+                if k[0] == job and k not in found and (compile_ids is None or k[2] in compile_ids)
+            ]:
                 del self._candidates[key]  # the slow rank caught up
 
     def _forget_jobs_but(self, jobs: set[str]) -> None:
@@ -337,7 +282,7 @@ _HeadActor = ray.remote(Head)
 
 def ensure_head(config: Config) -> Any:
     """The head actor (created if there is none), with collectors on every alive node."""
-    head = _HeadActor.options(**_daemon_actor_options(HEAD_NAME, config)).remote(config)
+    head = _HeadActor.options(**daemon_actor_options(HEAD_NAME, config)).remote(config)
     ray.get(head.reconcile.remote(), timeout=120)
     return head
 
