@@ -127,10 +127,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not path.is_file():
             return _fail(f"{path}: no archive there (expected a records.jsonl or its directory)")
     try:
-        aggregate = report.aggregate_archive(path, config.limits.max_series_per_metric)
+        snapshot = report.archive_snapshot(path, config.limits.max_series_per_metric)
     except (OSError, UnicodeDecodeError) as err:
         return _fail(f"{args.path or args.job}: cannot read: {err}")
-    snapshot = aggregate.snapshot()
     if args.format == "json":
         print(json.dumps(report.as_json(snapshot), indent=2, sort_keys=True))
     elif args.format == "prometheus":

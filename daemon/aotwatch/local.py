@@ -94,12 +94,12 @@ def _local_sink(config: Config) -> tuple[LocalSink, MetricsServer | None]:
     """Aggregate here and serve /metrics; the archive is opened once the port is bound, so
     a port in use leaves no archive behind."""
     limits = config.limits
-    sink = LocalSink(limits.max_series_per_metric)
     liveness = Liveness(None, limits.max_workers_per_job, limits.max_series_per_metric)
     liveness.seen({"worker_id": "this process", **identity(config.job_name)})  # never leaves
+    sink = LocalSink(limits.max_series_per_metric, liveness=liveness)
     server = None
     if config.export.enabled:
-        collector = AggregateCollector(lambda: liveness.apply(sink.snapshot()), config.labels)
+        collector = AggregateCollector(sink.snapshot, config.labels)
         server = serve_metrics(
             registry_for(collector),
             config.export.address,

@@ -10,22 +10,26 @@ from typing import Any
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import ARCHIVE_FILE, read_archive
 from aotwatch.export.collector import exposition
+from aotwatch.liveness import Liveness
 from aotwatch.metrics import BY_NAME, RANK_LABELS
 from aotwatch.records import RecordError
 
 
-def aggregate_archive(
+def archive_snapshot(
     path: str | os.PathLike | list[Path], max_series_per_metric: int = 1000
-) -> Aggregate:
-    """Fold every record of an archive (or of several); malformed lines count as rejected."""
+) -> Snapshot:
+    """What a live scrape showed of an archive (or of several): every record folded, the
+    workers that wrote them attached; malformed lines count as rejected."""
     aggregate = Aggregate(max_series_per_metric)
+    workers = Liveness(None, max_series_per_metric, max_series_per_metric)
     for one in path if isinstance(path, list) else [path]:
         for item in read_archive(one):
             if isinstance(item, RecordError):
                 aggregate.inc("aotwatch_records_rejected", (item.reason,))
-            else:
-                aggregate.add(item)
-    return aggregate
+            elif aggregate.add(item):
+                worker_id = f"{item.hostname} {item.pid}"
+                workers.seen({"worker_id": worker_id, "job_name": item.job_name, "rank": item.rank})
+    return workers.apply(aggregate.snapshot())
 
 
 def job_archives(root: str | os.PathLike, job_name: str) -> list[Path]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import RecordArchive
+from aotwatch.liveness import Liveness
 from aotwatch.records import Record, RecordError, decode_line, record_line
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,12 @@ class LocalSink:
         archive: RecordArchive | None = None,
         *,
         strict: bool = False,
+        liveness: Liveness | None = None,
     ) -> None:
         self.aggregate = Aggregate(max_series_per_metric)
         self.archive = archive
         self.strict = strict
+        self.liveness = liveness
         self._lock = threading.Lock()
 
     def record(self, record: dict[str, Any]) -> bool:
@@ -110,5 +113,7 @@ class LocalSink:
             self.archive.close()
 
     def snapshot(self) -> Snapshot:
+        """The aggregate, and with ``liveness`` the workers attached (local mode)."""
         with self._lock:
-            return self.aggregate.snapshot()
+            snapshot = self.aggregate.snapshot()
+            return snapshot if self.liveness is None else self.liveness.apply(snapshot)
