@@ -33,6 +33,7 @@ from aotwatch.records import (
     RecordError,
     as_dict,
     decode_line,
+    decode_lines,
     empty_record,
     encode_record,
     to_record,
@@ -342,3 +343,25 @@ def test_the_cardinality_cap_holds_and_counts_what_it_refuses(cap, pairs):
     refused = dropped.get(("aotwatch_records_received",), 0)
     assert refused == max(0, len(jobs) - cap)  # each refused label set counted once
     assert len(aggregate._jobs) <= cap  # the jobs tracked are capped like a family
+
+
+@QUICK
+@given(st.lists(valid_records, max_size=6), st.lists(broken_records(), max_size=3), st.data())
+def test_a_batch_of_lines_decodes_as_its_lines_do_one_by_one(good, broken, data):
+    lines = [encode_record(record) for record in good]
+    lines += [json.dumps(record, default=str).encode() + b"\n" for record, _ in broken]
+    lines = data.draw(st.permutations(lines))
+    batch = b"".join(lines).replace(b"\n", b"\n \n", 1)  # and a blank line
+    decoded = decode_lines(batch)
+    one_by_one = []
+    for line in lines:
+        try:
+            one_by_one.append((decode_line(line), line))
+        except RecordError as err:
+            one_by_one.append(err)
+    assert len(decoded) == len(one_by_one)
+    for got, expected in zip(decoded, one_by_one, strict=True):
+        if isinstance(expected, RecordError):
+            assert isinstance(got, RecordError) and got.reason == expected.reason
+        else:
+            assert got == expected

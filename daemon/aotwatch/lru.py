@@ -45,7 +45,8 @@ class LruCache:
     def put(self, key: Any, value: Any) -> None:
         self._items[key] = value
         self._items.move_to_end(key)
-        trim_oldest(self._items, self.capacity, self.on_evict)
+        if len(self._items) > self.capacity:
+            trim_oldest(self._items, self.capacity, self.on_evict)
 
     def pop(self, key: Any, default: Any = None) -> Any:
         return self._items.pop(key, default)

@@ -10,7 +10,7 @@ docs/metrics.md (``python -m aotwatch.metrics``) are derived from it.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -61,7 +61,8 @@ WORKERS_ATTACHED = "aotwatch_workers_attached"
 """The family ``liveness`` sets: workers attached now, per job."""
 
 Labels = tuple[str, ...]
-Fold = Callable[[Record, Labels], Iterator[tuple[Labels, float]]]
+Folded = Sequence[tuple[Labels, float]]
+Fold = Callable[[Record, Labels], Folded]
 """A record and its rank's labels -> (label values, amount) pairs for one family."""
 FREE = "a bounded name (lower case, digits, _; others become other)"
 """The allowed values of a label whose values come from torch rather than a fixed list."""
@@ -118,52 +119,51 @@ def _rank_family(name, kind, help_text, extra=(), **options) -> Family:
     return Family(name, kind, help_text, RANK_LABELS + tuple(extra), **options)
 
 
-def _once(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
-    yield rank, 1
+def _once(record: Record, rank: Labels) -> Folded:
+    return ((rank, 1),)
 
 
-def _failures(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
-    if record.fail_type is not None:
-        category = record.fail_category or categories.fail_type_category(
-            record.fail_type, record.fail_reason
-        )
-        yield (*rank, bounded(category, categories.FAIL_TYPES)), 1
+def _failures(record: Record, rank: Labels) -> Folded:
+    if record.fail_type is None:
+        return ()
+    category = record.fail_category or categories.fail_type_category(
+        record.fail_type, record.fail_reason
+    )
+    return (((*rank, bounded(category, categories.FAIL_TYPES)), 1),)
 
 
-def _graph_breaks(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
-    for graph_break in record.graph_breaks:
-        category = graph_break["category"]
-        if not categories.is_graph_break_category(category):
-            category = categories.OTHER
-        yield (*rank, category), 1
+def _graph_breaks(record: Record, rank: Labels) -> Folded:
+    return [
+        ((*rank, category if categories.is_graph_break_category(category) else categories.OTHER), 1)
+        for category in (graph_break["category"] for graph_break in record.graph_breaks)
+    ]
 
 
-def _recompiles(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
-    if record.recompile_reason is not None:
-        category = record.recompile_category or categories.recompile_category(
-            record.recompile_reason
-        )
-        yield (*rank, bounded(category, categories.RECOMPILE_CATEGORIES)), 1
+def _recompiles(record: Record, rank: Labels) -> Folded:
+    if record.recompile_reason is None:
+        return ()
+    category = record.recompile_category or categories.recompile_category(record.recompile_reason)
+    return (((*rank, bounded(category, categories.RECOMPILE_CATEGORIES)), 1),)
 
 
-def _durations(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
-    for phase, seconds in record.durations_s.items():
-        yield (*rank, bounded(phase, PHASES)), seconds
+def _durations(record: Record, rank: Labels) -> Folded:
+    return [((*rank, bounded(phase, PHASES)), s) for phase, s in record.durations_s.items()]
 
 
-def _cache_lookups(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
-    for cache, results in record.cache.items():
-        for result, count in results.items():
-            yield (*rank, bounded(cache, CACHES), bounded(result, CACHE_RESULTS)), count
+def _cache_lookups(record: Record, rank: Labels) -> Folded:
+    return [
+        ((*rank, bounded(cache, CACHES), bounded(result, CACHE_RESULTS)), count)
+        for cache, results in record.cache.items()
+        for result, count in results.items()
+    ]
 
 
 def _counts(field_name: str, names: tuple[str, ...]) -> Fold:
     """A fold of one of a record's fixed count mappings: every name, zero too."""
 
-    def fold(record: Record, rank: Labels) -> Iterator[tuple[Labels, float]]:
+    def fold(record: Record, rank: Labels) -> Folded:
         counts = getattr(record, field_name)
-        for name in names:
-            yield (*rank, name), counts.get(name, 0)
+        return [((*rank, name), counts.get(name, 0)) for name in names]
 
     return fold
 
@@ -196,7 +196,7 @@ FAMILIES: tuple[Family, ...] = (
         ["graph"],
         values={"graph": GRAPH_KINDS},
         records="graph",
-        fold=lambda record, rank: iter((((*rank, record.graph), 1),)),
+        fold=lambda record, rank: (((*rank, record.graph), 1),),
         action="Should stop rising after warm-up; growth means recompiles or graph breaks.",
     ),
     _rank_family(
@@ -207,7 +207,7 @@ FAMILIES: tuple[Family, ...] = (
         values={"graph": GRAPH_KINDS},
         records="graph",
         buckets=NODE_BUCKETS,
-        fold=lambda record, rank: iter(
+        fold=lambda record, rank: (
             () if record.nodes is None else (((*rank, record.graph), record.nodes),)
         ),
         action="Many tiny graphs mean graph breaks; huge ones mean long compiles.",
@@ -263,7 +263,7 @@ FAMILIES: tuple[Family, ...] = (
         "counter",
         "Graph inputs seen by AOTAutograd.",
         records="graph",
-        fold=lambda record, rank: iter(((rank, record.inputs.get("total", 0)),)),
+        fold=lambda record, rank: ((rank, record.inputs.get("total", 0)),),
         action="The denominator of the mutation ratios.",
     ),
     _rank_family(
@@ -295,9 +295,9 @@ FAMILIES: tuple[Family, ...] = (
         ["output_type"],
         values={"output_type": FREE},
         records="graph",
-        fold=lambda record, rank: (
+        fold=lambda record, rank: [
             ((*rank, _name(kind)), count) for kind, count in record.outputs.items()
-        ),
+        ],
         action="Outputs that alias inputs or intermediates are regenerated at runtime: "
         "return fresh tensors from compiled regions where you can.",
     ),
@@ -306,7 +306,7 @@ FAMILIES: tuple[Family, ...] = (
         "counter",
         "Intermediate bases (outputs aliasing one intermediate) summed over graphs.",
         records="graph",
-        fold=lambda record, rank: iter(((rank, record.intermediate_bases),)),
+        fold=lambda record, rank: ((rank, record.intermediate_bases),),
         action="Each one is an extra output and a view replay: avoid returning several views "
         "of one intermediate.",
     ),
@@ -328,7 +328,7 @@ FAMILIES: tuple[Family, ...] = (
         records="any",
         latest=True,
         live=True,
-        fold=lambda record, rank: iter(((rank, record.time),)),
+        fold=lambda record, rank: ((rank, record.time),),
         unit="seconds",
         action="A rank whose compiles keep coming long after the others stopped is "
         "recompiling, or compiling what the others are not.",
@@ -356,7 +356,7 @@ FAMILIES: tuple[Family, ...] = (
         "Compile records accepted.",
         JOB_LABELS,
         records="any",
-        fold=lambda record, rank: iter(((rank[:1], 1),)),
+        fold=lambda record, rank: ((rank[:1], 1),),
         action="Flat during a compile-heavy phase means capture is off or not reaching the "
         "collector.",
     ),

@@ -273,6 +273,34 @@ def decode_line(line: bytes) -> Record:
         raise RecordError("not_json", "not a record") from None
 
 
+def decode_lines(data: bytes) -> list[tuple[Record, bytes] | RecordError]:
+    """Each non-blank line of ``data`` as a (Record, its line) pair, or the RecordError that
+    refuses it. One call into msgspec for the whole batch when every line is well formed."""
+    lines = [line for line in data.split(b"\n") if line.strip()]
+    if len(data) <= MAX_RECORD_BYTES:
+        try:
+            records = _LINE_DECODER.decode_lines(data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            records = None
+        if records is not None and len(records) == len(lines):
+            return [_checked(record, line) for record, line in zip(records, lines, strict=True)]
+    return [_decoded(line) for line in lines]
+
+
+def _checked(record: Record, line: bytes) -> tuple[Record, bytes] | RecordError:
+    try:
+        return _check(record), line.rstrip(b"\n") + b"\n"
+    except RecordError as err:
+        return err
+
+
+def _decoded(line: bytes) -> tuple[Record, bytes] | RecordError:
+    try:
+        return _checked(decode_line(line), line)
+    except RecordError as err:
+        return err
+
+
 def as_dict(record: Record) -> dict[str, Any]:
     """A record as the plain dict capture made (nested values are shared, not copied)."""
     return msgspec.structs.asdict(record)

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import RecordArchive
 from aotwatch.liveness import Liveness
-from aotwatch.records import Record, RecordError, decode_line, record_line
+from aotwatch.records import Record, RecordError, decode_lines, record_line
 
 log = logging.getLogger(__name__)
+
+
+def _checked(obj: Any) -> tuple[Record, bytes] | RecordError:
+    """A record dict validated, with its archive line; or why it is refused."""
+    try:
+        return record_line(obj)
+    except RecordError as err:
+        return err
 
 
 class LocalSink:
@@ -50,9 +59,9 @@ class LocalSink:
         them). Malformed ones are counted in ``aotwatch_records_rejected_total``. When
         ``strict`` and the write fails, raises OSError with nothing folded or counted.
         """
-        items = records.split(b"\n") if isinstance(records, bytes) else records
+        checked = decode_lines(records) if isinstance(records, bytes) else map(_checked, records)
         with self._lock:
-            accepted, lines, rejected = self._check(items)
+            accepted, lines, rejected = self._new(checked)
             if self.archive is not None and lines:
                 try:
                     self.archive.write_records(accepted, lines)
@@ -68,22 +77,17 @@ class LocalSink:
             self.aggregate.fold_batch(accepted)
             return accepted
 
-    def _check(self, items: list[Any]) -> tuple[list[Record], list[bytes], list[str]]:
+    def _new(
+        self, checked: Iterable[tuple[Record, bytes] | RecordError]
+    ) -> tuple[list[Record], list[bytes], list[str]]:
         """(new valid records, their archive lines, the reasons of the rejected ones)."""
         accepted, lines, rejected, ids = [], [], [], set()
         has_seen = self.aggregate.has_seen
-        for item in items:
-            try:
-                if type(item) is bytes:
-                    if not item.strip():
-                        continue
-                    record = decode_line(item)
-                    line = item if item.endswith(b"\n") else item + b"\n"
-                else:
-                    record, line = record_line(item)
-            except RecordError as err:
-                rejected.append(err.reason)
+        for item in checked:
+            if type(item) is RecordError:
+                rejected.append(item.reason)
                 continue
+            record, line = item
             record_id = record.record_id
             if record_id not in ids and not has_seen(record_id):
                 ids.add(record_id)

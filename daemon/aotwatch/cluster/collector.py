@@ -282,9 +282,9 @@ class NodeCollector:
                 continue
             batch.append(line)
             if len(batch) == SPOOL_BATCH:
-                accepted += self._accept(worker, batch, None)
+                accepted += self._accept(worker, b"".join(batch), None)
                 batch = []
-        return accepted + self._accept(worker, batch, header.get("counts"))
+        return accepted + self._accept(worker, b"".join(batch), header.get("counts"))
 
     # -- housekeeping: the spool and the life of jobs ----------------------------------
 
