@@ -13,6 +13,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -391,7 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
         "export them to Prometheus.",
     )
     commands = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for add in (_add_trace, _add_report, _add_run, _add_cluster_commands, _add_check_config):
+        add(commands)
+    return parser
 
+
+def _add_trace(commands: Any) -> None:
     trace = commands.add_parser(
         "trace",
         help="run a Python script with capture attached",
@@ -411,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     trace.set_defaults(func=cmd_trace)
 
+
+def _add_report(commands: Any) -> None:
     report = commands.add_parser("report", help="rebuild the metrics from an archive")
     report.add_argument(
         "path",
@@ -425,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--config", metavar="F", help="config whose labels and limits apply")
     report.set_defaults(func=cmd_report)
 
+
+def _add_run(commands: Any) -> None:
     run = commands.add_parser(
         "run",
         help="run a YAML-configured training job on Ray with capture on every worker",
@@ -442,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
+
+def _add_cluster_commands(commands: Any) -> None:
     for name, func, text in (
         ("serve", cmd_serve, "run the collectors on an existing Ray cluster until interrupted"),
         ("status", cmd_status, "list collectors, attached workers and rank divergences"),
@@ -459,10 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
         sub.set_defaults(func=func)
 
+
+def _add_check_config(commands: Any) -> None:
     check = commands.add_parser("check-config", help="validate a config file and print it")
     check.add_argument("file")
     check.set_defaults(func=cmd_check_config)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

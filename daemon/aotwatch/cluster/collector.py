@@ -135,28 +135,18 @@ class NodeCollector:
         )
         self.jobs = JobLife(config.collector.worker_timeout_s, config.collector.job_retention_s)
         directory = collector_directory(config, node_id)
-        self.sink = LocalSink(
-            limits.max_series_per_metric,
-            strict=True,
-        )
+        self.sink = LocalSink(limits.max_series_per_metric, strict=True)
         self._fingerprints: divergence.Fingerprints = {}
         self._epoch = uuid.uuid4().hex  # this instance: a head re-reads a restarted collector
         self._versions: dict[str, int] = {}  # job -> how often its fingerprints changed
         self._changes: dict[str, OrderedDict[divergence.Change, int]] = {}  # job -> entry ->
         # the version that last changed it, oldest first
         self._changes_since: dict[str, int] = {}  # job -> oldest version its log still covers
-        self.archives = JobArchives(directory)
-        live, finished = self.archives.survey()
-        legacy = directory / ARCHIVE_FILE  # the one file of collectors before per-job archives
-        self.replayed = sum(self._replay(path) for path in [legacy] * legacy.exists() + live)
-        self.sink.archive = self.archives
-        self.counts = CountsLedger(directory, self.sink, skip=finished)
-        self._pruned_at = 0.0
+        self._restore(directory)
         self.spool = spool_directory(config, node_id)
         self.drain_spool()
-        registry = registry_for(AggregateCollector(self.snapshot, config.labels))
         self.server = serve_metrics(
-            registry,
+            registry_for(AggregateCollector(self.snapshot, config.labels)),
             config.collector.address,
             config.collector.port,
             lambda: self._ready,
@@ -171,6 +161,16 @@ class NodeCollector:
         log.info(
             "collector %s: %d records replayed, serving %s", node_id, self.replayed, self.server.url
         )
+
+    def _restore(self, directory: Path) -> None:
+        """Replay the live jobs' archives and the workers' totals, then archive from here."""
+        self.archives = JobArchives(directory)
+        live, finished = self.archives.survey()
+        legacy = directory / ARCHIVE_FILE  # the one file of collectors before per-job archives
+        self.replayed = sum(self._replay(path) for path in [legacy] * legacy.exists() + live)
+        self.sink.archive = self.archives
+        self.counts = CountsLedger(directory, self.sink, skip=finished)
+        self._pruned_at = 0.0
 
     def _replay(self, path: Path) -> int:
         count = 0
