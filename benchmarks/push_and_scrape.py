@@ -36,7 +36,7 @@ from aotwatch.config import (
 )
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import serve_metrics
-from aotwatch.records import encode_record, new_record
+from aotwatch.records import empty_record, encode_record, new_record
 
 WORKER = {"job_name": "bench", "hostname": "h", "pid": 1, "rank": 0, "worker_id": "w"}
 
@@ -51,16 +51,7 @@ def graph_record(rank: int, compile_index: int) -> dict:
         graph="forward",
         graph_hash=uuid.uuid4().hex[:16],
         nodes=100 + compile_index % 50,
-        inputs={
-            "total": 8,
-            "subclass": 0,
-            "data": 1,
-            "metadata": 0,
-            "storage_metadata": 0,
-            "storage_resize": 0,
-            "hidden_from_autograd": 0,
-            "under_no_grad": 0,
-        },
+        inputs={**empty_record()["inputs"], "total": 8, "data": 1},
         outputs={"non_alias": 2, "alias_of_input": 1},
         durations_s={"backward": 0.05},
     )

@@ -31,6 +31,11 @@ def aotwatch(*args: str, cwd: Path | None = None, env: dict | None = None, timeo
     )
 
 
+def trace(archive: Path, *command: str) -> subprocess.CompletedProcess:
+    """``aotwatch trace`` of ``command`` on any free port, archiving to ``archive``."""
+    return aotwatch("trace", "--port", "0", "--archive", str(archive), "--", *command)
+
+
 def write_script(path: Path, body: str) -> Path:
     path.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n{body}")
     return path
@@ -66,17 +71,7 @@ def test_trace_records_every_graph_and_prints_a_summary(tmp_path):
 )
 def test_trace_exits_with_the_scripts_status(tmp_path, body, code):
     script = write_script(tmp_path / "s.py", body + "\n")
-    result = aotwatch(
-        "trace",
-        "--port",
-        "0",
-        "--archive",
-        str(tmp_path / "a"),
-        "--",
-        "python",
-        str(script),
-        "extra-arg",
-    )
+    result = trace(tmp_path / "a", "python", str(script), "extra-arg")
     assert result.returncode == code, result.stderr
     if code == 1:
         assert "RuntimeError: boom" in result.stderr
@@ -86,18 +81,7 @@ def test_trace_passes_arguments_and_main_to_the_script(tmp_path):
     script = write_script(
         tmp_path / "args.py", "if __name__ == '__main__':\n    print('ARGV', sys.argv[1:])\n"
     )
-    result = aotwatch(
-        "trace",
-        "--port",
-        "0",
-        "--archive",
-        str(tmp_path / "a"),
-        "--",
-        "python",
-        str(script),
-        "--lr",
-        "0.1",
-    )
+    result = trace(tmp_path / "a", "python", str(script), "--lr", "0.1")
     assert "ARGV ['--lr', '0.1']" in result.stdout
 
 

@@ -18,7 +18,7 @@ from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.export.collector import exposition
 from aotwatch.liveness import Liveness
 from aotwatch.metrics import FAMILIES
-from aotwatch.records import new_record
+from aotwatch.records import empty_record, new_record
 from conftest import scrape
 from programs import PROGRAMS
 
@@ -30,16 +30,7 @@ def fixed_records() -> list[dict]:
     common = {"hostname": "node-1", "pid": 42, "time": 1_700_000_000.0, "job_name": "golden"}
     graph = {
         "nodes": 40,
-        "inputs": {
-            "total": 3,
-            "subclass": 0,
-            "data": 1,
-            "metadata": 0,
-            "storage_metadata": 0,
-            "storage_resize": 0,
-            "hidden_from_autograd": 0,
-            "under_no_grad": 1,
-        },
+        "inputs": {**empty_record()["inputs"], "total": 3, "data": 1, "under_no_grad": 1},
         "mutation_placement": {"in_graph": 1, "out_of_graph": 0},
         "outputs": {"non_alias": 1, "alias_of_input": 1},
         "intermediate_bases": 1,
