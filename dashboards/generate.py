@@ -542,6 +542,9 @@ def aot_metadata() -> dict:
     bases = sel("torch_compile_intermediate_bases_total", RANK)
     tokens = sel("torch_compile_effect_tokens_total", RANK)
     nodes = sel("torch_compile_graph_nodes_bucket", RANK)
+    saved = sel("torch_compile_saved_for_backward_total", RANK)
+    static = sel("torch_compile_static_inputs_total", RANK)
+    donated = sel("torch_compile_donated_buffers_total", RANK)
     cumulative = "Cumulative, as the collectors export it."
 
     def per_rank(title: str, description: str, selector: str, kind: str = "") -> dict:
@@ -621,6 +624,22 @@ def aot_metadata() -> dict:
             "Effect tokens threaded through graphs.",
             tokens,
             "direction",
+        ),
+        per_rank(
+            "Saved for backward, tensors / symints",
+            "What forward graphs keep for their backward: activation memory, in count.",
+            saved,
+            "kind",
+        ),
+        per_rank(
+            "Static inputs",
+            "Inputs treated as static (parameters, buffers): what CUDA graphs keep in place.",
+            static,
+        ),
+        per_rank(
+            "Donated backward buffers",
+            "Saved tensors whose memory the backward may reuse.",
+            donated,
         ),
         timeseries(
             "FX nodes per graph, p50 / p95",

@@ -38,13 +38,19 @@ class Truth:
     outputs: Counter = field(default_factory=Counter)  # OutputType name -> outputs
     intermediate_bases: int = 0
     tokens: Counter = field(default_factory=Counter)  # forward / backward
+    saved: Counter = field(default_factory=Counter)  # tensors / symints a backward takes in
+    static_inputs: int = 0
+    donated_buffers: int = 0
 
     def add_graph(self, kind: str, gm: torch.fx.GraphModule) -> None:
         self.graphs[kind] += 1
         self.nodes[kind] += len(gm.graph.nodes)
         if kind == "backward":
+            self.add_backward_inputs(gm)
             return
         meta = torch._guards.TracingContext.try_get().fw_metadata
+        self.static_inputs += len(meta.static_input_indices)
+        self.donated_buffers += len(meta.bw_donated_idxs or ())
         self.inputs += len(meta.input_info)
         for info in meta.input_info:
             if info.mutation_type.name == "NOT_MUTATED":
@@ -57,6 +63,17 @@ class Truth:
         self.intermediate_bases += meta.num_intermediate_bases
         self.tokens["forward"] += len(meta.tokens)
         self.tokens["backward"] += meta.num_backward_tokens
+
+    def add_backward_inputs(self, gm: torch.fx.GraphModule) -> None:
+        """What the forward saved, read from the other side: the backward's placeholders
+        that are neither tangents nor effect tokens."""
+        for node in gm.graph.nodes:
+            if node.op != "placeholder" or node.name.startswith("tangents"):
+                continue
+            if "token" in node.name:
+                continue
+            value = node.meta.get("val")
+            self.saved["tensors" if isinstance(value, torch.Tensor) else "symints"] += 1
 
 
 def truth_backend(truth: Truth) -> Callable:
@@ -154,6 +171,17 @@ def training_step(backend: Any, device: str) -> None:
     compiled(torch.randn(4, 8, device=device)).sum().backward()
 
 
+def dynamic_backward(backend: Any, device: str) -> None:
+    """A backward that needs sizes: the forward saves symints as well as tensors."""
+
+    def f(x, w):
+        return (x.view(x.shape[0] // 2, -1) @ w).relu().sum() * x.shape[0]
+
+    x = torch.randn(8, 4, device=device, requires_grad=True)
+    w = torch.randn(8, 3, device=device, requires_grad=True)
+    torch.compile(f, backend=backend, dynamic=True)(x, w).backward()
+
+
 PROGRAMS: dict[str, Callable[[Any, str], None]] = {
     program.__name__: program
     for program in (
@@ -165,6 +193,7 @@ PROGRAMS: dict[str, Callable[[Any, str], None]] = {
         graph_break,
         shape_recompile,
         training_step,
+        dynamic_backward,
     )
 }
 
@@ -201,6 +230,9 @@ def observed(snapshot: Any) -> Truth:
         outputs=by_last_label("torch_compile_graph_outputs"),
         intermediate_bases=total("torch_compile_intermediate_bases"),
         tokens=by_last_label("torch_compile_effect_tokens"),
+        saved=by_last_label("torch_compile_saved_for_backward"),
+        static_inputs=total("torch_compile_static_inputs"),
+        donated_buffers=total("torch_compile_donated_buffers"),
     )
 
 

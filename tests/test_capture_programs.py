@@ -20,7 +20,13 @@ FEATURES = {
     "effect_token": lambda t: t.tokens["forward"] == 1,
     "graph_break": lambda t: t.graphs["inference"] == 2,
     "shape_recompile": lambda t: t.graphs["inference"] == 2,
-    "training_step": lambda t: t.graphs["forward"] == 1 and t.graphs["backward"] == 1,
+    "training_step": lambda t: (
+        t.graphs["forward"] == 1
+        and t.saved["tensors"] >= 1
+        and t.static_inputs == 4
+        and t.donated_buffers >= 1
+    ),
+    "dynamic_backward": lambda t: t.saved["symints"] >= 1 and t.saved["tensors"] >= 1,
 }
 
 

@@ -35,6 +35,10 @@ def fixed_records() -> list[dict]:
         "outputs": {"non_alias": 1, "alias_of_input": 1},
         "intermediate_bases": 1,
         "tokens": {"forward": 1, "backward": 0},
+        "tensors_saved_for_backward": 3,
+        "symints_saved_for_backward": 1,
+        "static_inputs": 2,
+        "donated_buffers": 1,
     }
     return [
         new_record(record_id="f0", compile_id="0/0", graph="forward", **graph, **common),

@@ -100,6 +100,9 @@ FIELDS = {
     "intermediate_bases": count,
     "tokens": counts_of(TOKEN_DIRECTIONS),
     "symints_saved_for_backward": count,
+    "tensors_saved_for_backward": st.none() | count,
+    "static_inputs": count,
+    "donated_buffers": count,
     "durations_s": st.dictionaries(st.sampled_from(PHASES) | free_text, seconds, max_size=3),
     "cache": st.dictionaries(
         st.sampled_from(CACHES) | free_text,

@@ -28,6 +28,7 @@ from aotwatch.records import (
 
 RANK_LABELS = ("job_name", "rank", "device")
 JOB_LABELS = ("job_name",)
+SAVED_KINDS = ("tensors", "symints")
 BUILD_INFO_LABELS = ("version", "torch_version", "ray_version", "python_version")
 """``aotwatch_build_info``'s own labels: what is running."""
 SCRAPE_LABELS = ("instance", "job", "le", "quantile")
@@ -320,6 +321,42 @@ FAMILIES: tuple[Family, ...] = (
         fold=_counts("tokens", TOKEN_DIRECTIONS),
         action="Tokens order side-effecting ops (prints, custom effectful ops); they "
         "serialise those ops.",
+    ),
+    _rank_family(
+        "torch_compile_saved_for_backward",
+        "counter",
+        "Tensors and symints that forward graphs save for their backward (the activations "
+        "kept between forward and backward, in count).",
+        ["kind"],
+        values={"kind": SAVED_KINDS},
+        records="graph",
+        fold=lambda record, rank: (
+            ((*rank, "tensors"), record.tensors_saved_for_backward or 0),
+            ((*rank, "symints"), record.symints_saved_for_backward),
+        ),
+        action="Activation memory: many saved tensors per graph are what activation "
+        "checkpointing (torch.utils.checkpoint) or a memory budget "
+        "(torch._functorch.config.activation_memory_budget) trades for recompute.",
+    ),
+    _rank_family(
+        "torch_compile_static_inputs",
+        "counter",
+        "Graph inputs AOTAutograd treats as static: parameters and buffers that CUDA graphs "
+        "may keep in place instead of copying.",
+        records="graph",
+        fold=lambda record, rank: ((rank, record.static_inputs),),
+        action="Under CUDA graphs (mode='reduce-overhead') every other input is copied into "
+        "the graph at each call: inputs that are really fixed should be parameters or "
+        "buffers (or marked with torch._dynamo.mark_static_address).",
+    ),
+    _rank_family(
+        "torch_compile_donated_buffers",
+        "counter",
+        "Saved tensors whose memory the backward may reuse (AOTAutograd's donated buffers).",
+        records="graph",
+        fold=lambda record, rank: ((rank, record.donated_buffers),),
+        action="Higher is better for peak memory; zero on a large model means the backward "
+        "keeps every saved tensor alive to its end (check torch._functorch.config.donated_buffer).",
     ),
     _rank_family(
         "torch_compile_last_compile_timestamp_seconds",

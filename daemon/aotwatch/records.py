@@ -115,7 +115,11 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     outputs: Counts = msgspec.field(default_factory=dict)
     intermediate_bases: Count = 0
     tokens: Counts = _zeros(*TOKEN_DIRECTIONS)
-    symints_saved_for_backward: Scalar = 0
+    symints_saved_for_backward: Count = 0
+    tensors_saved_for_backward: Count | None = None
+    """None where unknown: a graph loaded from the cache, a backward or inference graph."""
+    static_inputs: Count = 0
+    donated_buffers: Count = 0
     durations_s: Annotated[dict[Id, Seconds], Meta(max_length=MAX_ITEMS)] = msgspec.field(
         default_factory=dict
     )

@@ -30,6 +30,9 @@ class GraphDigest:
     nodes: int | None
     graph_hash: str | None
     device: str | None
+    outputs: int | None = None
+    """The graph's outputs (a forward's include what it saves for backward); None when the
+    graph is known only as text (a cache hit)."""
 
 
 def readable(module: Any, *, fast_sympy_print: bool) -> str:
@@ -122,4 +125,11 @@ def digest_module(
         len(module.graph.nodes) if want_nodes else None,
         hash_readable(text) if want_hash and text else None,
         _placeholder_device(module),
+        _output_count(module),
     )
+
+
+def _output_count(module: Any) -> int | None:
+    output = next((n for n in reversed(module.graph.nodes) if n.op == "output"), None)
+    values = output.args[0] if output is not None and output.args else None
+    return len(values) if isinstance(values, (tuple, list)) else None

@@ -55,4 +55,23 @@ def read_metadata(meta: Any) -> dict[str, Any]:
             "backward": int(getattr(meta, "num_backward_tokens", 0) or 0),
         },
         "symints_saved_for_backward": int(getattr(meta, "num_symints_saved_for_bw", 0) or 0),
+        "static_inputs": len(getattr(meta, "static_input_indices", None) or ()),
+        "donated_buffers": len(getattr(meta, "bw_donated_idxs", None) or ()),
     }
+
+
+def tensors_saved_for_backward(meta: Any, forward_outputs: int | None) -> int | None:
+    """Tensors a forward graph saves for its backward: its outputs past what it returns and
+    the symints, opaque objects and RNG offsets it also saves; None when unknown."""
+    returned = getattr(meta, "num_forward_returns", None)
+    if forward_outputs is None or not isinstance(returned, int):
+        return None
+    others = sum(
+        int(getattr(meta, name, 0) or 0)
+        for name in (
+            "num_symints_saved_for_bw",
+            "num_opaque_objects_saved_for_bw",
+            "num_outputs_rng_offset",
+        )
+    )
+    return max(forward_outputs - returned - others, 0)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from aotwatch.capture import compile_metrics, graphs
 from aotwatch.capture.identity import identity
-from aotwatch.capture.metadata import read_metadata
+from aotwatch.capture.metadata import read_metadata, tensors_saved_for_backward
 from aotwatch.lru import LruCache
 from aotwatch.records import new_record
 
@@ -119,9 +119,11 @@ class CaptureSession:
                 self._last_device = record["device"]
         self.sink.record(record)
 
-    def _graph_fields(self, aot_id: Any, kind: str, cache_hit: bool) -> dict[str, Any]:
+    def _digest(self, aot_id: Any, kind: str) -> graphs.GraphDigest:
         with self._lock:
-            digest = self._digests.pop((aot_id, kind), None) or graphs.GraphDigest(None, None, None)
+            return self._digests.pop((aot_id, kind), None) or graphs.GraphDigest(None, None, None)
+
+    def _graph_fields(self, aot_id: Any, digest: graphs.GraphDigest, cache_hit: bool) -> dict:
         return {
             "aot_id": aot_id,
             "cache_hit": cache_hit,
@@ -142,7 +144,11 @@ class CaptureSession:
         if unlifted is not None:
             fields["tokens"] = {"forward": unlifted[0], "backward": unlifted[1]}
         kind = "forward" if trace_joint else "inference"
-        self._emit(compile_id, kind, **fields, **self._graph_fields(aot_id, kind, cache_hit))
+        digest = self._digest(aot_id, kind)
+        if trace_joint:
+            saved = tensors_saved_for_backward(metadata, digest.outputs)
+            fields["tensors_saved_for_backward"] = saved
+        self._emit(compile_id, kind, **fields, **self._graph_fields(aot_id, digest, cache_hit))
         backward_tokens = fields["tokens"]["backward"]
         if trace_joint and cache_hit:
             # A cached backward is loaded with its forward: no lazy compile will follow.
@@ -192,7 +198,7 @@ class CaptureSession:
             tokens={"forward": 0, "backward": tokens},
             durations_s=durations,
             cache=cache,
-            **self._graph_fields(aot_id, "backward", cache_hit),
+            **self._graph_fields(aot_id, self._digest(aot_id, "backward"), cache_hit),
         )
 
     def compilation_metrics(
