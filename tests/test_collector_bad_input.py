@@ -93,8 +93,7 @@ def test_malformed_records_are_counted_and_valid_ones_beside_them_accepted(colle
             new_record(durations_s={"total": MAX_NUMBER * 2}),
             new_record(graph="forward", nodes=10**400),
         ],
-        "not_an_object": ["a string", 5, None, [new_record()]],
-        "not_json": [b"bytes"],  # bytes are taken as a JSON line
+        "not_an_object": ["a string", 5, None, [new_record()], b"bytes"],
     }
     valid = [new_record(job_name="good", graph="forward", nodes=3) for _ in range(3)]
     batch = [valid[0], *(r for records in malformed.values() for r in records), *valid[1:]]
