@@ -545,6 +545,7 @@ def aot_metadata() -> dict:
     saved = sel("torch_compile_saved_for_backward_total", RANK)
     static = sel("torch_compile_static_inputs_total", RANK)
     donated = sel("torch_compile_donated_buffers_total", RANK)
+    subclasses = sel("torch_compile_subclass_tensors_total", RANK)
     cumulative = "Cumulative, as the collectors export it."
 
     def per_rank(title: str, description: str, selector: str, kind: str = "") -> dict:
@@ -624,6 +625,13 @@ def aot_metadata() -> dict:
             "Effect tokens threaded through graphs.",
             tokens,
             "direction",
+        ),
+        timeseries(
+            "Tensor subclasses by role and type",
+            "short",
+            f"Subclass inputs, outputs and tangents (DTensor, NestedTensor, Float8Tensor, ...); "
+            f"0 when the job uses none. {cumulative}",
+            target(or_zero(total(subclasses, "role, subclass"), "role"), "{{role}} · {{subclass}}"),
         ),
         per_rank(
             "Saved for backward, tensors / symints",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import pytest
 import torch
@@ -159,3 +160,38 @@ def test_lazy_backward_is_recorded_without_the_optional_hook(tmp_path, monkeypat
     finally:
         aotwatch.detach()
         torch._dynamo.reset()
+
+
+def _subclasses(tensors) -> Counter:
+    return Counter(type(t).__name__ for t in tensors if type(t) is not torch.Tensor)
+
+
+def test_subclass_tensors_by_role_and_type_equal_the_tensors_themselves(capture):
+    """Read from the tensors handed in and out, not from torch's metadata: a TwoTensor and a
+    jagged NestedTensor, each with a backward (their outputs come back as tangents)."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    torch._dynamo.reset()
+    capture.sink.aggregate.__init__()
+    two = TwoTensor(torch.randn(4, requires_grad=True), torch.randn(4, requires_grad=True))
+    jagged = torch.nested.nested_tensor(
+        [torch.randn(2, 3), torch.randn(4, 3)], layout=torch.jagged, requires_grad=True
+    )
+    calls = [
+        (torch.compile(lambda x, y: (x * 2 + y).sin(), backend="aot_eager"), (two, torch.ones(4))),
+        (torch.compile(lambda x: x.sin() * 2, backend="aot_eager"), (jagged,)),
+    ]
+    expected = {"input": Counter(), "output": Counter(), "tangent": Counter()}
+    for compiled, args in calls:
+        out = compiled(*args)
+        (out.values() if out.is_nested else out).sum().backward()
+        expected["input"] += _subclasses(args)
+        expected["output"] += _subclasses([out])
+        expected["tangent"] += _subclasses([out] if out.requires_grad else [])
+    torch._dynamo.reset()
+    seen = {role: Counter() for role in expected}
+    table = capture.sink.snapshot().values["torch_compile_subclass_tensors"]
+    for (*_, role, kind), count in table.items():
+        seen[role][kind] += int(count)
+    assert expected["input"] == {"TwoTensor": 1, "NestedTensor": 1}
+    assert seen == expected

@@ -39,6 +39,7 @@ def fixed_records() -> list[dict]:
         "symints_saved_for_backward": 1,
         "static_inputs": 2,
         "donated_buffers": 1,
+        "subclasses": {"input": {"DTensor": 2, "MyTensor": 1}, "tangent": {"DTensor": 1}},
     }
     return [
         new_record(record_id="f0", compile_id="0/0", graph="forward", **graph, **common),

@@ -103,6 +103,11 @@ FIELDS = {
     "tensors_saved_for_backward": st.none() | count,
     "static_inputs": count,
     "donated_buffers": count,
+    "subclasses": st.dictionaries(
+        st.sampled_from(["input", "output", "tangent"]) | free_text,
+        counts_named(st.sampled_from(["DTensor", "TwoTensor"]) | free_text),
+        max_size=2,
+    ),
     "durations_s": st.dictionaries(st.sampled_from(PHASES) | free_text, seconds, max_size=3),
     "cache": st.dictionaries(
         st.sampled_from(CACHES) | free_text,

@@ -22,6 +22,7 @@ from aotwatch.records import (
     MUTATION_KINDS,
     PHASES,
     PLACEMENTS,
+    SUBCLASS_ROLES,
     TOKEN_DIRECTIONS,
     Record,
 )
@@ -29,6 +30,8 @@ from aotwatch.records import (
 RANK_LABELS = ("job_name", "rank", "device")
 JOB_LABELS = ("job_name",)
 SAVED_KINDS = ("tensors", "symints")
+SUBCLASS_TYPES = ("DTensor", "NestedTensor", "Float8Tensor", "TwoTensor")
+"""Subclass types named in labels; any other is ``other``."""
 BUILD_INFO_LABELS = ("version", "torch_version", "ray_version", "python_version")
 """``aotwatch_build_info``'s own labels: what is running."""
 SCRAPE_LABELS = ("instance", "job", "le", "quantile")
@@ -321,6 +324,26 @@ FAMILIES: tuple[Family, ...] = (
         fold=_counts("tokens", TOKEN_DIRECTIONS),
         action="Tokens order side-effecting ops (prints, custom effectful ops); they "
         "serialise those ops.",
+    ),
+    _rank_family(
+        "torch_compile_subclass_tensors",
+        "counter",
+        "Tensor subclasses among graph inputs, outputs and tangents (SubclassCreationMeta), "
+        "by role and type.",
+        ["role", "subclass"],
+        values={
+            "role": (*SUBCLASS_ROLES, categories.OTHER),
+            "subclass": (*SUBCLASS_TYPES, categories.OTHER),
+        },
+        records="graph",
+        fold=lambda record, rank: [
+            ((*rank, bounded(role, SUBCLASS_ROLES), bounded(kind, SUBCLASS_TYPES)), count)
+            for role, by_type in record.subclasses.items()
+            for kind, count in by_type.items()
+        ],
+        action="Each subclass is flattened into its inner tensors at every call, and a "
+        "subclass tangent the backward did not expect costs a recompile or a copy: check "
+        "that DTensor placements and Float8 scaling stay the same between steps.",
     ),
     _rank_family(
         "torch_compile_saved_for_backward",

@@ -36,6 +36,13 @@ MUTATION_KINDS = tuple(kind for _, kind in MUTATION_FLAGS)
 PLACEMENT_TYPES = (("MUTATED_IN_GRAPH", "in_graph"), ("MUTATED_OUT_GRAPH", "out_of_graph"))
 """torch's ``MutationType`` -> where a mutation of an input is applied."""
 PLACEMENTS = tuple(placement for _, placement in PLACEMENT_TYPES)
+SUBCLASS_META = (
+    ("input", "subclass_inp_meta"),
+    ("output", "subclass_fw_graph_out_meta"),
+    ("tangent", "subclass_tangent_meta"),
+)
+"""Where a graph's tensor subclasses show in ``ViewAndMutationMeta`` -> their role."""
+SUBCLASS_ROLES = tuple(role for role, _ in SUBCLASS_META)
 PHASE_FIELDS_US = (
     ("dynamo_cumulative_compile_time_us", "dynamo"),
     ("aot_autograd_cumulative_compile_time_us", "aot_autograd"),
@@ -120,6 +127,10 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     """None where unknown: a graph loaded from the cache, a backward or inference graph."""
     static_inputs: Count = 0
     donated_buffers: Count = 0
+    subclasses: Annotated[dict[Id, Counts], Meta(max_length=MAX_ITEMS)] = msgspec.field(
+        default_factory=dict
+    )
+    """Tensor subclasses by role (input, output, tangent) and type name."""
     durations_s: Annotated[dict[Id, Seconds], Meta(max_length=MAX_ITEMS)] = msgspec.field(
         default_factory=dict
     )

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from aotwatch.records import MUTATION_FLAGS, MUTATION_KINDS, PLACEMENT_TYPES, PLACEMENTS
+from aotwatch.records import (
+    MAX_ID,
+    MUTATION_FLAGS,
+    MUTATION_KINDS,
+    PLACEMENT_TYPES,
+    PLACEMENTS,
+    SUBCLASS_META,
+)
 
 _MUTATIONS = {"data", "metadata", "storage_metadata", "storage_resize"}
 _PLACEMENTS = dict(PLACEMENT_TYPES)
@@ -37,6 +44,22 @@ def _output_counts(output_info: list[Any]) -> dict[str, int]:
     return counts
 
 
+def _subclasses(meta: Any) -> dict[str, dict[str, int]]:
+    """Tensor subclasses among a graph's inputs, outputs and tangents, by type name."""
+    counts: dict[str, dict[str, int]] = {}
+    for role, attr in SUBCLASS_META:
+        for entry in getattr(meta, attr, None) or ():
+            if type(entry).__name__ != "SubclassCreationMeta":
+                continue  # a plain tensor (PlainTensorMeta) or an opaque object
+            kind = getattr(entry, "original_subclass_type", None) or type(
+                getattr(entry, "original_subclass", None)
+            )
+            by_type = counts.setdefault(role, {})
+            name = kind.__name__[:MAX_ID]
+            by_type[name] = by_type.get(name, 0) + 1
+    return counts
+
+
 def read_metadata(meta: Any) -> dict[str, Any]:
     """Record fields from a ViewAndMutationMeta (see records.empty_record)."""
     inputs, placement = _input_counts(list(getattr(meta, "input_info", None) or ()))
@@ -57,6 +80,7 @@ def read_metadata(meta: Any) -> dict[str, Any]:
         "symints_saved_for_backward": int(getattr(meta, "num_symints_saved_for_bw", 0) or 0),
         "static_inputs": len(getattr(meta, "static_input_indices", None) or ()),
         "donated_buffers": len(getattr(meta, "bw_donated_idxs", None) or ()),
+        "subclasses": _subclasses(meta),
     }
 
 
