@@ -155,7 +155,32 @@ def ray_benchmarks() -> None:
             f"{ingested // 1000}k records the collector's RSS is {rss_mb(pid):.0f} MB"
         )
     ray.kill(collector, no_restart=True)
+    ray_ceiling()
     ray.shutdown()
+
+
+class NoOpCollector:
+    """Takes a batch and does nothing with it: what Ray alone costs per batch."""
+
+    def push(self, worker: dict, records: object, counts: dict) -> int:
+        return 0
+
+
+def ray_ceiling() -> None:
+    """Records/s into an actor that does nothing, batches of 100: the ceiling Ray sets on
+    ingest, for batches of JSON lines (what workers send) and of record dicts."""
+    import ray
+
+    actor = ray.remote(num_cpus=0)(NoOpCollector).remote()
+    ray.get(actor.push.remote(WORKER, b"", {}), timeout=60)
+    dicts = [[graph_record(2, i) for i in range(j, j + 100)] for j in range(0, 100_000, 100)]
+    lines = [b"".join(map(encode_record, batch)) for batch in dicts]
+    for name, batches in (("JSON lines", lines), ("record dicts", dicts)):
+        begin = time.perf_counter()
+        ray.get([actor.push.remote(WORKER, batch, {}) for batch in batches], timeout=600)
+        rate = 100_000 / (time.perf_counter() - begin)
+        print(f"ceiling: an actor that does nothing takes {rate:,.0f} records/s as {name}")
+    ray.kill(actor)
 
 
 def main() -> None:
