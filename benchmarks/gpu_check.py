@@ -5,6 +5,10 @@ Not part of CI: run it whenever a GPU is at hand, with whatever torch is install
 
     PYTHONPATH=daemon python3 benchmarks/gpu_check.py [--device cuda]
 
+aotwatch validates records with msgspec: on a machine without it and without an index,
+carry its wheel (``pip download msgspec --only-binary=:all: --python-version X.Y -d wheels``
+here, ``pip install wheels/msgspec-*.whl`` there) before the check.
+
 For each program in ``tests/programs.py`` it runs the program under the truth backend
 (what torch's compilers see) and under ``inductor``, with aotwatch attached to both, and
 compares aotwatch's aggregate to the truth: every count must match (the node counts too
