@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aotwatch.lru import LruCache
-from aotwatch.metrics import BY_NAME, FOLDED, PER_JOB, Labels
+from aotwatch.metrics import BY_NAME, FOLDED, PER_JOB, Family, Labels
 from aotwatch.records import Record, RecordError, to_record
 
 REFUSED_MEMORY = 100_000
@@ -85,7 +85,7 @@ class Aggregate:
             for is_frame, kind in ((False, "graph"), (True, "frame"))
         }
 
-    def _update(self, family) -> Any:
+    def _update(self, family: Family) -> Any:
         """How a family takes a folded value; None for a counter (see ``fold_batch``)."""
         if family.kind == "histogram":
             return self.observe
@@ -160,9 +160,6 @@ class Aggregate:
         current = self._values.get(metric, {}).get(labels)
         if current is None or value > current:
             self.set_gauge(metric, labels, value)
-
-    def remove_gauge(self, metric: str, labels: Labels) -> None:
-        self._values.get(metric, {}).pop(labels, None)
 
     def observe(self, metric: str, labels: Labels, value: float) -> None:
         table = self._histograms.setdefault(metric, {})

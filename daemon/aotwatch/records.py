@@ -147,7 +147,6 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     fail_reason: Text | None = None
 
 
-RECORD_FIELDS = Record.__struct_fields__
 REQUIRED_FIELDS = tuple(f.name for f in msgspec.structs.fields(Record) if f.required)
 
 _NEW_IDENTITY = {

@@ -290,8 +290,11 @@ class RecordPusher:
         """Write what the collector has not acknowledged to the spool, where the collector
         takes it in (resent records and totals count once); log what happened to it."""
         with self._lock:
-            records = [*(r for batch in self._batches for r in batch.records), *self._queue]
-        lines = self._encode(records)
+            batches, queued = list(self._batches), list(self._queue)
+        records = [*(r for batch in batches for r in batch.records), *queued]
+        # batches sent before are encoded already (and their unencodable records counted)
+        encoded = [b.lines if b.lines is not None else self._encode(b.records) for b in batches]
+        lines = b"".join(encoded) + self._encode(queued)
         with self._lock:
             header = {"worker": self.worker, "counts": self._counts.totals()}
         within = f"within {self.config.exit_timeout_s} s at exit"
