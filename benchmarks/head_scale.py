@@ -24,6 +24,7 @@ import uuid
 
 from aotwatch import divergence
 from aotwatch.cluster.collector import NodeCollector
+from aotwatch.records import SCHEMA_VERSION, Record
 
 JOB = "big-job"
 RANKS_PER_COLLECTOR = 8
@@ -46,12 +47,25 @@ def collector_state(first_rank: int, ids: int) -> types.SimpleNamespace:
     return state
 
 
+IDENTITY = {
+    "schema": SCHEMA_VERSION,
+    "record_id": "r",
+    "world_size": 1,
+    "device": "cpu",
+    "hostname": "h",
+    "pid": 1,
+    "time": 0.0,
+}
+"""What a validated record carries besides what the fingerprints read."""
+
+
 def compile_one(state: types.SimpleNamespace, rank: int, index: int) -> None:
     base = {"job_name": JOB, "rank": rank, "compile_id": f"{index}/0"}
     for graph in ("forward", "backward"):
-        record = {**base, "graph": graph, "graph_hash": f"{index:016x}{graph[0]}"}
+        record = Record(**IDENTITY, **base, graph=graph, graph_hash=f"{index:016x}{graph[0]}")
         NodeCollector._observe(state, record)
-    NodeCollector._observe(state, {**base, "graph": None, "cache": {"fx_graph": {"miss": 1}}})
+    frame = Record(**IDENTITY, **base, cache={"fx_graph": {"miss": 1}})
+    NodeCollector._observe(state, frame)
 
 
 def head_round(digest: divergence.Digest, states: list) -> tuple[int, float, int]:
