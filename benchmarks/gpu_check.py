@@ -40,7 +40,8 @@ def compact(truth: Any) -> str:
     return (
         f"graphs={counts(truth.graphs)} in={truth.inputs} mut={counts(truth.placement)} "
         f"out={counts(truth.outputs)} bases={truth.intermediate_bases} "
-        f"tokens={counts(truth.tokens)}"
+        f"tokens={counts(truth.tokens)} tangents={counts(truth.tangent_layouts)} "
+        f"rng={truth.rng_functionalized}"
     )
 
 

@@ -546,6 +546,9 @@ def aot_metadata() -> dict:
     static = sel("torch_compile_static_inputs_total", RANK)
     donated = sel("torch_compile_donated_buffers_total", RANK)
     subclasses = sel("torch_compile_subclass_tensors_total", RANK)
+    layouts = sel("torch_compile_tangent_layouts_total", RANK)
+    rng = sel("torch_compile_rng_functionalized_graphs_total", RANK)
+    bypasses = sel("torch_compile_aot_autograd_cache_bypasses_total", RANK)
     cumulative = "Cumulative, as the collectors export it."
 
     def per_rank(title: str, description: str, selector: str, kind: str = "") -> dict:
@@ -648,6 +651,27 @@ def aot_metadata() -> dict:
             "Donated backward buffers",
             "Saved tensors whose memory the backward may reuse.",
             donated,
+        ),
+        timeseries(
+            "Tangents by expected layout",
+            "short",
+            f"The layout each backward expects its gradients in; gradients that arrive in "
+            f"another layout (usually contiguous) are copied at every backward. 0 when no "
+            f"graph has a backward. {cumulative}",
+            target(or_zero(total(layouts, "layout"), "layout"), "{{layout}}"),
+        ),
+        per_rank(
+            "RNG-functionalized graphs",
+            "Graphs whose random ops replay the same numbers under recomputation and CUDA "
+            "graphs (torch._functorch.config.functionalize_rng_ops, CUDA only).",
+            rng,
+        ),
+        timeseries(
+            "AOTAutogradCache bypasses by reason",
+            "short",
+            f"Graphs the AOTAutogradCache could not cache, by reason category; 0 when "
+            f"nothing bypassed it. {cumulative}",
+            target(or_zero(total(bypasses, "reason"), "reason"), "{{reason}}"),
         ),
         timeseries(
             "FX nodes per graph, p50 / p95",

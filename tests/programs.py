@@ -41,14 +41,21 @@ class Truth:
     saved: Counter = field(default_factory=Counter)  # tensors / symints a backward takes in
     static_inputs: int = 0
     donated_buffers: int = 0
+    tangent_layouts: Counter = field(default_factory=Counter)  # layout -> traced tangents
+    rng_functionalized: int = 0  # graphs that save an RNG state for their recomputation
 
     def add_graph(self, kind: str, gm: torch.fx.GraphModule) -> None:
         self.graphs[kind] += 1
         self.nodes[kind] += len(gm.graph.nodes)
+        self.rng_functionalized += any("rng_state" in str(n.target) for n in gm.graph.nodes)
         if kind == "backward":
             self.add_backward_inputs(gm)
             return
         meta = torch._guards.TracingContext.try_get().fw_metadata
+        if kind == "forward":
+            self.tangent_layouts.update(
+                layout_of(t) for t in meta.traced_tangents if isinstance(t, torch.Tensor)
+            )
         self.static_inputs += len(meta.static_input_indices)
         self.donated_buffers += len(meta.bw_donated_idxs or ())
         self.inputs += len(meta.input_info)
@@ -74,6 +81,15 @@ class Truth:
                 continue
             value = node.meta.get("val")
             self.saved["tensors" if isinstance(value, torch.Tensor) else "symints"] += 1
+
+
+def layout_of(tensor: torch.Tensor) -> str:
+    """The memory layout of a tensor's strides, by asking the tensor."""
+    if tensor.is_contiguous():
+        return "contiguous"
+    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return "strided"
 
 
 def truth_backend(truth: Truth) -> Callable:
@@ -182,6 +198,30 @@ def dynamic_backward(backend: Any, device: str) -> None:
     torch.compile(f, backend=backend, dynamic=True)(x, w).backward()
 
 
+def channels_last_backward(backend: Any, device: str) -> None:
+    """Returns a channels_last tensor and a transposed one: their gradients are expected in
+    those layouts."""
+
+    def f(x):
+        y = x * 2
+        return y.relu(), y.sum(dim=(2, 3)).t()
+
+    x = torch.randn(2, 3, 4, 5, device=device).to(memory_format=torch.channels_last)
+    a, b = torch.compile(f, backend=backend)(x.requires_grad_())
+    (a.sum() + b.sum()).backward()
+
+
+def dropout_rng(backend: Any, device: str) -> None:
+    """Dropout under functionalized RNG: torch supports that on CUDA only, so on the CPU the
+    same program runs with it off (and nothing is functionalized)."""
+    import torch._functorch.config as functorch_config
+
+    x = torch.randn(8, device=device, requires_grad=True)
+    with functorch_config.patch(functionalize_rng_ops=device.startswith("cuda")):
+        compiled = torch.compile(lambda t: torch.nn.functional.dropout(t, 0.5) * 2, backend=backend)
+        compiled(x).sum().backward()
+
+
 PROGRAMS: dict[str, Callable[[Any, str], None]] = {
     program.__name__: program
     for program in (
@@ -194,6 +234,8 @@ PROGRAMS: dict[str, Callable[[Any, str], None]] = {
         shape_recompile,
         training_step,
         dynamic_backward,
+        channels_last_backward,
+        dropout_rng,
     )
 }
 
@@ -233,6 +275,8 @@ def observed(snapshot: Any) -> Truth:
         saved=by_last_label("torch_compile_saved_for_backward"),
         static_inputs=total("torch_compile_static_inputs"),
         donated_buffers=total("torch_compile_donated_buffers"),
+        tangent_layouts=by_last_label("torch_compile_tangent_layouts"),
+        rng_functionalized=total("torch_compile_rng_functionalized_graphs"),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import Counter
 
 import pytest
@@ -28,6 +29,8 @@ FEATURES = {
         and t.donated_buffers >= 1
     ),
     "dynamic_backward": lambda t: t.saved["symints"] >= 1 and t.saved["tensors"] >= 1,
+    "channels_last_backward": lambda t: t.tangent_layouts == {"channels_last": 1, "strided": 1},
+    "dropout_rng": lambda t: t.graphs["backward"] == 1 and t.rng_functionalized == 0,
 }
 
 
@@ -195,3 +198,55 @@ def test_subclass_tensors_by_role_and_type_equal_the_tensors_themselves(capture)
         seen[role][kind] += int(count)
     assert expected["input"] == {"TwoTensor": 1, "NestedTensor": 1}
     assert seen == expected
+
+
+def _opaque_scale(x):
+    return x * 3
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_cache_bypasses_by_category_equal_torch_log(capture):
+    """Each AOTAutogradCache bypass torch logs ("Bypassing autograd cache due to: ...") is
+    counted once, under the category of torch's own text."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+    from torch._dynamo.utils import counters
+
+    from aotwatch.categories import cache_bypass_category
+
+    opaque = torch._dynamo.allow_in_graph(_opaque_scale)
+    before = counters["aot_autograd"]["autograd_cache_bypass"]
+    torch_log = logging.getLogger("torch._functorch._aot_autograd.autograd_cache")
+    kept, level = _Kept(), torch_log.level
+    torch_log.addHandler(kept)
+    torch_log.setLevel(logging.INFO)
+    try:
+        with functorch_config.patch(force_autograd_cache=True):
+            torch.compile(lambda x: opaque(x.sin()), backend="aot_eager")(torch.randn(4))
+            with inductor_config.patch(freezing=True):
+                torch.compile(lambda x: x.cos() * 2, backend="aot_eager")(torch.randn(4))
+    finally:
+        torch_log.removeHandler(kept)
+        torch_log.setLevel(level)
+    logged = [
+        cache_bypass_category(str(record.args[0]), type(record.args[0]).__name__)
+        for record in kept.records
+        if record.getMessage().startswith("Bypassing autograd cache")
+    ]
+    assert Counter(logged) == {"unsupported_op": 1, "freezing": 1}
+    assert counters["aot_autograd"]["autograd_cache_bypass"] - before == len(logged)
+    snapshot = capture.sink.snapshot()
+    seen = {
+        reason: _counter(snapshot, "torch_compile_aot_autograd_cache_bypasses", reason=reason)
+        for reason in ("unsupported_op", "freezing")
+    }
+    assert seen == Counter(logged)
+    assert _counter(snapshot, "torch_compile_cache_lookups", result="bypass") == len(logged)

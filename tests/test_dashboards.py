@@ -220,6 +220,9 @@ TOPICS = {
         ("torch_compile_subclass_tensors_total", {"role", "subclass"}),
         ("torch_compile_static_inputs_total", {"rank", "device"}),
         ("torch_compile_donated_buffers_total", {"rank", "device"}),
+        ("torch_compile_tangent_layouts_total", {"layout"}),
+        ("torch_compile_rng_functionalized_graphs_total", {"rank", "device"}),
+        ("torch_compile_aot_autograd_cache_bypasses_total", {"reason"}),
     ],
     "aotwatch-fleet-health": [
         ("up", set()),

@@ -40,6 +40,8 @@ def fixed_records() -> list[dict]:
         "static_inputs": 2,
         "donated_buffers": 1,
         "subclasses": {"input": {"DTensor": 2, "MyTensor": 1}, "tangent": {"DTensor": 1}},
+        "tangent_layouts": {"contiguous": 1, "channels_last": 1},
+        "rng_functionalized": True,
     }
     return [
         new_record(record_id="f0", compile_id="0/0", graph="forward", **graph, **common),
@@ -55,7 +57,8 @@ def fixed_records() -> list[dict]:
             record_id="fr0",
             compile_id="0/0",
             durations_s={"total": 2.5, "dynamo": 2.5, "aot_autograd": 1.9, "inductor": 1.2},
-            cache={"fx_graph": {"miss": 2, "bypass": 1}, "aot_autograd": {"miss": 1}},
+            cache={"fx_graph": {"miss": 2, "bypass": 1}, "aot_autograd": {"bypass": 1}},
+            cache_bypasses=[{"category": "freezing", "reason": "Cannot cache a graph with ..."}],
             graph_breaks=[  # one more category than the cap of 12 admits
                 {"reason": "...", "category": f"gb{n:04d}", "user_frame": "a.py:1"}
                 for n in range(50, 63)

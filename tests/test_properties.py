@@ -108,6 +108,8 @@ FIELDS = {
         counts_named(st.sampled_from(["DTensor", "TwoTensor"]) | free_text),
         max_size=2,
     ),
+    "tangent_layouts": counts_named(st.sampled_from(["contiguous", "strided"]) | free_text),
+    "rng_functionalized": st.booleans(),
     "durations_s": st.dictionaries(st.sampled_from(PHASES) | free_text, seconds, max_size=3),
     "cache": st.dictionaries(
         st.sampled_from(CACHES) | free_text,
@@ -121,6 +123,15 @@ FIELDS = {
                 "category": st.sampled_from(["gb0059", "data_dependent", categories.OTHER])
                 | free_text,
                 "user_frame": st.none() | free_text,
+            }
+        ),
+        max_size=2,
+    ),
+    "cache_bypasses": st.lists(
+        st.fixed_dictionaries(
+            {
+                "category": st.sampled_from(categories.CACHE_BYPASS_CATEGORIES) | free_text,
+                "reason": free_text,
             }
         ),
         max_size=2,

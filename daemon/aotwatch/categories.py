@@ -103,3 +103,40 @@ def fail_type_category(fail_type: str | None, fail_reason: str | None = None) ->
     if not fail_type:
         return OTHER
     return _FAIL_TYPE_NAMES.get(fail_type.rsplit(".", 1)[-1], OTHER)
+
+
+CACHE_BYPASS_CATEGORIES = (
+    "unsupported_op",
+    "freezing",
+    "fx_graph_cache_disabled",
+    "fakify_first_call",
+    "custom_hook",
+    "triton_version",
+    "unpicklable",
+    "inductor_uncacheable",
+    "error",
+    OTHER,
+)
+# Checked in order against the text of torch's BypassAOTAutogradCache (autograd_cache.py).
+_CACHE_BYPASS_PATTERNS = (
+    ("unsupported_op", re.compile(r"Unsupported (call_function|call_method|node op)")),
+    ("freezing", re.compile(r"freezing", re.I)),
+    ("fx_graph_cache_disabled", re.compile(r"FX graph cache is not enabled", re.I)),
+    ("fakify_first_call", re.compile(r"fakify_first_call")),
+    ("custom_hook", re.compile(r"uuid\(\)|context_fn|Custom\w+(Estimator|Solver)")),
+    ("triton_version", re.compile(r"triton", re.I)),
+    ("unpicklable", re.compile(r"pickl|serializ", re.I)),
+)
+
+
+def cache_bypass_category(reason: str | None, exception: str = "", cause: str = "") -> str:
+    """Category of an AOTAutogradCache bypass: its message, else the exception that made it
+    (``BypassFxGraphCache``: Inductor cannot cache the graph; anything not a bypass: error)."""
+    for category, pattern in _CACHE_BYPASS_PATTERNS:
+        if reason and pattern.search(reason):
+            return category
+    if "BypassFxGraphCache" in (exception, cause):
+        return "inductor_uncacheable"
+    if exception and not exception.startswith("Bypass"):
+        return "error"
+    return OTHER

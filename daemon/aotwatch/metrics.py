@@ -23,6 +23,7 @@ from aotwatch.records import (
     PHASES,
     PLACEMENTS,
     SUBCLASS_ROLES,
+    TANGENT_LAYOUTS,
     TOKEN_DIRECTIONS,
     Record,
 )
@@ -380,6 +381,49 @@ FAMILIES: tuple[Family, ...] = (
         fold=lambda record, rank: ((rank, record.donated_buffers),),
         action="Higher is better for peak memory; zero on a large model means the backward "
         "keeps every saved tensor alive to its end (check torch._functorch.config.donated_buffer).",
+    ),
+    _rank_family(
+        "torch_compile_tangent_layouts",
+        "counter",
+        "Tangents (the gradients a backward graph takes in) by the memory layout the backward "
+        "expects them in (MemoryFormatMeta).",
+        ["layout"],
+        values={"layout": (*TANGENT_LAYOUTS, categories.OTHER)},
+        records="graph",
+        fold=lambda record, rank: [
+            ((*rank, bounded(layout, TANGENT_LAYOUTS)), count)
+            for layout, count in record.tangent_layouts.items()
+        ],
+        action="A gradient that arrives in another layout than expected is copied into it "
+        "in every backward: gradients usually arrive contiguous, so strided or channels_last "
+        "tangents cost a copy each step unless the model is channels_last throughout; return "
+        "contiguous outputs (.contiguous()) from compiled regions.",
+    ),
+    _rank_family(
+        "torch_compile_rng_functionalized_graphs",
+        "counter",
+        "Graphs whose random ops were functionalized (is_rng_op_functionalized): their RNG "
+        "state is an explicit input and offset output.",
+        records="graph",
+        fold=lambda record, rank: ((rank, int(record.rng_functionalized)),),
+        action="Functionalized RNG makes recomputation (activation checkpointing) and CUDA "
+        "graphs replay the same random numbers; zero with dropout under checkpointing on "
+        "CUDA means torch._functorch.config.functionalize_rng_ops is off.",
+    ),
+    _rank_family(
+        "torch_compile_aot_autograd_cache_bypasses",
+        "counter",
+        "Graphs that bypassed AOTAutogradCache, by the category of torch's reason.",
+        ["reason"],
+        values={"reason": categories.CACHE_BYPASS_CATEGORIES},
+        records="any",
+        fold=lambda record, rank: [
+            ((*rank, bounded(bypass["category"], categories.CACHE_BYPASS_CATEGORIES)), 1)
+            for bypass in record.cache_bypasses
+        ],
+        action="A bypassed graph compiles from scratch in every process: unsupported_op "
+        "names a function the cache cannot hash (`aotwatch report` has torch's text), "
+        "fx_graph_cache_disabled and freezing are settings (torch._inductor.config).",
     ),
     _rank_family(
         "torch_compile_last_compile_timestamp_seconds",

@@ -43,6 +43,8 @@ SUBCLASS_META = (
 )
 """Where a graph's tensor subclasses show in ``ViewAndMutationMeta`` -> their role."""
 SUBCLASS_ROLES = tuple(role for role, _ in SUBCLASS_META)
+TANGENT_LAYOUTS = ("contiguous", "channels_last", "channels_last_3d", "strided")
+"""The memory layout a backward expects of a tangent (``MemoryFormatMeta``)."""
 PHASE_FIELDS_US = (
     ("dynamo_cumulative_compile_time_us", "dynamo"),
     ("aot_autograd_cumulative_compile_time_us", "aot_autograd"),
@@ -131,6 +133,10 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
         default_factory=dict
     )
     """Tensor subclasses by role (input, output, tangent) and type name."""
+    tangent_layouts: Counts = msgspec.field(default_factory=dict)
+    """A forward graph's tangents by the layout its backward expects (TANGENT_LAYOUTS)."""
+    rng_functionalized: bool = False
+    """Whether the graph's RNG ops were functionalized (``is_rng_op_functionalized``)."""
     durations_s: Annotated[dict[Id, Seconds], Meta(max_length=MAX_ITEMS)] = msgspec.field(
         default_factory=dict
     )
@@ -140,6 +146,10 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     graph_breaks: Annotated[list[Fields], Meta(max_length=MAX_ITEMS)] = msgspec.field(
         default_factory=list
     )
+    cache_bypasses: Annotated[list[Fields], Meta(max_length=MAX_ITEMS)] = msgspec.field(
+        default_factory=list
+    )
+    """AOTAutogradCache bypasses: ``category`` (bounded) and ``reason`` (torch's text)."""
     recompile_reason: Text | None = None
     recompile_category: Text | None = None
     fail_type: Text | None = None
@@ -240,7 +250,7 @@ def _refusal(obj: Any, err: msgspec.ValidationError) -> RecordError:
 
 def _check(record: Record) -> Record:
     """What the declaration cannot say: the schema version, a record id, printable labels,
-    a category on every graph break."""
+    a category on every graph break and cache bypass."""
     if record.schema != SCHEMA_VERSION:
         raise RecordError("schema_version", f"schema {record.schema}")
     if not record.record_id:
@@ -252,9 +262,10 @@ def _check(record: Record) -> Record:
             if len(_GOOD_LABELS) >= _GOOD_LABELS_MAX:
                 _GOOD_LABELS.clear()
             _GOOD_LABELS.add(value)
-    for graph_break in record.graph_breaks:
-        if type(graph_break.get("category")) is not str:
-            raise RecordError("wrong_type", "a graph_breaks entry has no category")
+    for name in ("graph_breaks", "cache_bypasses"):
+        for entry in getattr(record, name):
+            if type(entry.get("category")) is not str:
+                raise RecordError("wrong_type", f"a {name} entry has no category")
     return record
 
 

@@ -138,6 +138,30 @@ def _cache_hit(original: Callable, session: CaptureSession) -> Callable:
     return wrapper
 
 
+def _cache_key(original: Callable, session: CaptureSession) -> Callable:
+    # AOTAutogradCache computes a graph's key inside a try: what it raises is a bypass.
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(*args, **kwargs)
+        except Exception as error:
+            with session.guard("cache_bypass"):
+                session.cache_bypassed(error)
+            raise
+
+    return wrapper
+
+
+def _cache_save_error(original: Callable, session: CaptureSession) -> Callable:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with session.guard("cache_bypass"):
+            bound = _bound(original, args, kwargs)
+            if bound.get("is_bypass"):  # torch counts only these as bypasses
+                session.cache_bypassed(bound["e"])
+        return original(*args, **kwargs)
+
+    return wrapper
+
+
 class _CounterDeltas:
     """What torch's process-wide counters gained since the previous compile event."""
 
@@ -204,6 +228,13 @@ HOOKS = (
     ),
     Hook(f"{_AOT}.aot_autograd_result", "GenericAOTAutogradResult.wrap_post_compile", _cache_hit),
     Hook("torch._dynamo.utils", "log_compilation_event", _log_compilation_event),
+    Hook(f"{_AOT}.autograd_cache", "autograd_cache_key", _cache_key, optional=True),
+    Hook(
+        f"{_AOT}.autograd_cache",
+        "AOTAutogradCache._handle_save_error",
+        _cache_save_error,
+        optional=True,  # bypass reasons only: the bypass counts come from torch's counters
+    ),
 )
 
 
@@ -228,6 +259,14 @@ def _resolve(hook: Hook) -> tuple[Any, str]:
     return owner, name
 
 
+def _wrap(hook: Hook, original: Any, session: CaptureSession) -> Any:
+    """``hook.make``'s wrapper of ``original``, a static method again if it was one."""
+    if isinstance(original, staticmethod):
+        function = original.__func__
+        return staticmethod(functools.wraps(function)(hook.make(function, session)))
+    return functools.wraps(original)(hook.make(original, session))
+
+
 def install(session: CaptureSession) -> int:
     """Wrap every hook this torch has; return how many were installed."""
     import torch._dynamo  # noqa: F401 - must precede runtime_wrappers (circular import)
@@ -239,7 +278,7 @@ def install(session: CaptureSession) -> int:
             try:
                 owner, name = _resolve(hook)
                 original = owner.__dict__[name]
-                wrapper = functools.wraps(original)(hook.make(original, session))
+                wrapper = _wrap(hook, original, session)
             except Exception:  # noqa: BLE001 - another torch: skip the hook, count it
                 if hook.optional:
                     log.debug("aotwatch: optional hook %s.%s absent", hook.module, hook.attr)

@@ -17,6 +17,12 @@ from aotwatch.records import (
     SUBCLASS_META,
 )
 
+_FORMAT_LAYOUTS = {
+    "torch.contiguous_format": "contiguous",
+    "torch.channels_last": "channels_last",
+    "torch.channels_last_3d": "channels_last_3d",
+}
+
 _MUTATIONS = {"data", "metadata", "storage_metadata", "storage_resize"}
 _PLACEMENTS = dict(PLACEMENT_TYPES)
 
@@ -60,6 +66,37 @@ def _subclasses(meta: Any) -> dict[str, dict[str, int]]:
     return counts
 
 
+def _layout(memory_format: Any) -> str | None:
+    """The layout a ``MemoryFormatMeta`` expects: a named format (dynamic shapes,
+    subclasses) or static strides, classified on a meta tensor (no memory); None if unknown."""
+    named = getattr(memory_format, "memory_format", None)
+    if named is not None:
+        return _FORMAT_LAYOUTS.get(str(named), "strided")
+    size, stride = getattr(memory_format, "size", None), getattr(memory_format, "stride", None)
+    if size is None or stride is None:
+        return None
+    import torch
+
+    tensor = torch.empty_strided(tuple(size), tuple(stride), device="meta")
+    if tensor.is_contiguous():
+        return "contiguous"
+    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    if tensor.dim() == 5 and tensor.is_contiguous(memory_format=torch.channels_last_3d):
+        return "channels_last_3d"
+    return "strided"
+
+
+def _tangent_layouts(meta: Any) -> dict[str, int]:
+    """A graph's tangents by the memory layout its backward expects them in."""
+    counts: dict[str, int] = {}
+    for entry in getattr(meta, "subclass_tangent_meta", None) or ():
+        layout = _layout(getattr(entry, "memory_format", None))
+        if layout is not None:
+            counts[layout] = counts.get(layout, 0) + 1
+    return counts
+
+
 def read_metadata(meta: Any) -> dict[str, Any]:
     """Record fields from a ViewAndMutationMeta (see records.empty_record)."""
     inputs, placement = _input_counts(list(getattr(meta, "input_info", None) or ()))
@@ -81,6 +118,8 @@ def read_metadata(meta: Any) -> dict[str, Any]:
         "static_inputs": len(getattr(meta, "static_input_indices", None) or ()),
         "donated_buffers": len(getattr(meta, "bw_donated_idxs", None) or ()),
         "subclasses": _subclasses(meta),
+        "tangent_layouts": _tangent_layouts(meta),
+        "rng_functionalized": getattr(meta, "is_rng_op_functionalized", False) is True,
     }
 
 

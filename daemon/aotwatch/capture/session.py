@@ -15,11 +15,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from aotwatch import categories
 from aotwatch.capture import compile_metrics, graphs
 from aotwatch.capture.identity import identity
 from aotwatch.capture.metadata import read_metadata, tensors_saved_for_backward
 from aotwatch.lru import LruCache
-from aotwatch.records import new_record
+from aotwatch.records import clip_text, new_record
 
 log = logging.getLogger("aotwatch.capture")
 
@@ -27,6 +28,8 @@ _MAX_PENDING = 4096
 """Graphs whose pieces may wait at once (a forward whose backward never runs waits forever)."""
 _MAX_WAITING_PER_ID = 64
 """Lazy backwards that may wait under one compile id (several AOT graphs per frame)."""
+_MAX_BYPASSES = 64
+"""Cache bypasses kept for the next CompilationMetrics (one per AOT graph, usually)."""
 
 
 class Sink(Protocol):
@@ -56,6 +59,7 @@ class CaptureSession:
         self._lazy_hint = threading.local()  # .aot_id: the lazy backward compiling in this thread
         self._frame_devices = LruCache(_MAX_PENDING)  # compile_id -> device of its graphs
         self._last_device = "cpu"
+        self._bypasses: list[dict[str, str | None]] = []  # since the last CompilationMetrics
         self._logged_stages: set[str] = set()
 
     # -- failures inside capture -----------------------------------------
@@ -108,6 +112,21 @@ class CaptureSession:
                 )
                 self._digests.put((aot_id, kind), digest)
 
+    def cache_bypassed(self, error: BaseException) -> None:
+        """AOTAutogradCache will not cache a graph: why (torch's exception), categorised."""
+        cause = type(error.__cause__).__name__ if error.__cause__ is not None else ""
+        entry = {
+            "category": categories.cache_bypass_category(str(error), type(error).__name__, cause),
+            "reason": clip_text(str(error)),
+        }
+        with self._lock:
+            self._bypasses = [*self._bypasses[-(_MAX_BYPASSES - 1) :], entry]
+
+    def _take_bypasses(self) -> list[dict[str, str | None]]:
+        with self._lock:
+            taken, self._bypasses = self._bypasses, []
+        return taken
+
     # -- records ---------------------------------------------------------
 
     def _emit(self, compile_id: str | None, kind: str | None, **fields: Any) -> None:
@@ -148,6 +167,8 @@ class CaptureSession:
         if trace_joint:
             saved = tensors_saved_for_backward(metadata, digest.outputs)
             fields["tensors_saved_for_backward"] = saved
+        else:
+            fields["tangent_layouts"] = {}  # no backward will take any
         self._emit(compile_id, kind, **fields, **self._graph_fields(aot_id, digest, cache_hit))
         backward_tokens = fields["tokens"]["backward"]
         if trace_joint and cache_hit:
@@ -191,6 +212,7 @@ class CaptureSession:
         durations: dict,
         cache: dict,
         cache_hit: bool = False,
+        cache_bypasses: list | None = None,
     ) -> None:
         self._emit(
             compile_id,
@@ -198,6 +220,7 @@ class CaptureSession:
             tokens={"forward": 0, "backward": tokens},
             durations_s=durations,
             cache=cache,
+            cache_bypasses=cache_bypasses or [],
             **self._graph_fields(aot_id, self._digest(aot_id, "backward"), cache_hit),
         )
 
@@ -207,12 +230,15 @@ class CaptureSession:
         """torch logged a CompilationMetrics: a frame's record, or a lazy backward's times."""
         durations = compile_metrics.durations(metrics)
         cache = compile_metrics.cache_counts(metrics, bypasses)
+        bypassed = self._take_bypasses()
         if getattr(metrics, "is_forward", True) is False:
             compile_id = getattr(metrics, "compile_id", None)
             if getattr(metrics, "fail_type", None) is None:  # a failed one may be retried
                 done = self._lazy_backward_done(compile_id)
                 if done is not None:
-                    self._emit_backward(done[0], compile_id, done[1], durations, cache)
+                    self._emit_backward(
+                        done[0], compile_id, done[1], durations, cache, cache_bypasses=bypassed
+                    )
             return
         fields = compile_metrics.frame_fields(metrics, graph_break_reasons)
         with self._lock:
@@ -223,5 +249,6 @@ class CaptureSession:
             device=device,
             durations_s=durations,
             cache=cache,
+            cache_bypasses=bypassed,
             **fields,
         )
