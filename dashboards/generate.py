@@ -543,6 +543,7 @@ def aot_metadata() -> dict:
     tokens = sel("torch_compile_effect_tokens_total", RANK)
     nodes = sel("torch_compile_graph_nodes_bucket", RANK)
     saved = sel("torch_compile_saved_for_backward_total", RANK)
+    saved_bytes = sel("torch_compile_saved_for_backward_bytes_total", RANK)
     static = sel("torch_compile_static_inputs_total", RANK)
     donated = sel("torch_compile_donated_buffers_total", RANK)
     subclasses = sel("torch_compile_subclass_tensors_total", RANK)
@@ -641,6 +642,13 @@ def aot_metadata() -> dict:
             "What forward graphs keep for their backward: activation memory, in count.",
             saved,
             "kind",
+        ),
+        timeseries(
+            "Saved for backward, bytes",
+            "bytes",
+            f"Bytes of the tensors forward graphs keep for their backward (static sizes "
+            f"only): the activation memory of one call of each graph. {cumulative}",
+            target(total(saved_bytes, PER_RANK), RANK_LEGEND),
         ),
         per_rank(
             "Static inputs",

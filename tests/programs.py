@@ -39,6 +39,7 @@ class Truth:
     intermediate_bases: int = 0
     tokens: Counter = field(default_factory=Counter)  # forward / backward
     saved: Counter = field(default_factory=Counter)  # tensors / symints a backward takes in
+    saved_bytes: int = 0  # bytes of those tensors, for graphs whose saved sizes are static
     static_inputs: int = 0
     donated_buffers: int = 0
     tangent_layouts: Counter = field(default_factory=Counter)  # layout -> traced tangents
@@ -74,6 +75,7 @@ class Truth:
     def add_backward_inputs(self, gm: torch.fx.GraphModule) -> None:
         """What the forward saved, read from the other side: the backward's placeholders
         that are neither tangents nor effect tokens."""
+        sizes = []
         for node in gm.graph.nodes:
             if node.op != "placeholder" or node.name.startswith("tangents"):
                 continue
@@ -81,6 +83,10 @@ class Truth:
                 continue
             value = node.meta.get("val")
             self.saved["tensors" if isinstance(value, torch.Tensor) else "symints"] += 1
+            if isinstance(value, torch.Tensor):
+                sizes.append(value.untyped_storage().nbytes())  # the memory it keeps alive
+        if all(type(size) is int for size in sizes):
+            self.saved_bytes += sum(sizes)
 
 
 def layout_of(tensor: torch.Tensor) -> str:
@@ -273,6 +279,7 @@ def observed(snapshot: Any) -> Truth:
         intermediate_bases=total("torch_compile_intermediate_bases"),
         tokens=by_last_label("torch_compile_effect_tokens"),
         saved=by_last_label("torch_compile_saved_for_backward"),
+        saved_bytes=total("torch_compile_saved_for_backward_bytes"),
         static_inputs=total("torch_compile_static_inputs"),
         donated_buffers=total("torch_compile_donated_buffers"),
         tangent_layouts=by_last_label("torch_compile_tangent_layouts"),

@@ -25,10 +25,13 @@ FEATURES = {
     "training_step": lambda t: (
         t.graphs["forward"] == 1
         and t.saved["tensors"] >= 1
+        and t.saved_bytes > 0
         and t.static_inputs == 4
         and t.donated_buffers >= 1
     ),
-    "dynamic_backward": lambda t: t.saved["symints"] >= 1 and t.saved["tensors"] >= 1,
+    "dynamic_backward": lambda t: (
+        t.saved["symints"] >= 1 and t.saved["tensors"] >= 1 and t.saved_bytes == 0
+    ),
     "channels_last_backward": lambda t: t.tangent_layouts == {"channels_last": 1, "strided": 1},
     "dropout_rng": lambda t: t.graphs["backward"] == 1 and t.rng_functionalized == 0,
 }

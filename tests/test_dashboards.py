@@ -217,6 +217,7 @@ TOPICS = {
         ("torch_compile_effect_tokens_total", {"direction", "rank", "device"}),
         ("torch_compile_graph_nodes_bucket", {"le", "rank", "device"}),
         ("torch_compile_saved_for_backward_total", {"kind", "rank", "device"}),
+        ("torch_compile_saved_for_backward_bytes_total", {"rank", "device"}),
         ("torch_compile_subclass_tensors_total", {"role", "subclass"}),
         ("torch_compile_static_inputs_total", {"rank", "device"}),
         ("torch_compile_donated_buffers_total", {"rank", "device"}),

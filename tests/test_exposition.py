@@ -36,6 +36,7 @@ def fixed_records() -> list[dict]:
         "intermediate_bases": 1,
         "tokens": {"forward": 1, "backward": 0},
         "tensors_saved_for_backward": 3,
+        "bytes_saved_for_backward": 3 * 4096,
         "symints_saved_for_backward": 1,
         "static_inputs": 2,
         "donated_buffers": 1,

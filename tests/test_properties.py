@@ -101,6 +101,7 @@ FIELDS = {
     "tokens": counts_of(TOKEN_DIRECTIONS),
     "symints_saved_for_backward": count,
     "tensors_saved_for_backward": st.none() | count,
+    "bytes_saved_for_backward": st.none() | count,
     "static_inputs": count,
     "donated_buffers": count,
     "subclasses": st.dictionaries(

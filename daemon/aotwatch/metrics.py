@@ -363,6 +363,18 @@ FAMILIES: tuple[Family, ...] = (
         "(torch._functorch.config.activation_memory_budget) trades for recompute.",
     ),
     _rank_family(
+        "torch_compile_saved_for_backward_bytes",
+        "counter",
+        "Bytes of the tensors that forward graphs save for their backward, where their sizes "
+        "are static (the activation memory one call of each graph keeps).",
+        records="graph",
+        fold=lambda record, rank: ((rank, record.bytes_saved_for_backward or 0),),
+        unit="bytes",
+        action="The activation memory compiled regions hold between forward and backward: "
+        "when it dominates peak memory, checkpoint (torch.utils.checkpoint) or lower "
+        "torch._functorch.config.activation_memory_budget to recompute instead.",
+    ),
+    _rank_family(
         "torch_compile_static_inputs",
         "counter",
         "Graph inputs AOTAutograd treats as static: parameters and buffers that CUDA graphs "

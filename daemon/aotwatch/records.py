@@ -127,6 +127,8 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     symints_saved_for_backward: Count = 0
     tensors_saved_for_backward: Count | None = None
     """None where unknown: a graph loaded from the cache, a backward or inference graph."""
+    bytes_saved_for_backward: Count | None = None
+    """Their bytes; None where unknown, as above, or where a saved size is symbolic."""
     static_inputs: Count = 0
     donated_buffers: Count = 0
     subclasses: Annotated[dict[Id, Counts], Meta(max_length=MAX_ITEMS)] = msgspec.field(

@@ -30,9 +30,10 @@ class GraphDigest:
     nodes: int | None
     graph_hash: str | None
     device: str | None
-    outputs: int | None = None
-    """The graph's outputs (a forward's include what it saves for backward); None when the
-    graph is known only as text (a cache hit)."""
+    output_bytes: tuple[int | None, ...] | None = None
+    """Bytes of each of the graph's outputs (a forward's include what it saves for
+    backward; None for a non-tensor or a symbolic size); None when the graph is known only
+    as text (a cache hit)."""
 
 
 def readable(module: Any, *, fast_sympy_print: bool) -> str:
@@ -125,11 +126,21 @@ def digest_module(
         len(module.graph.nodes) if want_nodes else None,
         hash_readable(text) if want_hash and text else None,
         _placeholder_device(module),
-        _output_count(module),
+        _output_bytes(module),
     )
 
 
-def _output_count(module: Any) -> int | None:
+def _nbytes(value: Any) -> int | None:
+    """Bytes of a graph value's (fake) tensor, if its size is a plain number."""
+    tensor = getattr(value, "meta", {}).get("val")
+    numel = getattr(tensor, "numel", None)
+    if numel is None or not hasattr(tensor, "element_size"):
+        return None
+    numel = numel()
+    return numel * tensor.element_size() if type(numel) is int else None
+
+
+def _output_bytes(module: Any) -> tuple[int | None, ...] | None:
     output = next((n for n in reversed(module.graph.nodes) if n.op == "output"), None)
     values = output.args[0] if output is not None and output.args else None
-    return len(values) if isinstance(values, (tuple, list)) else None
+    return tuple(_nbytes(value) for value in values) if isinstance(values, (tuple, list)) else None

@@ -123,18 +123,20 @@ def read_metadata(meta: Any) -> dict[str, Any]:
     }
 
 
-def tensors_saved_for_backward(meta: Any, forward_outputs: int | None) -> int | None:
-    """Tensors a forward graph saves for its backward: its outputs past what it returns and
-    the symints, opaque objects and RNG offsets it also saves; None when unknown."""
+def saved_for_backward(
+    meta: Any, output_bytes: tuple[int | None, ...] | None
+) -> tuple[int | None, int | None]:
+    """Tensors a forward graph saves for its backward, and their bytes: the forward's outputs
+    past what it returns (and its RNG offsets), before the symints and opaque objects it also
+    saves. (None, None) when unknown; bytes None when a saved size is symbolic."""
     returned = getattr(meta, "num_forward_returns", None)
-    if forward_outputs is None or not isinstance(returned, int):
-        return None
-    others = sum(
+    if output_bytes is None or not isinstance(returned, int):
+        return None, None
+    first = returned + int(getattr(meta, "num_outputs_rng_offset", 0) or 0)
+    trailing = sum(
         int(getattr(meta, name, 0) or 0)
-        for name in (
-            "num_symints_saved_for_bw",
-            "num_opaque_objects_saved_for_bw",
-            "num_outputs_rng_offset",
-        )
+        for name in ("num_symints_saved_for_bw", "num_opaque_objects_saved_for_bw")
     )
-    return max(forward_outputs - returned - others, 0)
+    saved = output_bytes[first : max(len(output_bytes) - trailing, first)]
+    sizes = None if None in saved else sum(saved)
+    return len(saved), sizes

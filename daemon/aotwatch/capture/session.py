@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from aotwatch import categories
 from aotwatch.capture import compile_metrics, graphs
 from aotwatch.capture.identity import identity
-from aotwatch.capture.metadata import read_metadata, tensors_saved_for_backward
+from aotwatch.capture.metadata import read_metadata, saved_for_backward
 from aotwatch.lru import LruCache
 from aotwatch.records import clip_text, new_record
 
@@ -165,8 +165,9 @@ class CaptureSession:
         kind = "forward" if trace_joint else "inference"
         digest = self._digest(aot_id, kind)
         if trace_joint:
-            saved = tensors_saved_for_backward(metadata, digest.outputs)
+            saved, saved_bytes = saved_for_backward(metadata, digest.output_bytes)
             fields["tensors_saved_for_backward"] = saved
+            fields["bytes_saved_for_backward"] = saved_bytes
         else:
             fields["tangent_layouts"] = {}  # no backward will take any
         self._emit(compile_id, kind, **fields, **self._graph_fields(aot_id, digest, cache_hit))
