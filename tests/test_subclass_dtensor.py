@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from aotwatch.report import archive_snapshot
+from aotwatch.report import read_archives
 
 FAMILY = "torch_compile_subclass_tensors"
 TIMEOUT_S = 120
@@ -73,7 +73,7 @@ def test_dtensor_inputs_outputs_and_tangents_are_counted_on_every_rank(tmp_path)
     for rank in (0, 1):
         expected = json.loads((tmp_path / f"expected{rank}.json").read_text())
         assert expected["input"] == {"DTensor": 1} and expected["tangent"] == {"DTensor": 1}
-        snapshot = archive_snapshot(tmp_path / f"rank{rank}" / "records.jsonl")
+        snapshot, _ = read_archives([tmp_path / f"rank{rank}" / "records.jsonl"])
         seen: dict[str, Counter] = {role: Counter() for role in expected}
         for (_, rank_label, _, role, kind), count in snapshot.values[FAMILY].items():
             assert rank_label == str(rank)

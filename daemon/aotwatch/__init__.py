@@ -6,16 +6,23 @@ Importing this package imports neither torch nor Ray.
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aotwatch.local import Attachment
 
-try:
-    __version__ = metadata.version("aotwatch")
-except metadata.PackageNotFoundError:
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> Any:
+    """``__version__``, read from the installed metadata when first asked: importing
+    aotwatch stays cheap for every process the launcher bootstrap starts."""
+    if name != "__version__":
+        raise AttributeError(f"module 'aotwatch' has no attribute {name!r}")
+    from importlib import metadata
+
+    try:
+        return metadata.version("aotwatch")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def attach(config: Any = None) -> Attachment:

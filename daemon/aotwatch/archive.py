@@ -155,9 +155,25 @@ def read_json_lines(path: str | os.PathLike, private: bool = False) -> Iterator[
             yield err
 
 
+def archive_files(path: str | os.PathLike) -> list[Path]:
+    """The archive files at ``path``: the file itself, or a directory's records.jsonl and
+    those of its subdirectories (one per process that ``aotwatch trace`` traced)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [archive_file(path)]
+    own = path / ARCHIVE_FILE
+    return [own] * own.is_file() + sorted(path.glob(f"*/{ARCHIVE_FILE}"))
+
+
 def read_archive(path: str | os.PathLike, private: bool = False) -> Iterator[Record | RecordError]:
-    """Every line of an archive: a valid record, or the RecordError that refuses it."""
-    for line in read_lines(archive_file(path), private):
+    """Every line of an archive (every one of ``archive_files``): a valid record, or the
+    RecordError that refuses it."""
+    for file in archive_files(path):
+        yield from _read_records(file, private)
+
+
+def _read_records(path: Path, private: bool) -> Iterator[Record | RecordError]:
+    for line in read_lines(path, private):
         try:
             yield line if isinstance(line, RecordError) else decode_line(line)
         except RecordError as err:

@@ -1,4 +1,4 @@
-"""The ``aotwatch`` command: trace a script, report an archive, check a config."""
+"""The ``aotwatch`` command: trace any launcher, report archives, run jobs, check a config."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ import argparse
 import dataclasses
 import json
 import os
-import runpy
 import signal
 import socket
 import sys
 import threading
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -29,46 +27,6 @@ def _fail(message: str) -> int:
     return USAGE_ERROR
 
 
-def _python_command(command: list[str]) -> tuple[str, str, list[str]]:
-    """``python SCRIPT|-m MODULE|-c CODE [ARGS]`` -> (kind, target, argv)."""
-    if command and (Path(command[0]).name.startswith("python") or command[0] == sys.executable):
-        command = command[1:]
-    if len(command) >= 2 and command[0] in ("-m", "-c"):
-        kind = "module" if command[0] == "-m" else "code"
-        return kind, command[1], [command[1] if kind == "module" else "-c", *command[2:]]
-    if not command or command[0].startswith("-"):
-        raise ValueError("expected: -- python SCRIPT|-m MODULE|-c CODE [ARGS]")
-    return "path", command[0], command
-
-
-def _run_python(kind: str, target: str, argv: list[str]) -> int:
-    """Run a script as ``__main__`` in this process, the way ``python -m cProfile`` does."""
-    saved_argv, saved_path = sys.argv[:], sys.path[:]
-    sys.argv = argv
-    if kind == "path":
-        sys.path.insert(0, str(Path(target).resolve().parent))
-    try:
-        if kind == "module":
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
-        elif kind == "code":
-            exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102
-        else:
-            runpy.run_path(target, run_name="__main__")
-        return 0
-    except SystemExit as exit_:
-        if exit_.code is None or isinstance(exit_.code, int):
-            return exit_.code or 0
-        print(exit_.code, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BaseException:  # noqa: BLE001 - the script's failure is reported like python would
-        traceback.print_exc()
-        return 1
-    finally:
-        sys.argv, sys.path = saved_argv, saved_path
-
-
 def _trace_config(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
     archive = args.archive or config.archive.path or DEFAULT_TRACE_ARCHIVE
@@ -82,33 +40,40 @@ def _trace_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    import aotwatch
-    from aotwatch import report
+    from aotwatch import trace
+    from aotwatch.archive import private_directory
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
-        python = _python_command(command or ["-m", EXAMPLE_MODULE])
+        command = trace.resolve(command or ["python", "-m", EXAMPLE_MODULE])
         config = _trace_config(args)
-        if python[0] == "path" and not Path(python[1]).is_file():
-            return _fail(f"{python[1]}: no such script")
-        attachment = aotwatch.attach(config)
-    except (ValueError, OSError) as err:  # ConfigError, ExportError, an unwritable archive
+        root = private_directory(config.archive.path, 0o711)
+        trace.check_port(config)
+    except (ValueError, OSError) as err:  # TraceError, ConfigError, UnsafePath, ExportError
         return _fail(str(err))
-    archive = attachment.sink.archive.path
-    print(f"aotwatch: records -> {archive}", file=sys.stderr)
+    return trace.trace(command, config, root)
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import shlex
+
+    from aotwatch import bootstrap
+    from aotwatch.archive import private_directory
+
     try:
-        code = _run_python(*python)
-    finally:
-        snapshot = attachment.sink.snapshot()
-        aotwatch.detach()
-    print(f"\naotwatch summary (records in {archive}):", file=sys.stderr)
-    print(report.table(snapshot), file=sys.stderr)
-    return code
+        config = load_config(args.config) if args.config else None
+        root = private_directory(args.archive, 0o711).resolve()
+    except (ValueError, OSError) as err:
+        return _fail(str(err))
+    config_json = json.dumps(config.to_dict()) if config else None
+    for name, value in bootstrap.environment(root, config_json).items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from aotwatch import report
-    from aotwatch.archive import archive_file
+    from aotwatch.archive import archive_files
 
     try:
         config = load_config(args.config)
@@ -118,25 +83,29 @@ def cmd_report(args: argparse.Namespace) -> int:
         from aotwatch.cluster.collector import archive_root
 
         root = Path(args.path) if args.path else archive_root(config)
-        path = report.job_archives(root, args.job)
-        if not path:
+        paths = report.job_archives(root, args.job)
+        if not paths:
             return _fail(f"{root}: no archive of job {args.job!r} in its collectors' directories")
     elif args.path is None:
         return _fail("name an archive directory, or a job with --job NAME")
     else:
-        path = archive_file(args.path)
-        if not path.is_file():
-            return _fail(f"{path}: no archive there (expected a records.jsonl or its directory)")
+        paths = [path for path in archive_files(args.path) if path.is_file()]
+        if not paths:
+            return _fail(
+                f"{args.path}: no archive there (expected a records.jsonl, its directory, or "
+                "a directory of them)"
+            )
     try:
-        snapshot = report.archive_snapshot(path, config.limits.max_series_per_metric)
+        snapshot, findings = report.read_archives(paths, config.limits.max_series_per_metric)
     except (OSError, UnicodeDecodeError) as err:
         return _fail(f"{args.path or args.job}: cannot read: {err}")
     if args.format == "json":
-        print(json.dumps(report.as_json(snapshot), indent=2, sort_keys=True))
+        data = report.as_json(snapshot, findings)
+        print(json.dumps(data, indent=2, sort_keys=True))
     elif args.format == "prometheus":
-        sys.stdout.write(report.prometheus(snapshot, config.labels))
+        sys.stdout.write(report.prometheus(snapshot, config.labels, findings))
     else:
-        print(report.table(snapshot))
+        print("\n".join([report.table(snapshot), "", *report.divergence_lines(findings)]))
     return 0
 
 
@@ -392,7 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
         "export them to Prometheus.",
     )
     commands = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    for add in (_add_trace, _add_report, _add_run, _add_cluster_commands, _add_check_config):
+    commands_added = (
+        _add_trace,
+        _add_env,
+        _add_report,
+        _add_run,
+        _add_cluster_commands,
+        _add_check_config,
+    )
+    for add in commands_added:
         add(commands)
     return parser
 
@@ -400,13 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_trace(commands: Any) -> None:
     trace = commands.add_parser(
         "trace",
-        help="run a Python script with capture attached",
-        description="Run SCRIPT in this process with capture attached, append every record to "
-        "DIR/records.jsonl, serve /metrics while it runs and print a summary at the end. "
-        f"Without a command it runs the bundled example ({EXAMPLE_MODULE}). "
-        "The exit status is the script's.",
-        usage="aotwatch trace [--config F] [--archive DIR] [--port N] "
-        "[-- python SCRIPT|-m MODULE|-c CODE [ARGS]]",
+        help="run a command with every Python process it starts traced",
+        description="Run COMMAND (python, torchrun, srun, a shell script, ...) with every "
+        "Python process it starts capturing its compiles: each writes its own archive under "
+        "DIR (one per rank) and serves /metrics in local mode (port plus its local rank). At "
+        "the end, print the report of all ranks and their divergences. Without a command it "
+        f"runs the bundled example ({EXAMPLE_MODULE}). The exit status is the command's.",
+        usage="aotwatch trace [--config F] [--archive DIR] [--port N] [--job-name NAME] "
+        "[-- COMMAND [ARGS]]",
     )
     trace.add_argument("--config", metavar="F", help="YAML config (default: built-in defaults)")
     trace.add_argument(
@@ -418,13 +396,27 @@ def _add_trace(commands: Any) -> None:
     trace.set_defaults(func=cmd_trace)
 
 
+def _add_env(commands: Any) -> None:
+    env = commands.add_parser(
+        "env",
+        help="print the variables that trace every Python process of any launcher",
+        description="Print `export` lines for a shell: with them, every Python process "
+        "started afterwards (by srun, mpirun, torchrun, ...) captures its compiles into its "
+        'own archive under DIR, as under `aotwatch trace`. Use: eval "$(aotwatch env '
+        '--archive DIR)"; srun python train.py',
+    )
+    env.add_argument("--archive", metavar="DIR", default=DEFAULT_TRACE_ARCHIVE)
+    env.add_argument("--config", metavar="F", help="YAML config (default: built-in defaults)")
+    env.set_defaults(func=cmd_env)
+
+
 def _add_report(commands: Any) -> None:
     report = commands.add_parser("report", help="rebuild the metrics from an archive")
     report.add_argument(
         "path",
         nargs="?",
-        help="an archive directory or its records.jsonl; with --job, the "
-        "archive root (default: the config's archive.path)",
+        help="an archive directory or its records.jsonl, or a directory of per-rank archives "
+        "(aotwatch trace's); with --job, the archive root (default: the config's archive.path)",
     )
     report.add_argument(
         "--job", metavar="NAME", help="the job's archives on every node, found by its name"

@@ -7,6 +7,7 @@ in ``__post_init__``, so a config built in Python is checked exactly like one re
 
 import dataclasses
 import difflib
+import json
 import os
 import re
 import reprlib
@@ -213,7 +214,8 @@ class ExportConfig(Section):
     """Bind address; "0.0.0.0" lets a remote Prometheus scrape."""
 
     port: int = field(default=9420, metadata=between(0, 65535))
-    """TCP port, 0..65535; 0 picks any free port. In local mode LOCAL_RANK is added to it."""
+    """TCP port, 0..65535; 0 picks any free port. In local mode the local rank (LOCAL_RANK,
+    SLURM_LOCALID, ...) is added to it."""
 
     web_config: str | None = field(default=None, metadata=length(1, 4096))
     """Path of a web-config file (exporter-toolkit's shape: TLS, basic auth); null: plain HTTP."""
@@ -434,6 +436,26 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
         where = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(err, "problem", None) or err
         raise ConfigError(f"{where}YAML syntax error: {problem}", file=source) from err
+
+
+CONFIG_ENV = "AOTWATCH_CONFIG"
+"""A process's config: the path of a YAML file, or the config as JSON (as ``aotwatch run``
+and ``aotwatch trace`` hand it to the processes they start)."""
+
+
+def config_from_env() -> Config:
+    """The config CONFIG_ENV names or holds; the defaults when it is unset or empty.
+    Raises ConfigError."""
+    value = os.environ.get(CONFIG_ENV, "").strip()
+    if not value:
+        return Config()
+    if not value.startswith("{"):
+        return load_config(value)
+    try:
+        data = json.loads(value)
+    except ValueError as err:
+        raise ConfigError(f"not JSON: {err}", file=CONFIG_ENV) from None
+    return config_from_dict(data, source=CONFIG_ENV)
 
 
 def config_from_dict(data: Mapping[Any, Any] | None, source: str = "<dict>") -> Config:

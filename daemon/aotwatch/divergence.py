@@ -14,6 +14,9 @@ from typing import Any
 from aotwatch.lru import trim_oldest
 from aotwatch.records import GRAPH_KINDS, Record
 
+KINDS = ("graph_hash", "compile_ids", "cache_pattern")
+"""What a finding says differs between ranks."""
+
 MAX_GRAPHS_PER_ID = 64
 """Distinct graph hashes kept per compile id and graph kind (DDP buckets make several)."""
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from aotwatch.archive import ArchiveWriter
 from aotwatch.capture import hooks
-from aotwatch.capture.identity import identity
+from aotwatch.capture.identity import identity, local_rank
 from aotwatch.capture.session import CaptureSession
 from aotwatch.config import Config, ConfigError, load_config
 from aotwatch.export.collector import AggregateCollector, registry_for
@@ -41,16 +41,16 @@ _current: Attachment | None = None
 
 
 def export_port(config: Config) -> int:
-    """The configured port, offset by LOCAL_RANK so ranks on one machine don't collide;
-    ConfigError (key export.port) when the sum is past 65535."""
+    """The configured port, offset by the local rank (LOCAL_RANK or another launcher's) so
+    ranks on one machine don't collide; ConfigError (key export.port) past 65535."""
     port = config.export.port
-    local_rank = os.environ.get("LOCAL_RANK", "")
-    if not port or not (local_rank.isascii() and local_rank.isdecimal()):
+    name, offset = local_rank()
+    if not port:
         return port
-    if port + int(local_rank) > 65535:
-        problem = f"{port} plus LOCAL_RANK {local_rank} is past 65535"
+    if port + offset > 65535:
+        problem = f"{port} plus {name} {offset} is past 65535"
         raise ConfigError(problem, key="export.port", expected="a lower port or 0 (any free port)")
-    return port + int(local_rank)
+    return port + offset
 
 
 def _show_info_logs() -> None:

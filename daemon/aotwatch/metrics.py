@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from aotwatch import categories
+from aotwatch import categories, divergence
 from aotwatch.records import (
     CACHE_RESULTS,
     CACHES,
@@ -519,7 +519,7 @@ RANK_DIVERGENCES = Family(
     "counter",
     "Compiles that differ across the ranks of a job, by kind.",
     ("job_name", "kind"),
-    values={"kind": ("graph_hash", "compile_ids", "cache")},
+    values={"kind": divergence.KINDS},
     action="Ranks that compile different graphs hang in collectives: see the head's log "
     "or `aotwatch report` for the ranks and compile ids.",
 )

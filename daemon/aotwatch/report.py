@@ -3,33 +3,44 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from aotwatch import divergence
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import ARCHIVE_FILE, read_archive
-from aotwatch.export.collector import exposition
+from aotwatch.divergence import Finding
+from aotwatch.export.collector import divergence_family, exposition, family_exposition
 from aotwatch.liveness import Liveness
-from aotwatch.metrics import BY_NAME, RANK_LABELS
+from aotwatch.metrics import BY_NAME, RANK_DIVERGENCES, RANK_LABELS
 from aotwatch.records import RecordError
 
 
-def archive_snapshot(
-    path: str | os.PathLike | list[Path], max_series_per_metric: int = 1000
-) -> Snapshot:
-    """What a live scrape showed of an archive (or of several): every record folded, the
-    workers that wrote them attached; malformed lines count as rejected."""
+def read_archives(
+    paths: list[Path], max_series_per_metric: int = 1000
+) -> tuple[Snapshot, list[Finding]]:
+    """What a live scrape showed of these archives (every record folded, the workers that
+    wrote them attached, malformed lines counted as rejected), and the divergences between
+    their ranks that the head finds live."""
     aggregate = Aggregate(max_series_per_metric)
     workers = Liveness(None, max_series_per_metric, max_series_per_metric)
-    for one in path if isinstance(path, list) else [path]:
-        for item in read_archive(one):
+    fingerprints: divergence.Fingerprints = {}
+    for path in paths:
+        for item in read_archive(path):
             if isinstance(item, RecordError):
                 aggregate.inc("aotwatch_records_rejected", (item.reason,))
             elif aggregate.add(item):
+                divergence.observe(fingerprints, item)
                 worker_id = f"{item.hostname} {item.pid}"
                 workers.seen({"worker_id": worker_id, "job_name": item.job_name, "rank": item.rank})
-    return workers.apply(aggregate.snapshot())
+    findings = [
+        finding
+        for job, ranks in sorted(fingerprints.items())
+        for finding in divergence.find(job, ranks)
+    ]
+    return workers.apply(aggregate.snapshot()), findings
 
 
 def job_archives(root: str | os.PathLike, job_name: str) -> list[Path]:
@@ -45,9 +56,18 @@ def job_archives(root: str | os.PathLike, job_name: str) -> list[Path]:
     ]
 
 
-def as_json(snapshot: Snapshot) -> dict[str, list[dict[str, Any]]]:
-    """Every metric with, per label set, its value (or histogram buckets, sum and count)."""
+def as_json(
+    snapshot: Snapshot, findings: list[Finding] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Every metric with, per label set, its value (or histogram buckets, sum and count);
+    with ``findings``, also their count per job and kind and the findings themselves."""
     result: dict[str, list[dict[str, Any]]] = {}
+    if findings is not None:
+        result[RANK_DIVERGENCES.name] = [
+            {"labels": {"job_name": job, "kind": kind}, "value": count}
+            for (job, kind), count in sorted(finding_counts(findings).items())
+        ]
+        result["findings"] = [finding.to_dict() for finding in findings]
     for name, table in sorted(snapshot.values.items()):
         names = BY_NAME[name].labels
         result[name] = [
@@ -68,9 +88,32 @@ def as_json(snapshot: Snapshot) -> dict[str, list[dict[str, Any]]]:
     return result
 
 
-def prometheus(snapshot: Snapshot, const_labels: Mapping[str, str] | None = None) -> str:
-    """Exactly what the live exporter serves for this snapshot."""
-    return exposition(snapshot, const_labels).decode()
+def prometheus(
+    snapshot: Snapshot,
+    const_labels: Mapping[str, str] | None = None,
+    findings: list[Finding] | None = None,
+) -> str:
+    """Exactly what the live exporters serve: the collectors' for this snapshot and, when
+    there are ``findings``, the head's count of them."""
+    text = exposition(snapshot, const_labels)
+    if findings:
+        text += family_exposition(divergence_family(finding_counts(findings), const_labels))
+    return text.decode()
+
+
+def finding_counts(findings: list[Finding]) -> dict[tuple[str, str], int]:
+    """Findings per (job, kind), as ``torch_compile_rank_divergences_total`` counts them."""
+    return dict(Counter((finding.job_name, finding.kind) for finding in findings))
+
+
+def divergence_lines(findings: list[Finding] | list[dict[str, Any]]) -> list[str]:
+    """``rank divergences: N`` and one line per finding: which ranks had what."""
+    lines = [f"rank divergences: {len(findings) or 'none'}"]
+    for finding in findings:
+        found = finding if isinstance(finding, dict) else finding.to_dict()
+        groups = "; ".join(f"ranks {','.join(r)}: {v}" for v, r in found["groups"].items())
+        lines.append(f"  {found['kind']} at {found['compile_id']}: {groups}")
+    return lines
 
 
 def _total(snapshot: Snapshot, metric: str, rank: tuple[str, ...], **match: str) -> float:
@@ -148,8 +191,4 @@ def table(snapshot: Snapshot) -> str:
 def job_summary(job_name: str, snapshot: Snapshot, findings: list[dict[str, Any]]) -> str:
     """The end of ``aotwatch run``: the job's table and its rank divergences."""
     lines = [f"aotwatch report for job {job_name!r}:", table(snapshot), ""]
-    lines.append(f"rank divergences: {len(findings) or 'none'}")
-    for finding in findings:
-        groups = "; ".join(f"ranks {','.join(r)}: {v}" for v, r in finding["groups"].items())
-        lines.append(f"  {finding['kind']} at {finding['compile_id']}: {groups}")
-    return "\n".join(lines)
+    return "\n".join(lines + divergence_lines(findings))

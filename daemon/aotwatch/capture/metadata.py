@@ -77,7 +77,10 @@ def _layout(memory_format: Any) -> str | None:
         return None
     import torch
 
-    tensor = torch.empty_strided(tuple(size), tuple(stride), device="meta")
+    try:
+        tensor = torch.empty_strided(tuple(size), tuple(stride), device="meta")
+    except (RuntimeError, TypeError, ValueError):  # sizes torch itself would not make
+        return None
     if tensor.is_contiguous():
         return "contiguous"
     if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):

@@ -6,15 +6,12 @@ the collector of its node by node id and pushes its records there.
 
 from __future__ import annotations
 
-import functools
-import importlib.abc
-import importlib.machinery
 import json
 import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +19,10 @@ import ray
 
 from aotwatch.cluster.collector import spool_directory
 from aotwatch.cluster.push import RecordPusher
-from aotwatch.config import Config, config_from_dict
+from aotwatch.config import CONFIG_ENV, Config, config_from_env
+from aotwatch.first_compile import attach_at_first_compile
 
 log = logging.getLogger(__name__)
-
-CONFIG_ENV = "AOTWATCH_CONFIG"
-"""A worker's config, as JSON (set by ``aotwatch run`` in the job's runtime_env)."""
 
 SETUP_HOOK = "aotwatch.cluster.attach.worker_process_setup"
 """Give this as ``runtime_env={"worker_process_setup_hook": SETUP_HOOK}``."""
@@ -112,56 +107,11 @@ def runtime_env(config: Config, base: dict[str, Any] | None = None) -> dict[str,
     return env
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs ``callback`` right after the module ``name`` is first imported, then steps aside."""
-
-    def __init__(self, name: str, callback: Callable[[], None]) -> None:
-        self.name, self.callback = name, callback
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module, callback = spec.loader.exec_module, self.callback
-
-        def exec_then_attach(module: Any) -> None:
-            exec_module(module)
-            callback()
-
-        spec.loader.exec_module = exec_then_attach
-        return spec
-
-
-def _attach_at_first_compile(attach: Callable[[], None]) -> None:
-    """Make the first ``torch.compile`` call attach, then hand ``torch.compile`` back."""
-    import torch
-
-    original = torch.compile
-
-    @functools.wraps(original)
-    def compile_after_attaching(*args: Any, **kwargs: Any) -> Any:
-        if torch.compile is compile_after_attaching:
-            torch.compile = original
-        attach()
-        return original(*args, **kwargs)
-
-    torch.compile = compile_after_attaching
-
-
 def worker_process_setup() -> None:
-    """The runtime_env setup hook: attach at the process's first ``torch.compile``.
-
-    A worker that never compiles pays one meta-path entry (or, if torch is imported already,
-    one wrapped function). Attaching while torch is still being imported would run into
-    torch's own circular imports, so the wrap waits until ``import torch`` has finished.
-    """
+    """The runtime_env setup hook: attach at the process's first ``torch.compile``."""
     import aotwatch
 
-    raw = os.environ.get(CONFIG_ENV)
-    config = config_from_dict(json.loads(raw), source=CONFIG_ENV) if raw else Config()
+    config = config_from_env()
 
     def attach() -> None:
         try:
@@ -169,12 +119,7 @@ def worker_process_setup() -> None:
         except Exception:  # noqa: BLE001 - never break the user's compile
             logging.getLogger("aotwatch").warning("aotwatch: attach failed", exc_info=True)
 
-    if "torch._dynamo" in sys.modules:
-        attach()
-    elif "torch" in sys.modules:
-        _attach_at_first_compile(attach)
-    else:
-        sys.meta_path.insert(0, _AfterImport("torch", lambda: _attach_at_first_compile(attach)))
+    attach_at_first_compile(attach)
 
 
 def _attach_in_actor(actor: Any, config: Config) -> int:

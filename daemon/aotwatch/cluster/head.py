@@ -11,16 +11,14 @@ import time
 from typing import Any
 
 import ray
-from prometheus_client.core import CounterMetricFamily
 
 from aotwatch import divergence
 from aotwatch.cluster.collector import HEAD_NAME, scrape_host
 from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
 from aotwatch.cluster.placement import alive_nodes, daemon_actor_options, ensure_collector
 from aotwatch.config import Config
-from aotwatch.export.collector import build_info_family, registry_for
+from aotwatch.export.collector import build_info_family, divergence_family, registry_for
 from aotwatch.export.server import serve_metrics
-from aotwatch.metrics import RANK_DIVERGENCES
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +47,7 @@ class _DivergenceCollector:
 
     def _families(self, counts: dict[tuple[str, str], int]) -> Any:
         yield build_info_family(self.head.config.labels)
-        names = (*RANK_DIVERGENCES.labels, *self.head.config.labels)
-        family = CounterMetricFamily(RANK_DIVERGENCES.name, RANK_DIVERGENCES.help, labels=names)
-        for (job, kind), count in sorted(counts.items()):
-            family.add_metric((job, kind, *self.head.config.labels.values()), count)
-        yield family
+        yield divergence_family(counts, self.head.config.labels)
 
 
 class Head:

@@ -15,7 +15,7 @@ from prometheus_client.core import (
 )
 
 from aotwatch.aggregate import Snapshot
-from aotwatch.metrics import BUILD_INFO, FAMILIES
+from aotwatch.metrics import BUILD_INFO, FAMILIES, RANK_DIVERGENCES
 
 _FAMILY_TYPES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
 
@@ -44,6 +44,35 @@ def build_info_family(const_labels: Mapping[str, str] | None = None) -> GaugeMet
     family = GaugeMetricFamily(BUILD_INFO.name, BUILD_INFO.help, labels=(*info, *const))
     family.add_metric((*info.values(), *const.values()), 1)
     return family
+
+
+def divergence_family(
+    counts: Mapping[tuple[str, str], int], const_labels: Mapping[str, str] | None = None
+) -> CounterMetricFamily:
+    """``torch_compile_rank_divergences_total``: findings per (job, kind), as the head serves."""
+    const = dict(const_labels or {})
+    names = (*RANK_DIVERGENCES.labels, *const)
+    family = CounterMetricFamily(RANK_DIVERGENCES.name, RANK_DIVERGENCES.help, labels=names)
+    for (job, kind), count in sorted(counts.items()):
+        family.add_metric((job, kind, *const.values()), count)
+    return family
+
+
+class _Fixed:
+    """A collector of families built beforehand."""
+
+    def __init__(self, *families: Metric) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def family_exposition(*families: Metric) -> bytes:
+    """The text exposition of these families alone."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(*families))
+    return generate_latest(registry)
 
 
 class AggregateCollector:

@@ -1,0 +1,84 @@
+"""Capture in every Python process a launcher starts, like ``TORCH_TRACE``: no code change.
+
+``AOTWATCH_TRACE=DIR`` switches it on; ``AOTWATCH_CONFIG`` (a YAML path, or JSON) configures
+it. With ``site_directory()`` on ``PYTHONPATH``, every Python process started below runs the
+``sitecustomize`` there, which calls ``start()``: the process attaches at its first
+``torch.compile`` and writes its records to its own archive, ``DIR/rank<R>-<host>-<pid>``
+(no two processes append to one file). ``aotwatch trace -- COMMAND`` sets both variables;
+SLURM and MPI users can set them by hand (``environment`` says which). A process that never
+compiles pays one meta-path entry; a child that is not Python is untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+TRACE_ENV = "AOTWATCH_TRACE"
+"""The archive directory every traced process writes its own archive in; set: tracing on."""
+
+
+def site_directory() -> Path:
+    """The directory whose ``sitecustomize`` starts capture (put it first on PYTHONPATH)."""
+    return Path(__file__).resolve().parent / "site"
+
+
+def environment(archive: str | os.PathLike, config_json: str | None = None) -> dict[str, str]:
+    """The variables that trace every Python process started with them: ``PYTHONPATH``
+    (this one's, with the site directory first), ``AOTWATCH_TRACE`` and, if given,
+    ``AOTWATCH_CONFIG``."""
+    from aotwatch.config import CONFIG_ENV
+
+    paths = [str(site_directory())]
+    paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), TRACE_ENV: os.fspath(archive)}
+    if config_json is not None:
+        env[CONFIG_ENV] = config_json
+    return env
+
+
+def process_archive(root: str | os.PathLike) -> Path:
+    """This process's own archive directory under the shared ``root``."""
+    import re
+    import socket
+
+    from aotwatch.capture.identity import rank_and_world_size
+
+    rank, _ = rank_and_world_size()
+    host = re.sub(r"[^A-Za-z0-9_.-]+", "_", socket.gethostname())[:64] or "host"
+    return Path(root) / f"rank{rank}-{host}-{os.getpid()}"
+
+
+def _attach() -> None:
+    """Attach with the environment's config, archiving under TRACE_ENV; never raises. A port
+    in use costs /metrics, not the records."""
+    import dataclasses
+    import logging
+
+    import aotwatch
+    from aotwatch.config import ArchiveConfig, config_from_env
+    from aotwatch.export.server import ExportError
+
+    log = logging.getLogger("aotwatch")
+    try:
+        config = config_from_env()
+        archive = ArchiveConfig(path=str(process_archive(os.environ[TRACE_ENV])))
+        config = dataclasses.replace(config, archive=archive)
+        try:
+            aotwatch.attach(config)
+        except ExportError as err:
+            log.warning("aotwatch: %s; records still go to %s", err, archive.path)
+            export = dataclasses.replace(config.export, enabled=False)
+            aotwatch.attach(dataclasses.replace(config, export=export))
+    except Exception as err:  # noqa: BLE001 - never break the user's compile
+        print(f"aotwatch: not capturing in pid {os.getpid()}: {err}", file=sys.stderr)
+
+
+def start() -> None:
+    """Called by the sitecustomize at interpreter start: attach at the first compile."""
+    if not os.environ.get(TRACE_ENV):
+        return
+    from aotwatch.first_compile import attach_at_first_compile
+
+    attach_at_first_compile(_attach)

@@ -1,0 +1,173 @@
+"""Every launcher, no code change: ``aotwatch trace`` (and its variables set by hand) captures
+each rank of torchrun, torch.multiprocessing.spawn and srun-style processes in its own archive,
+and ``aotwatch report`` over the directory compares the ranks. Real processes, gloo on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from aotwatch.archive import archive_files
+from aotwatch.bootstrap import environment
+from aotwatch.report import read_archives
+from programs import Truth, observed
+from test_cli import aotwatch
+
+SCRIPT = Path(__file__).parent / "launched_train.py"
+TIMEOUT_S = 240
+
+
+def free_port() -> str:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return str(free.getsockname()[1])
+
+
+def trace(archive: Path, *command: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = aotwatch(
+        "trace",
+        "--port",
+        "0",
+        "--archive",
+        str(archive),
+        "--",
+        *command,
+        env=env,
+        timeout=TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def truth_of(out: Path, rank: int) -> Truth:
+    """What torch's compilers saw on ``rank`` (the script wrote it)."""
+    fields = json.loads((out / f"truth{rank}.json").read_text())
+    return Truth(**{k: Counter(v) if isinstance(v, dict) else v for k, v in fields.items()})
+
+
+def assert_each_rank_equals_torch(archive: Path, out: Path, ranks: int = 2) -> None:
+    """One archive per rank, named by its rank, each equal to what torch saw there."""
+    files = archive_files(archive)
+    assert sorted(path.parent.name.split("-")[0] for path in files) == [
+        f"rank{rank}" for rank in range(ranks)
+    ]
+    for rank, path in enumerate(sorted(files)):
+        snapshot, _ = read_archives([path])
+        truth = truth_of(out, rank)
+        assert truth.graphs == {"forward": 1, "backward": 1}
+        assert observed(snapshot) == truth
+        assert {labels[1] for labels in snapshot.values["torch_compile_frames"]} == {str(rank)}
+
+
+def report_json(archive: Path) -> dict:
+    result = aotwatch("report", "--format", "json", str(archive))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_torchrun_ranks_each_write_their_own_archive(tmp_path):
+    archive, out = tmp_path / "trace", tmp_path
+    command = ["torchrun", "--standalone", "--nproc-per-node", "2", str(SCRIPT), str(out)]
+    result = trace(archive, *command)
+    assert_each_rank_equals_torch(archive, out)
+    summary = result.stderr[result.stderr.index("aotwatch summary") :].splitlines()
+    assert [line.split()[:2] for line in summary[2:4]] == [["default", "0"], ["default", "1"]]
+    assert summary[-1] == "rank divergences: none"
+    table = aotwatch("report", str(archive))
+    assert table.returncode == 0 and table.stdout.strip().endswith("rank divergences: none")
+    assert report_json(archive)["findings"] == []
+
+
+def test_an_extra_frame_on_one_rank_is_a_compile_ids_divergence(tmp_path):
+    archive = tmp_path / "trace"
+    command = ["torchrun", "--standalone", "--nproc-per-node", "2", str(SCRIPT), str(tmp_path)]
+    result = trace(archive, *command, "--extra-frame-on-rank-1")
+    assert "compile_ids at 1/0: ranks 1: compiled; ranks 0: missing" in result.stderr
+    data = report_json(archive)
+    assert data["findings"] == [
+        {
+            "job_name": "default",
+            "kind": "compile_ids",
+            "compile_id": "1/0",
+            "groups": {"compiled": ["1"], "missing": ["0"]},
+        }
+    ]
+    assert data["torch_compile_rank_divergences"] == [
+        {"labels": {"job_name": "default", "kind": "compile_ids"}, "value": 1}
+    ]
+    text = aotwatch("report", "--format", "prometheus", str(archive)).stdout
+    assert 'torch_compile_rank_divergences_total{job_name="default",kind="compile_ids"} 1.0' in text
+
+
+def test_multiprocessing_spawn_ranks_come_from_torch_distributed(tmp_path):
+    """spawn sets no rank variables: each child learns its rank from its process group."""
+    archive = tmp_path / "trace"
+    env = {"MASTER_PORT": free_port()}
+    trace(archive, "python", str(SCRIPT), str(tmp_path), "--spawn", "2", env=env)
+    assert_each_rank_equals_torch(archive, tmp_path)
+
+
+def test_srun_style_processes_with_the_variables_set_by_hand(tmp_path):
+    """No SLURM here: two processes with SLURM_PROCID set by a shell script, traced by
+    ``aotwatch env``'s variables alone (no ``aotwatch trace``)."""
+    archive = tmp_path / "trace"
+    exports = aotwatch("env", "--archive", str(archive))
+    assert exports.returncode == 0, exports.stderr
+    launcher = tmp_path / "srun.sh"
+    launcher.write_text(
+        f"{exports.stdout}export SLURM_NTASKS=2 MASTER_PORT={free_port()}\n"
+        f"for rank in 0 1; do SLURM_PROCID=$rank {sys.executable} {SCRIPT} {tmp_path} & done\n"
+        "wait %1 && wait %2\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(
+        ["bash", str(launcher)], capture_output=True, text=True, timeout=TIMEOUT_S, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_each_rank_equals_torch(archive, tmp_path)
+
+
+def test_children_that_do_not_compile_are_untouched(tmp_path):
+    """A Python child that imports torch but never compiles, and a child that is not Python:
+    no archive, no /metrics server, nothing of aotwatch but the bootstrap's import hook."""
+    archive = tmp_path / "trace"
+    check = (
+        "import sys, threading, torch; "
+        "print('loaded:', sorted(m for m in sys.modules if m.startswith('aotwatch.')), "
+        "'threads:', threading.active_count())"
+    )
+    result = trace(archive, "sh", "-c", f'echo not python; {sys.executable} -c "{check}"')
+    assert "not python" in result.stdout
+    assert "loaded: ['aotwatch.bootstrap', 'aotwatch.first_compile'] threads: 1" in result.stdout
+    assert archive_files(archive) == []
+    assert result.stderr.strip().endswith("no compiles recorded")
+
+
+def test_a_sitecustomize_of_the_environment_still_runs(tmp_path):
+    """The bootstrap shadows any other sitecustomize on the path: it must chain to it."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "sitecustomize.py").write_text("import builtins\nbuiltins.THEIRS = 'ran'\n")
+    env = {**os.environ, **environment(tmp_path / "trace")}
+    env["PYTHONPATH"] += os.pathsep + str(theirs)
+    result = subprocess.run(
+        [sys.executable, "-c", "print(THEIRS)"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.stdout == "ran\n", result.stderr
+
+
+@pytest.mark.parametrize("command", [["no-such-program-here"], ["python", "missing.py"]])
+def test_trace_says_what_is_missing_in_one_line(tmp_path, command):
+    result = aotwatch("trace", "--archive", str(tmp_path / "t"), "--", *command, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"aotwatch: error: {command[-1]}: "
+        + ("command not found" if len(command) == 1 else "no such script")
+    ]
