@@ -6,9 +6,10 @@ Importing this package imports neither torch nor Ray.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # typing itself costs start-up time in every bootstrapped process
 if TYPE_CHECKING:
+    from typing import Any
+
     from aotwatch.local import Attachment
 
 

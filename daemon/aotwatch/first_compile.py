@@ -8,16 +8,18 @@ so the wrap waits until ``import torch`` has finished. Used by Ray's setup hook
 
 from __future__ import annotations
 
-import functools
-import importlib.abc
 import importlib.machinery
 import sys
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # imports here cost every process the launcher bootstrap starts
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs ``callback`` right after the module ``name`` is first imported, then steps aside."""
+class _AfterImport:
+    """A meta-path finder that runs ``callback`` right after the module ``name`` is first
+    imported, then steps aside."""
 
     def __init__(self, name: str, callback: Callable[[], None]) -> None:
         self.name, self.callback = name, callback
@@ -41,6 +43,8 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 def _wrap_compile(attach: Callable[[], None]) -> None:
     """Make the first ``torch.compile`` call attach, then hand ``torch.compile`` back."""
+    import functools
+
     import torch
 
     original = torch.compile

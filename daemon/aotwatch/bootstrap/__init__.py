@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
+
+TYPE_CHECKING = False  # every Python process the bootstrap starts imports this module
+if TYPE_CHECKING:
+    from pathlib import Path
 
 TRACE_ENV = "AOTWATCH_TRACE"
 """The archive directory every traced process writes its own archive in; set: tracing on."""
@@ -21,6 +24,8 @@ TRACE_ENV = "AOTWATCH_TRACE"
 
 def site_directory() -> Path:
     """The directory whose ``sitecustomize`` starts capture (put it first on PYTHONPATH)."""
+    from pathlib import Path
+
     return Path(__file__).resolve().parent / "site"
 
 
@@ -42,6 +47,7 @@ def process_archive(root: str | os.PathLike) -> Path:
     """This process's own archive directory under the shared ``root``."""
     import re
     import socket
+    from pathlib import Path
 
     from aotwatch.capture.identity import rank_and_world_size
 

@@ -1,8 +1,6 @@
 """aotwatch's process bootstrap (see aotwatch.bootstrap): start capture when AOTWATCH_TRACE is
 set, then run the sitecustomize this one shadows, if there is one."""
 
-import importlib.machinery
-import importlib.util
 import os
 import sys
 
@@ -17,6 +15,9 @@ def _aotwatch_start():
 
 
 def _chain():
+    import importlib.machinery
+    import importlib.util
+
     here = os.path.dirname(os.path.abspath(__file__))
     path = [p for p in sys.path if os.path.abspath(p or ".") != here]
     spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
