@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -171,3 +172,79 @@ def test_trace_says_what_is_missing_in_one_line(tmp_path, command):
         f"aotwatch: error: {command[-1]}: "
         + ("command not found" if len(command) == 1 else "no such script")
     ]
+
+
+COMPILE = (
+    "import torch\n"
+    "torch.compile(lambda x: x.sin() * 2, backend='aot_eager')(torch.randn(4))\n"
+    "print('trained')\n"
+)
+
+
+def traced_by_hand(tmp_path: Path, archive: Path, extra: dict | None = None, python=None):
+    """A compiling script run with the bootstrap's variables, set by hand."""
+    script = tmp_path / "train.py"
+    script.write_text(COMPILE)
+    env = {**os.environ, **environment(archive), **(extra or {})}
+    return subprocess.run(
+        [python or sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT_S,
+    )
+
+
+def test_a_port_in_use_costs_metrics_not_records(tmp_path):
+    """Two ranks on one port (a rank's port + local rank taken by something else)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = json.dumps({"export": {"address": "127.0.0.1", "port": port}})
+        result = traced_by_hand(tmp_path, tmp_path / "a", {"AOTWATCH_CONFIG": config})
+    assert result.returncode == 0 and "trained" in result.stdout, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("aotwatch: ")]
+    assert f"cannot serve /metrics on 127.0.0.1:{port}" in lines[0]
+    assert lines[0].endswith(f"records still go to {next((tmp_path / 'a').iterdir())}")
+    assert lines[1:] == [
+        "aotwatch: capturing compiles of job 'default' (11 hooks); metrics not served "
+        "(export.enabled: false)"
+    ]
+    snapshot, _ = read_archives(archive_files(tmp_path / "a"))
+    assert sum(snapshot.values["torch_compile_graphs"].values()) == 1
+
+
+def test_a_bad_config_by_hand_leaves_training_untraced_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("export:\n  port: seventy\n")
+    result = traced_by_hand(tmp_path, tmp_path / "a", {"AOTWATCH_CONFIG": str(bad)})
+    assert result.returncode == 0 and "trained" in result.stdout, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "aotwatch" in line]
+    expected = f"{bad}: export.port: got str 'seventy'; expected an integer"
+    assert re.fullmatch(r"aotwatch: not capturing in pid \d+: " + re.escape(expected), line)
+    assert archive_files(tmp_path / "a") == []
+
+
+def test_a_python_without_aotwatch_runs_untraced_and_says_so(tmp_path):
+    """A venv that cannot import aotwatch, with the bootstrap on its PYTHONPATH."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    result = subprocess.run(
+        [str(python), "-c", "print('ran')"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **environment(tmp_path / "a")},
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stdout == "ran\n"
+    assert result.stderr == (f"aotwatch: not capturing in {python}: No module named 'aotwatch'\n")
+
+
+def test_a_hostile_hostname_stays_inside_the_archive_directory(tmp_path, monkeypatch):
+    from aotwatch.bootstrap import process_archive
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "../../etc/passwd\n")
+    path = process_archive(tmp_path)
+    assert path.parent == tmp_path and "/" not in path.name and "\n" not in path.name

@@ -156,11 +156,13 @@ def read_json_lines(path: str | os.PathLike, private: bool = False) -> Iterator[
 
 
 def archive_files(path: str | os.PathLike) -> list[Path]:
-    """The archive files at ``path``: the file itself, or a directory's records.jsonl and
-    those of its subdirectories (one per process that ``aotwatch trace`` traced)."""
+    """The archive files at ``path`` (none if there is none): the file itself, or a
+    directory's records.jsonl and those of its subdirectories (one per process that
+    ``aotwatch trace`` traced)."""
     path = Path(path)
     if not path.is_dir():
-        return [archive_file(path)]
+        file = archive_file(path)
+        return [file] if file.is_file() or file.is_symlink() else []  # a link: refused on read
     own = path / ARCHIVE_FILE
     return [own] * own.is_file() + sorted(path.glob(f"*/{ARCHIVE_FILE}"))
 

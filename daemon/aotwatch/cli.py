@@ -89,7 +89,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif args.path is None:
         return _fail("name an archive directory, or a job with --job NAME")
     else:
-        paths = [path for path in archive_files(args.path) if path.is_file()]
+        paths = archive_files(args.path)
         if not paths:
             return _fail(
                 f"{args.path}: no archive there (expected a records.jsonl, its directory, or "
