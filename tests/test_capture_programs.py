@@ -253,3 +253,20 @@ def test_cache_bypasses_by_category_equal_torch_log(capture):
     }
     assert seen == Counter(logged)
     assert _counter(snapshot, "torch_compile_cache_lookups", result="bypass") == len(logged)
+
+
+def test_tangent_layouts_read_from_memory_format_meta():
+    """Named formats and static strides, and sizes torch would not make (unknown, skipped)."""
+    from types import SimpleNamespace as Meta
+
+    from aotwatch.capture.metadata import _layout
+
+    def strided(size, stride):
+        return Meta(memory_format=None, size=size, stride=stride)
+
+    assert _layout(Meta(memory_format=torch.channels_last_3d)) == "channels_last_3d"
+    assert _layout(strided((2, 3, 4, 5), (60, 20, 5, 1))) == "contiguous"
+    assert _layout(strided((2, 3, 4, 5), (60, 1, 15, 3))) == "channels_last"
+    assert _layout(strided((3, 4), (1, 3))) == "strided"
+    assert _layout(strided((2, -3), (1, 1))) is None
+    assert _layout(Meta(memory_format=None, size=None, stride=None)) is None
