@@ -103,7 +103,11 @@ class Browser:
         self.events.clear()
         self.call("Page.navigate", url=url)
         self.wait_for("Page.loadEventFired")
-        self.call("Runtime.evaluate", expression=f"new Promise(r => setTimeout(r, {settle_s * 1000}))", awaitPromise=True)
+        self.call(
+            "Runtime.evaluate",
+            expression=f"new Promise(r => setTimeout(r, {settle_s * 1000}))",
+            awaitPromise=True,
+        )
         visit = PageVisit()
         for message in self.events:
             method, params = message.get("method"), message.get("params", {})

@@ -25,17 +25,15 @@ def traced_runs(tmp_path_factory) -> Path:
     frame, and a 1-process job with a recompile and a graph break."""
     root = tmp_path_factory.mktemp("html")
     archive = root / "trace"
-    trace(archive, "torchrun", "--standalone", "--nproc-per-node", "2", str(SCRIPT), str(root),
-          "--extra-frame-on-rank-1")  # fmt: skip
+    torchrun = ["torchrun", "--standalone", "--nproc-per-node", "2"]
+    trace(archive, *torchrun, str(SCRIPT), str(root), "--extra-frame-on-rank-1")
     script = write_script(
         root / "programs.py",
         "import programs\nprograms.shape_recompile('aot_eager', 'cpu')\n"
         "programs.graph_break('aot_eager', 'cpu')\n",
     )
-    result = aotwatch(
-        "trace", "--port", "0", "--archive", str(archive), "--job-name", "single", "--",
-        "python", str(script),
-    )  # fmt: skip
+    options = ["--port", "0", "--archive", str(archive), "--job-name", "single"]
+    result = aotwatch("trace", *options, "--", "python", str(script))
     assert result.returncode == 0, result.stderr
     return archive
 
@@ -75,11 +73,12 @@ def test_the_html_report_opens_offline_and_shows_every_rank_and_compile(traced_r
             )
             assert sorted(ticks) == sorted(expected)
             drawn = browser.evaluate(
-                f"document.getElementById('timeline-{index}').data"
-                ".flatMap(trace => trace.y)"
+                f"document.getElementById('timeline-{index}').data.flatMap(trace => trace.y)"
             )
             assert {rank: drawn.count(rank) for rank in expected} == expected
-            paths = browser.evaluate(f"document.querySelectorAll('#timeline-{index} .bars path').length")
+            paths = browser.evaluate(
+                f"document.querySelectorAll('#timeline-{index} .bars path').length"
+            )
             assert paths == sum(expected.values())
         text = browser.evaluate("document.body.innerText")
         assert "compile_ids" in text and "ranks 1: compiled" in text  # the divergence

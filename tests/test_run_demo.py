@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -43,6 +44,51 @@ def read_until(process: subprocess.Popen, marker: str, timeout: float) -> list[s
     raise AssertionError(f"no {marker!r} in the output:\n" + "\n".join(lines[-60:]))
 
 
+OWN_LINE = re.compile(
+    r"\[ *\d+ s\] |aotwatch[: ]|job_name +rank|demo-test +[01] +cpu|rank divergences|metrics: "
+    r"|head \(divergences\)|Prometheus file_sd|HTML report: |serving for |$"
+)
+"""aotwatch's own lines in ``aotwatch run``'s output (progress, report, where things are)."""
+
+
+def assert_quiet(lines: list[str], tmp_path: Path) -> None:
+    """Under 30 lines, every one aotwatch's own, no colour codes; Ray's and the workers'
+    lines in the log file named once."""
+    assert len(lines) < 30, "\n".join(lines)
+    assert [line for line in lines if not OWN_LINE.match(line)] == []
+    assert not any("\x1b" in line for line in lines)
+    (named,) = [line for line in lines if line.startswith("aotwatch: Ray and worker logs -> ")]
+    log = Path(named.split(" -> ", 1)[1])
+    assert log.parent == tmp_path / "archive" / "logs"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    text = log.read_text()
+    assert "(RayTrainWorker pid=" in text or "pid=" in text, text[:2000]
+
+
+def assert_html_report_shows_both_ranks(tmp_path: Path, lines: list[str]) -> None:
+    """The HTML command ``aotwatch run`` printed, run; the page opened offline in Chromium."""
+    from browser import Browser
+
+    (command,) = [line for line in lines if line.startswith("HTML report: ")]
+    words = command.removeprefix("HTML report: ").split()
+    assert words[:2] == ["aotwatch", "report"] and words[-2:] == ["-o", "report.html"]
+    result = subprocess.run(
+        [sys.executable, "-m", "aotwatch.cli", *words[1:-1], str(tmp_path / "report.html")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    with Browser() as browser:
+        visit = browser.visit((tmp_path / "report.html").as_uri())
+        assert (visit.errors, visit.failed, len(visit.requests)) == ([], [], 1)
+        ticks = browser.evaluate(
+            "Array.from(document.querySelectorAll('#timeline-0 .ytick text'))"
+            ".map(t => t.textContent)"
+        )
+        assert sorted(ticks) == ["rank 0", "rank 1"]
+
+
 def test_demo_job_end_to_end(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "aotwatch.cli", "run", str(demo_job(tmp_path)), "--linger", "60"],
@@ -54,6 +100,7 @@ def test_demo_job_end_to_end(tmp_path):
         lines = read_until(process, "serving for", timeout=600)
         output = "\n".join(lines)
         assert re.search(r"workers attached 2, graphs captured [1-9]", output), output
+        assert_quiet(lines, tmp_path)
         report = lines[lines.index("aotwatch report for job 'demo-test':") + 1 :]
         rows = {tuple(line.split()[:3]) for line in report[1:3]}
         assert rows == {("demo-test", "0", "cpu"), ("demo-test", "1", "cpu")}, output
@@ -64,6 +111,7 @@ def test_demo_job_end_to_end(tmp_path):
         process.terminate()
         process.wait(timeout=60)
 
+    assert_html_report_shows_both_ranks(tmp_path, lines)
     exposition = "\n".join(texts)
     for family in (f.name for f in FAMILIES):
         assert re.search(rf"# TYPE {family}(_total)? ", exposition), family

@@ -95,18 +95,38 @@ def cmd_report(args: argparse.Namespace) -> int:
                 f"{args.path}: no archive there (expected a records.jsonl, its directory, or "
                 "a directory of them)"
             )
+    if args.format == "html" and not args.output:
+        return _fail("--format html writes a file: name it with -o FILE")
     try:
         snapshot, findings = report.read_archives(paths, config.limits.max_series_per_metric)
+        text = _report_text(args.format, snapshot, findings, paths, config)
     except (OSError, UnicodeDecodeError) as err:
         return _fail(f"{args.path or args.job}: cannot read: {err}")
-    if args.format == "json":
-        data = report.as_json(snapshot, findings)
-        print(json.dumps(data, indent=2, sort_keys=True))
-    elif args.format == "prometheus":
-        sys.stdout.write(report.prometheus(snapshot, config.labels, findings))
-    else:
-        print("\n".join([report.table(snapshot), "", *report.divergence_lines(findings)]))
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.output).write_text(text, encoding="utf-8")
+    except OSError as err:
+        return _fail(f"{args.output}: cannot write: {err.strerror or err}")
+    print(f"aotwatch: report -> {args.output}", file=sys.stderr)
     return 0
+
+
+def _report_text(
+    output: str, snapshot: Any, findings: list, paths: list[Path], config: Config
+) -> str:
+    from aotwatch import report
+
+    if output == "json":
+        return json.dumps(report.as_json(snapshot, findings), indent=2, sort_keys=True) + "\n"
+    if output == "prometheus":
+        return report.prometheus(snapshot, config.labels, findings)
+    if output == "html":
+        from aotwatch.html_report import render_archives
+
+        return render_archives(paths, findings)
+    return "\n".join([report.table(snapshot), "", *report.divergence_lines(findings)]) + "\n"
 
 
 def _check_web_configs(config: Config) -> None:
@@ -187,7 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(err))
     from aotwatch.cluster import driver
 
-    return driver.run_job(job, linger=args.linger)
+    return driver.run_job(job, linger=args.linger, verbose=args.verbose)
 
 
 def _print_status(status: dict) -> None:
@@ -309,6 +329,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aotwatch.cluster import driver
 
     head = driver.start(config, job_runtime_env=False)
+    ray_log = None if args.verbose else driver.quiet_ray(config, "serve")
     where = ray.get_runtime_context().gcs_address or config.cluster.address
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -328,6 +349,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         stop.set()
         code = _stop_serving(config, watcher, where)
+        if ray_log is not None:
+            ray_log.close()
     return code
 
 
@@ -421,7 +444,13 @@ def _add_report(commands: Any) -> None:
     report.add_argument(
         "--job", metavar="NAME", help="the job's archives on every node, found by its name"
     )
-    report.add_argument("--format", choices=("table", "json", "prometheus"), default="table")
+    report.add_argument(
+        "--format",
+        choices=("table", "json", "prometheus", "html"),
+        default="table",
+        help="html: one self-contained page (charts inline), written to -o FILE",
+    )
+    report.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     report.add_argument("--config", metavar="F", help="config whose labels and limits apply")
     report.set_defaults(func=cmd_report)
 
@@ -442,6 +471,11 @@ def _add_run(commands: Any) -> None:
         metavar="S",
         help="keep serving metrics S seconds after the report",
     )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print Ray's and the workers' log lines as Ray does (default: to a log file)",
+    )
     run.set_defaults(func=cmd_run)
 
 
@@ -460,6 +494,11 @@ def _add_cluster_commands(commands: Any) -> None:
                 default=30,
                 metavar="S",
                 help="print the status every S seconds",
+            )
+            sub.add_argument(
+                "--verbose",
+                action="store_true",
+                help="print Ray's and the collectors' log lines (default: to a log file)",
             )
         sub.set_defaults(func=func)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aotwatch.archive import read_archive
 from aotwatch.divergence import Finding
 from aotwatch.metrics import BY_NAME, RANK_DIVERGENCES
 from aotwatch.records import PHASES, Record
@@ -81,7 +82,9 @@ class JobView:
             self.recompiles[(record.recompile_category or "other", record.recompile_reason)] += 1
         if record.fail_type:
             self.failures[(record.fail_type, record.fail_reason or "")] += 1
-        kind = "failed" if record.fail_type else "recompile" if record.recompile_reason else "compile"
+        kind = (
+            "failed" if record.fail_type else "recompile" if record.recompile_reason else "compile"
+        )
         where = (record.frame or {}).get("co_name") or "?"
         text = (
             f"rank {record.rank} · frame {record.compile_id} ({where})<br>{kind}, {seconds:.2f} s"
@@ -122,7 +125,9 @@ def _graph_row(record: Record) -> dict[str, Any]:
     mutated = sum(record.mutation_placement.values())
     aliased = sum(n for kind, n in record.outputs.items() if kind != "non_alias")
     subclasses = ", ".join(
-        f"{role}: {kind}×{n}" for role, kinds in record.subclasses.items() for kind, n in kinds.items()
+        f"{role}: {kind}×{n}"
+        for role, kinds in record.subclasses.items()
+        for kind, n in kinds.items()
     )
     return {
         "compile_id": record.compile_id,
@@ -170,9 +175,7 @@ def advice(view: JobView) -> list[dict[str, str]]:
             by_category = Counter()
             for (category, _), count in counter.items():
                 by_category[category] += count
-            items.append(
-                _item(f"{sum(counter.values())} {title} ({_counts(by_category)})", family)
-            )
+            items.append(_item(f"{sum(counter.values())} {title} ({_counts(by_category)})", family))
     misses = sum(results.get("miss", 0) for results in view.cache.values())
     hits = sum(results.get("hit", 0) for results in view.cache.values())
     if misses and not hits:
@@ -252,6 +255,12 @@ def phase_figure(view: JobView) -> Any:
         legend={"orientation": "h", "y": 1.15},
     )
     return figure
+
+
+def render_archives(paths: list[Path], findings: list[Finding]) -> str:
+    """The page for the records of these archives (malformed lines skipped)."""
+    records = [item for path in paths for item in read_archive(path) if isinstance(item, Record)]
+    return render(records, findings, paths)
 
 
 def render(records: list[Record], findings: list[Finding], sources: list[Path]) -> str:

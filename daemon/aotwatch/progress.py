@@ -9,11 +9,14 @@ by is aotwatch's and the job's.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
+
+from aotwatch.archive import open_private
 
 PLAIN_EVERY_S = 15.0
 """How often a plain (not a terminal) progress line repeats when the stage is unchanged."""
@@ -68,19 +71,21 @@ class Progress:
 
 
 class RayLogFile:
-    """Ray's driver-side log lines and every worker's output, into one file.
+    """Ray's driver-side log lines and every worker's output, into one private file (0600).
 
     Installed after ``ray.init(log_to_driver=True)``: it takes the place of Ray's own printer
     of worker lines (a private hook of Ray; without it, Ray prints them as usual).
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self._file = os.fdopen(fd, "a", encoding="utf-8", errors="replace")
         self._lock = threading.Lock()
         self._handler = logging.StreamHandler(self._file)
-        self._handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        self._handler.setFormatter(
+            logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+        )
         self._saved: list[tuple[logging.Logger, list[logging.Handler], bool]] = []
         self.hooked = False
 
@@ -100,8 +105,9 @@ class RayLogFile:
 
     def write_worker_lines(self, data: dict[str, Any]) -> None:
         """One batch of a worker's lines, prefixed as Ray prefixes them, without colours."""
-        who = data.get("actor_name") or data.get("task_name") or ""
-        prefix = f"({who} pid={data.get('pid')}{', ip=' + data['ip'] if data.get('ip') else ''}) "
+        who = data.get("actor_name") or data.get("task_name")
+        where = f", ip={data['ip']}" if data.get("ip") else ""
+        prefix = f"({who + ' ' if who else ''}pid={data.get('pid')}{where}) "
         stream = "stderr" if data.get("is_err") else "stdout"
         with self._lock:
             if self._file.closed:  # a batch after the run ended

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -192,3 +193,9 @@ def job_summary(job_name: str, snapshot: Snapshot, findings: list[dict[str, Any]
     """The end of ``aotwatch run``: the job's table and its rank divergences."""
     lines = [f"aotwatch report for job {job_name!r}:", table(snapshot), ""]
     return "\n".join(lines + divergence_lines(findings))
+
+
+def html_command(root: str | os.PathLike, *options: str) -> str:
+    """The command that makes the HTML report of the archives under ``root``."""
+    words = ["aotwatch", "report", *options, os.fspath(root), "--format", "html"]
+    return "HTML report: " + " ".join(shlex.quote(w) for w in [*words, "-o", "report.html"])

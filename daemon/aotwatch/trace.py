@@ -86,4 +86,6 @@ def trace(command: list[str], config: Config, root: Path) -> int:
     print(report.table(snapshot), file=sys.stderr)
     if len({path.parent for path in written}) > 1:
         print("\n".join(report.divergence_lines(findings)), file=sys.stderr)
+    if written:
+        print(f"\n{report.html_command(root)}", file=sys.stderr)
     return code

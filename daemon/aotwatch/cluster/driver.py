@@ -6,18 +6,23 @@ import contextlib
 import sys
 import threading
 import time
+import traceback
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from aotwatch import report
 from aotwatch.aggregate import Snapshot
+from aotwatch.archive import private_directory
 from aotwatch.cluster.attach import runtime_env
-from aotwatch.cluster.collector import HEAD_NAME, collector_name
+from aotwatch.cluster.collector import HEAD_NAME, archive_root, collector_name
 from aotwatch.cluster.head import ensure_head, stop_daemon
+from aotwatch.cluster.job_archives import job_slug
 from aotwatch.config import Config
 from aotwatch.jobs import JobConfig, run_command, run_trainer
 from aotwatch.metrics import PER_JOB
+from aotwatch.progress import Progress, RayLogFile
 
 PROGRESS_S = 2.0
 TIMEOUT_S = 30.0
@@ -66,7 +71,9 @@ def merged_snapshot(config: Config, job_name: str | None = None) -> Snapshot:
     return merged
 
 
-def progress_line(snapshot: Snapshot, started: float) -> str:
+def progress_counts(snapshot: Snapshot) -> tuple[int, int, str]:
+    """Workers attached, AOT graphs captured, and the line of counts that shows them."""
+
     def total(metric: str) -> float:
         return sum(snapshot.values.get(metric, {}).values())
 
@@ -75,17 +82,32 @@ def progress_line(snapshot: Snapshot, started: float) -> str:
         for labels, h in snapshot.histograms.get("torch_compile_duration_seconds", {}).items()
         if labels[-1] in ("total", "backward")
     )
-    return (
-        f"[{time.monotonic() - started:5.0f} s]"
-        f" workers attached {total('aotwatch_workers_attached'):.0f}"
-        f", graphs captured {total('torch_compile_graphs'):.0f}"
-        f", compile {seconds:.1f} s, recompiles {total('torch_compile_recompiles'):.0f}"
-        f", graph breaks {total('torch_compile_graph_breaks'):.0f}"
+    workers, graphs = int(total("aotwatch_workers_attached")), int(total("torch_compile_graphs"))
+    line = (
+        f"workers attached {workers}, graphs captured {graphs}, compile {seconds:.1f} s, "
+        f"recompiles {total('torch_compile_recompiles'):.0f}, "
+        f"graph breaks {total('torch_compile_graph_breaks'):.0f}"
     )
+    return workers, graphs, line
 
 
-def run_with_progress(work: Any, config: Config) -> tuple[Any, BaseException | None]:
-    """Run ``work()`` in a thread, printing progress from the collectors until it ends."""
+COMPILING_HOLD_S = 10.0
+"""A job is shown as compiling until this long after its last new graph (graphs arrive in
+bursts: a frame's forward, its backward at the first backward pass)."""
+
+
+def _stage(workers: int, expected: int | None, graphs: int, compiling: bool) -> str:
+    if workers == 0 or (expected and workers < expected):
+        return f"waiting for {expected or 'the'} workers"
+    if graphs == 0:
+        return "running, no graph captured yet"
+    return "compiling" if compiling else "training"
+
+
+def run_with_progress(
+    work: Any, config: Config, progress: Progress, workers: int | None = None
+) -> tuple[Any, BaseException | None]:
+    """Run ``work()`` in a thread, showing its stage and counts from the collectors."""
     outcome: dict[str, Any] = {}
 
     def target() -> None:
@@ -95,14 +117,19 @@ def run_with_progress(work: Any, config: Config) -> tuple[Any, BaseException | N
             outcome["error"] = err
 
     thread = threading.Thread(target=target, name="aotwatch-job", daemon=True)
-    started = time.monotonic()
     thread.start()
+    graphs_before, new_graph_at = 0, float("-inf")
     while thread.is_alive():
         thread.join(PROGRESS_S)
         try:
-            print(progress_line(merged_snapshot(config, config.job_name), started), flush=True)
+            attached, graphs, counts = progress_counts(merged_snapshot(config, config.job_name))
         except Exception as err:  # noqa: BLE001 - progress is best effort
-            print(f"[progress unavailable: {err}]", file=sys.stderr)
+            progress.update(counts=f"progress unavailable: {err}")
+            continue
+        if graphs > graphs_before:
+            graphs_before, new_graph_at = graphs, time.monotonic()
+        compiling = time.monotonic() - new_graph_at < COMPILING_HOLD_S
+        progress.update(_stage(attached, workers, graphs, compiling), counts)
     return outcome.get("result"), outcome.get("error")
 
 
@@ -116,6 +143,12 @@ def start(config: Config, job_runtime_env: bool = True) -> Any:
     return ensure_head(config)
 
 
+def ray_log_path(config: Config, name: str) -> Path:
+    """Where a run's Ray and worker log lines go: the archive root's ``logs/``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return private_directory(archive_root(config) / "logs") / f"{job_slug(name)}-{stamp}.log"
+
+
 def targets(status: dict[str, Any]) -> list[str]:
     """The collectors' /metrics URLs in a head's ``status``."""
     return [
@@ -125,41 +158,70 @@ def targets(status: dict[str, Any]) -> list[str]:
     ]
 
 
-def run_job(job: JobConfig, linger: float = 0) -> int:
-    """``aotwatch run`` once its checks passed: start the daemon, run the job with progress,
-    print its report and where the metrics are, stop a local daemon. The exit status."""
+def quiet_ray(config: Config, name: str, say: Any = print) -> RayLogFile:
+    """Send Ray's and its workers' log lines to a file from now on; ``say`` where, once."""
+    ray_log = RayLogFile(ray_log_path(config, name))
+    ray_log.install()
+    say(f"aotwatch: Ray and worker logs -> {ray_log.path}")
+    return ray_log
+
+
+def run_job(job: JobConfig, linger: float = 0, verbose: bool = False) -> int:
+    """``aotwatch run`` once its checks passed: start the daemon, run the job showing its
+    stage and counts, print its report and where the metrics are, stop a local daemon. Ray's
+    and the workers' log lines go to a file (``verbose``: to the terminal, as Ray prints
+    them); a failure of the job is shown in full. The exit status."""
     config = job.config
-    head = start(config)
+    progress = Progress()
+    progress.update("starting the cluster")
+    connect(config, runtime_env(config))
+    ray_log = None
     try:
+        if not verbose:
+            ray_log = quiet_ray(config, job.name, progress.print)
+        progress.update("placing collectors")
+        head = ensure_head(config)
         status = ray.get(head.status.remote(), timeout=TIMEOUT_S)
-        print(f"aotwatch: job {job.name!r}; collectors: {', '.join(targets(status))}")
+        progress.print(f"aotwatch: job {job.name!r}; collectors: {', '.join(targets(status))}")
         if job.entrypoint:
             work = lambda: run_trainer(job)  # noqa: E731
         else:
             address = ray.get_runtime_context().gcs_address
             work = lambda: run_command(job, address, runtime_env(config))  # noqa: E731
-        result, error = run_with_progress(work, config)
+        workers = job.workers if job.entrypoint else None
+        result, error = run_with_progress(work, config, progress, workers)
+        progress.update("collecting the last records")
         time.sleep(PROGRESS_S)  # the workers' last pushes
         findings = ray.get(head.check_divergences.remote(final=True), timeout=TIMEOUT_S)
-        print()
-        print(report.job_summary(job.name, merged_snapshot(config, job.name), findings))
-        status = ray.get(head.status.remote(), timeout=TIMEOUT_S)
-        head_endpoint = status["head"]
-        print(f"\nmetrics: {', '.join(targets(status))}")
-        print(
-            f"head (divergences): {head_endpoint['scheme']}://{head_endpoint['ip']}:"
-            f"{head_endpoint['port']}/metrics"
-        )
-        print(f"Prometheus file_sd: {status['file_sd']}")
+        progress.close()
+        _print_summary(job, config, head, findings)
         if linger:
             print(f"serving for {linger} s (Ctrl-C to stop)", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 time.sleep(linger)
         if error is not None:
-            print(f"aotwatch: the job failed: {error}", file=sys.stderr)
+            print("aotwatch: the job failed:", file=sys.stderr)
+            traceback.print_exception(error, file=sys.stderr)
         failed = error is not None or (isinstance(result, int) and result != 0)
         return 1 if failed else 0
     finally:
+        progress.close()
         if config.cluster.address is None:
             stop_daemon(config)
         ray.shutdown()
+        if ray_log is not None:
+            ray_log.close()
+
+
+def _print_summary(job: JobConfig, config: Config, head: Any, findings: list) -> None:
+    print()
+    print(report.job_summary(job.name, merged_snapshot(config, job.name), findings))
+    status = ray.get(head.status.remote(), timeout=TIMEOUT_S)
+    head_endpoint = status["head"]
+    print(f"\nmetrics: {', '.join(targets(status))}")
+    print(
+        f"head (divergences): {head_endpoint['scheme']}://{head_endpoint['ip']}:"
+        f"{head_endpoint['port']}/metrics"
+    )
+    print(f"Prometheus file_sd: {status['file_sd']}")
+    print(report.html_command(archive_root(config), "--job", job.name))
