@@ -73,7 +73,8 @@ def test_the_html_report_opens_offline_and_shows_every_rank_and_compile(traced_r
             )
             assert sorted(ticks) == sorted(expected)
             drawn = browser.evaluate(
-                f"document.getElementById('timeline-{index}').data.flatMap(trace => trace.y)"
+                f"document.getElementById('timeline-{index}').data"
+                ".filter(trace => trace.type === 'bar').flatMap(trace => trace.y)"
             )
             assert {rank: drawn.count(rank) for rank in expected} == expected
             paths = browser.evaluate(
@@ -84,6 +85,8 @@ def test_the_html_report_opens_offline_and_shows_every_rank_and_compile(traced_r
         assert "compile_ids" in text and "ranks 1: compiled" in text  # the divergence
         assert "size mismatch" in text  # a recompile reason, with its text
         assert "gb0059" in text  # a graph break, by registry id
+        marks = browser.evaluate("document.querySelectorAll('#timeline-1 .scatter .point').length")
+        assert marks == 1  # the frame with the graph break, marked
         shot = tmp_path / "report.png"
         browser.screenshot(shot)
     assert shot.stat().st_size > 20_000

@@ -41,6 +41,7 @@ class Compile:
     seconds: float
     kind: str
     text: str
+    graph_breaks: int = 0
 
 
 @dataclass
@@ -93,7 +94,8 @@ class JobView:
         )
         if record.recompile_reason:
             text += f"<br>recompile: {html.escape(record.recompile_reason[:200])}"
-        self.compiles.append(Compile(record.rank, record.time - seconds, seconds, kind, text))
+        start, breaks = record.time - seconds, len(record.graph_breaks)
+        self.compiles.append(Compile(record.rank, start, seconds, kind, text, breaks))
 
     def _add_graph(self, record: Record) -> None:
         if record.graph == "backward" and record.durations_s.get("backward"):
@@ -163,7 +165,7 @@ def advice(view: JobView) -> list[dict[str, str]]:
     items = []
     if view.findings:
         kinds = Counter(f.kind for f in view.findings)
-        title = f"{len(view.findings)} cross-rank divergences ({_counts(kinds)})"
+        title = f"cross-rank divergences: {len(view.findings)} ({_counts(kinds)})"
         items.append({"title": title, "advice": RANK_DIVERGENCES.action})
     for title, counter, family in (
         ("failed compiles", view.failures, "torch_compile_frame_failures"),
@@ -175,11 +177,12 @@ def advice(view: JobView) -> list[dict[str, str]]:
             by_category = Counter()
             for (category, _), count in counter.items():
                 by_category[category] += count
-            items.append(_item(f"{sum(counter.values())} {title} ({_counts(by_category)})", family))
+            total = sum(counter.values())
+            items.append(_item(f"{title}: {total} ({_counts(by_category)})", family))
     misses = sum(results.get("miss", 0) for results in view.cache.values())
     hits = sum(results.get("hit", 0) for results in view.cache.values())
     if misses and not hits:
-        items.append(_item(f"{misses} cache misses, no hits", "torch_compile_cache_lookups"))
+        items.append(_item(f"cache misses: {misses}, no hits", "torch_compile_cache_lookups"))
     return items
 
 
@@ -224,14 +227,27 @@ def timeline_figure(view: JobView) -> Any:
                 hoverinfo="text",
             )
         )
+    breaks = [c for c in shown if c.graph_breaks]
+    if breaks:
+        figure.add_trace(
+            go.Scatter(
+                name="graph break",
+                mode="markers",
+                y=[f"rank {c.rank}" for c in breaks],
+                x=[_when(c.start + c.seconds) for c in breaks],
+                marker={"symbol": "x", "size": 11, "color": "#222"},
+                hovertext=[f"{c.graph_breaks} graph break(s)<br>{c.text}" for c in breaks],
+                hoverinfo="text",
+            )
+        )
     ranks = [f"rank {r}" for r in sorted(view.ranks)]
     figure.update_layout(
         barmode="overlay",
-        height=120 + 36 * len(ranks),
-        margin={"l": 80, "r": 20, "t": 30, "b": 40},
+        height=140 + 36 * len(ranks),
+        margin={"l": 80, "r": 20, "t": 50, "b": 40},
         xaxis={"type": "date", "title": "time (UTC)"},
         yaxis={"categoryorder": "array", "categoryarray": ranks[::-1], "type": "category"},
-        legend={"orientation": "h", "y": 1.1},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
     )
     return figure
 
@@ -252,7 +268,7 @@ def phase_figure(view: JobView) -> Any:
         height=320,
         margin={"l": 60, "r": 20, "t": 30, "b": 40},
         yaxis={"title": "seconds"},
-        legend={"orientation": "h", "y": 1.15},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
     )
     return figure
 
