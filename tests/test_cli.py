@@ -60,9 +60,13 @@ def test_trace_records_every_graph_and_prints_a_summary(tmp_path):
         "inference",
     ]
     assert "aotwatch summary" in result.stderr
-    header, row = result.stderr.strip().splitlines()[-2:]
-    assert header.split()[:4] == ["job_name", "rank", "device", "frames"]
-    assert row.split()[:5] == ["default", "0", "cpu", "2", "1/1/1"]
+    lines = result.stderr.strip().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("job_name"))
+    assert lines[header].split()[:4] == ["job_name", "rank", "device", "frames"]
+    assert lines[header + 1].split()[:5] == ["default", "0", "cpu", "2", "1/1/1"]
+    assert (
+        lines[-1] == f"HTML report: aotwatch report {tmp_path / 'a'} --format html -o report.html"
+    )
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,10 @@ def assert_each_rank_equals_torch(archive: Path, out: Path, ranks: int = 2) -> N
         assert {labels[1] for labels in snapshot.values["torch_compile_frames"]} == {str(rank)}
 
 
+def report_html_line(archive: Path) -> str:
+    return f"HTML report: aotwatch report {archive} --format html -o report.html"
+
+
 def report_json(archive: Path) -> dict:
     result = aotwatch("report", "--format", "json", str(archive))
     assert result.returncode == 0, result.stderr
@@ -80,7 +84,7 @@ def test_torchrun_ranks_each_write_their_own_archive(tmp_path):
     assert_each_rank_equals_torch(archive, out)
     summary = result.stderr[result.stderr.index("aotwatch summary") :].splitlines()
     assert [line.split()[:2] for line in summary[2:4]] == [["default", "0"], ["default", "1"]]
-    assert summary[-1] == "rank divergences: none"
+    assert summary[-3:] == ["rank divergences: none", "", report_html_line(archive)]
     table = aotwatch("report", str(archive))
     assert table.returncode == 0 and table.stdout.strip().endswith("rank divergences: none")
     assert report_json(archive)["findings"] == []
