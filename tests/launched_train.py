@@ -1,7 +1,7 @@
 """A small DDP training script for the launcher tests: gloo on the CPU, compiled with the
 truth backend (tests/programs.py), so each rank also writes what torch's own compilers saw.
 
-    python launched_train.py OUT [--extra-frame-on-rank-1]
+    python launched_train.py OUT [--extra-frame-on-rank-1] [--reduce-op-differs]
 
 It learns its rank as the launcher says: torchrun's RANK/WORLD_SIZE (env://), srun's
 SLURM_PROCID/SLURM_NTASKS set by hand, or ``--spawn N`` (torch.multiprocessing.spawn, which
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -41,7 +42,13 @@ def _init(rank: int | None, world_size: int | None) -> int:
     return dist.get_rank()
 
 
-def train(out: Path, extra_frame: bool, rank: int | None = None, world: int | None = None):
+def train(
+    out: Path,
+    extra_frame: bool,
+    rank: int | None = None,
+    world: int | None = None,
+    reduce_op_differs: bool = False,
+):
     rank = _init(rank, world)
     try:
         torch.manual_seed(0)
@@ -54,6 +61,10 @@ def train(out: Path, extra_frame: bool, rank: int | None = None, world: int | No
             model(torch.randn(4, 8)).sum().backward()
         if extra_frame and rank == 1:  # a frame no other rank compiles
             torch.compile(lambda x: x.cos() + 1, backend=truth_backend(truth))(torch.randn(3))
+        if reduce_op_differs:  # gloo completes it: both ranks get silently wrong values
+            op = "sum" if rank == 0 else "max"
+            reduce = lambda x: funcol.all_reduce(x * 2, op, dist.group.WORLD) + 1  # noqa: E731
+            torch.compile(reduce, backend="aot_eager")(torch.ones(4) * (rank + 1))
         dist.barrier()
         fields = {f.name: getattr(truth, f.name) for f in dataclasses.fields(truth)}
         (out / f"truth{rank}.json").write_text(json.dumps(fields))
@@ -71,4 +82,4 @@ if __name__ == "__main__":
         world = int(sys.argv[sys.argv.index("--spawn") + 1])
         torch.multiprocessing.spawn(_spawned, args=(out, extra, world), nprocs=world)
     else:
-        train(out, extra)
+        train(out, extra, reduce_op_differs="--reduce-op-differs" in sys.argv)

@@ -113,3 +113,43 @@ def test_a_copy_of_fingerprints_is_equal_and_independent():
     )  # a later record, same compile id
     assert copied["0"]["graphs"]["0/0 forward"] == ["aaaa"]
     assert prints["j"]["0"]["graphs"]["0/0 forward"] == ["aaaa", "cccc"]
+
+
+def collective_graph(rank, op):
+    schedule = [f"all_reduce({op}, 0) f32[4]"]
+    return new_record(
+        job_name="j",
+        rank=rank,
+        compile_id="0/0",
+        graph="forward",
+        graph_hash=f"hash-{op}",
+        collectives=schedule,
+        collective_hash=f"h{op}",
+    )
+
+
+def test_a_different_collective_schedule_is_its_own_finding_not_a_graph_hash():
+    prints = fingerprints(
+        collective_graph(0, "sum"), collective_graph(1, "max"), collective_graph(2, "sum")
+    )
+    (finding,) = divergence.find("j", prints["j"])
+    assert (finding.kind, finding.compile_id) == ("collective_schedule", "0/0")
+    assert dict(finding.groups) == {
+        "forward: hmax all_reduce(max, 0) f32[4]": ("1",),
+        "forward: hsum all_reduce(sum, 0) f32[4]": ("0", "2"),
+    }
+
+
+def test_a_collective_only_one_rank_issues():
+    prints = fingerprints(collective_graph(0, "sum"), graph(1, graph_hash="other"))
+    (finding,) = divergence.find("j", prints["j"])
+    assert finding.kind == "collective_schedule"
+    assert dict(finding.groups)["forward: none"] == ("1",)
+
+
+def test_the_digest_carries_collective_schedules_to_the_head():
+    prints = fingerprints(collective_graph(0, "sum"), collective_graph(1, "max"))
+    digest = divergence.Digest()
+    answer = {"epoch": "e", "versions": {"j": 2}, "jobs": {}, "deltas": {"j": prints["j"]}}
+    digest.update("node", answer)
+    assert kinds({"j": digest.ranks("j")}) == [("collective_schedule", "0/0")]

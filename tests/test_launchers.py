@@ -111,6 +111,22 @@ def test_an_extra_frame_on_one_rank_is_a_compile_ids_divergence(tmp_path):
     assert 'torch_compile_rank_divergences_total{job_name="default",kind="compile_ids"} 1.0' in text
 
 
+def test_ranks_that_reduce_differently_are_a_collective_schedule_divergence(tmp_path):
+    """Rank 0 compiles all_reduce(sum), rank 1 all_reduce(max): gloo completes it without an
+    error. The finding names the collective and both groups of ranks; it is not also a
+    graph_hash finding."""
+    archive = tmp_path / "trace"
+    command = ["torchrun", "--standalone", "--nproc-per-node", "2", str(SCRIPT), str(tmp_path)]
+    trace(archive, *command, "--reduce-op-differs")
+    findings = report_json(archive)["findings"]
+    assert [(f["kind"], f["compile_id"]) for f in findings] == [("collective_schedule", "1/0")]
+    groups = findings[0]["groups"]
+    assert sorted(groups.values()) == [["0"], ["1"]]
+    by_rank = {ranks[0]: schedule for schedule, ranks in groups.items()}
+    assert "all_reduce(sum, 0) f32[4]" in by_rank["0"] and by_rank["0"].startswith("inference")
+    assert "all_reduce(max, 0) f32[4]" in by_rank["1"]
+
+
 def test_multiprocessing_spawn_ranks_come_from_torch_distributed(tmp_path):
     """spawn sets no rank variables: each child learns its rank from its process group."""
     archive = tmp_path / "trace"

@@ -93,6 +93,8 @@ FIELDS = {
     "aot_id": st.none() | st.integers(0, 100),
     "cache_hit": st.booleans(),
     "graph_hash": st.none() | st.text("0123456789abcdef", min_size=1, max_size=64),
+    "collectives": st.lists(st.sampled_from(["all_reduce(sum, 0) f32[4]"]) | free_text, max_size=2),
+    "collective_hash": st.none() | st.text("0123456789abcdef", min_size=1, max_size=16),
     "nodes": st.none() | st.integers(0, 10**5),
     "inputs": counts_of(("total", "subclass", *MUTATION_KINDS)),
     "mutation_placement": counts_of(PLACEMENTS),

@@ -14,11 +14,18 @@ from typing import Any
 from aotwatch.lru import trim_oldest
 from aotwatch.records import GRAPH_KINDS, Record
 
-KINDS = ("graph_hash", "compile_ids", "cache_pattern")
+KINDS = ("graph_hash", "collective_schedule", "compile_ids", "cache_pattern")
 """What a finding says differs between ranks."""
+
+PARTS = ("graphs", "collectives", "cache")
+"""The parts of a rank's fingerprint: graph hashes and collective schedules per graph key,
+cache patterns per compile id."""
 
 MAX_GRAPHS_PER_ID = 64
 """Distinct graph hashes kept per compile id and graph kind (DDP buckets make several)."""
+
+MAX_SCHEDULE_TEXT = 200
+"""Characters of a collective schedule kept in a fingerprint: its hash and its first ops."""
 
 MAX_COMPILE_IDS = 10_000
 """Compile ids remembered per rank (the oldest go first): memory stays bounded however long
@@ -26,35 +33,47 @@ a job runs."""
 
 Fingerprints = dict[str, dict[str, dict[str, dict[str, Any]]]]
 """job -> rank (str) -> {"graphs": {"<compile_id> <graph>": [distinct hashes]},
+"collectives": {"<compile_id> <graph>": [distinct schedule hashes]},
 "cache": {compile_id: pattern}}."""
 Change = tuple[str, str, str]
-"""(rank, "graphs" or "cache", graph key or compile id): one entry of a rank's fingerprint."""
+"""(rank, part, graph key or compile id): one entry of a rank's fingerprint."""
 
 
-def observe(fingerprints: Fingerprints, record: Record) -> Change | None:
-    """Fold one accepted record into ``fingerprints``; returns what it touched, if anything."""
+def empty_parts() -> dict[str, dict[str, Any]]:
+    return {part: {} for part in PARTS}
+
+
+def _add_distinct(part: dict[str, list[str]], key: str, value: str | None) -> None:
+    values = part.setdefault(key, [])
+    if value and value not in values and len(values) < MAX_GRAPHS_PER_ID:
+        values.append(value)
+        values.sort()
+    trim_oldest(part, MAX_COMPILE_IDS)
+
+
+def observe(fingerprints: Fingerprints, record: Record) -> list[Change]:
+    """Fold one accepted record into ``fingerprints``; returns the entries it touched."""
     compile_id = record.compile_id
     if compile_id is None:
-        return None
+        return []
     rank_name = str(record.rank)
-    rank = fingerprints.setdefault(record.job_name, {}).setdefault(
-        rank_name, {"graphs": {}, "cache": {}}
-    )
+    rank = fingerprints.setdefault(record.job_name, {}).setdefault(rank_name, empty_parts())
     if record.graph is not None:
-        key, graph_hash = f"{compile_id} {record.graph}", record.graph_hash
-        hashes = rank["graphs"].setdefault(key, [])
-        if graph_hash and graph_hash not in hashes and len(hashes) < MAX_GRAPHS_PER_ID:
-            hashes.append(graph_hash)
-            hashes.sort()
-        trim_oldest(rank["graphs"], MAX_COMPILE_IDS)
-        return rank_name, "graphs", key
+        key = f"{compile_id} {record.graph}"
+        _add_distinct(rank["graphs"], key, record.graph_hash)
+        changes = [(rank_name, "graphs", key)]
+        if record.collective_hash:
+            schedule = f"{record.collective_hash} {'; '.join(record.collectives)}"
+            _add_distinct(rank.setdefault("collectives", {}), key, schedule[:MAX_SCHEDULE_TEXT])
+            changes.append((rank_name, "collectives", key))
+        return changes
     rank["cache"][compile_id] = ",".join(
         f"{cache}:{result}"
         for cache, results in sorted(record.cache.items())
         for result in sorted(results)
     )
     trim_oldest(rank["cache"], MAX_COMPILE_IDS)
-    return rank_name, "cache", compile_id
+    return [(rank_name, "cache", compile_id)]
 
 
 def copy_ranks(ranks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -63,6 +82,9 @@ def copy_ranks(ranks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {
         rank: {
             "graphs": {key: list(hashes) for key, hashes in parts["graphs"].items()},
+            "collectives": {
+                key: list(hashes) for key, hashes in parts.get("collectives", {}).items()
+            },
             "cache": dict(parts["cache"]),
         }
         for rank, parts in ranks.items()
@@ -109,9 +131,9 @@ class Digest:
     def _apply(self, ranks: dict[str, dict[str, Any]], job: str, delta: dict) -> None:
         changed = self._changed.setdefault(job, set())
         for rank, parts in delta.items():
-            mine = ranks.setdefault(rank, {"graphs": {}, "cache": {}})
-            for kind in ("graphs", "cache"):
-                mine[kind].update(parts.get(kind, {}))
+            mine = ranks.setdefault(rank, empty_parts())
+            for kind in PARTS:
+                mine.setdefault(kind, {}).update(parts.get(kind, {}))
                 trim_oldest(mine[kind], MAX_COMPILE_IDS)
                 if changed is not None:
                     changed.update(key.split(" ")[0] for key in parts.get(kind, {}))
@@ -195,7 +217,15 @@ def _find_at(job_name: str, ranks: dict[str, dict[str, Any]], compile_id: str) -
     for graph in GRAPH_KINDS:
         key = f"{compile_id} {graph}"
         hashes = {r: ",".join(v["graphs"][key]) for r, v in ranks.items() if key in v["graphs"]}
-        if len(set(hashes.values())) > 1:
+        schedules = {
+            r: f"{graph}: " + (" | ".join(ranks[r].get("collectives", {}).get(key, ())) or "none")
+            for r in hashes
+        }
+        if len(set(schedules.values())) > 1:  # may hang, or silently corrupt the values
+            findings.append(
+                Finding(job_name, "collective_schedule", compile_id, _groups(schedules))
+            )
+        elif len(set(hashes.values())) > 1:
             findings.append(Finding(job_name, "graph_hash", compile_id, _groups(hashes)))
         present.update(dict.fromkeys(hashes, "compiled"))
     patterns = {

@@ -118,6 +118,12 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     aot_id: Scalar = None
     cache_hit: Scalar = False
     graph_hash: Id | None = None
+    collectives: Annotated[list[Text], Meta(max_length=MAX_ITEMS)] = msgspec.field(
+        default_factory=list
+    )
+    """The functional collectives the graph issues, in order (``all_reduce(sum, 0) f32[4]``)."""
+    collective_hash: Id | None = None
+    """Hash of the whole schedule (None: no collective); ranks must agree on it."""
     nodes: Count | None = None
     inputs: Counts = _zeros("total", "subclass", *MUTATION_KINDS)
     mutation_placement: Counts = _zeros(*PLACEMENTS)

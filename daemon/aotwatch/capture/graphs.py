@@ -30,6 +30,8 @@ class GraphDigest:
     nodes: int | None
     graph_hash: str | None
     device: str | None
+    collectives: tuple[str, ...] = ()
+    """The collectives the graph issues, in order (``collective_schedule``)."""
     output_bytes: tuple[int | None, ...] | None = None
     """Bytes of each of the graph's outputs (a forward's include what it saves for
     backward; None for a non-tensor or a symbolic size); None when the graph is known only
@@ -76,6 +78,39 @@ def _forward(text: str) -> tuple[str, list[str]]:
     return params, body
 
 
+_COLLECTIVE = re.compile(
+    r'^ {8}\w+(?:: "(?P<value>[^"\[]*(?:\[[^\]]*\])?)[^"]*")? = '
+    r"torch\.ops\._c10d_functional\.(?P<op>\w+)\.default\((?P<args>.*)\)"
+)
+_STRING_ARG = re.compile(r"'([^']*)'")
+_FUNCTIONAL_COLLECTIVE = "_c10d_functional."
+MAX_COLLECTIVES = 1024
+"""Collectives kept per graph (the schedule's hash covers them all)."""
+
+
+def collective_schedule(text: str) -> tuple[str, ...]:
+    """The functional collectives a graph issues, in order: ``all_reduce(sum, 0) f32[4]``
+    (the op, its string arguments: reduce op, group; its result's dtype and shape). Waits
+    are not collectives."""
+    schedule = []
+    for line in _forward(text)[1]:
+        match = _COLLECTIVE.match(_TRAILING_COMMENT.sub("", line))
+        if match is None or match["op"] == "wait_tensor":
+            continue
+        arguments = ", ".join(_STRING_ARG.findall(match["args"]))
+        schedule.append(f"{match['op']}({arguments}) {match['value'] or ''}".rstrip())
+    return tuple(schedule)
+
+
+def schedule_hash(schedule: tuple[str, ...]) -> str | None:
+    """sha256 (first 16 hex digits) of a collective schedule; None for a graph without any."""
+    return hashlib.sha256("\n".join(schedule).encode()).hexdigest()[:16] if schedule else None
+
+
+def _issues_collectives(module: Any) -> bool:
+    return any(_FUNCTIONAL_COLLECTIVE in str(node.target) for node in module.graph.nodes)
+
+
 def count_nodes(text: str) -> int:
     """FX nodes of the top-level graph: placeholders, body assignments and the output."""
     params, body = _forward(text)
@@ -105,6 +140,7 @@ def digest_text(text: str | None, *, want_nodes: bool, want_hash: bool) -> Graph
         count_nodes(text) if want_nodes else None,
         hash_readable(text) if want_hash else None,
         device_of(text),
+        collective_schedule(text)[:MAX_COLLECTIVES],
     )
 
 
@@ -120,12 +156,13 @@ def digest_module(
     module: Any, text: str | None, *, fast_sympy_print: bool, want_nodes: bool, want_hash: bool
 ) -> GraphDigest:
     """Digest of a freshly compiled GraphModule; ``text`` is torch's rendering, if it made one."""
-    if want_hash and text is None:
+    if text is None and (want_hash or _issues_collectives(module)):
         text = readable(module, fast_sympy_print=fast_sympy_print)
     return GraphDigest(
         len(module.graph.nodes) if want_nodes else None,
         hash_readable(text) if want_hash and text else None,
         _placeholder_device(module),
+        collective_schedule(text)[:MAX_COLLECTIVES] if text else (),
         _output_bytes(module),
     )
 

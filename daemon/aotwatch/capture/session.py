@@ -147,6 +147,8 @@ class CaptureSession:
             "aot_id": aot_id,
             "cache_hit": cache_hit,
             "graph_hash": digest.graph_hash,
+            "collectives": list(digest.collectives),
+            "collective_hash": graphs.schedule_hash(digest.collectives),
             "nodes": digest.nodes,
             "device": digest.device or self._last_device,
         }

@@ -214,14 +214,15 @@ class NodeCollector:
             return len(accepted)
 
     def _observe(self, record: Record) -> None:
-        change = divergence.observe(self._fingerprints, record)
-        if change is None:
+        changes = divergence.observe(self._fingerprints, record)
+        if not changes:
             return
         job = record.job_name
         version = self._versions[job] = self._versions.get(job, 0) + 1
         log = self._changes.setdefault(job, OrderedDict())
-        log[change] = version
-        log.move_to_end(change)
+        for change in changes:
+            log[change] = version
+            log.move_to_end(change)
         # the oldest entries go; a head that far behind reads the whole job
         trim_oldest(log, MAX_CHANGES, lambda _, oldest: self._changes_since.update({job: oldest}))
 
@@ -381,7 +382,7 @@ class NodeCollector:
                 break
             value = ranks.get(rank, {}).get(kind, {}).get(key)
             if value is not None:  # None: forgotten since (the oldest compile ids go)
-                parts = delta.setdefault(rank, {"graphs": {}, "cache": {}})
+                parts = delta.setdefault(rank, divergence.empty_parts())
                 parts[kind][key] = copy.copy(value)
         return delta
 
