@@ -400,6 +400,8 @@ def compile_overview() -> dict:
     buckets = sel("torch_compile_duration_seconds_bucket", RANK)
     lookups = sel("torch_compile_cache_lookups_total", RANK)
     hits = sel("torch_compile_cache_lookups_total", RANK, 'result="hit"')
+    limit = sel("torch_compile_recompile_limit", RANK, 'limit="per_frame"')
+    worst = sel("torch_compile_worst_frame_compiles", RANK)
     windowed_lookups = f"sum by (cache) (rate({lookups}{WINDOW}))"
     windowed_hits = f"sum by (cache) (rate({hits}{WINDOW}))"
     cumulative = "Cumulative, as the collectors export it."
@@ -457,6 +459,13 @@ def compile_overview() -> dict:
             "empty while nothing compiles.",
             target(quantile(0.5, buckets, "phase"), "p50 {{phase}}"),
             target(quantile(0.95, buckets, "phase"), "p95 {{phase}}"),
+        ),
+        timeseries(
+            "Recompile headroom, worst frame per rank",
+            "short",
+            "Recompiles left before a rank's most compiled frame reaches torch's per-frame "
+            "recompile_limit and runs eagerly; 1 or 0 alerts (TorchCompileRecompileLimitNear).",
+            target(f"min by ({PER_RANK}) ({limit} - ignoring (limit) {worst})", RANK_LEGEND),
         ),
         timeseries(
             "Compiles and recompiles per minute",

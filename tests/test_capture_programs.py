@@ -270,3 +270,23 @@ def test_tangent_layouts_read_from_memory_format_meta():
     assert _layout(strided((3, 4), (1, 3))) == "strided"
     assert _layout(strided((2, -3), (1, 1))) is None
     assert _layout(Meta(memory_format=None, size=None, stride=None)) is None
+
+
+def test_recompile_headroom_is_torch_limit_against_the_most_compiled_frame(capture):
+    """A frame compiled twice (a shape recompile) under recompile_limit 3: one recompile left,
+    as torch's own compile ids and config say."""
+    torch._dynamo.utils.clear_compilation_metrics()
+    with torch._dynamo.config.patch(recompile_limit=3, automatic_dynamic_shapes=False):
+        compiled = torch.compile(lambda x: x * 2, backend="aot_eager")
+        for size in (2, 3):
+            compiled(torch.ones(size))
+        accumulated = torch._dynamo.config.accumulated_recompile_limit
+    compiles = max(int(m.compile_id.split("/")[1]) + 1 for m in _frame_metrics())
+    values = capture.sink.snapshot().values
+    rank = ("default", "0", "cpu")
+    assert compiles == 2
+    assert values["torch_compile_worst_frame_compiles"] == {rank: compiles}
+    assert values["torch_compile_recompile_limit"] == {
+        (*rank, "per_frame"): 3,
+        (*rank, "accumulated"): accumulated,
+    }

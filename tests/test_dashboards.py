@@ -206,6 +206,8 @@ TOPICS = {
         ("torch_compile_recompiles_total", {"reason"}),
         ("torch_compile_graph_breaks_total", {"reason"}),
         ("torch_compile_cache_lookups_total", {"cache"}),
+        ("torch_compile_recompile_limit", {"rank", "device"}),
+        ("torch_compile_worst_frame_compiles", {"rank", "device"}),
         ("torch_compile_frame_failures_total", set()),
     ],
     "aotwatch-aot-metadata": [
@@ -279,6 +281,7 @@ def healthy_records() -> list[dict]:
         compile_id="0/0",
         durations_s={"total": 1.5, "dynamo": 1.5},
         cache={"fx_graph": {"hit": 1, "miss": 1}},
+        recompile_limits={"per_frame": 8, "accumulated": 256},
         **{key: graphs[0][key] for key in ("job_name", "hostname", "pid", "time")},
     )
     return [*graphs, frame]

@@ -59,6 +59,7 @@ def fixed_records() -> list[dict]:
             compile_id="0/0",
             durations_s={"total": 2.5, "dynamo": 2.5, "aot_autograd": 1.9, "inductor": 1.2},
             cache={"fx_graph": {"miss": 2, "bypass": 1}, "aot_autograd": {"bypass": 1}},
+            recompile_limits={"per_frame": 8, "accumulated": 256},
             cache_bypasses=[{"category": "freezing", "reason": "Cannot cache a graph with ..."}],
             graph_breaks=[  # one more category than the cap of 12 admits
                 {"reason": "...", "category": f"gb{n:04d}", "user_frame": "a.py:1"}
@@ -71,6 +72,7 @@ def fixed_records() -> list[dict]:
             compile_id="0/1",
             durations_s={"total": 0.4},
             recompile_reason="0/0: tensor 'x' size mismatch at index 0",
+            recompile_limits={"per_frame": 8, "accumulated": 256},
             recompile_category="shape",
             **common,
         ),

@@ -139,6 +139,7 @@ FIELDS = {
         ),
         max_size=2,
     ),
+    "recompile_limits": counts_named(st.sampled_from(["per_frame", "accumulated"]) | free_text),
     "recompile_reason": st.none() | free_text,
     "recompile_category": st.none() | st.sampled_from(categories.RECOMPILE_CATEGORIES) | free_text,
     "fail_type": st.none() | st.sampled_from(["Unsupported", "BackendCompilerFailed"]) | free_text,

@@ -22,6 +22,7 @@ from aotwatch.records import (
     MUTATION_KINDS,
     PHASES,
     PLACEMENTS,
+    RECOMPILE_LIMITS,
     SUBCLASS_ROLES,
     TANGENT_LAYOUTS,
     TOKEN_DIRECTIONS,
@@ -31,6 +32,7 @@ from aotwatch.records import (
 RANK_LABELS = ("job_name", "rank", "device")
 JOB_LABELS = ("job_name",)
 SAVED_KINDS = ("tensors", "symints")
+LIMIT_NAMES = tuple(name for _, name in RECOMPILE_LIMITS)
 SUBCLASS_TYPES = ("DTensor", "NestedTensor", "Float8Tensor", "TwoTensor")
 """Subclass types named in labels; any other is ``other``."""
 BUILD_INFO_LABELS = ("version", "torch_version", "ray_version", "python_version")
@@ -161,6 +163,17 @@ def _cache_lookups(record: Record, rank: Labels) -> Folded:
         for cache, results in record.cache.items()
         for result, count in results.items()
     ]
+
+
+_FRAME_COMPILE = re.compile(r"(\d+)/(\d+)")
+
+
+def frame_compiles(compile_id: str | None) -> int | None:
+    """How many times a frame had compiled once ``compile_id`` ("F/A": frame F's compile A;
+    restarts "F/A_R" count once) was made; None for compiled autograd ("!F/A") or another
+    shape."""
+    match = _FRAME_COMPILE.match(compile_id or "")
+    return int(match.group(2)) + 1 if match else None
 
 
 def _counts(field_name: str, names: tuple[str, ...]) -> Fold:
@@ -436,6 +449,36 @@ FAMILIES: tuple[Family, ...] = (
         action="A bypassed graph compiles from scratch in every process: unsupported_op "
         "names a function the cache cannot hash (`aotwatch report` has torch's text), "
         "fx_graph_cache_disabled and freezing are settings (torch._inductor.config).",
+    ),
+    _rank_family(
+        "torch_compile_recompile_limit",
+        "gauge",
+        "torch's recompile limits on this rank: per_frame (recompile_limit: compiles of one "
+        "frame) and accumulated (accumulated_recompile_limit).",
+        ["limit"],
+        values={"limit": (*LIMIT_NAMES, categories.OTHER)},
+        records="frame",
+        latest=True,
+        fold=lambda record, rank: [
+            ((*rank, bounded(name, LIMIT_NAMES)), value)
+            for name, value in record.recompile_limits.items()
+        ],
+        action="The denominator of the recompile headroom: "
+        'torch_compile_recompile_limit{limit="per_frame"} - '
+        "torch_compile_worst_frame_compiles.",
+    ),
+    _rank_family(
+        "torch_compile_worst_frame_compiles",
+        "gauge",
+        "Compiles of this rank's most compiled frame (its frame compile id + 1): when it "
+        "reaches the per-frame recompile limit, the next recompile of that frame runs eagerly.",
+        records="frame",
+        latest=True,
+        fold=lambda record, rank: [(rank, n) for n in (frame_compiles(record.compile_id),) if n],
+        action="Headroom (the per-frame limit minus this) of 1 or 0: the frame recompiles "
+        "every step (see torch_compile_recompiles_total and their reasons in `aotwatch "
+        "report`); mark the changing dimension dynamic or stop the guarded value from "
+        "changing. Raising torch._dynamo.config.recompile_limit only postpones it.",
     ),
     _rank_family(
         "torch_compile_last_compile_timestamp_seconds",

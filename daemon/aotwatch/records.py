@@ -61,6 +61,11 @@ PHASES = ("total", *(phase for _, phase in PHASE_FIELDS_US))
 """``durations_s`` keys: ``total`` is the whole frame (``entire_frame_compile_time_s``)."""
 TOKEN_DIRECTIONS = ("forward", "backward")
 CACHES = ("fx_graph", "aot_autograd")
+RECOMPILE_LIMITS = (
+    ("recompile_limit", "per_frame"),
+    ("accumulated_recompile_limit", "accumulated"),
+)
+"""torch._dynamo.config's limit -> the name a record's ``recompile_limits`` keeps it under."""
 CACHE_RESULTS = ("hit", "miss", "bypass")
 
 MAX_TEXT = 16_384
@@ -158,6 +163,9 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
         default_factory=list
     )
     """AOTAutogradCache bypasses: ``category`` (bounded) and ``reason`` (torch's text)."""
+    recompile_limits: Counts = msgspec.field(default_factory=dict)
+    """A frame's: torch's ``recompile_limit`` (``per_frame``) and ``accumulated_recompile_limit``
+    (``accumulated``) when it compiled."""
     recompile_reason: Text | None = None
     recompile_category: Text | None = None
     fail_type: Text | None = None

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from aotwatch import categories
-from aotwatch.records import PHASE_FIELDS_US, clip_text
+from aotwatch.records import PHASE_FIELDS_US, RECOMPILE_LIMITS, clip_text
 
 _COMPARED_VALUE = re.compile(
     r"""(==|!=)(\s*)"""
@@ -76,6 +76,18 @@ def redact_values(text: str | None) -> str | None:
     return text and _COMPARED_VALUE.sub(r"\1\2<value>", text)
 
 
+def recompile_limits() -> dict[str, int]:
+    """torch's recompile limits now (torch._dynamo.config), by the name records use."""
+    from torch._dynamo import config
+
+    limits = {}
+    for setting, name in RECOMPILE_LIMITS:
+        value = getattr(config, setting, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            limits[name] = value
+    return limits
+
+
 def frame_fields(metrics: Any, graph_break_reasons: list[str]) -> dict[str, Any]:
     """Frame-record fields: where, what failed, why it recompiled, which breaks it took."""
     filename = clip_text(getattr(metrics, "co_filename", None))
@@ -99,6 +111,7 @@ def frame_fields(metrics: Any, graph_break_reasons: list[str]) -> dict[str, Any]
             }
             for reason in graph_break_reasons
         ],
+        "recompile_limits": recompile_limits(),
         "recompile_reason": clip_text(redact_values(recompile_reason)),
         "recompile_category": recompile_reason and categories.recompile_category(recompile_reason),
         "fail_type": fail_type,
