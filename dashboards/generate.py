@@ -400,6 +400,7 @@ def compile_overview() -> dict:
     buckets = sel("torch_compile_duration_seconds_bucket", RANK)
     lookups = sel("torch_compile_cache_lookups_total", RANK)
     hits = sel("torch_compile_cache_lookups_total", RANK, 'result="hit"')
+    compiling = sel("torch_compile_in_progress_since_timestamp_seconds", RANK)
     limit = sel("torch_compile_recompile_limit", RANK, 'limit="per_frame"')
     worst = sel("torch_compile_worst_frame_compiles", RANK)
     windowed_lookups = f"sum by (cache) (rate({lookups}{WINDOW}))"
@@ -459,6 +460,17 @@ def compile_overview() -> dict:
             "empty while nothing compiles.",
             target(quantile(0.5, buckets, "phase"), "p50 {{phase}}"),
             target(quantile(0.95, buckets, "phase"), "p95 {{phase}}"),
+        ),
+        timeseries(
+            "Compiling now: seconds per rank",
+            "s",
+            "How long each rank has been in the compile it is in now (frame/attempt in the "
+            "legend); 0 when no rank is compiling. A rank far above the others holds them in "
+            "a collective.",
+            target(
+                or_zero(f"max by ({PER_RANK}, compile_id) (time() - {compiling})", "compile_id"),
+                f"{RANK_LEGEND} · {{{{compile_id}}}}",
+            ),
         ),
         timeseries(
             "Recompile headroom, worst frame per rank",
@@ -757,6 +769,7 @@ def fleet_health() -> dict:
     errors = sel("aotwatch_capture_errors_total", JOB)
     series = sel("aotwatch_series_dropped_total", INSTANCE)
     divergences = sel("torch_compile_rank_divergences_total", HEAD)
+    stragglers = sel("torch_compile_straggler_seconds", HEAD)
     live_ranks = sel("torch_compile_last_compile_timestamp_seconds", RANK)
     cumulative = "Cumulative, as the collectors export it."
     panels = [
@@ -885,11 +898,20 @@ def fleet_health() -> dict:
         timeseries(
             "Rank divergences by kind",
             "short",
-            "Compiles that differ across the ranks of a job, by kind (graph_hash, "
-            "compile_ids, cache_pattern; 'none': none). Cumulative, from the head.",
+            "Compiles that differ across the ranks of a job, by kind (collective_schedule, "
+            "graph_hash, compile_ids, cache_pattern, compile_straggler; 'none': none). "
+            "Cumulative, from the head.",
             target(
                 or_zero(total(divergences, "job_name, kind"), "kind"), "{{kind}} · {{job_name}}"
             ),
+        ),
+        timeseries(
+            "Compile stragglers: longest wait per job",
+            "s",
+            "How long a rank has been compiling while other ranks of its job wait for it, "
+            "once past collector.straggler_after_s (0: none). The NCCL watchdog kills the "
+            "job at 10 minutes by default. From the head.",
+            target(or_zero(f"max by (job_name) ({stragglers})", "job_name"), "{{job_name}}"),
         ),
         info_table(
             "Running versions",

@@ -35,7 +35,10 @@ def cluster_config(tmp_path: Path, namespace: str, **changes) -> Config:
         job_name=changes.pop("job_name", "ray-test"),
         archive=ArchiveConfig(path=str(tmp_path / "archive")),
         cluster=ClusterConfig(namespace=namespace),
-        collector=CollectorConfig(address="127.0.0.1", port=0, head_port=0, worker_timeout_s=3),
+        collector=changes.pop(
+            "collector",
+            CollectorConfig(address="127.0.0.1", port=0, head_port=0, worker_timeout_s=3),
+        ),
         push=changes.pop("push", PushConfig(flush_interval_ms=50)),
         **changes,
     )
@@ -81,6 +84,19 @@ class Worker:
         import torch
 
         torch.compile(eval(f"lambda x: {source}"), backend="aot_eager")(torch.ones(3))
+
+    def compile_slowly(self, seconds: float, source: str = "x * 2") -> None:
+        """Compile ``lambda x: <source>`` with a backend that first sleeps ``seconds``: a
+        rank whose compile is slow (a cold cache, a recompile on this rank alone)."""
+        import time
+
+        import torch
+
+        def slow_backend(gm, example_inputs):
+            time.sleep(seconds)
+            return gm.forward
+
+        torch.compile(eval(f"lambda x: {source}"), backend=slow_backend)(torch.ones(3))
 
     def compile_many(self, count: int, start: int = 0) -> None:
         """Compile ``count`` distinct small functions (two records each, frame and graph)."""

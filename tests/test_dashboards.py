@@ -207,6 +207,7 @@ TOPICS = {
         ("torch_compile_graph_breaks_total", {"reason"}),
         ("torch_compile_cache_lookups_total", {"cache"}),
         ("torch_compile_recompile_limit", {"rank", "device"}),
+        ("torch_compile_in_progress_since_timestamp_seconds", {"rank", "device", "compile_id"}),
         ("torch_compile_worst_frame_compiles", {"rank", "device"}),
         ("torch_compile_frame_failures_total", set()),
     ],
@@ -236,6 +237,7 @@ TOPICS = {
         ("aotwatch_capture_errors_total", {"stage"}),
         ("aotwatch_series_dropped_total", {"metric"}),
         ("torch_compile_rank_divergences_total", {"kind"}),
+        ("torch_compile_straggler_seconds", {"job_name"}),
     ],
 }
 """What the issue asks each dashboard to show: a series, and the labels it is broken down by."""

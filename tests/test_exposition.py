@@ -114,6 +114,8 @@ def golden_snapshot() -> Snapshot:
     liveness = Liveness(timeout_s=60, max_per_job=8, max_jobs=8)
     for rank in (0, 1):
         liveness.seen({"worker_id": f"w{rank}", "job_name": "golden", "rank": rank})
+    compiling = {"compile_id": "3/0", "since": 1_700_000_100.0, "device": "cuda:1"}
+    liveness.compiling("w1", compiling, 1)
     return liveness.apply(golden_aggregate().snapshot())
 
 

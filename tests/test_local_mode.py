@@ -15,7 +15,7 @@ import aotwatch
 from aotwatch.capture import hooks
 from aotwatch.export.server import ExportError
 from aotwatch.local import export_port
-from conftest import scrape, test_config
+from conftest import scrape, test_config, wait_for
 from programs import PROGRAMS
 
 
@@ -223,3 +223,33 @@ def test_graph_hashes_and_node_counts_can_be_switched_off(tmp_path):
     assert [r["graph"] for r in graphs] == ["forward", "backward"]
     assert all(r["graph_hash"] is None and r["nodes"] is None for r in graphs)
     assert graphs[0]["inputs"]["total"] == 5  # the metadata is still read
+
+
+def test_a_compile_in_progress_is_shown_while_it_lasts(tmp_path):
+    """A backend that sleeps in another thread: /metrics shows this rank compiling that
+    compile id since it began, and nothing once it ended."""
+    import time
+
+    attachment = aotwatch.attach(test_config(tmp_path))
+    try:
+
+        def slow_backend(gm, example_inputs):
+            time.sleep(2)
+            return gm.forward
+
+        compiled = torch.compile(lambda x: x * 2, backend=slow_backend)
+        started = time.time()
+        thread = threading.Thread(target=compiled, args=(torch.ones(3),))
+        thread.start()
+        series = 'torch_compile_in_progress_since_timestamp_seconds{compile_id="0/0"'
+        line = wait_for(
+            lambda: next((ln for ln in scrape(attachment.url).splitlines() if series in ln), None),
+            timeout=10,
+        )
+        assert started - 1 <= float(line.rsplit(" ", 1)[1]) <= time.time()
+        assert 'rank="0"' in line and 'device="cpu"' in line
+        thread.join(timeout=60)
+        assert series not in scrape(attachment.url)
+    finally:
+        aotwatch.detach()
+        torch._dynamo.reset()

@@ -303,6 +303,11 @@ class CollectorConfig(Section):
     """A finished job's series leave /metrics this long after its last worker left (plus
     worker_timeout_s); 0 keeps them for the collector's life."""
 
+    straggler_after_s: int = field(default=120, metadata=between(1, 86_400))
+    """A rank compiling this long while other ranks of its job are not is a compile
+    straggler (the head's finding and torch_compile_straggler_seconds). NCCL's watchdog
+    kills a collective after 10 minutes by default (Ray Train: 30)."""
+
     file_sd_path: str | None = field(default=None, metadata=length(1, 4096))
     """Where the head writes the Prometheus file_sd JSON; null: <archive dir>/file_sd.json."""
 

@@ -14,7 +14,7 @@ from typing import Any
 from aotwatch.lru import trim_oldest
 from aotwatch.records import GRAPH_KINDS, Record
 
-KINDS = ("graph_hash", "collective_schedule", "compile_ids", "cache_pattern")
+KINDS = ("graph_hash", "collective_schedule", "compile_ids", "cache_pattern", "compile_straggler")
 """What a finding says differs between ranks."""
 
 PARTS = ("graphs", "collectives", "cache")
@@ -238,3 +238,35 @@ def _find_at(job_name: str, ranks: dict[str, dict[str, Any]], compile_id: str) -
         missing = {r: present.get(r, "missing") for r in ranks}
         findings.append(Finding(job_name, "compile_ids", compile_id, _groups(missing)))
     return findings
+
+
+Live = dict[str, dict[str, Any]]
+"""A collector's present: {"attached": {job: [ranks]}, "compiling": {job: {rank: {"compile_id",
+"since"}}}} (ranks as strings)."""
+
+
+def stragglers(
+    lives: list[Live], now: float, after_s: float
+) -> tuple[list[Finding], dict[str, float], dict[str, set[str]]]:
+    """Ranks compiling for ``after_s`` or longer while other attached ranks of their job are
+    not: a ``compile_straggler`` finding each (the compile id; the rank with how long, and
+    the ranks waiting), the longest such wait per job (0: none; every job with attached
+    ranks), and the ranks compiling now per job."""
+    attached: dict[str, set[str]] = {}
+    compiling: dict[str, dict[str, dict[str, Any]]] = {}
+    for live in lives:
+        for job, ranks in live.get("attached", {}).items():
+            attached.setdefault(job, set()).update(ranks)
+        for job, ranks in live.get("compiling", {}).items():
+            compiling.setdefault(job, {}).update(ranks)
+    findings, longest = [], dict.fromkeys(attached, 0.0)
+    for job, ranks in compiling.items():
+        waiting = tuple(sorted(attached.get(job, set()) - set(ranks), key=int))
+        for rank, state in sorted(ranks.items()):
+            seconds = now - state["since"]
+            if not waiting or seconds < after_s:
+                continue
+            longest[job] = max(longest.get(job, 0.0), seconds)
+            groups = ((f"compiling for {seconds:.0f} s", (rank,)), ("waiting", waiting))
+            findings.append(Finding(job, "compile_straggler", state["compile_id"], groups))
+    return findings, longest, {job: set(ranks) for job, ranks in compiling.items()}

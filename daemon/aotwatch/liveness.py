@@ -1,8 +1,10 @@
 """Which workers are attached now, and what of the live picture depends on it.
 
-Counters are history and stay; two things are about the present. ``aotwatch_workers_attached``
-counts the workers attached per job, and the families marked ``live`` in the metric table
-(a rank's last-compile timestamp) show only ranks whose worker is attached. Local mode has
+Counters are history and stay; three things are about the present. ``aotwatch_workers_attached``
+counts the workers attached per job, the families marked ``live`` in the metric table
+(a rank's last-compile timestamp) show only ranks whose worker is attached, and
+``torch_compile_in_progress_since_timestamp_seconds`` shows the attached workers that say
+they are compiling (their announcement's ``compiling``: compile id, since, device). Local mode has
 one worker that never leaves; a collector's leave at goodbye or after ``timeout_s`` of
 silence. Not thread-safe: its owner locks.
 """
@@ -13,10 +15,13 @@ import time
 from typing import Any
 
 from aotwatch.aggregate import Snapshot
-from aotwatch.metrics import LIVE, WORKERS_ATTACHED
+from aotwatch.metrics import IN_PROGRESS, LIVE, WORKERS_ATTACHED
 
 Worker = dict[str, Any]
 """A worker's announcement: ``worker_id``, ``job_name``, ``rank`` and where it runs."""
+
+LOCAL_WORKER = "this process"
+"""The worker id of local mode's one worker: the process that captures and serves."""
 
 
 class Liveness:
@@ -64,6 +69,12 @@ class Liveness:
         silent = [w for w, info in self._workers.items() if info["last_seen"] < deadline]
         return [job for job in map(self.leave, silent) if job is not None]
 
+    def compiling(self, worker_id: str, state: dict[str, Any] | None, rank: int) -> None:
+        """A worker (of ``rank`` now) began a compile (``state``: compile_id, since, device)
+        or ended one (None)."""
+        if worker_id in self._workers:
+            self._workers[worker_id].update(compiling=state, rank=rank)
+
     def workers(self) -> list[Worker]:
         return list(self._workers.values())
 
@@ -71,6 +82,11 @@ class Liveness:
         """``snapshot`` as it is now: workers attached per job, live families cut to the
         ranks of attached workers (all ranks where workers never leave: local mode)."""
         snapshot.values[WORKERS_ATTACHED] = {(job,): n for job, n in self._per_job.items()}
+        snapshot.values[IN_PROGRESS] = {
+            (w["job_name"], str(w["rank"]), c["device"], c["compile_id"]): c["since"]
+            for w in self._workers.values()
+            if (c := w.get("compiling"))
+        }
         if self.timeout_s is not None:
             ranks = {(w["job_name"], str(w["rank"])) for w in self._workers.values()}
             for name in LIVE:

@@ -66,6 +66,8 @@ NODE_BUCKETS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100
 
 WORKERS_ATTACHED = "aotwatch_workers_attached"
 """The family ``liveness`` sets: workers attached now, per job."""
+IN_PROGRESS = "torch_compile_in_progress_since_timestamp_seconds"
+"""The family ``liveness`` sets: when each attached rank's compile in progress began."""
 
 Labels = tuple[str, ...]
 Folded = Sequence[tuple[Labels, float]]
@@ -492,6 +494,18 @@ FAMILIES: tuple[Family, ...] = (
         action="A rank whose compiles keep coming long after the others stopped is "
         "recompiling, or compiling what the others are not.",
     ),
+    _rank_family(
+        IN_PROGRESS,
+        "gauge",
+        "Unix time when the compile this rank is in began (absent while it is not "
+        "compiling), with that compile's id (frame/attempt).",
+        ["compile_id"],
+        values={"compile_id": "a compile id, F/A (one series per compiling rank)"},
+        unit="seconds",
+        action="A rank compiling for minutes while the others wait in a collective is what "
+        "the NCCL watchdog kills: time() minus this is how long; a cold cache on its node "
+        "or a recompile on this rank alone are the usual causes.",
+    ),
     Family(
         "aotwatch_jobs",
         "gauge",
@@ -568,6 +582,19 @@ RANK_DIVERGENCES = Family(
 )
 """Served by the head, once per job (no rank label), not by the collectors."""
 
+STRAGGLER_SECONDS = Family(
+    "torch_compile_straggler_seconds",
+    "gauge",
+    "The longest a rank of this job has been compiling while other ranks were not (waiting "
+    "for it), once past collector.straggler_after_s; 0 when no rank is.",
+    ("job_name",),
+    unit="seconds",
+    action="Above 0, a rank holds the others in a collective: the head's log and `aotwatch "
+    "status` name the rank and compile id. Act before the NCCL watchdog (10 minutes by "
+    "default) kills the job: warm that node's compile cache, or fix what recompiles there.",
+)
+"""Served by the head, once per job."""
+
 BUILD_INFO = Family(
     "aotwatch_build_info",
     "gauge",
@@ -576,7 +603,7 @@ BUILD_INFO = Family(
     action="Mixed versions across collectors or workers explain rejected records.",
 )
 
-ALL_FAMILIES = (BUILD_INFO, *FAMILIES, RANK_DIVERGENCES)
+ALL_FAMILIES = (BUILD_INFO, *FAMILIES, RANK_DIVERGENCES, STRAGGLER_SECONDS)
 BY_NAME = {family.name: family for family in FAMILIES}
 PER_JOB = frozenset(family.name for family in FAMILIES if family.per_job)
 """The families whose first label is the job: a job's series leave with it."""

@@ -10,7 +10,8 @@ from typing import Any
 
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import RecordArchive
-from aotwatch.liveness import Liveness
+from aotwatch.capture.identity import rank_and_world_size
+from aotwatch.liveness import LOCAL_WORKER, Liveness
 from aotwatch.records import Record, RecordError, decode_lines, record_line
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,14 @@ class LocalSink:
         """Close the archive, if any."""
         if self.archive is not None:
             self.archive.close()
+
+    def compiling(self, state: dict[str, Any] | None) -> None:
+        """This process began a compile (``state``: compile_id, since, device) or ended one
+        (None): shown while it lasts (local mode)."""
+        if self.liveness is not None:
+            rank = rank_and_world_size()[0]
+            with self._lock:
+                self.liveness.compiling(LOCAL_WORKER, state, rank)
 
     def snapshot(self) -> Snapshot:
         """The aggregate, and with ``liveness`` the workers attached (local mode)."""

@@ -162,6 +162,28 @@ def _cache_save_error(original: Callable, session: CaptureSession) -> Callable:
     return wrapper
 
 
+def _compile_started(original: Callable, session: CaptureSession) -> Callable:
+    # Dynamo runs its start callbacks when the outermost compile (a frame, a lazy backward)
+    # begins: the moment a compile is known, before anything of it is.
+    def wrapper(self: Any, args: Any) -> Any:
+        with session.guard("compile_started"):
+            session.compile_started(str(args.compile_id))
+        return original(self, args)
+
+    return wrapper
+
+
+def _compile_ended(original: Callable, session: CaptureSession) -> Callable:
+    def wrapper(self: Any, args: Any) -> Any:
+        try:
+            return original(self, args)
+        finally:
+            with session.guard("compile_started"):
+                session.compile_ended()
+
+    return wrapper
+
+
 class _CounterDeltas:
     """What torch's process-wide counters gained since the previous compile event."""
 
@@ -229,6 +251,18 @@ HOOKS = (
     Hook(f"{_AOT}.aot_autograd_result", "GenericAOTAutogradResult.wrap_post_compile", _cache_hit),
     Hook("torch._dynamo.utils", "log_compilation_event", _log_compilation_event),
     Hook(f"{_AOT}.autograd_cache", "autograd_cache_key", _cache_key, optional=True),
+    Hook(
+        "torch._dynamo.callback",
+        "CompilationCallbackHandler.run_start_callbacks",
+        _compile_started,
+        optional=True,  # compiles in progress only: the records come without it
+    ),
+    Hook(
+        "torch._dynamo.callback",
+        "CompilationCallbackHandler.run_end_callbacks",
+        _compile_ended,
+        optional=True,
+    ),
     Hook(
         f"{_AOT}.autograd_cache",
         "AOTAutogradCache._handle_save_error",

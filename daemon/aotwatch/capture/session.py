@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -38,6 +39,8 @@ class Sink(Protocol):
     def record(self, record: dict[str, Any]) -> None: ...
 
     def capture_error(self, job_name: str, stage: str) -> None: ...
+
+    def compiling(self, state: dict[str, Any] | None) -> None: ...
 
 
 class CaptureSession:
@@ -81,6 +84,16 @@ class CaptureSession:
             yield
         except Exception:  # noqa: BLE001 - capture never raises into training code
             self.failed(stage)
+
+    # -- compiles in progress ----------------------------------------------
+
+    def compile_started(self, compile_id: str) -> None:
+        """Dynamo began a compile (a frame, or a lazy backward): say so now, not at its end."""
+        state = {"compile_id": compile_id, "since": time.time(), "device": self._last_device}
+        self.sink.compiling(state)
+
+    def compile_ended(self) -> None:
+        self.sink.compiling(None)
 
     # -- pieces of a graph -----------------------------------------------
 

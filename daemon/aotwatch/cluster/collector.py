@@ -95,6 +95,7 @@ WORKER_FIELDS = {
     "node_id": str,
     "hostname": str,
     "pid": int,
+    "compiling": dict,
 }
 """What a worker announces with every push (cluster.push), and the types of each."""
 REQUIRED_WORKER_FIELDS = ("worker_id", "job_name", "rank")
@@ -114,7 +115,25 @@ def worker_problem(worker: Any) -> str | None:
             return f"{key} is out of range"
         if kind is str and not 0 < len(value) <= MAX_ID:
             return f"{key} must have 1..{MAX_ID} characters"
+    if worker.get("compiling") is not None:
+        problem = compiling_problem(worker["compiling"])
+        if problem:
+            return f"compiling: {problem}"
     return label_value_problem(worker["job_name"])
+
+
+def compiling_problem(state: dict[str, Any]) -> str | None:
+    """Why a worker's ``compiling`` (compile_id, since, device) cannot be shown, or None."""
+    if state.keys() != {"compile_id", "since", "device"}:
+        return "expected compile_id, since and device"
+    compile_id, since, device = state["compile_id"], state["since"], state["device"]
+    if type(compile_id) is not str or not 0 < len(compile_id) <= MAX_ID:
+        return "compile_id is not a short string"
+    if type(since) not in (int, float) or not 0 <= since <= MAX_NUMBER:
+        return "since is not a time"
+    if type(device) is not str:
+        return "device is not a string"
+    return label_value_problem(compile_id) or label_value_problem(device)
 
 
 class NodeCollector:
@@ -372,7 +391,20 @@ class NodeCollector:
                 "versions": dict(self._versions),
                 "jobs": jobs,
                 "deltas": deltas,
+                "live": self._live(),
             }
+
+    def _live(self) -> divergence.Live:
+        """The ranks attached now per job, and those compiling (since when, what)."""
+        live: divergence.Live = {"attached": {}, "compiling": {}}
+        with self._lock:
+            for worker in self.liveness.workers():
+                job, rank = worker["job_name"], str(worker["rank"])
+                live["attached"].setdefault(job, []).append(rank)
+                if state := worker.get("compiling"):
+                    since = {"compile_id": state["compile_id"], "since": state["since"]}
+                    live["compiling"].setdefault(job, {})[rank] = since
+        return live
 
     def _delta(self, job: str, since: int) -> dict[str, dict[str, dict[str, Any]]]:
         """The entries of ``job`` changed after version ``since``, per rank and kind."""

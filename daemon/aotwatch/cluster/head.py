@@ -17,7 +17,12 @@ from aotwatch.cluster.collector import HEAD_NAME, scrape_host
 from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
 from aotwatch.cluster.placement import alive_nodes, daemon_actor_options, ensure_collector
 from aotwatch.config import Config
-from aotwatch.export.collector import build_info_family, divergence_family, registry_for
+from aotwatch.export.collector import (
+    build_info_family,
+    divergence_family,
+    registry_for,
+    straggler_family,
+)
 from aotwatch.export.server import serve_metrics
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,7 @@ class _DivergenceCollector:
     def _families(self, counts: dict[tuple[str, str], int]) -> Any:
         yield build_info_family(self.head.config.labels)
         yield divergence_family(counts, self.head.config.labels)
+        yield straggler_family(self.head.straggler_seconds(), self.head.config.labels)
 
 
 class Head:
@@ -61,6 +67,8 @@ class Head:
         self._findings: dict[tuple[str, str, str], divergence.Finding] = {}
         self._candidates: dict[tuple[str, str, str], float] = {}  # compile_ids, first seen
         self._digest = divergence.Digest()
+        self._lives: dict[str, divergence.Live] = {}  # node -> its collector's present
+        self._stragglers: dict[str, float] = {}  # job -> longest wait now (0: none)
         self._stale: set[str] = set()  # nodes whose endpoint to ask again (restarted, silent)
         self._file_sd_targets: list | None = None  # what file_sd lists now
         self._check_lock = threading.Lock()  # one round at a time (the loop, status callers)
@@ -156,18 +164,31 @@ class Head:
         }
         for node, answer in answers.items():  # a collector that did not answer keeps what
             self._digest.update(node, answer)  # the head last had of it
+            self._lives[node] = answer.get("live", {})
         with self._lock:
             self._stale |= restarted | (set(collectors) - set(answers))
         for node in self._digest.nodes() - set(collectors):
             self._digest.forget(node)
-        jobs = self._digest.jobs()
+        for node in set(self._lives) - set(collectors):
+            del self._lives[node]
+        attached = {job for live in self._lives.values() for job in live.get("attached", {})}
+        jobs = self._digest.jobs() | attached
         self._forget_jobs_but(jobs)
         changed = self._digest.changes()
         with self._lock:
             for job, _, compile_id in self._candidates:  # still settling: look again
                 if changed.get(job, set()) is not None:
                     changed.setdefault(job, set()).add(compile_id)
+        late, longest, compiling = divergence.stragglers(
+            list(self._lives.values()), time.time(), self.config.collector.straggler_after_s
+        )
         now = time.monotonic()
+        with self._lock:
+            self._stragglers = longest
+            for finding in late:
+                if finding.key not in self._findings:
+                    self._findings[finding.key] = finding
+                    log.warning("aotwatch: compile straggler: %s", finding.describe())
         for job, compile_ids in changed.items():
             if job in jobs:
                 self._judge(
@@ -176,14 +197,27 @@ class Head:
                     compile_ids,
                     now,
                     final,
+                    compiling.get(job, set()),
                 )
         return self.divergences()
 
+    def straggler_seconds(self) -> dict[str, float]:
+        """The longest a rank of each job has been compiling while others wait (0: none)."""
+        with self._lock:
+            return dict(self._stragglers)
+
     def _judge(
-        self, job: str, findings: list, compile_ids: set[str] | None, now: float, final: bool
+        self,
+        job: str,
+        findings: list,
+        compile_ids: set[str] | None,
+        now: float,
+        final: bool,
+        compiling: set[str],
     ) -> None:
         """Count new findings once (a compile id missing on some ranks only once it has been
-        for COMPILE_IDS_SETTLE_S, unless ``final``); drop candidates that resolved."""
+        for COMPILE_IDS_SETTLE_S while those ranks are not compiling, unless ``final``);
+        drop candidates that resolved."""
         found = set()
         with self._lock:
             for finding in findings:
@@ -191,6 +225,9 @@ class Head:
                 if finding.key in self._findings:
                     continue
                 first_seen = self._candidates.setdefault(finding.key, now)
+                missing = set(dict(finding.groups).get("missing", ()))
+                if missing and missing <= compiling:  # still compiling: maybe that frame
+                    self._candidates[finding.key] = first_seen = now
                 settled = now - first_seen >= COMPILE_IDS_SETTLE_S
                 if finding.kind != "compile_ids" or settled or final:
                     self._findings[finding.key] = finding

@@ -101,6 +101,7 @@ class RecordPusher:
         self._batches: collections.deque[_Batch] = collections.deque()  # oldest first
         self._unacknowledged = 0  # records in _batches
         self.captured = 0  # records handed over by capture: delivered, waiting or dropped
+        self._state_changed = False  # ``compiling`` changed since the last batch was made
         self._closing = self._closed = False
         self._thread = threading.Thread(target=self._run, name="aotwatch-push", daemon=True)
         self._thread.start()
@@ -122,6 +123,13 @@ class RecordPusher:
         with self._lock:
             self._counts.add("capture_errors", stage)
 
+    def compiling(self, state: dict[str, Any] | None) -> None:
+        """A compile began (``state``) or ended (None): sent at once, with or without records."""
+        with self._lock:  # a new dict: one already handed to Ray is never changed
+            self.worker = {**self.worker, "compiling": state}
+            self._state_changed = True
+        self._wake.set()
+
     # -- the background thread ------------------------------------------------------------
 
     def _take_batch(self) -> bool:
@@ -135,10 +143,11 @@ class RecordPusher:
                 self._queue.popleft() for _ in range(min(len(self._queue), self.config.batch_size))
             ]
             if not records and (
-                self._counts.sent == self._counts.version
+                (self._counts.sent == self._counts.version and not self._state_changed)
                 or any(batch.ref is None for batch in self._batches)
             ):
                 return False
+            self._state_changed = False
             self._batches.append(_Batch(records))
             self._unacknowledged += len(records)
             self._evict()
@@ -170,11 +179,13 @@ class RecordPusher:
             with self._lock:  # the newest totals: they are running totals, newer is right
                 batch.counts, batch.counts_version = self._counts.totals(), self._counts.version
                 self._counts.sent = max(self._counts.sent, self._counts.version)
-            self.worker["rank"], self.worker["world_size"] = rank_and_world_size()
+            rank, world_size = rank_and_world_size()
+            with self._lock:  # a new dict, as ``compiling`` makes one
+                worker = self.worker = {**self.worker, "rank": rank, "world_size": world_size}
             if batch.lines is None:
                 batch.lines = self._encode(batch.records)
             try:
-                batch.ref = self._collector.push.remote(self.worker, batch.lines, batch.counts)
+                batch.ref = self._collector.push.remote(worker, batch.lines, batch.counts)
             except Exception:  # noqa: BLE001 - no collector handle right now: next round
                 return
 

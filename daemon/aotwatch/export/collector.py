@@ -15,7 +15,7 @@ from prometheus_client.core import (
 )
 
 from aotwatch.aggregate import Snapshot
-from aotwatch.metrics import BUILD_INFO, FAMILIES, RANK_DIVERGENCES
+from aotwatch.metrics import BUILD_INFO, FAMILIES, RANK_DIVERGENCES, STRAGGLER_SECONDS
 
 _FAMILY_TYPES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
 
@@ -55,6 +55,18 @@ def divergence_family(
     family = CounterMetricFamily(RANK_DIVERGENCES.name, RANK_DIVERGENCES.help, labels=names)
     for (job, kind), count in sorted(counts.items()):
         family.add_metric((job, kind, *const.values()), count)
+    return family
+
+
+def straggler_family(
+    seconds: Mapping[str, float], const_labels: Mapping[str, str] | None = None
+) -> GaugeMetricFamily:
+    """``torch_compile_straggler_seconds``: the longest wait per job, as the head serves."""
+    const = dict(const_labels or {})
+    names = (*STRAGGLER_SECONDS.labels, *const)
+    family = GaugeMetricFamily(STRAGGLER_SECONDS.name, STRAGGLER_SECONDS.help, labels=names)
+    for job, value in sorted(seconds.items()):
+        family.add_metric((job, *const.values()), value)
     return family
 
 
