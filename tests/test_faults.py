@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aotwatch.cluster.head import stop_daemon
 from aotwatch.cluster.push import MAX_CALLS
 from aotwatch.config import PushConfig
+from aotwatch.metrics import IN_PROGRESS
 from cluster_helpers import (
     Worker,
     collector_pid,
@@ -92,6 +93,8 @@ def test_a_worker_killed_mid_compile_keeps_counters_and_loses_its_gauges(ray_ses
         )
         assert not ray.wait([compiling], timeout=0)[0], "killed after its compile, not during"
         assert collector_values(collector, "aotwatch_workers_attached") == {("ray-test",): 2}
+        in_progress = lambda: collector_values(collector, IN_PROGRESS)  # noqa: E731
+        wait_for(lambda: any(key[1] == "1" for key in in_progress()), timeout=30)
         mid_compile = counter_samples(scrape(url))
         os.kill(victim_pid, signal.SIGKILL)
         with pytest.raises(ray.exceptions.RayActorError):
@@ -112,6 +115,7 @@ def test_a_worker_killed_mid_compile_keeps_counters_and_loses_its_gauges(ray_ses
         assert not shrunk, shrunk
         timestamps = collector_values(collector, "torch_compile_last_compile_timestamp_seconds")
         assert set(timestamps) == {("ray-test", "0", "cpu")}  # rank 1's gauge expired
+        assert in_progress() == {}  # killed mid-compile: no longer compiling once it expired
         frames = collector_values(collector, "torch_compile_frames")
         assert frames[("ray-test", "1", "cpu")] >= 2  # what it compiled before dying stays
     finally:
