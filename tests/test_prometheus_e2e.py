@@ -48,8 +48,11 @@ LABEL_VALUES = re.compile(r"label_values\((.+), (\w+)\)")
 FIRED_ALERTS = {
     "TorchCompileRecompileStorm": ("rank", {"0", "1"}),
     "TorchCompileRankDivergence": ("kind", {"graph_hash"}),
+    "TorchCompileRecompileLimitNear": ("rank", {"0", "1"}),
 }
 """What the alerting job fires: alert -> (a label of its series, the values it must have)."""
+STRAGGLE_S = 8
+"""Rank 1's slow compile while rank 0 waits (the job's straggler_after_s shortened to 2 s)."""
 
 
 def write_job(tmp_path: Path, file_sd: Path) -> Path:
@@ -58,8 +61,9 @@ def write_job(tmp_path: Path, file_sd: Path) -> Path:
     job["name"] = JOB_NAME
     job["aotwatch"]["archive"] = {"path": str(tmp_path / "archive")}
     job["aotwatch"]["collector"].update(
-        address="127.0.0.1", port=0, head_port=0, file_sd_path=str(file_sd)
+        address="127.0.0.1", port=0, head_port=0, file_sd_path=str(file_sd), straggler_after_s=2
     )
+    job["train_loop_config"]["straggle_s"] = str(STRAGGLE_S)
     path = tmp_path / "alerting.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
@@ -245,3 +249,16 @@ def test_the_alerting_job_fires(stack, alert):
     )
     assert {series["metric"]["alertstate"] for series in states} <= {"pending", "firing"}
     assert {series["metric"][label] for series in states} >= values, (alert, states)
+
+
+def test_the_straggler_alert_fired_while_rank_1_compiled(stack):
+    """Over by the time the job reports: Prometheus kept the alert's series from then."""
+    prometheus, _ = stack
+    fired = prometheus.query(
+        f'max_over_time(ALERTS{{alertname="TorchCompileStraggler", job_name="{JOB_NAME}"}}[30m])'
+    )
+    assert fired, "TorchCompileStraggler never pending nor firing"
+    longest = prometheus.query(
+        f'max_over_time(torch_compile_straggler_seconds{{job_name="{JOB_NAME}"}}[30m])'
+    )
+    assert 2 <= float(longest[0]["value"][1]) <= STRAGGLE_S + 5

@@ -6,7 +6,10 @@ compiles a helper whose graph depends on the rank (``x * 2`` on odd ranks, ``x +
 even ones: the head reports a ``graph_hash`` divergence, TorchCompileRankDivergence fires).
 After each step it compiles a statistics helper with static shapes on a batch that grows
 by one row per step: every step after the first recompiles it (TorchCompileRecompileStorm,
-with 3 recompiles or more within 10 minutes) and its ``print`` is a graph break.
+with 3 recompiles or more within 10 minutes; with torch's recompile_limit lowered to 6, five
+compiles of it leave one: TorchCompileRecompileLimitNear) and its ``print`` is a graph
+break. Before training, rank 1 compiles a helper slowly while rank 0 waits at a barrier
+(TorchCompileStraggler).
 Run it with ``aotwatch run config/jobs/alerting.yaml`` next to a Prometheus that loads
 dashboards/prometheus/aotwatch-rules.yml.
 """
@@ -41,19 +44,40 @@ def batch_stats(errors: torch.Tensor) -> torch.Tensor:
     return mean + errors.std()
 
 
-def train_loop(config: dict | None = None) -> None:
-    """train_loop_per_worker: ``config`` may set ``backend`` (inductor, for the model) and
-    ``steps`` (5; each step after the first recompiles the statistics helper)."""
+def straggle(rank: int, seconds: float) -> None:
+    """Rank 1 compiles a helper with a backend that sleeps ``seconds`` while rank 0 waits
+    at a barrier: a compile straggler (TorchCompileStraggler)."""
+    import time
+
+    import torch.distributed as dist
+
+    def slow_backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        time.sleep(seconds)
+        return gm.forward
+
+    if rank == 1:
+        torch.compile(lambda x: x.cos() + 1, backend=slow_backend)(torch.ones(4))
+    dist.barrier()
+
+
+def train_loop(config: dict) -> None:
+    """train_loop_per_worker (``config`` is required: Ray Train passes train_loop_config only
+    to a required parameter): ``config`` may set ``backend`` (inductor, for the model),
+    ``steps`` (5; each step after the first recompiles the statistics helper),
+    ``recompile_limit`` (torch's; 6 leaves that helper one recompile short of it) and
+    ``straggle_s`` (0: rank 1 does not straggle)."""
     import ray.train
 
     config = config or {}
     steps = int(config.get("steps", 5))
     rank = ray.train.get_context().get_world_rank()
+    torch._dynamo.config.recompile_limit = int(config.get("recompile_limit", 8))
     torch.manual_seed(0)
     model = CountingRegressor()
     compiled = torch.compile(model, backend=config.get("backend", "inductor"), dynamic=False)
     stats = torch.compile(batch_stats, backend=FAST_BACKEND, dynamic=False)  # static shapes
     offset = torch.compile(rank_dependent, backend=FAST_BACKEND)(torch.ones(4), rank)
+    straggle(rank, float(config.get("straggle_s", 0)))  # both ranks attached by now
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     for step in range(steps):
         batch = torch.randn(16, 8)

@@ -34,8 +34,9 @@ def log_step(loss: torch.Tensor) -> torch.Tensor:
     return scaled
 
 
-def train_loop(config: dict | None = None) -> None:
-    """train_loop_per_worker: ``config`` may set ``backend`` (inductor) and ``steps`` (6)."""
+def train_loop(config: dict) -> None:
+    """train_loop_per_worker (``config`` is required: Ray Train passes train_loop_config only
+    to a required parameter): ``config`` may set ``backend`` (inductor) and ``steps`` (6)."""
     import ray.train
     import ray.train.torch
 
