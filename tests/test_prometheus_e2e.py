@@ -3,7 +3,8 @@ run by ``aotwatch run`` on a local Ray cluster, then every dashboard query and e
 expression through Prometheus's HTTP API.
 
 The job is config/jobs/alerting.yaml (daemon/aotwatch/examples/alerting_train.py), built to
-trigger TorchCompileRecompileStorm and TorchCompileRankDivergence. Prometheus scrapes every
+trigger the recompile storm, recompile-limit, rank-divergence, collective-schedule and
+straggler alerts. Prometheus scrapes every
 second and evaluates the rules every second; an alert that is pending (waiting out its
 ``for:``) counts as fired here, since ``for:`` only delays the notification.
 """
@@ -49,6 +50,7 @@ FIRED_ALERTS = {
     "TorchCompileRecompileStorm": ("rank", {"0", "1"}),
     "TorchCompileRankDivergence": ("kind", {"graph_hash"}),
     "TorchCompileRecompileLimitNear": ("rank", {"0", "1"}),
+    "TorchCompileCollectiveScheduleDivergence": ("kind", {"collective_schedule"}),
 }
 """What the alerting job fires: alert -> (a label of its series, the values it must have)."""
 STRAGGLE_S = 8

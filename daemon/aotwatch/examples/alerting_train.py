@@ -9,7 +9,8 @@ by one row per step: every step after the first recompiles it (TorchCompileRecom
 with 3 recompiles or more within 10 minutes; with torch's recompile_limit lowered to 6, five
 compiles of it leave one: TorchCompileRecompileLimitNear) and its ``print`` is a graph
 break. Before training, rank 1 compiles a helper slowly while rank 0 waits at a barrier
-(TorchCompileStraggler).
+(TorchCompileStraggler), and the ranks compile an all_reduce with different reduce ops
+(TorchCompileCollectiveScheduleDivergence).
 Run it with ``aotwatch run config/jobs/alerting.yaml`` next to a Prometheus that loads
 dashboards/prometheus/aotwatch-rules.yml.
 """
@@ -60,6 +61,15 @@ def straggle(rank: int, seconds: float) -> None:
     dist.barrier()
 
 
+def reduce_by_rank(x: torch.Tensor, rank: int) -> torch.Tensor:
+    """An all_reduce whose reduce op depends on the rank (sum on rank 0, max elsewhere):
+    gloo completes it, with wrong values (TorchCompileCollectiveScheduleDivergence)."""
+    import torch.distributed as dist
+    import torch.distributed._functional_collectives as funcol
+
+    return funcol.all_reduce(x * 2, "sum" if rank == 0 else "max", dist.group.WORLD) + 1
+
+
 def train_loop(config: dict) -> None:
     """train_loop_per_worker (``config`` is required: Ray Train passes train_loop_config only
     to a required parameter): ``config`` may set ``backend`` (inductor, for the model),
@@ -77,6 +87,7 @@ def train_loop(config: dict) -> None:
     compiled = torch.compile(model, backend=config.get("backend", "inductor"), dynamic=False)
     stats = torch.compile(batch_stats, backend=FAST_BACKEND, dynamic=False)  # static shapes
     offset = torch.compile(rank_dependent, backend=FAST_BACKEND)(torch.ones(4), rank)
+    torch.compile(reduce_by_rank, backend=FAST_BACKEND)(torch.ones(4), rank)  # one compile id
     straggle(rank, float(config.get("straggle_s", 0)))  # both ranks attached by now
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     for step in range(steps):
