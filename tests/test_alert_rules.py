@@ -13,7 +13,7 @@ import yaml
 
 from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
 from aotwatch.config import Config
-from aotwatch.metrics import FAMILIES, RANK_DIVERGENCES, STRAGGLER_SECONDS
+from aotwatch.metrics import FAMILIES, HEAD_FAMILIES
 
 PROMETHEUS_DIR = Path(__file__).parent.parent / "dashboards" / "prometheus"
 RULES = PROMETHEUS_DIR / "aotwatch-rules.yml"
@@ -25,7 +25,7 @@ SERIES_SUFFIXES = {
     "gauge": ("",),
     "histogram": ("_bucket", "_sum", "_count"),
 }
-HEAD_SERIES = {f"{RANK_DIVERGENCES.name}_total", STRAGGLER_SECONDS.name}
+HEAD_SERIES = {sample for family in HEAD_FAMILIES for sample in family.samples()}
 """Served by the head (aotwatch.cluster.head), not by the collectors."""
 PROMQL_WORDS = {"and", "or", "unless", "bool", "inf", "nan"}
 

@@ -13,7 +13,7 @@ import pytest
 from aotwatch.aggregate import Aggregate
 from aotwatch.export.collector import AggregateCollector, build_info, registry_for
 from aotwatch.export.server import serve_metrics
-from aotwatch.metrics import FAMILIES, RANK_DIVERGENCES
+from aotwatch.metrics import FAMILIES, HEAD_FAMILIES
 from aotwatch.records import new_record
 from conftest import wait_for
 from prometheus_server import PrometheusServer, PromQLError
@@ -31,14 +31,14 @@ TEMPLATE_LABELS = ("job_name", "instance", "rank")
 
 TARGET_LABELS = {"instance", "job", "role", "node_id", "hostname"}
 """Labels Prometheus and the head's file_sd put on every series of a target."""
-HEAD_SERVED = {f"{RANK_DIVERGENCES.name}_total"}
+HEAD_SERVED = {sample for family in HEAD_FAMILIES for sample in family.samples()}
 """Families the head serves (another instance than the collectors)."""
 
 
 def _exported_labels() -> dict[str, set[str]]:
     """Every series name the daemon exports (or Prometheus adds) -> its label names."""
     names: dict[str, set[str]] = {"up": set(), "aotwatch_build_info": set(build_info())}
-    for family in (*FAMILIES, RANK_DIVERGENCES):
+    for family in (*FAMILIES, *HEAD_FAMILIES):
         labels = set(family.labels)
         if family.kind == "counter":
             names[f"{family.name}_total"] = labels

@@ -603,7 +603,9 @@ BUILD_INFO = Family(
     action="Mixed versions across collectors or workers explain rejected records.",
 )
 
-ALL_FAMILIES = (BUILD_INFO, *FAMILIES, RANK_DIVERGENCES, STRAGGLER_SECONDS)
+HEAD_FAMILIES = (RANK_DIVERGENCES, STRAGGLER_SECONDS)
+"""The families the head serves (per job), not the collectors."""
+ALL_FAMILIES = (BUILD_INFO, *FAMILIES, *HEAD_FAMILIES)
 BY_NAME = {family.name: family for family in FAMILIES}
 PER_JOB = frozenset(family.name for family in FAMILIES if family.per_job)
 """The families whose first label is the job: a job's series leave with it."""
