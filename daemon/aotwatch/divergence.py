@@ -8,6 +8,7 @@ the head merges them per job and compares the ranks.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,7 @@ def observe(fingerprints: Fingerprints, record: Record) -> list[Change]:
         changes = [(rank_name, "graphs", key)]
         if record.collective_hash:
             schedule = f"{record.collective_hash} {'; '.join(record.collectives)}"
-            _add_distinct(rank.setdefault("collectives", {}), key, schedule[:MAX_SCHEDULE_TEXT])
+            _add_distinct(rank["collectives"], key, schedule[:MAX_SCHEDULE_TEXT])
             changes.append((rank_name, "collectives", key))
         return changes
     rank["cache"][compile_id] = ",".join(
@@ -78,14 +79,14 @@ def observe(fingerprints: Fingerprints, record: Record) -> list[Change]:
 
 def copy_ranks(ranks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """A copy of one job's fingerprints that later records cannot change (about ten times
-    faster than ``copy.deepcopy``: the shape is known)."""
+    faster than ``copy.deepcopy``: the shape is known, lists of hashes or a pattern)."""
     return {
         rank: {
-            "graphs": {key: list(hashes) for key, hashes in parts["graphs"].items()},
-            "collectives": {
-                key: list(hashes) for key, hashes in parts.get("collectives", {}).items()
-            },
-            "cache": dict(parts["cache"]),
+            part: {
+                key: list(value) if type(value) is list else value
+                for key, value in parts.get(part, {}).items()
+            }
+            for part in PARTS
         }
         for rank, parts in ranks.items()
     }
@@ -186,6 +187,11 @@ class Finding:
             "compile_id": self.compile_id,
             "groups": {value: list(ranks) for value, ranks in self.groups},
         }
+
+
+def counts(findings: list[Finding]) -> dict[tuple[str, str], int]:
+    """Findings per (job, kind), as ``torch_compile_rank_divergences_total`` counts them."""
+    return dict(Counter((finding.job_name, finding.kind) for finding in findings))
 
 
 def _groups(values: dict[str, str]) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,7 @@ def as_json(
     if findings is not None:
         result[RANK_DIVERGENCES.name] = [
             {"labels": {"job_name": job, "kind": kind}, "value": count}
-            for (job, kind), count in sorted(finding_counts(findings).items())
+            for (job, kind), count in sorted(divergence.counts(findings).items())
         ]
         result["findings"] = [finding.to_dict() for finding in findings]
     for name, table in sorted(snapshot.values.items()):
@@ -98,13 +97,8 @@ def prometheus(
     there are ``findings``, the head's count of them."""
     text = exposition(snapshot, const_labels)
     if findings:
-        text += family_exposition(divergence_family(finding_counts(findings), const_labels))
+        text += family_exposition(divergence_family(divergence.counts(findings), const_labels))
     return text.decode()
-
-
-def finding_counts(findings: list[Finding]) -> dict[tuple[str, str], int]:
-    """Findings per (job, kind), as ``torch_compile_rank_divergences_total`` counts them."""
-    return dict(Counter((finding.job_name, finding.kind) for finding in findings))
 
 
 def divergence_lines(findings: list[Finding] | list[dict[str, Any]]) -> list[str]:

@@ -44,18 +44,11 @@ def resolve(command: list[str]) -> list[str]:
 
 def check_port(config: Config) -> None:
     """ExportError now, before anything runs, when the first rank's port is taken."""
-    if not (config.export.enabled and config.export.port):
-        return
-    from aotwatch.export.collector import AggregateCollector, registry_for
-    from aotwatch.export.server import serve_metrics
-    from aotwatch.local import export_port
-    from aotwatch.sink import LocalSink
+    if config.export.enabled and config.export.port:
+        from aotwatch.export.server import check_port as check
+        from aotwatch.local import export_port
 
-    collector = AggregateCollector(LocalSink(1).snapshot)
-    server = serve_metrics(
-        registry_for(collector), config.export.address, export_port(config), limits=config.limits
-    )
-    server.close()
+        check(config.export.address, export_port(config))
 
 
 def _run(command: list[str], env: dict[str, str]) -> int:

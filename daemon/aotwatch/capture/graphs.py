@@ -92,6 +92,8 @@ def collective_schedule(text: str) -> tuple[str, ...]:
     """The functional collectives a graph issues, in order: ``all_reduce(sum, 0) f32[4]``
     (the op, its string arguments: reduce op, group; its result's dtype and shape). Waits
     are not collectives."""
+    if _FUNCTIONAL_COLLECTIVE not in text:  # most graphs: no line to match
+        return ()
     schedule = []
     for line in _forward(text)[1]:
         match = _COLLECTIVE.match(_TRAILING_COMMENT.sub("", line))

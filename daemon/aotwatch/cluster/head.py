@@ -252,11 +252,8 @@ class Head:
             return [f.to_dict() for f in self._findings.values()]
 
     def divergence_counts(self) -> dict[tuple[str, str], int]:
-        counts: dict[tuple[str, str], int] = {}
         with self._lock:
-            for job, kind, _ in self._findings:
-                counts[(job, kind)] = counts.get((job, kind), 0) + 1
-        return counts
+            return divergence.counts(list(self._findings.values()))
 
     def endpoints(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -70,6 +70,27 @@ class ExportError(OSError):
     """/metrics could not be served (the address or port cannot be bound)."""
 
 
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _unservable(address: str, port: int, err: OSError) -> ExportError:
+    reason = os.strerror(err.errno) if err.errno else err  # not create_server's longer text
+    return ExportError(
+        f"cannot serve /metrics on {address}:{port}: {reason}; "
+        "set the port to a free one (0 picks any free port) or turn export off"
+    )
+
+
+def check_port(address: str, port: int) -> None:
+    """ExportError, as ``serve_metrics`` would raise it, when ``address:port`` cannot be bound
+    now (checked before a process that will serve there is started)."""
+    try:
+        socket.create_server((address, port), family=_family(address)).close()
+    except OSError as err:
+        raise _unservable(address, port, err) from err
+
+
 def connection_cap(max_connections: int) -> int:
     """``max_connections``, lowered to a share of this process's open-file limit."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -385,14 +406,12 @@ def serve_metrics(
     app = _app(registry, ready)
     if live is not None:
         app = with_basic_auth(app, live, OPEN_PATHS)
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
-        server = BoundedServer((address, port), app, limits or LimitsConfig(), family, live)
+        server = BoundedServer(
+            (address, port), app, limits or LimitsConfig(), _family(address), live
+        )
     except OSError as err:
-        raise ExportError(
-            f"cannot serve /metrics on {address}:{port}: {err.strerror or err}; "
-            "set the port to a free one (0 picks any free port) or turn export off"
-        ) from err
+        raise _unservable(address, port, err) from err
     thread = threading.Thread(target=server.serve_forever, name="aotwatch-http", daemon=True)
     thread.start()
     return MetricsServer(server, thread, address, server.web_config is not None)
