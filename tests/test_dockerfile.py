@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import shutil
+import site
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -142,10 +143,19 @@ def build_in_fresh_venv(tmp_path: Path, build_args: dict[str, str]) -> Path:
     ``build_args`` override ARG defaults, as ``docker build --build-arg`` does.
     """
     venv = tmp_path / "venv"
-    # --system-site-packages: torch, Ray and the other dependencies are already installed here,
-    # so the image's pip installs find them satisfied and run offline (PIP_NO_INDEX below).
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     bin_dir = venv / "bin"
+    # torch, Ray and the other dependencies are already installed for this Python (the system's
+    # or a virtualenv's: --system-site-packages would reach only the base interpreter's), so a
+    # .pth file shows them to the new venv; the image's pip installs find them satisfied and run
+    # offline (PIP_NO_INDEX below).
+    venv_site = subprocess.run(
+        [bin_dir / "python", "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(venv_site) / "outer-site-packages.pth").write_text("\n".join(site.getsitepackages()))
     # The setuptools that venv bundles (Python < 3.12) predates the build backend's requirement
     # and would shadow this Python's; the build then uses this Python's, checked by pip below.
     subprocess.run(
