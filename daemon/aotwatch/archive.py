@@ -90,21 +90,31 @@ class RecordArchive(Protocol):
 
 
 class ArchiveWriter:
-    """Appends lines with one write and one flush each, so a crash loses at most the write in
-    flight; the file is created 0600 in a private directory, never through a link."""
+    """Appends whole lines or nothing: a write the disk cuts short (a full disk returns a short
+    count, not an error) is cut back to the last whole line and raised, so nothing written is
+    torn and nothing refused is half kept. The file is created 0600 in a private directory,
+    never through a link."""
 
     def __init__(self, directory: str | os.PathLike, file_name: str = ARCHIVE_FILE) -> None:
         self.path = private_directory(directory) / file_name
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
-        self._file = os.fdopen(open_private(self.path, flags), "a+b", buffering=0)
+        self._fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         self._lock = threading.Lock()
-        if _ends_torn(self._file.fileno()):  # a crash mid-line: the next one starts afresh
-            self._file.write(b"\n")
+        self._torn = _ends_torn(self._fd)  # a crash mid-line: the next write starts afresh
 
     def write(self, lines: bytes) -> None:
-        """Append whole lines (each ending in a newline); OSError when the disk refuses."""
+        """Append whole lines (each ending in a newline), all of them or none: OSError, with
+        the file as it was, when the disk refuses any part."""
         with self._lock:
-            self._file.write(lines)
+            end = os.fstat(self._fd).st_size
+            try:
+                _write_all(self._fd, b"\n" + lines if self._torn else lines)
+            except OSError:
+                try:
+                    os.ftruncate(self._fd, end)
+                except OSError:
+                    self._torn = True  # part of a line stays: the next write starts afresh
+                raise
+            self._torn = False
 
     def write_records(self, records: list[Record], lines: list[bytes]) -> None:
         """Append the lines of ``records`` (the interface a sink writes through)."""
@@ -116,7 +126,19 @@ class ArchiveWriter:
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data``, however many calls it takes; ENOSPC when one writes nothing."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if not written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
 
 
 def _ends_torn(fd: int) -> bool:
