@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from aotwatch.archive import ARCHIVE_FILE, ArchiveWriter
-from test_hostile_disk_and_pushes import WORKER, fill, job_directory, records
+from aotwatch.cluster.collector import SPOOL_SUFFIX, collector_directory
+from aotwatch.cluster.job_archives import JOB_FILE
+from aotwatch.cluster.push import write_spool
+from aotwatch.cluster.worker_counts import COUNTS_FILE
+from cluster_helpers import NODE, config_at, lines
+from test_hostile_disk_and_pushes import WORKER, fill, job_directory, metric, records
 
 PAGE = 4096
 
@@ -100,3 +108,162 @@ def test_a_disk_filling_mid_batch_loses_no_acknowledged_record_and_tears_no_line
     print(f"\nfull disk: {len(acknowledged)} acknowledged, {len(archived)} lines archived")
     assert [entry["record_id"] for entry in archived] == acknowledged  # each once, none torn
     assert node_collector(disk / "archive").replayed == len(acknowledged)
+
+
+# -- files that are not aotwatch's own ---------------------------------------------------------
+
+KINDS = ["writable", "fifo", "link", "directory"]
+
+
+def plant(path: Path, kind: str) -> None:
+    """Put at ``path`` what a restore, a ``cp -r`` or another process may leave there."""
+    if kind == "writable":  # a file of ours, as ``cp -r`` or a restore leaves its mode
+        if not path.exists():
+            path.write_bytes(json.dumps(records(1)[0]).encode() + b"\n")
+        path.chmod(0o666)
+    else:
+        if path.exists():
+            path.unlink()
+        if kind == "fifo":
+            os.mkfifo(path, 0o600)
+        elif kind == "link":
+            path.symlink_to(path.parent / "elsewhere")
+            (path.parent / "elsewhere").write_bytes(b"")
+        else:
+            path.mkdir(mode=0o700)
+
+
+def start_in_time(start, timeout: float = 60):
+    """``start()`` in a thread; fails, leaving it stuck, if it does not return in time."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(start())
+        except Exception as err:  # noqa: BLE001 - reported below
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert outcome, f"did not return within {timeout} s: blocked on the planted file"
+    assert not isinstance(outcome[0], Exception), f"raised {outcome[0]!r}"
+    return outcome[0]
+
+
+def skipped_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "aotwatch: skipped" in r.getMessage()]
+
+
+def moved_aside(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.name}.unsafe-*"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_unsafe_live_archive_is_skipped_and_the_other_jobs_replayed(
+    node_collector, tmp_path, caplog, kind
+):
+    # Before: UnsafePath out of NodeCollector.__init__ (the node had no collector for any
+    # job), or, for a FIFO, a start blocked forever.
+    first = node_collector()
+    first.push(WORKER, records(2), {})
+    other = {**WORKER, "worker_id": "w2", "job_name": "fine"}
+    first.push(other, [{**r, "job_name": "fine"} for r in records(3)], {})
+    first.close()
+    archive = job_directory(tmp_path / "archive") / ARCHIVE_FILE
+    plant(archive, kind)
+    collector = start_in_time(node_collector)
+    assert collector.replayed == 3  # the other job's; nothing of the skipped file
+    assert metric(collector, "aotwatch_records_received") == {("fine",): 3}
+    assert metric(collector, "aotwatch_records_rejected") == {("unsafe_file",): 1}
+    assert len(moved_aside(archive)) == 1 and len(skipped_warnings(caplog)) == 1
+    assert collector.push(WORKER, records(2), {}) == 2  # the job archives again, afresh
+    assert stat.S_IMODE(archive.lstat().st_mode) == 0o600 and archive.is_file()
+    collector.close()
+    assert node_collector().replayed == 5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_unsafe_counts_file_is_skipped_and_counts_persist_again(
+    node_collector, tmp_path, caplog, kind
+):
+    first = node_collector()
+    first.push(WORKER, records(1), {"dropped": {"queue_full": 1}})
+    first.close()
+    plant(collector_directory(config_at(tmp_path / "archive"), NODE) / COUNTS_FILE, kind)
+    collector = start_in_time(node_collector)
+    assert collector.replayed == 1
+    assert metric(collector, "aotwatch_records_rejected") == {("unsafe_file",): 1}
+    assert len(skipped_warnings(caplog)) == 1
+    collector.push({**WORKER, "worker_id": "w2"}, [], {"dropped": {"queue_full": 2}})
+    collector.close()
+    restarted = node_collector()
+    assert metric(restarted, "aotwatch_records_dropped") == {("hostile", "queue_full"): 2}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_unsafe_spool_file_is_skipped_once_and_the_others_taken_in(node_collector, caplog, kind):
+    # Before: a FIFO blocked the start forever; a link, a 0666 file or a directory was
+    # retried every 2 s, forever, each time with a traceback.
+    collector = node_collector()
+    bad = collector.spool / f"bad{SPOOL_SUFFIX}"
+    plant(bad, kind)
+    header = {"worker": WORKER, "counts": {}}
+    write_spool(collector.spool, "good", header, lines(records(2)))
+    collector.close()
+    restarted = start_in_time(node_collector)  # drains the spool before it serves
+    assert metric(restarted, "aotwatch_records_received") == {("hostile",): 2}
+    for _ in range(3):  # the housekeeping rounds that follow
+        restarted.drain_spool()
+    assert metric(restarted, "aotwatch_records_rejected") == {("unsafe_file",): 1}
+    assert len(skipped_warnings(caplog)) == 1
+    assert [r for r in caplog.records if r.exc_info] == []  # no traceback
+    assert list(restarted.spool.glob(f"*{SPOOL_SUFFIX}")) == [] and len(moved_aside(bad)) == 1
+
+
+def test_a_fifo_for_a_job_file_neither_blocks_nor_stops_the_start(node_collector, tmp_path):
+    first = node_collector()
+    first.push(WORKER, records(2), {})
+    other = {**WORKER, "worker_id": "w2", "job_name": "fine"}
+    first.push(other, [{**r, "job_name": "fine"} for r in records(3)], {})
+    first.close()
+    plant(job_directory(tmp_path / "archive") / JOB_FILE, "fifo")
+    collector = start_in_time(node_collector)
+    assert metric(collector, "aotwatch_records_received") == {("fine",): 3}  # not a job: read
+    # around, as a hostile job.json is (test_job_archives.py)
+
+
+# -- spool files of workers killed while writing them ---------------------------------------
+
+KILLED_WRITER = """
+import os, sys, time
+from pathlib import Path
+from aotwatch.cluster import push
+
+def stuck(fd):  # the worker is killed here, in the middle of spooling
+    print("writing", flush=True)
+    time.sleep(3600)
+
+push.os.fsync = stuck
+push.write_spool(Path(sys.argv[1]), "killed", {"worker": {}}, b"")
+"""
+
+
+def test_a_partial_spool_file_of_a_killed_worker_is_removed_and_a_live_ones_kept(node_collector):
+    # Before: ``.<worker>.partial`` files stayed in the spool forever.
+    collector = node_collector()
+    partial = collector.spool / ".killed.partial"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(collector.spool)], stdout=subprocess.PIPE
+    )
+    try:
+        assert writer.stdout.readline() == b"writing\n"
+        assert partial.exists()
+        collector.drain_spool()
+        assert partial.exists()  # its writer lives: it holds the file's lock
+    finally:
+        writer.kill()
+        writer.wait()
+    collector.drain_spool()
+    assert not partial.exists()
+    assert list(collector.spool.iterdir()) == []

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from aotwatch.records import MAX_RECORD_BYTES, Record, RecordError, decode_line, parse_json, to_json
+
+log = logging.getLogger(__name__)
 
 ARCHIVE_FILE = "records.jsonl"
 _READ_CHUNK = 1 << 16
@@ -63,19 +67,42 @@ def _ownership_problem(info: os.stat_result, is_kind, kind: str) -> str | None:
 
 
 def open_private(path: Path, flags: int) -> int:
-    """A descriptor of the regular file ``path`` (created 0600 when ``flags`` say so),
-    never through a link; UnsafePath for a link or a file of another user."""
+    """A descriptor of the regular file ``path`` (created 0600 when ``flags`` say so), never
+    through a link and never waiting on a FIFO; UnsafePath for a link, a file of another
+    user or one others may write, or anything but a regular file."""
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = _open_without_waiting(path, flags | os.O_NOFOLLOW, 0o600)
     except OSError as err:
         if err.errno == errno.ELOOP:  # the last component is a link
             raise UnsafePath(f"{path}: is a symbolic link; refusing to follow it") from None
+        if err.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO nobody reads, a directory
+            raise UnsafePath(f"{path}: is not a regular file") from None
         raise
     problem = _ownership_problem(os.fstat(fd), stat.S_ISREG, "a regular file")
     if problem:
         os.close(fd)
         raise UnsafePath(f"{path}: {problem}")
     return fd
+
+
+def _open_without_waiting(path: str | os.PathLike, flags: int, mode: int = 0o777) -> int:
+    """``os.open`` that returns at once for a FIFO (blocking reads and writes after it)."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def set_aside(path: Path, problem: UnsafePath) -> None:
+    """Rename a file that ``open_private`` refused (the link, FIFO or directory itself, never
+    what it points to) to ``<name>.unsafe-<time>`` beside it, out of the way and kept for a
+    person to look at; logged."""
+    aside = path.with_name(f"{path.name}.unsafe-{time.time_ns()}")
+    try:
+        os.rename(path, aside)
+    except OSError as err:
+        log.warning("aotwatch: skipped %s (%s); cannot move it aside: %s", path, problem, err)
+        return
+    log.warning("aotwatch: skipped %s, moved aside to %s", problem, aside.name)
 
 
 class RecordArchive(Protocol):
@@ -150,12 +177,17 @@ def _ends_torn(fd: int) -> bool:
 def read_lines(path: str | os.PathLike, private: bool = False) -> Iterator[bytes | RecordError]:
     """Every non-blank line of a file, or RecordError ``too_large`` for one longer than a
     record can be (skipped without reading it whole). ``private``: the file is one of
-    aotwatch's own, opened as ``open_private`` does."""
+    aotwatch's own, opened as ``open_private`` does. The file is opened before this returns
+    (an OSError is raised here, not by the first line)."""
     if private:
         fd = open_private(Path(path), os.O_RDONLY)
     else:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as stream:
+        fd = _open_without_waiting(path, os.O_RDONLY)
+    return _lines(os.fdopen(fd, "rb"))
+
+
+def _lines(stream: BinaryIO) -> Iterator[bytes | RecordError]:
+    with stream:
         while line := stream.readline(MAX_RECORD_BYTES + 1):
             if len(line) > MAX_RECORD_BYTES:
                 while line and not line.endswith(b"\n"):  # the rest of the long line
@@ -193,10 +225,11 @@ def read_archive(path: str | os.PathLike, private: bool = False) -> Iterator[Rec
     """Every line of an archive (every one of ``archive_files``): a valid record, or the
     RecordError that refuses it."""
     for file in archive_files(path):
-        yield from _read_records(file, private)
+        yield from read_records(file, private)
 
 
-def _read_records(path: Path, private: bool) -> Iterator[Record | RecordError]:
+def read_records(path: Path, private: bool = False) -> Iterator[Record | RecordError]:
+    """Every line of one archive file: a valid record, or the RecordError that refuses it."""
     for line in read_lines(path, private):
         try:
             yield line if isinstance(line, RecordError) else decode_line(line)

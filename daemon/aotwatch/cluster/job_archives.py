@@ -59,7 +59,8 @@ def job_directories(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     if not root.is_dir():
         return
     for directory in sorted(root.iterdir()):
-        info = read_job_file(directory) if directory.is_dir() else None
+        is_directory = directory.is_dir() and not directory.is_symlink()
+        info = read_job_file(directory) if is_directory else None
         if info is not None:
             yield directory, info
 
@@ -116,7 +117,7 @@ class JobArchives:
         for directory, info in job_directories(self.path):
             if info.get("finished") is not None:
                 finished.add(info["job_name"])
-            elif (directory / ARCHIVE_FILE).exists():
+            elif os.path.lexists(directory / ARCHIVE_FILE):  # a link too: replay refuses it
                 live.append(directory / ARCHIVE_FILE)
         return live, finished
 
