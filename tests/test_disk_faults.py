@@ -21,11 +21,13 @@ import pytest
 
 from aotwatch.archive import ARCHIVE_FILE, ArchiveWriter
 from aotwatch.cluster.collector import SPOOL_SUFFIX, collector_directory
-from aotwatch.cluster.job_archives import JOB_FILE
+from aotwatch.cluster.job_archives import JOB_FILE, job_slug
 from aotwatch.cluster.push import write_spool
 from aotwatch.cluster.worker_counts import COUNTS_FILE
 from cluster_helpers import NODE, config_at, lines
+from test_cli import aotwatch
 from test_hostile_disk_and_pushes import WORKER, fill, job_directory, metric, records
+from test_job_archives import finish_all
 
 PAGE = 4096
 
@@ -267,3 +269,37 @@ def test_a_partial_spool_file_of_a_killed_worker_is_removed_and_a_live_ones_kept
     collector.drain_spool()
     assert not partial.exists()
     assert list(collector.spool.iterdir()) == []
+
+
+# -- job directories whose names collide ---------------------------------------------------------
+
+PREFIX = "collide-" + "x" * 56  # 64 characters: the readable part of the slug is the same
+COLLIDING = (PREFIX + "10120707", PREFIX + "29175454")
+"""Two job names whose directory names are equal: their SHA-256 share the first 48 bits.
+Found in 2 minutes on one core by hashing PREFIX + str(n) for n below 2**25 and sorting."""
+
+
+def test_jobs_whose_directory_names_collide_keep_their_archives_apart(node_collector, tmp_path):
+    # Before: the second job's records went into the first job's archive, under its name
+    # (``report --job`` of the second found nothing), and finishing either job renamed the
+    # directory to it.
+    first, second = COLLIDING
+    assert job_slug(first) == job_slug(second)
+    collector = node_collector()
+    workers = [{**WORKER, "worker_id": job, "job_name": job} for job in COLLIDING]
+    for worker, count in zip(workers, (2, 3), strict=True):
+        batch = [{**record, "job_name": worker["job_name"]} for record in records(count)]
+        assert collector.push(worker, batch, {}) == count
+    collector.close()
+    restarted = node_collector()
+    assert restarted.replayed == 5
+    for worker in workers:
+        restarted.goodbye(worker)
+    assert sorted(finish_all(restarted)) == sorted(COLLIDING)
+    assert restarted.archives.survey() == ([], set(COLLIDING))  # each marked, apart
+    restarted.close()
+    for job, count in zip(COLLIDING, (2, 3), strict=True):
+        report = aotwatch("report", "--job", job, str(tmp_path / "archive"), "--format", "json")
+        assert report.returncode == 0, report.stderr
+        (sample,) = json.loads(report.stdout)["aotwatch_records_received"]
+        assert sample == {"labels": {"job_name": job}, "value": count}

@@ -71,7 +71,7 @@ def open_private(path: Path, flags: int) -> int:
     through a link and never waiting on a FIFO; UnsafePath for a link, a file of another
     user or one others may write, or anything but a regular file."""
     try:
-        fd = _open_without_waiting(path, flags | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except OSError as err:
         if err.errno == errno.ELOOP:  # the last component is a link
             raise UnsafePath(f"{path}: is a symbolic link; refusing to follow it") from None
@@ -82,13 +82,7 @@ def open_private(path: Path, flags: int) -> int:
     if problem:
         os.close(fd)
         raise UnsafePath(f"{path}: {problem}")
-    return fd
-
-
-def _open_without_waiting(path: str | os.PathLike, flags: int, mode: int = 0o777) -> int:
-    """``os.open`` that returns at once for a FIFO (blocking reads and writes after it)."""
-    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode)
-    os.set_blocking(fd, True)
+    os.set_blocking(fd, True)  # O_NONBLOCK was for the open alone
     return fd
 
 
@@ -182,7 +176,7 @@ def read_lines(path: str | os.PathLike, private: bool = False) -> Iterator[bytes
     if private:
         fd = open_private(Path(path), os.O_RDONLY)
     else:
-        fd = _open_without_waiting(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     return _lines(os.fdopen(fd, "rb"))
 
 
