@@ -112,9 +112,9 @@ class RecordArchive(Protocol):
 
 class ArchiveWriter:
     """Appends whole lines or nothing: a write the disk cuts short (a full disk returns a short
-    count, not an error) is cut back to the last whole line and raised, so nothing written is
-    torn and nothing refused is half kept. The file is created 0600 in a private directory,
-    never through a link."""
+    count, not an error) is cut back to where it began and raised, so nothing written is torn
+    and nothing refused is half kept. The file is created 0600 in a private directory, never
+    through a link."""
 
     def __init__(self, directory: str | os.PathLike, file_name: str = ARCHIVE_FILE) -> None:
         self.path = private_directory(directory) / file_name
@@ -126,16 +126,31 @@ class ArchiveWriter:
         """Append whole lines (each ending in a newline), all of them or none: OSError, with
         the file as it was, when the disk refuses any part."""
         with self._lock:
-            end = os.fstat(self._fd).st_size
+            data = b"\n" + lines if self._torn else lines
+            done = 0
             try:
-                _write_all(self._fd, b"\n" + lines if self._torn else lines)
+                done = os.write(self._fd, data)
+                while done < len(data):  # cut short: the rest, or the disk's error
+                    written = os.write(self._fd, memoryview(data)[done:])
+                    if not written:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    done += written
             except OSError:
-                try:
-                    os.ftruncate(self._fd, end)
-                except OSError:
-                    self._torn = True  # part of a line stays: the next write starts afresh
+                if done:
+                    self._undo(done)
                 raise
             self._torn = False
+
+    def _undo(self, written: int) -> None:
+        """Remove the ``written`` bytes of a failed write from the end of the file; when that
+        fails, or another process appended after them (local mode: ranks may share a file),
+        the next write starts on a new line instead."""
+        with contextlib.suppress(OSError):
+            end = os.lseek(self._fd, 0, os.SEEK_CUR)  # O_APPEND: the end of what this wrote
+            if os.fstat(self._fd).st_size == end:
+                os.ftruncate(self._fd, end - written)
+                return
+        self._torn = True
 
     def write_records(self, records: list[Record], lines: list[bytes]) -> None:
         """Append the lines of ``records`` (the interface a sink writes through)."""
@@ -150,16 +165,6 @@ class ArchiveWriter:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data``, however many calls it takes; ENOSPC when one writes nothing."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if not written:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        view = view[written:]
 
 
 def _ends_torn(fd: int) -> bool:
