@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from aotwatch.records import MAX_RECORD_BYTES, Record, RecordError, decode_line, parse_json, to_json
+
+log = logging.getLogger(__name__)
 
 ARCHIVE_FILE = "records.jsonl"
 _READ_CHUNK = 1 << 16
@@ -63,19 +67,36 @@ def _ownership_problem(info: os.stat_result, is_kind, kind: str) -> str | None:
 
 
 def open_private(path: Path, flags: int) -> int:
-    """A descriptor of the regular file ``path`` (created 0600 when ``flags`` say so),
-    never through a link; UnsafePath for a link or a file of another user."""
+    """A descriptor of the regular file ``path`` (created 0600 when ``flags`` say so), never
+    through a link and never waiting on a FIFO; UnsafePath for a link, a file of another
+    user or one others may write, or anything but a regular file."""
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except OSError as err:
         if err.errno == errno.ELOOP:  # the last component is a link
             raise UnsafePath(f"{path}: is a symbolic link; refusing to follow it") from None
+        if err.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO nobody reads, a directory
+            raise UnsafePath(f"{path}: is not a regular file") from None
         raise
     problem = _ownership_problem(os.fstat(fd), stat.S_ISREG, "a regular file")
     if problem:
         os.close(fd)
         raise UnsafePath(f"{path}: {problem}")
+    os.set_blocking(fd, True)  # O_NONBLOCK was for the open alone
     return fd
+
+
+def set_aside(path: Path, problem: UnsafePath) -> None:
+    """Rename a file that ``open_private`` refused (the link, FIFO or directory itself, never
+    what it points to) to ``<name>.unsafe-<time>`` beside it, out of the way and kept for a
+    person to look at; logged."""
+    aside = path.with_name(f"{path.name}.unsafe-{time.time_ns()}")
+    try:
+        os.rename(path, aside)
+    except OSError as err:
+        log.warning("aotwatch: skipped %s (%s); cannot move it aside: %s", path, problem, err)
+        return
+    log.warning("aotwatch: skipped %s, moved aside to %s", problem, aside.name)
 
 
 class RecordArchive(Protocol):
@@ -90,21 +111,46 @@ class RecordArchive(Protocol):
 
 
 class ArchiveWriter:
-    """Appends lines with one write and one flush each, so a crash loses at most the write in
-    flight; the file is created 0600 in a private directory, never through a link."""
+    """Appends whole lines or nothing: a write the disk cuts short (a full disk returns a short
+    count, not an error) is cut back to where it began and raised, so nothing written is torn
+    and nothing refused is half kept. The file is created 0600 in a private directory, never
+    through a link."""
 
     def __init__(self, directory: str | os.PathLike, file_name: str = ARCHIVE_FILE) -> None:
         self.path = private_directory(directory) / file_name
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
-        self._file = os.fdopen(open_private(self.path, flags), "a+b", buffering=0)
+        self._fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         self._lock = threading.Lock()
-        if _ends_torn(self._file.fileno()):  # a crash mid-line: the next one starts afresh
-            self._file.write(b"\n")
+        self._torn = _ends_torn(self._fd)  # a crash mid-line: the next write starts afresh
 
     def write(self, lines: bytes) -> None:
-        """Append whole lines (each ending in a newline); OSError when the disk refuses."""
+        """Append whole lines (each ending in a newline), all of them or none: OSError, with
+        the file as it was, when the disk refuses any part."""
         with self._lock:
-            self._file.write(lines)
+            data = b"\n" + lines if self._torn else lines
+            done = 0
+            try:
+                done = os.write(self._fd, data)
+                while done < len(data):  # cut short: the rest, or the disk's error
+                    written = os.write(self._fd, memoryview(data)[done:])
+                    if not written:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    done += written
+            except OSError:
+                if done:
+                    self._undo(done)
+                raise
+            self._torn = False
+
+    def _undo(self, written: int) -> None:
+        """Remove the ``written`` bytes of a failed write from the end of the file; when that
+        fails, or another process appended after them (local mode: ranks may share a file),
+        the next write starts on a new line instead."""
+        with contextlib.suppress(OSError):
+            end = os.lseek(self._fd, 0, os.SEEK_CUR)  # O_APPEND: the end of what this wrote
+            if os.fstat(self._fd).st_size == end:
+                os.ftruncate(self._fd, end - written)
+                return
+        self._torn = True
 
     def write_records(self, records: list[Record], lines: list[bytes]) -> None:
         """Append the lines of ``records`` (the interface a sink writes through)."""
@@ -116,7 +162,9 @@ class ArchiveWriter:
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 def _ends_torn(fd: int) -> bool:
@@ -128,12 +176,17 @@ def _ends_torn(fd: int) -> bool:
 def read_lines(path: str | os.PathLike, private: bool = False) -> Iterator[bytes | RecordError]:
     """Every non-blank line of a file, or RecordError ``too_large`` for one longer than a
     record can be (skipped without reading it whole). ``private``: the file is one of
-    aotwatch's own, opened as ``open_private`` does."""
+    aotwatch's own, opened as ``open_private`` does. The file is opened before this returns
+    (an OSError is raised here, not by the first line)."""
     if private:
         fd = open_private(Path(path), os.O_RDONLY)
     else:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as stream:
+    return _lines(os.fdopen(fd, "rb"))
+
+
+def _lines(stream: BinaryIO) -> Iterator[bytes | RecordError]:
+    with stream:
         while line := stream.readline(MAX_RECORD_BYTES + 1):
             if len(line) > MAX_RECORD_BYTES:
                 while line and not line.endswith(b"\n"):  # the rest of the long line
@@ -171,10 +224,11 @@ def read_archive(path: str | os.PathLike, private: bool = False) -> Iterator[Rec
     """Every line of an archive (every one of ``archive_files``): a valid record, or the
     RecordError that refuses it."""
     for file in archive_files(path):
-        yield from _read_records(file, private)
+        yield from read_records(file, private)
 
 
-def _read_records(path: Path, private: bool) -> Iterator[Record | RecordError]:
+def read_records(path: Path, private: bool = False) -> Iterator[Record | RecordError]:
+    """Every line of one archive file: a valid record, or the RecordError that refuses it."""
     for line in read_lines(path, private):
         try:
             yield line if isinstance(line, RecordError) else decode_line(line)

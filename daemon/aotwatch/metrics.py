@@ -549,7 +549,7 @@ FAMILIES: tuple[Family, ...] = (
         ("reason",),
         values={
             "reason": "not_an_object, schema_version, missing_field, unknown_field, "
-            "wrong_type, too_large, not_json, not_utf8, bad_worker"
+            "wrong_type, too_large, not_json, not_utf8, bad_worker, unsafe_file"
         },
         action="A version mismatch between workers and collectors, or a client that is not "
         "aotwatch: check aotwatch_build_info.",

@@ -9,6 +9,7 @@ ready, so a collector killed mid-job loses nothing and counts nothing twice.
 from __future__ import annotations
 
 import copy
+import fcntl
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,12 @@ from aotwatch import divergence
 from aotwatch.aggregate import Snapshot
 from aotwatch.archive import (
     ARCHIVE_FILE,
+    UnsafePath,
+    open_private,
     private_directory,
-    read_archive,
     read_lines,
+    read_records,
+    set_aside,
 )
 from aotwatch.cluster.job_archives import JobArchives
 from aotwatch.cluster.job_life import JobLife
@@ -51,6 +56,8 @@ log = logging.getLogger(__name__)
 HEAD_NAME = "aotwatch-head"
 SPOOL_DIR = "spool"
 SPOOL_SUFFIX = ".jsonl"
+PARTIAL_SUFFIX = ".partial"
+"""A spool file being written (``.<worker id>.partial``), renamed once whole."""
 SPOOL_BATCH = 500
 """Spooled records taken in per archive write."""
 PRUNE_S = 10.0
@@ -186,21 +193,31 @@ class NodeCollector:
         self.archives = JobArchives(directory)
         live, finished = self.archives.survey()
         legacy = directory / ARCHIVE_FILE  # the one file of collectors before per-job archives
-        self.replayed = sum(self._replay(path) for path in [legacy] * legacy.exists() + live)
+        legacy_found = os.path.lexists(legacy)
+        self.replayed = sum(self._replay(path) for path in [legacy] * legacy_found + live)
         self.sink.archive = self.archives
         self.counts = CountsLedger(directory, self.sink, skip=finished)
         self._pruned_at = 0.0
 
     def _replay(self, path: Path) -> int:
         count = 0
-        for item in read_archive(path, private=True):
-            if isinstance(item, RecordError):  # a torn, corrupt or hostile line: skipped
-                self.sink.inc("aotwatch_records_rejected", (item.reason,))
-            elif self.sink.aggregate.add(item):
-                self._observe(item)
-                self.jobs.known(item.job_name)
-                count += 1
+        try:
+            for item in read_records(path, private=True):
+                if isinstance(item, RecordError):  # a torn, corrupt or hostile line: skipped
+                    self.sink.inc("aotwatch_records_rejected", (item.reason,))
+                elif self.sink.aggregate.add(item):
+                    self._observe(item)
+                    self.jobs.known(item.job_name)
+                    count += 1
+        except UnsafePath as problem:  # raised at the open: not one line of it was read
+            self._unsafe(path, problem)
         return count
+
+    def _unsafe(self, path: Path, problem: UnsafePath) -> None:
+        """Skip a file that is not aotwatch's own (see ``archive.open_private``): counted,
+        logged once, moved out of the way of the next start and of the next write."""
+        self.sink.inc("aotwatch_records_rejected", ("unsafe_file",))
+        set_aside(path, problem)
 
     # -- called by workers (cluster.push) ------------------------------------------------
 
@@ -274,18 +291,29 @@ class NodeCollector:
 
     def drain_spool(self) -> int:
         """Accept every spooled file (see ``cluster.push``) and delete it; one that cannot be
-        archived now stays for the next round. Returns the records accepted."""
+        archived now stays for the next round; one that is not aotwatch's own is skipped
+        (``_unsafe``). Then remove what workers killed while spooling left. Returns the
+        records accepted."""
         accepted = 0
         for path in sorted(self.spool.glob(f"*{SPOOL_SUFFIX}")):
             try:
                 accepted += self._drain_file(path)
-                path.unlink()
             except OSError:
                 log.warning("aotwatch: cannot take in %s yet", path, exc_info=True)
+        self._remove_abandoned()
         return accepted
 
     def _drain_file(self, path: Path) -> int:
-        lines = read_lines(path, private=True)
+        try:
+            lines = read_lines(path, private=True)
+        except UnsafePath as problem:
+            self._unsafe(path, problem)
+            return 0
+        accepted = self._take_in(lines)
+        path.unlink()
+        return accepted
+
+    def _take_in(self, lines: Iterator[bytes | RecordError]) -> int:
         first = next(lines, None)
         try:
             header = parse_json(first) if isinstance(first, bytes) else None
@@ -305,6 +333,23 @@ class NodeCollector:
                 accepted += self._accept(worker, b"".join(batch), None)
                 batch = []
         return accepted + self._accept(worker, b"".join(batch), header.get("counts"))
+
+    def _remove_abandoned(self) -> None:
+        """Remove the partial spool files of workers that died writing them: a live writer
+        holds a lock on its file (see ``cluster.push.write_spool``)."""
+        for path in self.spool.glob(f".*{PARTIAL_SUFFIX}"):
+            try:
+                fd = open_private(path, os.O_RDONLY)
+            except OSError:  # renamed into place meanwhile, or not aotwatch's: left alone
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: it lives
+                path.unlink()
+                log.info("aotwatch: removed %s, left by a worker that died writing it", path)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     # -- housekeeping: the spool and the life of jobs ----------------------------------
 

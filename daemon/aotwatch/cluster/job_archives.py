@@ -10,6 +10,7 @@ than ``archive.max_bytes``; ``aotwatch report --job NAME`` finds a job's directo
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -36,7 +37,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def job_slug(job_name: str) -> str:
-    """A directory name for a job: readable, and unique by a hash of the whole name."""
+    """A directory name for a job: readable, and distinct by a 48-bit hash of the whole name
+    (``JobArchives`` checks the name each directory holds: a crafted collision is told apart)."""
     readable = _UNSAFE.sub("_", job_name)[:64].strip("._") or "job"
     return f"{readable}-{hashlib.sha256(job_name.encode()).hexdigest()[:12]}"
 
@@ -59,7 +61,8 @@ def job_directories(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     if not root.is_dir():
         return
     for directory in sorted(root.iterdir()):
-        info = read_job_file(directory) if directory.is_dir() else None
+        is_directory = directory.is_dir() and not directory.is_symlink()
+        info = read_job_file(directory) if is_directory else None
         if info is not None:
             yield directory, info
 
@@ -83,8 +86,7 @@ class JobArchives:
     def _writer(self, job_name: str) -> ArchiveWriter:
         writer = self._writers.get(job_name)
         if writer is None:
-            directory = self.path / job_slug(job_name)
-            info = read_job_file(directory)
+            directory, info = self._directory(job_name)
             if info is None or info.get("finished") is not None:  # new, or running again
                 self._write_job_file(directory, {"job_name": job_name, "finished": None})
             writer = ArchiveWriter(directory)
@@ -96,9 +98,20 @@ class JobArchives:
         writer = self._writers.pop(job_name)
         if writer is not None:
             writer.close()
-        directory = self.path / job_slug(job_name)
+        directory, _ = self._directory(job_name)
         if directory.is_dir():
             self._write_job_file(directory, {"job_name": job_name, "finished": time.time()})
+
+    def _directory(self, job_name: str) -> tuple[Path, dict[str, Any] | None]:
+        """The job's directory and its ``job.json``: ``job_slug``, or, where that directory
+        holds another job (a name crafted to collide in the slug's hash), the first of
+        ``<slug>-2``, ``<slug>-3``, ... that holds this job or none."""
+        slug = job_slug(job_name)
+        for attempt in itertools.count(1):
+            directory = self.path / (slug if attempt == 1 else f"{slug}-{attempt}")
+            info = read_job_file(directory)
+            if info is None or info["job_name"] == job_name:
+                return directory, info
 
     def _write_job_file(self, directory: Path, info: dict[str, Any]) -> None:
         private_directory(directory)
@@ -116,7 +129,7 @@ class JobArchives:
         for directory, info in job_directories(self.path):
             if info.get("finished") is not None:
                 finished.add(info["job_name"])
-            elif (directory / ARCHIVE_FILE).exists():
+            elif os.path.lexists(directory / ARCHIVE_FILE):  # a link too: replay refuses it
                 live.append(directory / ARCHIVE_FILE)
         return live, finished
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import fcntl
 import logging
 import os
 import threading
@@ -27,7 +28,7 @@ import ray
 
 from aotwatch.archive import open_private
 from aotwatch.capture.identity import rank_and_world_size
-from aotwatch.cluster.collector import SPOOL_SUFFIX
+from aotwatch.cluster.collector import PARTIAL_SUFFIX, SPOOL_SUFFIX
 from aotwatch.config import PushConfig
 from aotwatch.records import RecordError, encode_record, to_json
 
@@ -332,18 +333,30 @@ class RecordPusher:
 
 def write_spool(directory: Path, worker_id: str, header: dict, lines: bytes) -> Path:
     """``directory/<worker_id>.jsonl``: the header line, then the records' lines. Written
-    under a temporary name and renamed, so a collector never reads half a file."""
+    under a temporary name, locked until it is renamed (a collector removes a temporary file
+    nobody holds: its writer died), so a collector never reads half a file."""
     path = directory / f"{worker_id}{SPOOL_SUFFIX}"
-    partial = directory / f".{worker_id}.partial"
-    fd = open_private(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    partial = directory / f".{worker_id}{PARTIAL_SUFFIX}"
+    fd = _create_locked(partial)
     try:
         with os.fdopen(fd, "wb") as stream:
             stream.write((to_json(header) + "\n").encode() + lines)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(partial, path)
+            os.replace(partial, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise
     return path
+
+
+def _create_locked(path: Path) -> int:
+    """A new file at ``path``, locked; made again when a collector removed it before the lock
+    was taken (it took it for a dead worker's)."""
+    while True:
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:
+            return fd
+        os.close(fd)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from aotwatch.archive import ArchiveWriter, read_json_lines
+from aotwatch.archive import ArchiveWriter, UnsafePath, read_json_lines, set_aside
 from aotwatch.lru import LruCache
 from aotwatch.records import MAX_ID, MAX_NUMBER, RecordError, label_value_problem
 from aotwatch.sink import LocalSink
@@ -41,15 +41,23 @@ class CountsLedger:
         self.sink = sink
         self._known = LruCache(MAX_WORKERS)  # worker id -> totals applied
         path = Path(directory) / COUNTS_FILE
-        for entry in read_json_lines(path, private=True) if path.exists() else ():
+        if os.path.lexists(path):
+            try:
+                self._replay(path, skip)
+            except UnsafePath as problem:  # not aotwatch's own: a fresh file replaces it
+                sink.inc("aotwatch_records_rejected", ("unsafe_file",))
+                set_aside(path, problem)
+        self._writer = ArchiveWriter(directory, COUNTS_FILE)
+
+    def _replay(self, path: Path, skip: set[str]) -> None:
+        for entry in read_json_lines(path, private=True):
             if isinstance(entry, RecordError):  # a torn, corrupt or hostile line
-                sink.inc("aotwatch_records_rejected", (entry.reason,))
+                self.sink.inc("aotwatch_records_rejected", (entry.reason,))
             elif _valid_entry(entry):
                 if entry["job_name"] not in skip:
                     self._apply(entry["worker_id"], entry["job_name"], entry["totals"])
             else:
-                sink.inc("aotwatch_records_rejected", ("wrong_type",))
-        self._writer = ArchiveWriter(directory, COUNTS_FILE)
+                self.sink.inc("aotwatch_records_rejected", ("wrong_type",))
 
     def add(self, worker_id: str, job_name: str, totals: Any) -> None:
         """Apply what ``totals`` ({kind: {label: count}}) adds to this worker's last ones,
