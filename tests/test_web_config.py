@@ -340,6 +340,37 @@ def test_client_certificates_verified_if_given(conf, serve, ca, client_ca):
     assert fetch(server.url, client_context(ca, client_ca.issue_cert("p@example.com")))[0] == 200
 
 
+@pytest.mark.parametrize("lowered", ["NoClientCert", "VerifyClientCertIfGiven"])
+def test_lowering_client_authentication_needs_a_restart(
+    conf, serve, ca, client_ca, lowered, caplog
+):
+    """Like turning basic auth off: a reload that asks less of clients is refused, with a
+    warning; a client certificate is still required until a restart."""
+    server = _client_auth_server(conf, serve, client_ca, "RequireAndVerifyClientCert")
+    client = client_context(ca, client_ca.issue_cert("prometheus@example.com"))
+    tls = {**TLS, "client_auth_type": lowered}
+    if lowered != "NoClientCert":
+        tls["client_ca_file"] = "clients.pem"
+    with caplog.at_level(logging.WARNING, logger="aotwatch"):
+        write_yaml(conf / "web.yml", {"tls_server_config": tls})
+        with pytest.raises((OSError, http.client.HTTPException)):
+            fetch(server.url, client_context(ca))  # no certificate: still refused
+        assert fetch(server.url, client)[0] == 200
+    assert f"lowering client_auth_type to {lowered} needs a restart" in caplog.text
+
+
+def test_raising_client_authentication_reloads(conf, serve, ca, client_ca):
+    client_ca.cert_pem.write_to_path(str(conf / "clients.pem"))
+    path = write_yaml(conf / "web.yml", {"tls_server_config": TLS})
+    server = serve(path)
+    assert fetch(server.url, client_context(ca))[0] == 200
+    tls = {**TLS, "client_auth_type": "RequireAndVerifyClientCert", "client_ca_file": "clients.pem"}
+    write_yaml(path, {"tls_server_config": tls})
+    with pytest.raises((OSError, http.client.HTTPException)):
+        fetch(server.url, client_context(ca))
+    assert fetch(server.url, client_context(ca, client_ca.issue_cert("p@example.com")))[0] == 200
+
+
 def test_certificates_rotate_without_restart(conf, serve, ca):
     server = serve(write_yaml(conf / "web.yml", {"tls_server_config": TLS}))
     thread, port = server.thread, server.port
