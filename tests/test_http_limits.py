@@ -10,13 +10,16 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import bcrypt
 import pytest
@@ -26,6 +29,7 @@ from aotwatch.config import LimitsConfig
 from aotwatch.export.auth import BasicAuth, Busy
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import connection_cap, serve_metrics
+from aotwatch.export.unfinished import Unfinished
 from aotwatch.sink import LocalSink
 from conftest import scrape, wait_for
 
@@ -187,6 +191,31 @@ def test_past_the_cap_the_address_holding_the_most_makes_room(server):
     finally:
         for sock in oldest + flood:
             sock.close()
+
+
+def test_the_victim_is_the_oldest_of_the_address_holding_the_most():
+    """Unfinished against a plain model (lists scanned in full), over random adds and removes."""
+    rng = random.Random(20)
+    unfinished, model = Unfinished(), []  # model: connections by age
+    for fd in range(3000):
+        if model and rng.random() < 0.45:
+            gone = model.pop(rng.randrange(len(model)))
+            unfinished.remove(gone)
+        else:
+            connection = SimpleNamespace(fd=fd, host=f"10.0.0.{rng.randrange(6)}")
+            model.append(connection)
+            unfinished.add(connection)
+        host = f"10.0.0.{rng.randrange(7)}"
+        held = Counter(c.host for c in model)
+        fullest = {h for h, n in held.items() if n == max(held.values())}
+        victim = unfinished.victim(host)
+        if not model:
+            assert victim is None
+        else:  # the newcomer's own address on a tie, else one holding the most; its oldest
+            assert victim.host == host if host in fullest else victim.host in fullest
+            assert victim is next(c for c in model if c.host == victim.host)
+        assert unfinished.oldest() is (model[0] if model else None)
+        assert len(unfinished) == len(model)
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux's TCP_DEFER_ACCEPT")
