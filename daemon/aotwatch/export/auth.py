@@ -8,8 +8,8 @@ waits for a check: one that cannot start at once (its address's check is running
 slot is taken) gets 503 with ``Retry-After`` at once. So waiting for auth holds no connection
 (a flood of wrong passwords holds at most ``HASH_SLOTS`` connections in bcrypt), and one
 attacker cannot queue ahead of a scraper at another address. Credentials that passed are
-cached too, so a scraper that keeps its password costs one bcrypt in all and is never
-refused for a flood.
+cached too, so a scraper that keeps its password costs one bcrypt in all and never gets
+503 for a flood.
 """
 
 from __future__ import annotations
