@@ -1,6 +1,7 @@
 """/metrics under a connection-exhaustion attack: a collector and local mode, loopback only.
 
     python benchmarks/http_attack.py [--seconds 20] [--targets collector,local,control] [--stall]
+    python benchmarks/http_attack.py --flood bcrypt,handshake [--servers plain,basic,tls]
 
 For each target a child process serves /metrics on 127.0.0.1 (a NodeCollector built in
 process, without Ray, holding 8 ranks x 50 compiles; or local mode, ``aotwatch.attach()``,
@@ -20,6 +21,16 @@ Python threads, OS threads and descriptors (sampled every 0.1 s), its open conne
 1 s during the attack; threads and descriptors bounded by the connection cap; local-mode step
 time within 5% of no attack. Bounded in sockets and in time: 2 x seconds a target, 120 s by
 default; a child that hangs is killed two minutes past its schedule.
+
+With --flood, each server of --servers (a collector as above: plain HTTP; basic auth, bcrypt
+cost 10; TLS by a trustme CA with the same basic auth) meets each flood, sent by a child
+process from --attacker (127.0.0.2 by default; 127.0.0.1 is the scraper's own address):
+``bcrypt``, --parallel (80) connections at once, each a request with a new wrong password;
+``handshake``, --rate (1,200) connections a second that send a TLS ClientHello and stall
+(at most --silent of them open; the oldest is closed past it). One scraper at 127.0.0.1, its
+credentials verified and cached before the flood, scrapes every --interval (0.2 s, 10 s
+timeout). Printed per server and flood: valid scrapes answered / sent, p50, p99 and max, and
+what the flood got. Bounded: --seconds a flood, and at most rate x seconds connections.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter, deque
+from collections.abc import Callable
 
 HOST = "127.0.0.1"
 SLOW_REQUEST = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow\r\n\r\n"
@@ -65,7 +78,7 @@ def _os_threads() -> int:
     return -1
 
 
-def _collector_target() -> tuple[object, object]:
+def _collector_target(web_config: str | None = None) -> tuple[object, object]:
     from aotwatch.cluster.collector import NodeCollector
     from aotwatch.config import ArchiveConfig, CollectorConfig, Config
     from aotwatch.records import new_record
@@ -73,7 +86,7 @@ def _collector_target() -> tuple[object, object]:
     config = Config(
         job_name="attack-bench",
         archive=ArchiveConfig(path=tempfile.mkdtemp(prefix="aotwatch-bench-archive-")),
-        collector=CollectorConfig(address=HOST, port=0),
+        collector=CollectorConfig(address=HOST, port=0, web_config=web_config),
     )
     collector = NodeCollector("bench-node", config)
     for rank in range(8):  # a node of 8 ranks, 50 compiles each
@@ -128,11 +141,11 @@ def _local_target() -> tuple[object, object, object]:
     return aotwatch.local.current().server, aotwatch.detach, step
 
 
-def child(kind: str) -> None:
+def child(kind: str, web_config: str | None = None) -> None:
     if kind == "local":
         metrics, close, step = _local_target()
     else:
-        metrics, close = _collector_target()
+        metrics, close = _collector_target(web_config)
         step = None
     server = metrics.server
     phase = ["warmup"]
@@ -188,22 +201,35 @@ def child(kind: str) -> None:
 
 
 class Scraper:
-    """GET /metrics once a second (one at a time, the next on the next whole second)."""
+    """GET /metrics every ``interval`` seconds (one at a time, the next on the next whole
+    interval); ``connect`` makes its connection (plain HTTP by default), ``headers`` go with
+    each request."""
 
-    def __init__(self, port: int, phase: list[str]) -> None:
-        self.port, self.phase = port, phase
+    def __init__(
+        self,
+        port: int,
+        phase: list[str],
+        connect: Callable[[int], http.client.HTTPConnection] | None = None,
+        headers: dict[str, str] | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        self.port, self.phase, self.interval = port, phase, interval
+        self.connect = connect or (
+            lambda port: http.client.HTTPConnection(HOST, port, timeout=SCRAPE_TIMEOUT_S)
+        )
+        self.headers = headers or {}
         self.results: list[tuple[str, float, bool, str, float]] = []  # phase, seconds, ok,
         # what, seconds to connect
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def scrape(self, start: float) -> tuple[bool, str, float]:
-        connection = http.client.HTTPConnection(HOST, self.port, timeout=SCRAPE_TIMEOUT_S)
+        connection = self.connect(self.port)
         connected = float("nan")
         try:
             connection.connect()
             connected = time.perf_counter() - start
-            connection.request("GET", "/metrics")
+            connection.request("GET", "/metrics", headers=self.headers)
             response = connection.getresponse()
             body = response.read()
             ok = response.status == 200 and b"aotwatch_" in body
@@ -221,7 +247,7 @@ class Scraper:
             ok, what, connected = self.scrape(start)
             self.results.append((phase, time.perf_counter() - start, ok, what, connected))
             now = time.monotonic()
-            tick += max(1, math.ceil(now - tick))
+            tick += self.interval * max(1, math.ceil((now - tick) / self.interval))
             self.stop.wait(max(0.0, tick - now))
 
 
@@ -365,11 +391,11 @@ def _percentile(values: list[float], fraction: float) -> float:
 class Child:
     """A target process (see ``child``), spoken to over its stdin and stdout."""
 
-    def __init__(self, kind: str, deadline_s: float) -> None:
+    def __init__(self, kind: str, deadline_s: float, *options: str) -> None:
         self.kind = kind
         self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by close()
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--child", kind],
+            [sys.executable, os.path.abspath(__file__), "--child", kind, *options],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
@@ -513,6 +539,209 @@ def report(result: dict) -> None:
             )
 
 
+# -- floods of wrong passwords and stalled TLS handshakes ------------------------------------
+
+PASSWORD = "right"
+
+
+def _web_configs(directory: str) -> tuple[dict[str, str | None], str]:
+    """Web-config files of the --servers kinds in ``directory``, and the CA's PEM file."""
+    import bcrypt
+    import trustme
+    import yaml
+
+    ca = trustme.CA()
+    ca_file = os.path.join(directory, "ca.pem")
+    ca.cert_pem.write_to_path(ca_file)
+    leaf = ca.issue_cert(HOST, "localhost")
+    leaf.cert_chain_pems[0].write_to_path(os.path.join(directory, "server.pem"))
+    leaf.private_key_pem.write_to_path(os.path.join(directory, "server-key.pem"))
+    users = {"prometheus": bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()}
+    tls = {"cert_file": "server.pem", "key_file": "server-key.pem"}
+    configs: dict[str, str | None] = {"plain": None}
+    for kind, web in (
+        ("basic", {"basic_auth_users": users}),
+        ("tls", {"tls_server_config": tls, "basic_auth_users": users}),
+    ):
+        configs[kind] = os.path.join(directory, f"{kind}.yml")
+        with open(configs[kind], "w") as stream:
+            yaml.safe_dump(web, stream)
+    return configs, ca_file
+
+
+def _basic(password: str) -> dict[str, str]:
+    import base64
+
+    token = base64.b64encode(f"prometheus:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def _connector(tls_ca: str | None, source: str) -> Callable[[int], http.client.HTTPConnection]:
+    """Makes connections from ``source`` to HOST: HTTPS trusting ``tls_ca`` if given."""
+    import ssl
+
+    address = (source, 0)
+    if tls_ca is None:
+        return lambda port: http.client.HTTPConnection(
+            HOST, port, timeout=SCRAPE_TIMEOUT_S, source_address=address
+        )
+    context = ssl.create_default_context(cafile=tls_ca)
+    return lambda port: http.client.HTTPSConnection(
+        HOST, port, timeout=SCRAPE_TIMEOUT_S, source_address=address, context=context
+    )
+
+
+def _client_hello() -> bytes:
+    """The bytes a TLS client opens with (any server's: nothing in it is checked first)."""
+    import ssl
+
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=HOST)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+def flood_bcrypt(args: argparse.Namespace) -> dict:
+    """--parallel threads, each a connection at a time with a new wrong password."""
+    connect = _connector(args.tls_ca, args.attacker)
+    end = time.monotonic() + args.seconds
+    counts: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def attack(worker: int) -> None:
+        for attempt in range(100_000):
+            if time.monotonic() >= end:
+                return
+            connection = connect(args.port)
+            try:
+                connection.request("GET", "/metrics", headers=_basic(f"guess-{worker}-{attempt}"))
+                response = connection.getresponse()
+                response.read()
+                what = str(response.status)
+            except (OSError, http.client.HTTPException) as err:
+                what = type(err).__name__
+            finally:
+                connection.close()
+            with lock:
+                counts[what] += 1
+
+    threads = [threading.Thread(target=attack, args=(i,)) for i in range(args.parallel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return dict(counts)
+
+
+def flood_handshake(args: argparse.Namespace) -> dict:
+    """--rate connections a second that send a ClientHello and stall; at most --silent open."""
+    hello = _client_hello()
+    counts: Counter[str] = Counter()
+    held: deque[socket.socket] = deque()
+    started = time.monotonic()
+    for n in range(int(args.rate * args.seconds)):
+        ahead = started + n / args.rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+        elif ahead < -args.seconds:
+            break
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(1.0)
+        try:
+            sock.bind((args.attacker, 0))
+            sock.connect((HOST, args.port))
+            sock.sendall(hello)
+            counts["sent"] += 1
+        except OSError as err:
+            counts[type(err).__name__] += 1
+            sock.close()
+            continue
+        held.append(sock)
+        while len(held) > args.silent:
+            held.popleft().close()
+    counts["seconds"] = round(time.monotonic() - started, 1)
+    for sock in held:
+        sock.close()
+    return dict(counts)
+
+
+def flooder(args: argparse.Namespace) -> None:
+    """The --flooder child: send one flood, then print what it got."""
+    run = flood_bcrypt if args.flooder == "bcrypt" else flood_handshake
+    _emit(**run(args))
+
+
+def run_flood(server: str, flood: str, web_config: str | None, ca: str, args) -> dict:
+    """One server (a collector child) under one flood (a flooder child), scraped meanwhile."""
+    deadline_s = 2 * args.quiet_seconds + args.seconds + 120
+    target = Child("collector", deadline_s, *(["--web-config", web_config] if web_config else []))
+    try:
+        port = target.message()["port"]
+        phase = ["before"]
+        target.tell("before")
+        tls_ca = ca if server == "tls" else None
+        headers = _basic(PASSWORD) if server != "plain" else {}
+        connect = _connector(tls_ca, HOST)
+        scraper = Scraper(port, phase, connect, headers, args.interval)
+        scraper.thread.start()
+        time.sleep(args.quiet_seconds)
+        options = [
+            *("--flooder", flood, "--port", str(port), "--attacker", args.attacker),
+            *("--seconds", str(args.seconds), "--parallel", str(args.parallel)),
+            *("--rate", str(args.rate), "--silent", str(args.silent)),
+            *(["--tls-ca", tls_ca] if tls_ca else []),
+        ]
+        attacker = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), *options],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        phase[0] = "attack"
+        target.tell("attack")
+        try:
+            out, _ = attacker.communicate(timeout=args.seconds + 60)
+        finally:
+            if attacker.poll() is None:
+                attacker.kill()
+                attacker.wait()
+        got = [json.loads(line[len(MARK) :]) for line in out.splitlines() if line.startswith(MARK)]
+        phase[0] = "after"
+        target.tell("after")
+        time.sleep(args.quiet_seconds)
+        scraper.stop.set()
+        scraper.thread.join(SCRAPE_TIMEOUT_S + 1)
+        result = target.end()
+    finally:
+        target.close()
+    result.update(server=server, flood=flood, scrapes=scraper.results, got=got[0] if got else {})
+    return result
+
+
+def report_flood(results: list[dict]) -> None:
+    print(
+        "\n| server | flood | valid scrapes answered / sent | p50 (ms) | p99 (ms) | max (ms) "
+        "| open connections, peak | what the flood got |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for result in results:
+        scrapes = [s for s in result["scrapes"] if s[0] == "attack"]
+        answered = [s[1] for s in scrapes if s[2]]
+        peak = result["peaks"].get("attack", {}).get("connections", "-")
+        got = ", ".join(f"{key} {value}" for key, value in sorted(result["got"].items()))
+        print(
+            f"| {result['server']} | {result['flood']} | {len(answered)} / {len(scrapes)} "
+            f"| {_percentile(answered, 0.5) * 1e3:.1f} | {_percentile(answered, 0.99) * 1e3:.1f} "
+            f"| {max(answered, default=float('nan')) * 1e3:.1f} | {peak} | {got} |"
+        )
+    for result in results:
+        quiet = [s for s in result["scrapes"] if s[0] != "attack" and not s[2]]
+        failed = [s for s in result["scrapes"] if s[0] == "attack" and not s[2]]
+        if failed or quiet:
+            kinds = Counter(s[3] for s in failed + quiet)
+            print(f"{result['server']} / {result['flood']}: failed scrapes {dict(kinds)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20, help="attack length per target")
@@ -535,23 +764,57 @@ def main() -> None:
     parser.add_argument(
         "--stall", action="store_true", help="silent connections send one byte, then nothing"
     )
+    parser.add_argument(
+        "--flood", help="bcrypt,handshake: these floods instead of the connection attack"
+    )
+    parser.add_argument("--servers", default="plain,basic,tls", help="with --flood")
+    parser.add_argument("--attacker", default="127.0.0.2", help="the flood's loopback address")
+    parser.add_argument("--parallel", type=int, default=80, help="bcrypt flood connections")
+    parser.add_argument("--rate", type=float, default=1200, help="stalled handshakes a second")
+    parser.add_argument("--interval", type=float, default=0.2, help="with --flood: scrapes")
     parser.add_argument("--child", choices=("collector", "local"), help=argparse.SUPPRESS)
+    parser.add_argument("--web-config", help=argparse.SUPPRESS)
+    parser.add_argument("--flooder", choices=("bcrypt", "handshake"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--tls-ca", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child)
+        child(args.child, args.web_config)
+        return
+    if not args.attacker.startswith("127."):
+        parser.error("--attacker: only loopback addresses (127.0.0.0/8)")
+    if args.flooder:
+        flooder(args)
         return
     if args.quiet_seconds is None:
-        args.quiet_seconds = args.seconds / 2
+        args.quiet_seconds = args.seconds / 2 if not args.flood else 2
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = args.silent + args.slow + 64
     if soft != resource.RLIM_INFINITY and soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    phases = (
+        f"phases {args.quiet_seconds:g} s before, {args.seconds:g} s attack, "
+        f"{args.quiet_seconds:g} s after"
+    )
+    if args.flood:
+        print(
+            f"{os.cpu_count()} CPUs; floods from {args.attacker}: bcrypt {args.parallel} "
+            f"connections at once; handshake {args.rate:g}/s, at most {args.silent} open; "
+            f"a scrape from {HOST} every {args.interval:g} s; {phases}"
+        )
+        results = []
+        with tempfile.TemporaryDirectory(prefix="aotwatch-bench-web-") as directory:
+            configs, ca = _web_configs(directory)
+            for server in args.servers.split(","):
+                for flood in args.flood.split(","):
+                    results.append(run_flood(server, flood, configs[server], ca, args))
+        report_flood(results)
+        return
     print(
         f"{os.cpu_count()} CPUs; {args.silent} silent connections"
         f"{' (one byte sent first)' if args.stall else ''} (re-opened at most "
         f"{args.reopen_per_s:g}/s), {args.slow} one-byte-per-second clients, one scrape a "
-        f"second; phases {args.quiet_seconds:g} s before, {args.seconds:g} s attack, "
-        f"{args.quiet_seconds:g} s after"
+        f"second; {phases}"
     )
     for kind in args.targets.split(","):
         report(run_target(kind, args))

@@ -10,21 +10,26 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import bcrypt
 import pytest
 import yaml
 
 from aotwatch.config import LimitsConfig
+from aotwatch.export.auth import BasicAuth, Busy
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import connection_cap, serve_metrics
+from aotwatch.export.unfinished import Unfinished
 from aotwatch.sink import LocalSink
 from conftest import scrape, wait_for
 
@@ -89,9 +94,10 @@ def test_a_client_sending_a_byte_at_a_time_is_cut_at_the_request_deadline(server
     assert metrics.server.connections == 0
 
 
-def _stalled(port: int) -> socket.socket:
-    """A connection that began its request and went quiet."""
-    sock = socket.create_connection(("127.0.0.1", port))
+def _stalled(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """A connection from ``source`` (a loopback address) that began its request and went
+    quiet."""
+    sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
     sock.sendall(b"GET /me")
     return sock
 
@@ -141,7 +147,7 @@ def test_request_limits_hold_with_heads_read_by_the_accept_loop(server):
 
 
 def test_stalled_connections_hold_no_thread(server):
-    metrics = server(max_connections=64)
+    metrics = server(max_connections=64, max_connections_per_address=64)
     threads = threading.active_count()
     stalled = [_stalled(metrics.port) for _ in range(50)]
     try:
@@ -151,6 +157,65 @@ def test_stalled_connections_hold_no_thread(server):
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_one_address_holds_at_most_its_share(server):
+    metrics = server(max_connections=64, max_connections_per_address=4, request_timeout_s=60)
+    others = [_stalled(metrics.port, "127.0.0.3") for _ in range(3)]
+    flood = [_stalled(metrics.port, "127.0.0.2") for _ in range(20)]
+    try:
+        wait_for(lambda: metrics.server.peak_connections >= 7, timeout=5, message="all read")
+        closed = [_closed_by_peer(sock, wait_s=0.5) for sock in flood]
+        assert closed == [True] * 16 + [False] * 4  # each newcomer past 4: its oldest closed
+        assert metrics.server.connections_from("127.0.0.2") == 4
+        assert all(not _closed_by_peer(sock, wait_s=0) for sock in others)
+        assert metrics.server.connections_from("127.0.0.3") == 3
+        assert _get(metrics.port, "/metrics") == 200
+    finally:
+        for sock in others + flood:
+            sock.close()
+
+
+def test_past_the_cap_the_address_holding_the_most_makes_room(server):
+    """The oldest connections, from another address, outlive a flood that evicts its own."""
+    metrics = server(max_connections=8, max_connections_per_address=8, request_timeout_s=60)
+    oldest = [_stalled(metrics.port, "127.0.0.3") for _ in range(3)]
+    wait_for(lambda: metrics.server.connections == 3, timeout=5, message="3 tracked")
+    flood = [_stalled(metrics.port, "127.0.0.2") for _ in range(30)]
+    try:
+        closed = [_closed_by_peer(sock, wait_s=0.5) for sock in flood]
+        assert closed == [True] * 25 + [False] * 5
+        assert all(not _closed_by_peer(sock, wait_s=0) for sock in oldest)
+        assert metrics.server.connections_from("127.0.0.3") == 3
+        assert metrics.server.peak_connections <= 8
+    finally:
+        for sock in oldest + flood:
+            sock.close()
+
+
+def test_the_victim_is_the_oldest_of_the_address_holding_the_most():
+    """Unfinished against a plain model (lists scanned in full), over random adds and removes."""
+    rng = random.Random(20)
+    unfinished, model = Unfinished(), []  # model: connections by age
+    for fd in range(3000):
+        if model and rng.random() < 0.45:
+            gone = model.pop(rng.randrange(len(model)))
+            unfinished.remove(gone)
+        else:
+            connection = SimpleNamespace(fd=fd, host=f"10.0.0.{rng.randrange(6)}")
+            model.append(connection)
+            unfinished.add(connection)
+        host = f"10.0.0.{rng.randrange(7)}"
+        held = Counter(c.host for c in model)
+        fullest = {h for h, n in held.items() if n == max(held.values())}
+        victim = unfinished.victim(host)
+        if not model:
+            assert victim is None
+        else:  # the newcomer's own address on a tie, else one holding the most; its oldest
+            assert victim.host == host if host in fullest else victim.host in fullest
+            assert victim is next(c for c in model if c.host == victim.host)
+        assert unfinished.oldest() is (model[0] if model else None)
+        assert len(unfinished) == len(model)
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux's TCP_DEFER_ACCEPT")
@@ -331,6 +396,64 @@ def test_a_wrong_password_flood_does_not_keep_a_valid_scrape_waiting(tmp_path):
     assert set(statuses) <= {401, 503}
     # Nothing queues up behind the flood: the server's connections drain at once.
     wait_for(lambda: metrics.server.connections == 0, timeout=10, message="connections drained")
+
+
+def test_a_check_that_would_wait_for_its_address_gets_busy_at_once():
+    """A second check from an address whose check is running is refused at once (503), not
+    queued: waiting for auth would hold a connection."""
+    users = {"prometheus": bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=14)).decode()}
+    auth = BasicAuth()
+    first = threading.Thread(target=auth.allows, args=(users, _header("wrong-1"), "127.0.0.2"))
+    first.start()
+    try:
+        wait_for(lambda: "127.0.0.2" in auth._checking, timeout=5, message="first check runs")
+        with pytest.raises(Busy):
+            auth.allows(users, _header("wrong-2"), "127.0.0.2")
+        assert first.is_alive()  # refused while the first check still runs, without waiting
+        assert auth.allows(users, _header("right"), "127.0.0.3")  # another address: checked
+    finally:
+        first.join(30)
+    assert not auth.allows(users, _header("wrong-2"), "127.0.0.2")  # its turn now
+
+
+def _header(password: str) -> str:
+    return _basic("prometheus", password)["Authorization"]
+
+
+def test_a_flood_of_wrong_passwords_from_one_address_never_refuses_a_verified_scraper(tmp_path):
+    """80 parallel connections from one address, each with a new wrong password (bcrypt cost
+    10), against the default caps: a scraper at another address whose credentials are cached
+    is answered every time."""
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=10)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": hashed}}))
+    metrics = serve_metrics(_registry(), "127.0.0.1", 0, web_config=web)
+    right = _basic("prometheus", "right")
+    assert _get(metrics.port, "/metrics", right) == 200  # verified and cached
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def attack(worker: int) -> None:
+        for attempt in range(1000):  # bounded in count and by the scrapes' end
+            if stop.is_set():
+                return
+            with contextlib.suppress(OSError):  # refused past its address's cap
+                wrong = _basic("prometheus", f"guess-{worker}-{attempt}")
+                statuses.append(_get(metrics.port, "/metrics", wrong, source="127.0.0.2"))
+
+    attackers = [threading.Thread(target=attack, args=(i,)) for i in range(80)]
+    try:
+        for thread in attackers:
+            thread.start()
+        wait_for(lambda: 503 in statuses, timeout=30, message="the flood is refused at once")
+        scrapes = [_get(metrics.port, "/metrics", right, timeout=10) for _ in range(20)]
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(30)
+        metrics.close()
+    assert scrapes == [200] * 20
+    assert 401 in statuses and set(statuses) <= {401, 503}
 
 
 def test_metrics_can_be_filtered_by_name():

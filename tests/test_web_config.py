@@ -6,6 +6,7 @@ Real servers on loopback port 0, real certificates from trustme, stdlib clients.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import logging
 import os
@@ -289,6 +290,67 @@ def test_a_handshake_sent_a_byte_at_a_time_holds_no_thread_and_meets_the_deadlin
     assert 2 <= time.monotonic() - started < 6
 
 
+def test_a_client_in_its_handshake_outlives_a_stalled_handshake_flood(conf, serve, ca):
+    """A valid client between its ClientHello and its Finished is still sending its request:
+    a flood of stalled handshakes from another address (past max_connections: 8) evicts its
+    own connections, not the valid client, which has waited longest."""
+    server = serve(write_yaml(conf / "web.yml", {"tls_server_config": TLS}), max_connections=8)
+    valid = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context(ca).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with valid:
+        with pytest.raises(ssl.SSLWantReadError):
+            tls.do_handshake()
+        valid.sendall(outgoing.read())  # ClientHello
+        while True:  # the server's flight, up to its Finished; ours is not sent yet
+            incoming.write(valid.recv(65536))
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                continue
+        hello = _client_hello(ca)
+        flood = []
+        try:
+            for _ in range(30):  # stalled handshakes from another address
+                sock = socket.create_connection(
+                    ("127.0.0.1", server.port), source_address=("127.0.0.2", 0)
+                )
+                flood.append(sock)
+                sock.sendall(hello)
+            wait_for(
+                lambda: sum(_gone(sock) for sock in flood) >= 30 - 8,
+                timeout=10,
+                message="the flood past the cap closed",
+            )
+            tls.write(b"GET /healthz HTTP/1.0\r\n\r\n")
+            valid.sendall(outgoing.read())  # our Finished and the request
+            answer = b""
+            while b"\r\n" not in answer:
+                data = valid.recv(65536)
+                assert data, "the server closed the valid client's connection"
+                incoming.write(data)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    answer += tls.read(65536)
+        finally:
+            for sock in flood:
+                sock.close()
+    assert answer.startswith(b"HTTP/1.0 200")
+
+
+def _gone(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (data it sent, such as its handshake, is skipped)."""
+    sock.setblocking(False)
+    try:
+        while data := sock.recv(65536):
+            del data
+        return True
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
 def _client_hello(ca: trustme.CA) -> bytes:
     """The bytes a TLS client opens with."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -337,6 +399,37 @@ def test_client_certificates_verified_if_given(conf, serve, ca, client_ca):
     stranger = trustme.CA().issue_cert("stranger@example.com")
     with pytest.raises((OSError, http.client.HTTPException)):
         fetch(server.url, client_context(ca, stranger))
+    assert fetch(server.url, client_context(ca, client_ca.issue_cert("p@example.com")))[0] == 200
+
+
+@pytest.mark.parametrize("lowered", ["NoClientCert", "VerifyClientCertIfGiven"])
+def test_lowering_client_authentication_needs_a_restart(
+    conf, serve, ca, client_ca, lowered, caplog
+):
+    """Like turning basic auth off: a reload that asks less of clients is refused, with a
+    warning; a client certificate is still required until a restart."""
+    server = _client_auth_server(conf, serve, client_ca, "RequireAndVerifyClientCert")
+    client = client_context(ca, client_ca.issue_cert("prometheus@example.com"))
+    tls = {**TLS, "client_auth_type": lowered}
+    if lowered != "NoClientCert":
+        tls["client_ca_file"] = "clients.pem"
+    with caplog.at_level(logging.WARNING, logger="aotwatch"):
+        write_yaml(conf / "web.yml", {"tls_server_config": tls})
+        with pytest.raises((OSError, http.client.HTTPException)):
+            fetch(server.url, client_context(ca))  # no certificate: still refused
+        assert fetch(server.url, client)[0] == 200
+    assert f"lowering client_auth_type to {lowered} needs a restart" in caplog.text
+
+
+def test_raising_client_authentication_reloads(conf, serve, ca, client_ca):
+    client_ca.cert_pem.write_to_path(str(conf / "clients.pem"))
+    path = write_yaml(conf / "web.yml", {"tls_server_config": TLS})
+    server = serve(path)
+    assert fetch(server.url, client_context(ca))[0] == 200
+    tls = {**TLS, "client_auth_type": "RequireAndVerifyClientCert", "client_ca_file": "clients.pem"}
+    write_yaml(path, {"tls_server_config": tls})
+    with pytest.raises((OSError, http.client.HTTPException)):
+        fetch(server.url, client_context(ca))
     assert fetch(server.url, client_context(ca, client_ca.issue_cert("p@example.com")))[0] == 200
 
 

@@ -262,7 +262,13 @@ class LimitsConfig(Section):
     max_connections: int = field(default=64, metadata=between(1, 65_536))
     """Connections each /metrics server (local mode, collectors, the head) holds at once,
     1..65_536, and never more than a quarter of the process's open-file limit. Past it, a new
-    connection closes the one that has waited longest for its request to arrive."""
+    connection closes the oldest one still sending its request from the client address that
+    holds the most of those."""
+
+    max_connections_per_address: int = field(default=16, metadata=between(1, 65_536))
+    """Connections each /metrics server holds at once from one client address, 1..65_536 (at
+    most max_connections). Past it, a new connection from that address closes the address's
+    oldest one still sending its request, so one address cannot take the others' room."""
 
     request_timeout_s: int = field(default=10, metadata=between(1, 3600))
     """Seconds a client has to send its whole request (TLS handshake, request line and

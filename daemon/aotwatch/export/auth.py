@@ -2,11 +2,14 @@
 flood of wrong passwords starve the right ones.
 
 bcrypt is slow by design (~75 ms at cost 10), so every check is bounded three ways: at most
-``HASH_SLOTS`` run at once; a client address has at most one check running or waiting (its
-other requests wait behind it, at most ``CLIENT_WAIT_S``, then get 503), so one attacker
-cannot queue ahead of a scraper at another address; and a credential that failed is refused
-from a cache for ``FAILED_TTL_S`` without another bcrypt. Credentials that passed are cached
-too, so a scraper that keeps its password costs one bcrypt in all.
+``HASH_SLOTS`` run at once; a client address has at most one check running; and a credential
+that failed is refused from a cache for ``FAILED_TTL_S`` without another bcrypt. No request
+waits for a check: one that cannot start at once (its address's check is running, or every
+slot is taken) gets 503 with ``Retry-After`` at once. So waiting for auth holds no connection
+(a flood of wrong passwords holds at most ``HASH_SLOTS`` connections in bcrypt), and one
+attacker cannot queue ahead of a scraper at another address. Credentials that passed are
+cached too, so a scraper that keeps its password costs one bcrypt in all and never gets
+503 for a flood.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ from aotwatch.lru import LruCache
 REALM = "aotwatch"
 HASH_SLOTS = 2
 """bcrypt checks running at once: a flood costs at most this many cores."""
-CLIENT_WAIT_S = 5.0
-"""Longest a request waits for its address's earlier check before it gets 503."""
 FAILED_TTL_S = 60.0
 """How long a credential that failed is refused without another bcrypt."""
 CACHE_SIZE = 1024
@@ -46,7 +47,7 @@ def _credentials(header: str | None) -> tuple[str, bytes] | None:
 
 
 class Busy(Exception):
-    """No check could start in time: the client should try again later (503)."""
+    """No check could start at once: the client should try again later (503)."""
 
 
 class BasicAuth:
@@ -56,13 +57,11 @@ class BasicAuth:
         self._lock = threading.Lock()
         self._passed = LruCache(CACHE_SIZE)  # digest -> True
         self._failed = LruCache(CACHE_SIZE)  # digest -> monotonic expiry
-        self._slots = threading.BoundedSemaphore(HASH_SLOTS)
-        self._clients: dict[str, threading.Lock] = {}  # address -> its one check at a time
-        self._waiting: dict[str, int] = {}  # address -> requests holding or awaiting its lock
+        self._checking: set[str] = set()  # addresses with a check running
 
     def allows(self, users: Mapping[str, str], header: str | None, client: str = "") -> bool:
-        """Whether ``header`` carries a user and password of ``users``; Busy when the check
-        could not start within CLIENT_WAIT_S."""
+        """Whether ``header`` carries a user and password of ``users``; Busy when its bcrypt
+        check could not start at once."""
         credentials = _credentials(header)
         if credentials is None:
             return False
@@ -75,7 +74,7 @@ class BasicAuth:
         cached = self._cached(key)
         if cached is not None:
             return cached and stored is not None  # a removed user never passes
-        matches = self._check_in_turn(client, password, hashed)
+        matches = self._check_at_once(client, password, hashed)
         with self._lock:
             if matches:
                 self._passed.put(key, True)
@@ -92,24 +91,17 @@ class BasicAuth:
                 return False
         return None
 
-    def _check_in_turn(self, client: str, password: bytes, hashed: bytes) -> bool:
-        """bcrypt, once this address's earlier check is done and a slot is free."""
+    def _check_at_once(self, client: str, password: bytes, hashed: bytes) -> bool:
+        """bcrypt, if this address has no check running and a slot is free; Busy if not."""
         with self._lock:
-            turn = self._clients.setdefault(client, threading.Lock())
-            self._waiting[client] = self._waiting.get(client, 0) + 1
-        try:
-            if not turn.acquire(timeout=CLIENT_WAIT_S):
+            if client in self._checking or len(self._checking) >= HASH_SLOTS:
                 raise Busy(client)
-            try:
-                with self._slots:
-                    return _checkpw(password, hashed)
-            finally:
-                turn.release()
+            self._checking.add(client)
+        try:
+            return _checkpw(password, hashed)
         finally:
             with self._lock:
-                self._waiting[client] -= 1
-                if not self._waiting[client]:  # the last one out forgets the address
-                    del self._waiting[client], self._clients[client]
+                self._checking.discard(client)
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:

@@ -9,11 +9,16 @@ work a round (it matters in local mode, where it shares the GIL with training). 
 client that connects and says nothing is not even accepted (``TCP_DEFER_ACCEPT``): the kernel
 holds it, up to the listen backlog, at no cost to this process.
 At most ``limits.max_connections`` connections are open (never more than a quarter of the
-process's open-file limit, so the training process keeps its descriptors); each has
+process's open-file limit, so the training process keeps its descriptors), at most
+``limits.max_connections_per_address`` of them from one client address; each has
 ``limits.request_timeout_s`` to send its whole request (the TLS handshake included) and as long
-again to take the answer. A new connection past the cap closes the one that has waited longest
-for its request; a request that has arrived is never closed for a newcomer. ``accept``
-failures back off instead of spinning.
+again to take the answer. A new connection past a cap closes one still sending its request:
+past its address's cap, that address's oldest; past the server's cap, the oldest of the address
+holding the most such connections (``Unfinished``), so a flood from one address evicts its own
+connections, not a valid client's in the middle of its TLS handshake. A request that has
+arrived is never closed for a newcomer: if every connection in the way is being answered, the
+newcomer is. Each round reads what connected clients sent before it accepts newcomers.
+``accept`` failures back off instead of spinning.
 
 With a web-config file (``export.webconfig``) the port speaks TLS and /metrics asks for basic
 auth. /healthz and /readyz stay open to whoever can connect (over TLS when TLS is on): they
@@ -35,7 +40,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -44,6 +49,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from aotwatch.config import LimitsConfig
 from aotwatch.export.auth import with_basic_auth
+from aotwatch.export.unfinished import Unfinished
 from aotwatch.export.webconfig import LiveWebConfig
 
 log = logging.getLogger(__name__)
@@ -104,6 +110,7 @@ class _Connection:
 
     def __init__(self, sock: socket.socket, address: tuple, deadline: float) -> None:
         self.sock, self.address, self.deadline = sock, address, deadline
+        self.host = address[0]
         self.fd = sock.fileno()
         self.head = bytearray()
         self.handshaken = not isinstance(sock, ssl.SSLSocket)
@@ -169,12 +176,13 @@ class BoundedServer(WSGIServer):
             )
         self.set_app(app)
         self.cap = connection_cap(limits.max_connections)
+        self.cap_per_address = min(self.cap, limits.max_connections_per_address)
         self.timeout_s = limits.request_timeout_s
         self.web_config = web_config if web_config is not None and web_config.tls else None
         self._lock = threading.Lock()
         self._connections: dict[int, _Connection] = {}  # descriptor -> its connection
-        self._reading: OrderedDict[int, _Connection] = OrderedDict()  # the accept loop's, by
-        # age: connections still sending their request
+        self._from: Counter[str] = Counter()  # client address -> its connections
+        self._reading = Unfinished()  # the accept loop's: connections still sending
         self._selector = selectors.DefaultSelector()  # the accept loop's alone
         self._stop = threading.Event()
         self._stopped = threading.Event()
@@ -194,18 +202,23 @@ class BoundedServer(WSGIServer):
                     log.warning("aotwatch: /metrics accept loop", exc_info=True)
                 self._stop.wait(ROUND_S - (time.monotonic() - round_started))
         finally:
-            for connection in list(self._reading.values()):
+            for connection in self._reading:
                 self._drop(connection)
             self._selector.close()
             self._stopped.set()
 
     def _round(self, poll_interval: float, backoff: float) -> float:
-        """Accept, read and enforce deadlines once; returns the next accept back-off."""
+        """Read, accept and enforce deadlines once; returns the next accept back-off. What
+        connected clients sent is read first: a client whose request (or handshake) has
+        arrived is never closed for a newcomer of the same round."""
+        listening = False
         for key, _ in self._selector.select(poll_interval):
             if key.data is None:
-                backoff = self._accept(backoff)
-            elif self._reading.get(key.data.fd) is key.data:  # not dropped this round
+                listening = True
+            elif self._reading.holds(key.data):  # not dropped this round
                 self._read(key.data)
+        if listening:
+            backoff = self._accept(backoff)
         self._enforce_deadlines()
         return backoff
 
@@ -230,14 +243,18 @@ class BoundedServer(WSGIServer):
         return 0.0
 
     def _admit(self, sock: socket.socket, address: tuple) -> None:
-        """Track a new connection and read what it sent already. At the cap, the one that
-        has waited longest for its request makes room; if every one is being answered, the
-        newcomer is refused."""
-        if self.connections >= self.cap:  # only this thread adds connections
-            if not self._reading:
+        """Track a new connection and read what it sent already, after making room for it
+        (see module doc); refuse it if no connection in the way is still sending."""
+        host = address[0]
+        with self._lock:  # only this thread adds connections
+            full = len(self._connections) >= self.cap
+            full_here = self._from[host] >= self.cap_per_address
+        if full or full_here:
+            victim = self._reading.oldest_of(host) if full_here else self._reading.victim(host)
+            if victim is None:
                 sock.close()
                 return
-            self._drop(next(iter(self._reading.values())))
+            self._drop(victim)
         try:
             sock.setblocking(False)
             if self.web_config is not None:
@@ -250,8 +267,9 @@ class BoundedServer(WSGIServer):
         connection = _Connection(sock, address, time.monotonic() + self.timeout_s)
         with self._lock:
             self._connections[connection.fd] = connection
+            self._from[host] += 1
             self.peak_connections = max(self.peak_connections, len(self._connections))
-        self._reading[connection.fd] = connection
+        self._reading.add(connection)
         self._selector.register(sock, selectors.EVENT_READ, connection)
         self._read(connection)
 
@@ -282,7 +300,7 @@ class BoundedServer(WSGIServer):
         self._answer(connection)
 
     def _answer(self, connection: _Connection) -> None:
-        del self._reading[connection.fd]
+        self._reading.remove(connection)
         self._selector.unregister(connection.sock)
         with self._lock:
             connection.answering = True
@@ -300,17 +318,14 @@ class BoundedServer(WSGIServer):
 
     def _drop(self, connection: _Connection) -> None:
         """Close a connection the accept loop holds."""
-        del self._reading[connection.fd]
+        self._reading.remove(connection)
         self._selector.unregister(connection.sock)
         self._forget(connection)
         connection.sock.close()
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
-        while self._reading:
-            oldest = next(iter(self._reading.values()))
-            if oldest.deadline >= now:
-                break
+        while (oldest := self._reading.oldest()) is not None and oldest.deadline < now:
             self._drop(oldest)
         with self._lock:
             for connection in self._connections.values():
@@ -334,13 +349,21 @@ class BoundedServer(WSGIServer):
 
     def _forget(self, connection: _Connection) -> None:
         with self._lock:
-            self._connections.pop(connection.fd, None)
+            if self._connections.pop(connection.fd, None) is connection:
+                self._from[connection.host] -= 1
+                if not self._from[connection.host]:
+                    del self._from[connection.host]
 
     @property
     def connections(self) -> int:
         """Connections open right now."""
         with self._lock:
             return len(self._connections)
+
+    def connections_from(self, host: str) -> int:
+        """Connections open right now from client address ``host``."""
+        with self._lock:
+            return self._from[host]
 
     def stop(self) -> None:
         """End the accept loop; requests being answered finish (or meet their deadlines)."""

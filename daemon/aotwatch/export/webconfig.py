@@ -281,6 +281,12 @@ def load_web_config(path: str | os.PathLike[str]) -> LoadedWebConfig:
     return _with_context(read_web_config(path), os.fsdecode(path))
 
 
+def _client_auth_level(loaded: LoadedWebConfig) -> int:
+    """How much a config asks of clients' certificates: ssl's CERT_NONE < CERT_OPTIONAL <
+    CERT_REQUIRED, the order of CLIENT_AUTH_MODES."""
+    return CLIENT_AUTH_MODES[loaded.config.tls_server_config.client_auth_type]
+
+
 Signature = tuple[tuple[int, ...] | None, ...]
 
 
@@ -298,8 +304,10 @@ class LiveWebConfig:
     ``current()`` costs a few ``stat`` calls. A reload that fails (a half-written certificate,
     a typo) is logged and the previous config stays in force until a file changes again; so
     does one that would turn TLS on or off, which needs a restart (the listening socket is
-    plain or TLS for its life), and one that would turn basic auth off (an emptied or truncated
-    file must not open /metrics). Raises ConfigError when the first load fails.
+    plain or TLS for its life), one that would turn basic auth off (an emptied or truncated
+    file must not open /metrics) and one that would ask less of client certificates (from
+    RequireAndVerifyClientCert to VerifyClientCertIfGiven or NoClientCert, say). Raises
+    ConfigError when the first load fails.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -345,6 +353,14 @@ class LiveWebConfig:
                 "aotwatch: %s: turning basic auth off needs a restart; keeping the web "
                 "config loaded before",
                 self.path,
+            )
+            return
+        if _client_auth_level(loaded) < _client_auth_level(self._loaded):
+            log.warning(
+                "aotwatch: %s: lowering client_auth_type to %s needs a restart; keeping the "
+                "web config loaded before",
+                self.path,
+                loaded.config.tls_server_config.client_auth_type,
             )
             return
         self._seen, self._loaded = signature, loaded
