@@ -182,3 +182,12 @@ def test_the_memory_benchmark_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = [line.split("|")[1].strip() for line in result.stdout.splitlines() if "| " in line]
     assert rows[-2:] == ["table", "html"]
+
+
+def test_hover_text_shows_a_compile_id_and_frame_name_as_text_not_markup(tmp_path):
+    tag = "<img src=x onerror=alert(1)>"
+    page = Page()
+    page.add(to_record(frame(compile_id=f"0/0{tag}", frame={"co_name": f"<b>{tag}</b>"})))
+    text = render(page, [], [tmp_path])
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "\\u003cimg" not in text and "\\u003cb\\u003e" not in text  # no tag in plotly's data
