@@ -14,13 +14,14 @@ import datetime
 import heapq
 import html
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aotwatch.divergence import Finding
 from aotwatch.metrics import BY_NAME, RANK_DIVERGENCES
-from aotwatch.records import PHASES, Record
+from aotwatch.records import CACHE_RESULTS, PHASES, Record
 
 MAX_JOBS = 20
 """Jobs shown (the first seen); the records of others are counted, not shown."""
@@ -38,6 +39,9 @@ MAX_FINDINGS = 500
 """Divergences listed per job (``--format json`` lists every one)."""
 TOP = 10
 """Reasons listed per kind."""
+
+BarText = Callable[[Record, str, float], str]
+"""A bar's hover text, made only for the bars kept: (record, kind, seconds) -> HTML."""
 
 _COLORS = {"compile": "#4c78a8", "recompile": "#f58518", "backward": "#72b7b2", "failed": "#e45756"}
 
@@ -115,7 +119,9 @@ class JobView:
         self.ranks.setdefault(record.rank, len(self.ranks))
         for cache, results in record.cache.items():
             if cache in self.cache or len(self.cache) < MAX_REASONS:
-                self.cache[cache].update(results)
+                counts = self.cache[cache]
+                for result in CACHE_RESULTS:  # the columns of the page's cache table
+                    counts[result] += results.get(result, 0)
         for bypass in record.cache_bypasses:
             self.bypasses.add(bypass["category"], bypass.get("reason") or "")
         if record.graph is None:
@@ -155,7 +161,9 @@ class JobView:
             row = self.graphs[key] = _graph_row(record)
         row["ranks"] |= 1 << self.ranks[record.rank]
 
-    def _add_bar(self, record: Record, seconds: float, kind: str, text, breaks: int = 0) -> None:
+    def _add_bar(
+        self, record: Record, seconds: float, kind: str, text: BarText, breaks: int = 0
+    ) -> None:
         """A bar from ``seconds`` before the record to it, kept if among the earliest (a
         start before 1970, from a duration longer than the time, is drawn at 1970)."""
         self.compile_count += 1
