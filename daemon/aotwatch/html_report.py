@@ -5,7 +5,9 @@ metric table's own advice), then per job: a timeline of every compile per rank, 
 by phase, the top recompile, graph-break and cache-bypass reasons with their text, cache
 results, the cross-rank divergences, and the AOT metadata of every distinct graph. Charts are
 plotly figures with plotly.js inlined (no network fetch when opened); the page is a jinja2
-template.
+template. Records are folded one at a time into a ``Page`` as the table's pass reads them, and
+it keeps only what the page shows (the bounds below): memory does not grow with the archive,
+and the page says what it left out.
 """
 
 from __future__ import annotations
