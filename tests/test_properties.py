@@ -24,6 +24,7 @@ from aotwatch.records import (
     MAX_LABEL,
     MAX_NUMBER,
     MAX_TEXT,
+    MAX_TIME,
     MUTATION_KINDS,
     PHASES,
     PLACEMENTS,
@@ -62,6 +63,12 @@ label_text = st.text(
     st.characters(codec="utf-8", categories=("L", "N", "P", "S")), min_size=1, max_size=12
 )
 free_text = st.text(st.characters(codec="utf-8"), max_size=20)  # control characters too
+shown_text = st.text(
+    st.characters(codec="utf-8", categories=("L", "M", "N", "P", "S"), include_characters=" "),
+    max_size=20,
+)
+"""Text of the fields reports print (``records.shown_text``): printable, spaces included."""
+unprintable = st.characters(codec="utf-8", categories=("Cc", "Cf", "Zl", "Zp"))
 count = st.integers(0, 1000)
 seconds = st.integers(0, 10**6).map(lambda n: n / 64)  # dyadic: sums are exact in any order
 
@@ -83,7 +90,7 @@ FIELDS = {
     "device": st.sampled_from(["cpu", "cuda:0", "cuda:7"]) | label_text,
     "hostname": free_text,
     "pid": st.integers(0, 2**22),
-    "time": st.floats(0, 2e9) | st.integers(0, 2**31),
+    "time": st.floats(0, 2e9) | st.integers(0, 2**31) | st.just(MAX_TIME),
     "compile_id": st.none() | st.from_regex(r"\d{1,2}/\d", fullmatch=True),
     "frame": st.none()
     | st.fixed_dictionaries(
@@ -93,7 +100,9 @@ FIELDS = {
     "aot_id": st.none() | st.integers(0, 100),
     "cache_hit": st.booleans(),
     "graph_hash": st.none() | st.text("0123456789abcdef", min_size=1, max_size=64),
-    "collectives": st.lists(st.sampled_from(["all_reduce(sum, 0) f32[4]"]) | free_text, max_size=2),
+    "collectives": st.lists(
+        st.sampled_from(["all_reduce(sum, 0) f32[4]"]) | shown_text, max_size=2
+    ),
     "collective_hash": st.none() | st.text("0123456789abcdef", min_size=1, max_size=16),
     "nodes": st.none() | st.integers(0, 10**5),
     "inputs": counts_of(("total", "subclass", *MUTATION_KINDS)),
@@ -115,8 +124,8 @@ FIELDS = {
     "rng_functionalized": st.booleans(),
     "durations_s": st.dictionaries(st.sampled_from(PHASES) | free_text, seconds, max_size=3),
     "cache": st.dictionaries(
-        st.sampled_from(CACHES) | free_text,
-        counts_named(st.sampled_from(CACHE_RESULTS) | free_text),
+        st.sampled_from(CACHES) | shown_text,
+        counts_named(st.sampled_from(CACHE_RESULTS) | shown_text),
         max_size=2,
     ),
     "graph_breaks": st.lists(
@@ -202,6 +211,8 @@ def broken_records(draw) -> tuple[dict, str]:
                 "wrong_type",
                 "schema",
                 "time",
+                "late",
+                "unprintable",
                 "count",
                 "huge_count",
                 "huge_int",
@@ -228,6 +239,24 @@ def broken_records(draw) -> tuple[dict, str]:
         return record, "schema_version"
     if kind == "time":
         record["time"] = draw(bad_number)
+        return record, "wrong_type"
+    if kind == "late":  # after the calendar's end: no date to show it at
+        late = st.floats(MAX_TIME, MAX_NUMBER, exclude_min=True) | st.integers(MAX_TIME + 1)
+        if draw(st.booleans()):
+            record["time"] = draw(late)
+        else:
+            record["durations_s"] = {**record["durations_s"], "total": draw(late)}
+        return record, "too_large"
+    if kind == "unprintable":  # an escape sequence for the terminal that prints it
+        text = "0/0" + draw(unprintable) + draw(shown_text)
+        where = draw(st.sampled_from(["compile_id", "graph_hash", "collective_hash", "cache"]))
+        if where == "cache":
+            results = {text: 1} if draw(st.booleans()) else {}
+            record["cache"] = {**record["cache"], ("fx_graph" if results else text): results}
+        else:
+            record[where] = text
+        if draw(st.booleans()):
+            record["collectives"] = [*record["collectives"], text]
         return record, "wrong_type"
     if kind in ("count", "huge_count"):
         key = draw(st.sampled_from(COUNTED))

@@ -98,8 +98,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.format == "html" and not args.output:
         return _fail("--format html writes a file: name it with -o FILE")
     try:
-        snapshot, findings = report.read_archives(paths, config.limits.max_series_per_metric)
-        text = _report_text(args.format, snapshot, findings, paths, config)
+        text = _report_text(args.format, paths, config)
     except (OSError, UnicodeDecodeError) as err:
         return _fail(f"{args.path or args.job}: cannot read: {err}")
     if not args.output:
@@ -113,19 +112,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_text(
-    output: str, snapshot: Any, findings: list, paths: list[Path], config: Config
-) -> str:
+def _report_text(output: str, paths: list[Path], config: Config) -> str:
     from aotwatch import report
 
+    limit = config.limits.max_series_per_metric
+    if output == "html":
+        from aotwatch.html_report import Page, render
+
+        page = Page()
+        _, findings = report.read_archives(paths, limit, page.add)
+        return render(page, findings, paths)
+    snapshot, findings = report.read_archives(paths, limit)
     if output == "json":
         return json.dumps(report.as_json(snapshot, findings), indent=2, sort_keys=True) + "\n"
     if output == "prometheus":
         return report.prometheus(snapshot, config.labels, findings)
-    if output == "html":
-        from aotwatch.html_report import render_archives
-
-        return render_archives(paths, findings)
     return "\n".join([report.table(snapshot), "", *report.divergence_lines(findings)]) + "\n"
 
 
@@ -211,11 +212,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_status(status: dict) -> None:
+    from aotwatch.records import printable
+
     print("collectors:")
     for c in status["collectors"]:
         target = f"{c.get('ip')}:{c.get('port')}" if "port" in c else "-"
         health = "healthy" if c.get("healthy") else "unreachable"
-        print(f"  node {c['node_id'][:12]}  {c.get('hostname', '?')}  {target}  {health}")
+        print(
+            printable(f"  node {c['node_id'][:12]}  {c.get('hostname', '?')}  {target}  {health}")
+        )
     jobs: dict[str, list] = {}
     for c in status["collectors"]:
         for w in c.get("workers", []):
@@ -225,10 +230,10 @@ def _print_status(status: dict) -> None:
         ranks = ",".join(
             str(w.get("rank", "?")) for w in sorted(workers, key=lambda w: str(w.get("rank")))
         )
-        print(f"  {name}: {len(workers)} workers attached (ranks {ranks})")
+        print(printable(f"  {name}: {len(workers)} workers attached (ranks {ranks})"))
     print(f"divergences: {len(status['divergences']) or 'none'}")
     for f in status["divergences"]:
-        print(f"  {f['job_name']} {f['kind']} at {f['compile_id']}: {f['groups']}")
+        print(printable(f"  {f['job_name']} {f['kind']} at {f['compile_id']}: {f['groups']}"))
     print(f"file_sd: {status['file_sd']}")
 
 

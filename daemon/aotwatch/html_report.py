@@ -5,29 +5,45 @@ metric table's own advice), then per job: a timeline of every compile per rank, 
 by phase, the top recompile, graph-break and cache-bypass reasons with their text, cache
 results, the cross-rank divergences, and the AOT metadata of every distinct graph. Charts are
 plotly figures with plotly.js inlined (no network fetch when opened); the page is a jinja2
-template.
+template. Records are folded one at a time into a ``Page`` as the table's pass reads them, and
+it keeps only what the page shows (the bounds below): memory does not grow with the archive,
+and the page says what it left out.
 """
 
 from __future__ import annotations
 
 import datetime
+import heapq
 import html
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aotwatch.archive import read_archive
 from aotwatch.divergence import Finding
 from aotwatch.metrics import BY_NAME, RANK_DIVERGENCES
-from aotwatch.records import PHASES, Record
+from aotwatch.records import CACHE_RESULTS, PHASES, Record
 
+MAX_JOBS = 20
+"""Jobs shown (the first seen); the records of others are counted, not shown."""
+MAX_RANKS = 16_384
+"""Ranks shown per job (the first seen: a job of 10,240 ranks fits)."""
 MAX_TIMELINE = 5000
 """Compiles drawn per job (the earliest); the counts above the chart are over all."""
 MAX_GRAPH_ROWS = 500
-"""Distinct graphs listed per job."""
+"""Distinct graphs listed per job (the first seen)."""
+MAX_REASONS = 200
+"""Distinct reasons tallied per kind and job (the first seen); the totals count every one."""
+MAX_REASON_CHARS = 4000
+"""Characters of a reason or category kept and shown (the archive keeps all of it)."""
+MAX_FINDINGS = 500
+"""Divergences listed per job (``--format json`` lists every one)."""
 TOP = 10
 """Reasons listed per kind."""
+
+BarText = Callable[[Record, str, float], str]
+"""A bar's hover text, made only for the bars kept: (record, kind, seconds) -> HTML."""
 
 _COLORS = {"compile": "#4c78a8", "recompile": "#f58518", "backward": "#72b7b2", "failed": "#e45756"}
 
@@ -44,29 +60,72 @@ class Compile:
     graph_breaks: int = 0
 
 
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+
+
+@dataclass
+class Tally:
+    """Occurrences of one kind (recompiles, graph breaks, ...): all of them counted, and by
+    category and reason while fewer than MAX_REASONS distinct ones are held."""
+
+    total: int = 0
+    by_reason: Counter = field(default_factory=Counter)
+    by_category: Counter = field(default_factory=Counter)
+    untallied: int = 0
+    """Occurrences whose reason (or category) came after MAX_REASONS others: in ``total`` only."""
+
+    def add(self, category: str, reason: str) -> None:
+        self.total += 1
+        key = (_clip(category), _clip(reason))
+        if key in self.by_reason or len(self.by_reason) < MAX_REASONS:
+            self.by_reason[key] += 1
+        else:
+            self.untallied += 1
+        if key[0] in self.by_category or len(self.by_category) < MAX_REASONS:
+            self.by_category[key[0]] += 1
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+
 @dataclass
 class JobView:
-    """What the page shows of one job, gathered from its records."""
+    """What the page shows of one job, folded one record at a time: it holds what the page
+    shows (bounded above), not the records."""
 
     name: str
-    ranks: set[int] = field(default_factory=set)
-    compiles: list[Compile] = field(default_factory=list)
+    records: int = 0
+    ranks: dict[int, int] = field(default_factory=dict)
+    """Each rank shown, with its number in the order they came (a bit of a graph's ranks)."""
+    compile_count: int = 0
     seconds_by_rank: Counter = field(default_factory=Counter)
     phases: dict[int, Counter] = field(default_factory=lambda: defaultdict(Counter))
     cache: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
-    recompiles: Counter = field(default_factory=Counter)
-    graph_breaks: Counter = field(default_factory=Counter)
-    bypasses: Counter = field(default_factory=Counter)
-    failures: Counter = field(default_factory=Counter)
+    recompiles: Tally = field(default_factory=Tally)
+    graph_breaks: Tally = field(default_factory=Tally)
+    bypasses: Tally = field(default_factory=Tally)
+    failures: Tally = field(default_factory=Tally)
     graphs: dict[tuple, dict[str, Any]] = field(default_factory=dict)
+    graph_records_unlisted: int = 0
+    records_of_other_ranks: int = 0
     findings: list[Finding] = field(default_factory=list)
+    _earliest: list[tuple[float, int, Compile]] = field(default_factory=list)
+    """The timeline's bars: a heap of the MAX_TIMELINE earliest, latest start on top."""
 
     def add(self, record: Record) -> None:
-        self.ranks.add(record.rank)
+        if record.rank not in self.ranks and len(self.ranks) >= MAX_RANKS:
+            self.records_of_other_ranks += 1
+            return
+        self.records += 1
+        self.ranks.setdefault(record.rank, len(self.ranks))
         for cache, results in record.cache.items():
-            self.cache[cache].update(results)
+            if cache in self.cache or len(self.cache) < MAX_REASONS:
+                counts = self.cache[cache]
+                for result in CACHE_RESULTS:  # the columns of the page's cache table
+                    counts[result] += results.get(result, 0)
         for bypass in record.cache_bypasses:
-            self.bypasses[(bypass["category"], bypass.get("reason") or "")] += 1
+            self.bypasses.add(bypass["category"], bypass.get("reason") or "")
         if record.graph is None:
             self._add_frame(record)
         else:
@@ -75,48 +134,74 @@ class JobView:
     def _add_frame(self, record: Record) -> None:
         seconds = record.durations_s.get("total", 0.0)
         self.seconds_by_rank[record.rank] += seconds
-        for phase, value in record.durations_s.items():
-            self.phases[record.rank][phase] += value
+        phases = self.phases[record.rank]
+        for phase in PHASES:
+            phases[phase] += record.durations_s.get(phase, 0.0)
         for graph_break in record.graph_breaks:
-            self.graph_breaks[(graph_break["category"], graph_break.get("reason") or "")] += 1
+            self.graph_breaks.add(graph_break["category"], graph_break.get("reason") or "")
         if record.recompile_reason:
-            self.recompiles[(record.recompile_category or "other", record.recompile_reason)] += 1
+            self.recompiles.add(record.recompile_category or "other", record.recompile_reason)
         if record.fail_type:
-            self.failures[(record.fail_type, record.fail_reason or "")] += 1
+            self.failures.add(record.fail_type, record.fail_reason or "")
         kind = (
             "failed" if record.fail_type else "recompile" if record.recompile_reason else "compile"
         )
-        where = (record.frame or {}).get("co_name") or "?"
-        text = (
-            f"rank {record.rank} · frame {record.compile_id} ({where})<br>{kind}, {seconds:.2f} s"
-            f"<br>{_phase_text(record.durations_s)}"
-            f"<br>graph breaks: {len(record.graph_breaks)}"
-        )
-        if record.recompile_reason:
-            text += f"<br>recompile: {html.escape(record.recompile_reason[:200])}"
-        start, breaks = record.time - seconds, len(record.graph_breaks)
-        self.compiles.append(Compile(record.rank, start, seconds, kind, text, breaks))
+        self._add_bar(record, seconds, kind, _frame_text, len(record.graph_breaks))
 
     def _add_graph(self, record: Record) -> None:
         if record.graph == "backward" and record.durations_s.get("backward"):
             seconds = record.durations_s["backward"]
             self.seconds_by_rank[record.rank] += seconds
             self.phases[record.rank]["backward"] += seconds
-            text = f"rank {record.rank} · backward of {record.compile_id}<br>{seconds:.2f} s"
-            self.compiles.append(
-                Compile(record.rank, record.time - seconds, seconds, "backward", text)
-            )
+            self._add_bar(record, seconds, "backward", _backward_text)
         key = (record.compile_id, record.graph, record.graph_hash)
         row = self.graphs.get(key)
         if row is None:
             if len(self.graphs) >= MAX_GRAPH_ROWS:
+                self.graph_records_unlisted += 1
                 return
             row = self.graphs[key] = _graph_row(record)
-        row["ranks"].add(record.rank)
+        row["ranks"] |= 1 << self.ranks[record.rank]
+
+    def _add_bar(
+        self, record: Record, seconds: float, kind: str, text: BarText, breaks: int = 0
+    ) -> None:
+        """A bar from ``seconds`` before the record to it, kept if among the earliest (a
+        start before 1970, from a duration longer than the time, is drawn at 1970)."""
+        self.compile_count += 1
+        start = max(record.time - seconds, 0.0)
+        full = len(self._earliest) >= MAX_TIMELINE
+        if full and start >= -self._earliest[0][0]:
+            return
+        bar = Compile(record.rank, start, seconds, kind, text(record, kind, seconds), breaks)
+        entry = (-start, -self.compile_count, bar)
+        (heapq.heapreplace if full else heapq.heappush)(self._earliest, entry)
+
+    @property
+    def compiles(self) -> list[Compile]:
+        """The bars the timeline draws (at most MAX_TIMELINE), earliest first."""
+        return [bar for *_, bar in sorted(self._earliest, reverse=True)]
 
     @property
     def compile_seconds(self) -> float:
         return sum(self.seconds_by_rank.values())
+
+
+def _frame_text(record: Record, kind: str, seconds: float) -> str:
+    where = html.escape(str((record.frame or {}).get("co_name") or "?"))
+    text = (
+        f"rank {record.rank} · frame {html.escape(str(record.compile_id))} ({where})<br>"
+        f"{kind}, {seconds:.2f} s<br>{_phase_text(record.durations_s)}"
+        f"<br>graph breaks: {len(record.graph_breaks)}"
+    )
+    if record.recompile_reason:
+        text += f"<br>recompile: {html.escape(record.recompile_reason[:200])}"
+    return text
+
+
+def _backward_text(record: Record, kind: str, seconds: float) -> str:
+    compile_id = html.escape(str(record.compile_id))
+    return f"rank {record.rank} · backward of {compile_id}<br>{seconds:.2f} s"
 
 
 def _phase_text(durations: dict[str, float]) -> str:
@@ -143,21 +228,113 @@ def _graph_row(record: Record) -> dict[str, Any]:
         "tokens": f"{record.tokens.get('forward', 0)}/{record.tokens.get('backward', 0)}",
         "saved": record.tensors_saved_for_backward if record.tensors_saved_for_backward else "",
         "saved_bytes": record.bytes_saved_for_backward or "",
-        "subclasses": subclasses,
+        "subclasses": _clip(subclasses),
         "cache_hit": bool(record.cache_hit),
-        "ranks": set(),
+        "ranks": 0,
     }
 
 
-def job_views(records: list[Record], findings: list[Finding]) -> list[JobView]:
-    """One view per job, in name order."""
-    views: dict[str, JobView] = {}
-    for record in records:
-        views.setdefault(record.job_name, JobView(record.job_name)).add(record)
-    for finding in findings:
-        if finding.job_name in views:
-            views[finding.job_name].findings.append(finding)
-    return [views[name] for name in sorted(views)]
+def graph_rows(view: JobView) -> list[dict[str, Any]]:
+    """The distinct graphs listed, by compile id and kind, each with its ranks as ranges."""
+    by_bit = list(view.ranks)
+    rows = []
+    for row in view.graphs.values():
+        bits = bin(row["ranks"])[:1:-1]  # bit 0 first
+        ranks = sorted(by_bit[index] for index, bit in enumerate(bits) if bit == "1")
+        rows.append({**row, "ranks": _ranges(ranks)})
+    return sorted(rows, key=lambda g: (str(g["compile_id"]), str(g["graph"])))
+
+
+def _ranges(ranks: list[int]) -> str:
+    """Sorted ranks as ``0-3,5,7-9``."""
+    spans: list[list[int]] = []
+    for rank in ranks:
+        if spans and rank == spans[-1][1] + 1:
+            spans[-1][1] = rank
+        else:
+            spans.append([rank, rank])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
+
+
+class Page:
+    """The jobs of a report, folded one record at a time (``add``): what it holds is bounded
+    by what the page shows, whatever the size of the archives."""
+
+    def __init__(self) -> None:
+        self.views: dict[str, JobView] = {}
+        self.records = 0
+        self.records_of_other_jobs = 0
+        self.other_jobs: list[str] = []
+        """The first MAX_JOBS names of the jobs not shown."""
+        self.more_other_jobs = False
+
+    def add(self, record: Record) -> None:
+        """Fold one record (a valid one, not seen before: ``report.read_archives`` hands them)."""
+        self.records += 1
+        view = self.views.get(record.job_name)
+        if view is None:
+            if len(self.views) >= MAX_JOBS:
+                self.records_of_other_jobs += 1
+                if record.job_name not in self.other_jobs:
+                    if len(self.other_jobs) < MAX_JOBS:
+                        self.other_jobs.append(record.job_name)
+                    else:
+                        self.more_other_jobs = True
+                return
+            view = self.views[record.job_name] = JobView(record.job_name)
+        view.add(record)
+
+    def job_views(self, findings: list[Finding]) -> list[JobView]:
+        """One view per job shown, in name order, with its ``findings``."""
+        for view in self.views.values():
+            view.findings = [f for f in findings if f.job_name == view.name]
+        return [self.views[name] for name in sorted(self.views)]
+
+    def left_out(self) -> list[str]:
+        """What the page does not show of other jobs, in sentences (none: nothing)."""
+        if not self.records_of_other_jobs:
+            return []
+        names = ", ".join(self.other_jobs) + (", ..." if self.more_other_jobs else "")
+        return [
+            f"{self.records_of_other_jobs} records of jobs beyond the first {MAX_JOBS} are not "
+            f"shown ({names}): report them with --job NAME or their own archive."
+        ]
+
+
+def left_out(view: JobView) -> list[str]:
+    """What the page does not show of a job, in sentences (none: it shows everything)."""
+    lines = []
+    if view.records_of_other_ranks:
+        lines.append(
+            f"{view.records_of_other_ranks} records of ranks beyond the first {MAX_RANKS} are "
+            "not shown."
+        )
+    if view.compile_count > MAX_TIMELINE:
+        lines.append(
+            f"Timeline: the earliest {MAX_TIMELINE} of {view.compile_count} compiles are drawn."
+        )
+    if len(view.findings) > MAX_FINDINGS:
+        lines.append(
+            f"Cross-rank divergences: the first {MAX_FINDINGS} of {len(view.findings)} are "
+            "listed (--format json lists every one)."
+        )
+    for title, tally in (
+        ("Recompile reasons", view.recompiles),
+        ("Graph-break reasons", view.graph_breaks),
+        ("AOTAutogradCache bypass reasons", view.bypasses),
+        ("Failures", view.failures),
+    ):
+        if tally.untallied:
+            lines.append(
+                f"{title}: the first {MAX_REASONS} distinct reasons are tallied; "
+                f"{tally.untallied} of {tally.total} had a later one and count in the totals only."
+            )
+    if view.graph_records_unlisted:
+        lines.append(
+            f"AOT graphs: the first {MAX_GRAPH_ROWS} distinct graphs are listed; "
+            f"{view.graph_records_unlisted} records of later ones are not."
+        )
+    return lines
 
 
 def advice(view: JobView) -> list[dict[str, str]]:
@@ -167,18 +344,14 @@ def advice(view: JobView) -> list[dict[str, str]]:
         kinds = Counter(f.kind for f in view.findings)
         title = f"cross-rank divergences: {len(view.findings)} ({_counts(kinds)})"
         items.append({"title": title, "advice": RANK_DIVERGENCES.action})
-    for title, counter, family in (
+    for title, tally, family in (
         ("failed compiles", view.failures, "torch_compile_frame_failures"),
         ("recompiles", view.recompiles, "torch_compile_recompiles"),
         ("graph breaks", view.graph_breaks, "torch_compile_graph_breaks"),
         ("AOTAutogradCache bypasses", view.bypasses, "torch_compile_aot_autograd_cache_bypasses"),
     ):
-        if counter:
-            by_category = Counter()
-            for (category, _), count in counter.items():
-                by_category[category] += count
-            total = sum(counter.values())
-            items.append(_item(f"{title}: {total} ({_counts(by_category)})", family))
+        if tally:
+            items.append(_item(f"{title}: {tally.total} ({_counts(tally.by_category)})", family))
     misses = sum(results.get("miss", 0) for results in view.cache.values())
     hits = sum(results.get("hit", 0) for results in view.cache.values())
     if misses and not hits:
@@ -194,10 +367,10 @@ def _counts(counter: Counter) -> str:
     return ", ".join(f"{name} {count}" for name, count in counter.most_common(4))
 
 
-def _top(counter: Counter) -> list[dict[str, Any]]:
+def _top(tally: Tally) -> list[dict[str, Any]]:
     return [
         {"category": category, "reason": reason, "count": count}
-        for (category, reason), count in counter.most_common(TOP)
+        for (category, reason), count in tally.by_reason.most_common(TOP)
     ]
 
 
@@ -210,7 +383,7 @@ def timeline_figure(view: JobView) -> Any:
     import plotly.graph_objects as go
 
     figure = go.Figure()
-    shown = sorted(view.compiles, key=lambda c: c.start)[:MAX_TIMELINE]
+    shown = view.compiles
     for kind, color in _COLORS.items():
         bars = [c for c in shown if c.kind == kind]
         if not bars:
@@ -273,18 +446,12 @@ def phase_figure(view: JobView) -> Any:
     return figure
 
 
-def render_archives(paths: list[Path], findings: list[Finding]) -> str:
-    """The page for the records of these archives (malformed lines skipped)."""
-    records = [item for path in paths for item in read_archive(path) if isinstance(item, Record)]
-    return render(records, findings, paths)
-
-
-def render(records: list[Record], findings: list[Finding], sources: list[Path]) -> str:
-    """The page for ``records`` (read from ``sources``) and their ``findings``."""
+def render(page: Page, findings: list[Finding], sources: list[Path]) -> str:
+    """The page for the records folded into ``page`` (read from ``sources``) and their
+    ``findings``."""
     import jinja2
     import plotly.offline
 
-    views = job_views(records, findings)
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("aotwatch", "templates"),
         autoescape=jinja2.select_autoescape(["html"]),
@@ -301,21 +468,20 @@ def render(records: list[Record], findings: list[Finding], sources: list[Path]) 
             "phases": phase_figure(view).to_html(
                 full_html=False, include_plotlyjs=False, div_id=f"phases-{index}"
             ),
+            "findings": view.findings[:MAX_FINDINGS],
             "recompiles": _top(view.recompiles),
             "graph_breaks": _top(view.graph_breaks),
             "bypasses": _top(view.bypasses),
             "failures": _top(view.failures),
-            "graphs": sorted(
-                view.graphs.values(), key=lambda g: (str(g["compile_id"]), str(g["graph"]))
-            ),
-            "truncated": len(view.compiles) > MAX_TIMELINE,
+            "graphs": graph_rows(view),
+            "left_out": left_out(view),
         }
-        for index, view in enumerate(views)
+        for index, view in enumerate(page.job_views(findings))
     ]
     return environment.get_template("report.html").render(
         jobs=jobs,
         sources=sources,
-        records=len(records),
+        records=page.records,
+        left_out=page.left_out(),
         plotly_js=plotly.offline.get_plotlyjs(),
-        max_timeline=MAX_TIMELINE,
     )

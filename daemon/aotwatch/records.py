@@ -81,6 +81,10 @@ collectors remember many of them."""
 MAX_NUMBER = 2**53
 """Largest number a record may carry: metric values are floats, exact up to 2**53."""
 
+MAX_TIME = 253_402_300_799
+"""Latest time a record may carry, 9999-12-31 23:59:59 UTC in Unix seconds: the last a
+date can say. Durations are bounded the same (no compile outlasts the calendar)."""
+
 MAX_ITEMS = 4096
 """Most entries of a record's list or mapping (graph breaks, counts, a frame's fields)."""
 
@@ -92,7 +96,7 @@ Label = Annotated[str, Meta(max_length=MAX_LABEL)]
 Text = Annotated[str, Meta(max_length=MAX_TEXT)]
 Int = Annotated[int, Meta(ge=-MAX_NUMBER, le=MAX_NUMBER)]
 Count = Annotated[int, Meta(ge=0, le=MAX_NUMBER)]
-Seconds = Annotated[float, Meta(ge=0, le=MAX_NUMBER)]
+Seconds = Annotated[float, Meta(ge=0, le=MAX_TIME)]
 Scalar = Text | Int | Annotated[float, Meta(ge=-MAX_NUMBER, le=MAX_NUMBER)] | bool | None
 Counts = Annotated[dict[Id, Count], Meta(max_length=MAX_ITEMS)]
 Fields = Annotated[dict[Id, Scalar], Meta(max_length=MAX_ITEMS)]
@@ -240,6 +244,27 @@ def label_value_problem(text: str) -> str | None:
     return None
 
 
+def shown_text(record: Record) -> list[str]:
+    """The names a record gives that reports, ``aotwatch status`` and the head's log print
+    (divergences name compile ids, graph hashes, collective schedules and cache results):
+    validation refuses a record where one is not printable, as it refuses such a label."""
+    texts = [record.compile_id or "", record.graph_hash or "", record.collective_hash or ""]
+    texts += record.collectives
+    for cache, results in record.cache.items():
+        texts += (cache, *results)
+    return texts
+
+
+def printable(text: Any) -> str:
+    """``text`` (or ``str(text)``) with every character that is not printable written as its
+    escape (ESC as ``\\x1b``, a newline as ``\\n``): how text from records reaches a terminal or
+    a log, where a control character could erase lines, hide text or write the clipboard."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 # -- validation: msgspec checks the declaration, ``_check`` what it cannot express ---------
 
 _LINE_DECODER = msgspec.json.Decoder(Record)
@@ -265,8 +290,8 @@ def _refusal(obj: Any, err: msgspec.ValidationError) -> RecordError:
 
 
 def _check(record: Record) -> Record:
-    """What the declaration cannot say: the schema version, a record id, printable labels,
-    a category on every graph break and cache bypass."""
+    """What the declaration cannot say: the schema version, a record id, printable labels and
+    ``shown_text``, a category on every graph break and cache bypass."""
     if record.schema != SCHEMA_VERSION:
         raise RecordError("schema_version", f"schema {record.schema}")
     if not record.record_id:
@@ -278,6 +303,10 @@ def _check(record: Record) -> Record:
             if len(_GOOD_LABELS) >= _GOOD_LABELS_MAX:
                 _GOOD_LABELS.clear()
             _GOOD_LABELS.add(value)
+    if not "".join(shown_text(record)).isprintable():
+        raise RecordError(
+            "wrong_type", "a compile id, hash, collective or cache name is not printable"
+        )
     for name in ("graph_breaks", "cache_bypasses"):
         for entry in getattr(record, name):
             if type(entry.get("category")) is not str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +15,18 @@ from aotwatch.divergence import Finding
 from aotwatch.export.collector import divergence_family, exposition, family_exposition
 from aotwatch.liveness import Liveness
 from aotwatch.metrics import BY_NAME, RANK_DIVERGENCES, RANK_LABELS
-from aotwatch.records import RecordError
+from aotwatch.records import Record, RecordError, printable
 
 
 def read_archives(
-    paths: list[Path], max_series_per_metric: int = 1000
+    paths: list[Path],
+    max_series_per_metric: int = 1000,
+    also: Callable[[Record], None] | None = None,
 ) -> tuple[Snapshot, list[Finding]]:
     """What a live scrape showed of these archives (every record folded, the workers that
     wrote them attached, malformed lines counted as rejected), and the divergences between
-    their ranks that the head finds live."""
+    their ranks that the head finds live. ``also`` is handed each record folded (valid, not
+    a duplicate), as it is read: the HTML page folds them in the same pass."""
     aggregate = Aggregate(max_series_per_metric)
     workers = Liveness(None, max_series_per_metric, max_series_per_metric)
     fingerprints: divergence.Fingerprints = {}
@@ -33,6 +36,8 @@ def read_archives(
                 aggregate.inc("aotwatch_records_rejected", (item.reason,))
             elif aggregate.add(item):
                 divergence.observe(fingerprints, item)
+                if also is not None:
+                    also(item)
                 worker_id = f"{item.hostname} {item.pid}"
                 workers.seen({"worker_id": worker_id, "job_name": item.job_name, "rank": item.rank})
     findings = [
@@ -102,12 +107,13 @@ def prometheus(
 
 
 def divergence_lines(findings: list[Finding] | list[dict[str, Any]]) -> list[str]:
-    """``rank divergences: N`` and one line per finding: which ranks had what."""
+    """``rank divergences: N`` and one line per finding: which ranks had what (escaped:
+    ``printable``)."""
     lines = [f"rank divergences: {len(findings) or 'none'}"]
     for finding in findings:
         found = finding if isinstance(finding, dict) else finding.to_dict()
         groups = "; ".join(f"ranks {','.join(r)}: {v}" for v, r in found["groups"].items())
-        lines.append(f"  {found['kind']} at {found['compile_id']}: {groups}")
+        lines.append(printable(f"  {found['kind']} at {found['compile_id']}: {groups}"))
     return lines
 
 
@@ -165,7 +171,8 @@ _COLUMNS = (
 
 
 def table(snapshot: Snapshot) -> str:
-    """One row per (job, rank, device): what compiling cost and what it found."""
+    """One row per (job, rank, device): what compiling cost and what it found (escaped:
+    ``printable``)."""
     ranks = sorted(
         {labels[: len(RANK_LABELS)] for labels in snapshot.values.get("torch_compile_frames", {})}
         | {labels[: len(RANK_LABELS)] for labels in snapshot.values.get("torch_compile_graphs", {})}
@@ -174,7 +181,8 @@ def table(snapshot: Snapshot) -> str:
     rows = [header]
     for rank in ranks:
         cells = [column(snapshot, rank) for _, column in _COLUMNS]
-        rows.append([*rank, *(f"{c:.0f}" if isinstance(c, float) else c for c in cells)])
+        cells = [*rank, *(f"{c:.0f}" if isinstance(c, float) else c for c in cells)]
+        rows.append([printable(cell) for cell in cells])
     if not ranks:
         return "no compiles recorded"
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

@@ -24,6 +24,7 @@ from aotwatch.export.collector import (
     straggler_family,
 )
 from aotwatch.export.server import serve_metrics
+from aotwatch.records import printable
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class Head:
             for finding in late:
                 if finding.key not in self._findings:
                     self._findings[finding.key] = finding
-                    log.warning("aotwatch: compile straggler: %s", finding.describe())
+                    log.warning("aotwatch: compile straggler: %s", printable(finding.describe()))
         for job, compile_ids in changed.items():
             if job in jobs:
                 self._judge(
@@ -232,7 +233,7 @@ class Head:
                 if finding.kind != "compile_ids" or settled or final:
                     self._findings[finding.key] = finding
                     del self._candidates[finding.key]
-                    log.warning("aotwatch: rank divergence: %s", finding.describe())
+                    log.warning("aotwatch: rank divergence: %s", printable(finding.describe()))
             for key in [
                 k
                 for k in self._candidates

@@ -1,0 +1,140 @@
+"""Terminal escapes in records: refused at validation where reports print the field, and
+escaped wherever text from records reaches a terminal or a log (``records.printable``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from aotwatch import cli, report
+from aotwatch.archive import ARCHIVE_FILE
+from aotwatch.config import CollectorConfig, Config
+from aotwatch.divergence import Finding
+from aotwatch.records import RecordError, encode_record, new_record, printable, to_record
+from test_cli import aotwatch
+
+ERASE_LINE = "\x1b[2K\r"
+CLIPBOARD = "\x1b]52;c;cm0gLXJmIH4K\x07"  # OSC 52: write "rm -rf ~" to the clipboard
+CONCEAL = "\x1b[8m"
+ESCAPES = (ERASE_LINE, CLIPBOARD, CONCEAL)
+CONTROLS = ("\x1b", "\x07", "\r", "\x9b")  # ESC, BEL, CR and C1's CSI
+
+
+def crafted(escape: str, rank: int = 0) -> list[dict]:
+    """A frame and a graph record of one rank, an escape in every field reports print."""
+    common = {"rank": rank, "compile_id": f"0/0{escape}"}
+    return [
+        new_record(**common, cache={f"fx{escape}": {f"miss{escape}": 1}}),
+        new_record(
+            **common,
+            graph="forward",
+            graph_hash=f"{rank}{escape}",
+            collectives=[f"all_reduce(sum){escape}"],
+            collective_hash=f"{rank}{escape}",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["compile_id", "graph_hash", "collective_hash", "collectives", "cache", "cache result"],
+)
+@pytest.mark.parametrize("escape", [*ESCAPES, "\n", "\u202e", "\x9b"])
+def test_a_control_character_in_a_printed_field_is_refused(field, escape):
+    text = f"0/0{escape}"
+    values = {
+        "collectives": {"collectives": [text]},
+        "cache": {"cache": {text: {"miss": 1}}},
+        "cache result": {"cache": {"fx_graph": {text: 1}}},
+    }.get(field, {field: text})
+    record = new_record(graph="forward", **values)
+    with pytest.raises(RecordError) as refused:
+        to_record(record)
+    assert refused.value.reason == "wrong_type"
+
+
+def test_printable_text_in_those_fields_is_kept():
+    record = new_record(
+        compile_id="0/0 ü 编译",
+        graph="forward",
+        graph_hash="ab cd",
+        collectives=["all_reduce(sum, 0) f32[4] — ok"],
+        cache={"fx_graph": {"hit": 1}},
+    )
+    assert to_record(record).compile_id == "0/0 ü 编译"
+
+
+def test_printable_escapes_every_control_character_and_keeps_the_rest():
+    text = printable(f"a{ERASE_LINE}b{CLIPBOARD}c{CONCEAL}\n\u202e\ud800 ü")
+    assert text == "a\\x1b[2K\\rb\\x1b]52;c;cm0gLXJmIH4K\\x07c\\x1b[8m\\n\\u202e\\ud800 ü"
+    assert printable("0/1 forward ü") == "0/1 forward ü"
+    assert printable(3) == "3"
+
+
+def test_report_prints_no_escape_from_a_crafted_archive(tmp_path):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    lines = b"".join(encode_record(r) for rank in (0, 1) for r in crafted(ESCAPES[rank], rank))
+    lines += encode_record(new_record(compile_id="0/0", device="cpu"))
+    (archive / ARCHIVE_FILE).write_bytes(lines)
+    result = aotwatch("report", str(archive))
+    assert result.returncode == 0, result.stderr
+    assert not any(control in result.stdout for control in CONTROLS), repr(result.stdout)
+    counts = json.loads(aotwatch("report", str(archive), "--format", "json").stdout)
+    assert counts["aotwatch_records_rejected"] == [{"labels": {"reason": "wrong_type"}, "value": 4}]
+
+
+HOSTILE = Finding("job", "graph_hash", f"0/0{CLIPBOARD}", ((f"a{ERASE_LINE}", ("0",)),))
+"""A finding as an older collector, or one of another version, may still report it."""
+
+
+def test_divergence_lines_and_the_run_summary_escape(capsys):
+    for line in report.divergence_lines([HOSTILE]) + report.divergence_lines([HOSTILE.to_dict()]):
+        assert not any(control in line for control in CONTROLS), repr(line)
+    summary = report.job_summary("job", report.read_archives([])[0], [HOSTILE.to_dict()])
+    assert "0/0\\x1b]52;c;cm0gLXJmIH4K\\x07" in summary
+    assert not any(control in summary for control in CONTROLS)
+
+
+def test_status_escapes_what_collectors_and_the_head_report(capsys):
+    cli._print_status(
+        {
+            "collectors": [
+                {
+                    "node_id": "n" * 20,
+                    "hostname": f"host{CONCEAL}",
+                    "ip": "10.0.0.1",
+                    "port": 9430,
+                    "healthy": True,
+                    "workers": [{"job_name": f"job{ERASE_LINE}", "rank": 0}],
+                }
+            ],
+            "divergences": [HOSTILE.to_dict()],
+            "file_sd": "/tmp/file_sd.json",
+        }
+    )
+    out = capsys.readouterr().out
+    assert "host\\x1b[8m" in out and "job\\x1b[2K\\r" in out and "0/0\\x1b]52" in out
+    assert not any(control in out for control in CONTROLS), repr(out)
+
+
+def test_the_head_logs_a_divergence_escaped(tmp_path, caplog):
+    from aotwatch.cluster.head import Head
+
+    config = Config(
+        collector=CollectorConfig(
+            address="127.0.0.1", head_port=0, file_sd_path=str(tmp_path / "sd.json")
+        )
+    )
+    head = Head(config)
+    try:
+        with caplog.at_level(logging.WARNING, logger="aotwatch.cluster.head"):
+            head._judge("job", [HOSTILE], None, 0.0, True, set())
+    finally:
+        head._stop.set()
+        head.server.close()
+    (line,) = [r.getMessage() for r in caplog.records if "rank divergence" in r.getMessage()]
+    assert "0/0\\x1b]52;c;cm0gLXJmIH4K\\x07" in line
+    assert not any(control in line for control in CONTROLS), repr(line)
