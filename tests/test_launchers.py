@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from aotwatch.archive import archive_files
-from aotwatch.bootstrap import environment
+from aotwatch.bootstrap import environment, site_directory
+from aotwatch.cli import __file__ as CLI_FILE
 from aotwatch.report import read_archives
 from programs import Truth, observed
 from test_cli import aotwatch
@@ -184,6 +186,30 @@ def test_a_sitecustomize_of_the_environment_still_runs(tmp_path):
     assert result.stdout == "ran\n", result.stderr
 
 
+@pytest.mark.parametrize("traced", [False, True])
+def test_two_bootstraps_on_the_path_start_once_and_chain_to_the_users(tmp_path, traced):
+    """Two installs' bootstrap directories on PYTHONPATH (``aotwatch env`` from one venv,
+    ``trace`` from another), then the user's own sitecustomize: one bootstrap runs, once, and
+    the user's still runs (before: each chained to the other until RecursionError)."""
+    other, theirs = tmp_path / "other-install", tmp_path / "theirs"
+    shutil.copytree(site_directory(), other)
+    theirs.mkdir()
+    (theirs / "sitecustomize.py").write_text("import builtins\nbuiltins.THEIRS = 'ran'\n")
+    env = {**os.environ, **environment(tmp_path / "trace")}
+    env["PYTHONPATH"] = os.pathsep.join([str(other), env["PYTHONPATH"], str(theirs)])
+    if not traced:
+        del env["AOTWATCH_TRACE"]
+    count = "sum(type(f).__name__ == '_AfterImport' for f in sys.meta_path)"
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys; print(THEIRS, {count})"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert (result.stdout, result.stderr) == (f"ran {int(traced)}\n", "")
+
+
 @pytest.mark.parametrize("command", [["no-such-program-here"], ["python", "missing.py"]])
 def test_trace_says_what_is_missing_in_one_line(tmp_path, command):
     result = aotwatch("trace", "--archive", str(tmp_path / "t"), "--", *command, cwd=tmp_path)
@@ -247,20 +273,36 @@ def test_a_bad_config_by_hand_leaves_training_untraced_with_one_line(tmp_path):
     assert archive_files(tmp_path / "a") == []
 
 
-def test_a_python_without_aotwatch_runs_untraced_and_says_so(tmp_path):
-    """A venv that cannot import aotwatch, with the bootstrap on its PYTHONPATH."""
+def traced_without_pythonpath(archive: Path, *command: str) -> subprocess.CompletedProcess:
+    """``aotwatch trace`` run with aotwatch on its ``sys.path`` but not on PYTHONPATH: the
+    children find the bootstrap only (whatever PYTHONPATH the tests run with)."""
+    package_root = Path(CLI_FILE).resolve().parents[1]
+    main = f"import sys; sys.path.insert(0, {str(package_root)!r}); import aotwatch.cli as c; "
+    main += "sys.exit(c.main())"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, "-c", main, "trace", "--archive", str(archive), "--", *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT_S,
+    )
+
+
+def test_a_python_without_aotwatch_runs_untraced_and_says_so_once_per_trace(tmp_path):
+    """A venv that cannot import aotwatch starts a pool of 3 children of itself, traced twice
+    into one directory: each trace says it once (before: once per process)."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    result = subprocess.run(
-        [str(python), "-c", "print('ran')"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **environment(tmp_path / "a")},
-        timeout=60,
-    )
-    assert result.returncode == 0 and result.stdout == "ran\n"
-    assert result.stderr == (f"aotwatch: not capturing in {python}: No module named 'aotwatch'\n")
+    pool = "import subprocess, sys\nfor _ in range(3): subprocess.run([sys.executable, '-c', ''])"
+    for _ in range(2):
+        result = traced_without_pythonpath(
+            tmp_path / "a", str(python), "-c", pool + "\nprint('ran')"
+        )
+        assert result.returncode == 0 and result.stdout == "ran\n", result.stderr
+        said = f"aotwatch: not capturing in {python}: No module named 'aotwatch'"
+        assert [line for line in result.stderr.splitlines() if "not capturing" in line] == [said]
 
 
 def test_a_hostile_hostname_stays_inside_the_archive_directory(tmp_path, monkeypatch):

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 TRACE_ENV = "AOTWATCH_TRACE"
 """The archive directory every traced process writes its own archive in; set: tracing on."""
 
+UNTRACED_PREFIX = ".untraced-"
+"""``<TRACE_ENV>/.untraced-<python>``: a Python that cannot import aotwatch said so (the
+sitecustomize, which cannot import this module, spells it too)."""
+
 
 def site_directory() -> Path:
     """The directory whose ``sitecustomize`` starts capture (put it first on PYTHONPATH)."""
@@ -41,6 +45,12 @@ def environment(archive: str | os.PathLike, config_json: str | None = None) -> d
     if config_json is not None:
         env[CONFIG_ENV] = config_json
     return env
+
+
+def forget_untraced(root: Path) -> None:
+    """Remove the marks of Pythons that said they cannot capture, so a new trace says it again."""
+    for mark in root.glob(f"{UNTRACED_PREFIX}*"):
+        mark.unlink(missing_ok=True)
 
 
 def process_archive(root: str | os.PathLike) -> Path:
