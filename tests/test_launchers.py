@@ -228,10 +228,11 @@ COMPILE = (
 
 
 def traced_by_hand(tmp_path: Path, archive: Path, extra: dict | None = None, python=None):
-    """A compiling script run with the bootstrap's variables, set by hand."""
+    """A compiling script run with the bootstrap's variables, set by hand (any free port)."""
     script = tmp_path / "train.py"
     script.write_text(COMPILE)
-    env = {**os.environ, **environment(archive), **(extra or {})}
+    any_port = {"AOTWATCH_CONFIG": json.dumps({"export": {"port": 0}})}
+    env = {**os.environ, **environment(archive), **any_port, **(extra or {})}
     return subprocess.run(
         [python or sys.executable, str(script)],
         capture_output=True,
@@ -271,6 +272,59 @@ def test_a_bad_config_by_hand_leaves_training_untraced_with_one_line(tmp_path):
     expected = f"{bad}: export.port: got str 'seventy'; expected an integer"
     assert re.fullmatch(r"aotwatch: not capturing in pid \d+: " + re.escape(expected), line)
     assert archive_files(tmp_path / "a") == []
+
+
+def test_a_trace_directory_others_may_write_is_refused_by_hand_too(tmp_path):
+    """``AOTWATCH_TRACE`` set by hand (the SLURM route) to a 0777 directory: refused as
+    ``aotwatch env`` and ``trace`` refuse it, in one line; training untouched."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    result = traced_by_hand(tmp_path, shared)
+    assert result.returncode == 0 and "trained" in result.stdout, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "aotwatch" in line]
+    assert re.fullmatch(
+        rf"aotwatch: not capturing in pid \d+: {re.escape(str(shared))}: may be written by "
+        r"group or others \(mode 0777\); .*",
+        line,
+    )
+    assert list(shared.iterdir()) == []
+
+
+def forge_rank(archive: Path, rank: int, uid: int) -> Path:
+    """A copy of ``archive`` claiming to be ``rank`` with 999 s of compile time, in a
+    directory of its own owned by ``uid`` (another user planting it)."""
+    forged = archive.parent.parent / f"rank{rank}-elsewhere-1"
+    forged.mkdir()
+    with (forged / "records.jsonl").open("w") as out:
+        for line in archive.read_text().splitlines():
+            record = json.loads(line)
+            record.update(rank=rank, pid=1, record_id=record["record_id"][::-1])
+            if record["frame"]:
+                record["durations_s"] = {"total": 999.0}
+            out.write(json.dumps(record) + "\n")
+    for path in (forged, forged / "records.jsonl"):
+        os.chown(path, uid, uid)
+    return forged
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_report_skips_an_archive_another_user_planted_and_says_so(tmp_path):
+    archive = tmp_path / "trace"
+    result = traced_by_hand(tmp_path, archive)
+    assert result.returncode == 0, result.stderr
+    (own,) = archive_files(archive)
+    forged = forge_rank(own, 7, 65534)
+    report = aotwatch("report", "--format", "json", str(archive))
+    assert report.returncode == 0, report.stderr
+    ranks = {
+        series["labels"]["rank"] for series in json.loads(report.stdout)["torch_compile_frames"]
+    }
+    assert ranks == {"0"}
+    assert report.stderr.splitlines() == [
+        f"aotwatch: skipping {forged / 'records.jsonl'}: it belongs to uid 65534, neither to "
+        f"this user (uid 0) nor to root"
+    ]
 
 
 def traced_without_pythonpath(archive: Path, *command: str) -> subprocess.CompletedProcess:

@@ -47,6 +47,15 @@ def environment(archive: str | os.PathLike, config_json: str | None = None) -> d
     return env
 
 
+def trace_root(path: str | os.PathLike) -> Path:
+    """The trace's archive directory, created if absent (others may enter it, not list it);
+    ``archive.UnsafePath`` when another user controls it. ``aotwatch trace`` and ``env``
+    check it, and so does every traced process (the variables may be set by hand)."""
+    from aotwatch.archive import private_directory
+
+    return private_directory(path, 0o711)
+
+
 def forget_untraced(root: Path) -> None:
     """Remove the marks of Pythons that said they cannot capture, so a new trace says it again."""
     for mark in root.glob(f"{UNTRACED_PREFIX}*"):
@@ -79,7 +88,7 @@ def _attach() -> None:
     log = logging.getLogger("aotwatch")
     try:
         config = config_from_env()
-        archive = ArchiveConfig(path=str(process_archive(os.environ[TRACE_ENV])))
+        archive = ArchiveConfig(path=str(process_archive(trace_root(os.environ[TRACE_ENV]))))
         config = dataclasses.replace(config, archive=archive)
         try:
             aotwatch.attach(config)
