@@ -274,6 +274,34 @@ def test_a_bad_config_by_hand_leaves_training_untraced_with_one_line(tmp_path):
     assert archive_files(tmp_path / "a") == []
 
 
+def _can_unshare_pids() -> bool:
+    unshare = ["unshare", "--pid", "--fork", "true"]
+    return shutil.which("unshare") is not None and subprocess.run(unshare).returncode == 0
+
+
+@pytest.mark.skipif(not _can_unshare_pids(), reason="needs unshare --pid (root)")
+def test_a_second_trace_with_the_same_pid_gets_its_own_archive(tmp_path):
+    """Two traces into one directory, each in a fresh PID namespace (two containers with one
+    host name): both training processes are pid 2. Each summary reads its own run's records
+    (before: the second appended to the first's archive and said "no compiles recorded")."""
+    archive, script = tmp_path / "trace", tmp_path / "train.py"
+    script.write_text(f"import os\nprint('pid', os.getpid())\n{COMPILE}")
+    trace = [sys.executable, "-m", "aotwatch.cli", "trace", "--port", "0", "--archive"]
+    for run in (1, 2):
+        result = subprocess.run(
+            ["unshare", "--pid", "--fork", *trace, str(archive), "--", "python", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+        assert result.returncode == 0 and "pid 2\n" in result.stdout, result.stderr
+        summary = result.stderr[result.stderr.index("aotwatch summary") :].splitlines()
+        assert "no compiles recorded" not in summary and summary[2].startswith("default   0 ")
+        files = archive_files(archive)
+        assert len(files) == run and all(f.parent.name.startswith("rank0-") for f in files)
+        assert [len(f.read_text().splitlines()) for f in files] == [2] * run
+
+
 def test_a_trace_directory_others_may_write_is_refused_by_hand_too(tmp_path):
     """``AOTWATCH_TRACE`` set by hand (the SLURM route) to a 0777 directory: refused as
     ``aotwatch env`` and ``trace`` refuse it, in one line; training untouched."""

@@ -3,7 +3,7 @@
 ``AOTWATCH_TRACE=DIR`` switches it on; ``AOTWATCH_CONFIG`` (a YAML path, or JSON) configures
 it. With ``site_directory()`` on ``PYTHONPATH``, every Python process started below runs the
 ``sitecustomize`` there, which calls ``start()``: the process attaches at its first
-``torch.compile`` and writes its records to its own archive, ``DIR/rank<R>-<host>-<pid>``
+``torch.compile`` and writes its records to its own archive, ``DIR/rank<R>-<host>-<pid>-<start>``
 (no two processes append to one file). ``aotwatch trace -- COMMAND`` sets both variables;
 SLURM and MPI users can set them by hand (``environment`` says which). A process that never
 compiles pays one meta-path entry; a child that is not Python is untouched.
@@ -63,16 +63,19 @@ def forget_untraced(root: Path) -> None:
 
 
 def process_archive(root: str | os.PathLike) -> Path:
-    """This process's own archive directory under the shared ``root``."""
+    """This process's own archive directory under the shared ``root``: its rank, host and pid,
+    and when and which start it is (two containers on one host name both run pid 2)."""
     import re
     import socket
+    import time
     from pathlib import Path
 
     from aotwatch.capture.identity import rank_and_world_size
 
     rank, _ = rank_and_world_size()
     host = re.sub(r"[^A-Za-z0-9_.-]+", "_", socket.gethostname())[:64] or "host"
-    return Path(root) / f"rank{rank}-{host}-{os.getpid()}"
+    started = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return Path(root) / f"rank{rank}-{host}-{os.getpid()}-{started}-{os.urandom(3).hex()}"
 
 
 def _attach() -> None:
