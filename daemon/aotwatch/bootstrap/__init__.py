@@ -3,10 +3,11 @@
 ``AOTWATCH_TRACE=DIR`` switches it on; ``AOTWATCH_CONFIG`` (a YAML path, or JSON) configures
 it. With ``site_directory()`` on ``PYTHONPATH``, every Python process started below runs the
 ``sitecustomize`` there, which calls ``start()``: the process attaches at its first
-``torch.compile`` and writes its records to its own archive, ``DIR/rank<R>-<host>-<pid>-<start>``
-(no two processes append to one file). ``aotwatch trace -- COMMAND`` sets both variables;
-SLURM and MPI users can set them by hand (``environment`` says which). A process that never
-compiles pays one meta-path entry; a child that is not Python is untouched.
+``torch.compile`` and writes its records to its own archive, ``DIR/rank<R>-<host>-<pid>-...``
+(``process_archive``: no two processes append to one file). ``aotwatch trace -- COMMAND``
+sets both variables; SLURM and MPI users can set them by hand (``environment`` says which),
+and every process checks the directory as ``trace`` does (``trace_root``). A process that
+never compiles pays one meta-path entry; a child that is not Python is untouched.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def forget_untraced(root: Path) -> None:
 
 def process_archive(root: str | os.PathLike) -> Path:
     """This process's own archive directory under the shared ``root``: its rank, host and pid,
-    and when and which start it is (two containers on one host name both run pid 2)."""
+    the UTC time and a random suffix (two containers with one host name both run pid 2)."""
     import re
     import socket
     import time
