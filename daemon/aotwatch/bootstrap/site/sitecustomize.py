@@ -48,7 +48,10 @@ def _chain():
     import importlib.machinery
     import importlib.util
 
+    here = os.path.dirname(os.path.abspath(__file__))
     for entry in sys.path:
+        if os.path.abspath(entry or ".") == here:
+            continue
         spec = importlib.machinery.PathFinder.find_spec("sitecustomize", [entry])
         if spec is None or spec.loader is None or _is_bootstrap(spec.origin or ""):
             continue
