@@ -20,7 +20,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    AOTWATCH_HEALTHCHECK_URL=http://127.0.0.1:9430/healthz
+    AOTWATCH_HEALTHCHECK_URL=http://127.0.0.1:9419/healthz
 
 # /tmp/ray (Ray's session files) and /var/lib/aotwatch (collector archives) belong to the user,
 # so that volumes mounted there start writable.
@@ -41,9 +41,9 @@ COPY config /etc/aotwatch
 USER 10001:10001
 WORKDIR /home/aotwatch
 
-# 9430: the node's collector (/metrics, /healthz, /readyz); 9429: the head (rank divergences);
+# 9419: the node's collector (/metrics, /healthz, /readyz); 9417: the head (rank divergences);
 # 9420: /metrics of a process traced in local mode (`aotwatch trace`).
-EXPOSE 9430 9429 9420
+EXPOSE 9419 9417 9420
 
 # Healthy while the collector of the container's node answers /healthz. `aotwatch serve` is a
 # Ray driver: the collectors are Ray actors on the nodes, so this holds when the container

@@ -113,6 +113,19 @@ def test_trace_refuses_a_bad_config_before_running(tmp_path):
     assert not marker.exists()
 
 
+def test_trace_refuses_ports_that_collide_before_running(tmp_path):
+    """Local mode from 9410 would take 9410..9473: the collector's 9419 among them."""
+    marker = tmp_path / "ran"
+    script = write_script(tmp_path / "s.py", f"open({str(marker)!r}, 'w')\n")
+    result = aotwatch("trace", "--port", "9410", "--", "python", str(script))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "aotwatch: error: collector.port: 9419 is one of local mode's ports, export.port 9410 "
+        "plus a local rank (9410..9473); expected a port outside 9410..9473, or 0 (any free port)"
+    )
+    assert not marker.exists()
+
+
 def test_check_config(tmp_path):
     good = aotwatch("check-config", "config/aotwatch.yaml", cwd=TESTS.parent)
     assert good.returncode == 0 and "config/aotwatch.yaml: ok" in good.stdout

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from aotwatch.config import (
+    LOCAL_PORTS,
     RESERVED_LABEL_NAMES,
     ArchiveConfig,
     Config,
@@ -235,6 +236,55 @@ def test_range_edges_are_accepted():
     assert Config(export=ExportConfig(port=65535), job_name="j" * 256).export.port == 65535
     assert LimitsConfig(max_series_per_metric=1).max_series_per_metric == 1
     assert Config(labels={"team": "v" * 256, "empty": ""}).labels["team"] == "v" * 256
+
+
+def test_default_ports_leave_a_node_room_for_64_local_ranks():
+    """The head, the collector and local mode's ports of up to 64 processes never collide
+    (before: the collector's 9430 was local rank 10's port and the head's 9429 rank 9's)."""
+    config = Config()
+    local = range(config.export.port, config.export.port + LOCAL_PORTS)
+    assert LOCAL_PORTS == 64
+    servers = {config.collector.port, config.collector.head_port}
+    assert len(servers) == 2 and servers.isdisjoint(local)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        (
+            "collector: {port: 9430}",
+            "collector.port",
+            "9430 is one of local mode's ports, export.port 9420 plus a local rank "
+            "(9420..9483); expected a port outside 9420..9483, or 0 (any free port)",
+        ),
+        (
+            "export: {port: 9300}\ncollector: {head_port: 9363}",
+            "collector.head_port",
+            "9363 is one of local mode's ports, export.port 9300 plus a local rank (9300..9363)",
+        ),
+        (
+            "collector: {port: 9500, head_port: 9500}",
+            "collector.head_port",
+            "9500 is collector.port too; expected a port of its own, or 0 (any free port)",
+        ),
+    ],
+    ids=["collector in local mode's", "head in local mode's", "head on the collector's"],
+)
+def test_ports_that_collide_are_one_line_naming_both(tmp_path, text, key, says):
+    assert f"{key}: {says}" in key_error(tmp_path, text + "\n", key)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "export: {port: 9430}\ncollector: {port: 9419}",  # local mode above the collector
+        "export: {enabled: false}\ncollector: {port: 9430}",  # no local mode
+        "export: {port: 0}\ncollector: {port: 9420}",  # local mode on any free port
+        "collector: {port: 0, head_port: 0}",  # both on any free port
+    ],
+)
+def test_ports_that_cannot_collide_are_accepted(tmp_path, text):
+    load_config(write(tmp_path, text + "\n"))
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from aotwatch.archive import archive_files
-from aotwatch.bootstrap import environment
+from aotwatch.bootstrap import environment, site_directory
+from aotwatch.cli import __file__ as CLI_FILE
 from aotwatch.report import read_archives
 from programs import Truth, observed
 from test_cli import aotwatch
@@ -184,6 +186,30 @@ def test_a_sitecustomize_of_the_environment_still_runs(tmp_path):
     assert result.stdout == "ran\n", result.stderr
 
 
+@pytest.mark.parametrize("traced", [False, True])
+def test_two_bootstraps_on_the_path_start_once_and_chain_to_the_users(tmp_path, traced):
+    """Two installs' bootstrap directories on PYTHONPATH (``aotwatch env`` from one venv,
+    ``trace`` from another), then the user's own sitecustomize: one bootstrap runs, once, and
+    the user's still runs (before: each chained to the other until RecursionError)."""
+    other, theirs = tmp_path / "other-install", tmp_path / "theirs"
+    shutil.copytree(site_directory(), other)
+    theirs.mkdir()
+    (theirs / "sitecustomize.py").write_text("import builtins\nbuiltins.THEIRS = 'ran'\n")
+    env = {**os.environ, **environment(tmp_path / "trace")}
+    env["PYTHONPATH"] = os.pathsep.join([str(other), env["PYTHONPATH"], str(theirs)])
+    if not traced:
+        del env["AOTWATCH_TRACE"]
+    count = "sum(type(f).__name__ == '_AfterImport' for f in sys.meta_path)"
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys; print(THEIRS, {count})"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert (result.stdout, result.stderr) == (f"ran {int(traced)}\n", "")
+
+
 @pytest.mark.parametrize("command", [["no-such-program-here"], ["python", "missing.py"]])
 def test_trace_says_what_is_missing_in_one_line(tmp_path, command):
     result = aotwatch("trace", "--archive", str(tmp_path / "t"), "--", *command, cwd=tmp_path)
@@ -202,10 +228,11 @@ COMPILE = (
 
 
 def traced_by_hand(tmp_path: Path, archive: Path, extra: dict | None = None, python=None):
-    """A compiling script run with the bootstrap's variables, set by hand."""
+    """A compiling script run with the bootstrap's variables, set by hand (any free port)."""
     script = tmp_path / "train.py"
     script.write_text(COMPILE)
-    env = {**os.environ, **environment(archive), **(extra or {})}
+    any_port = {"AOTWATCH_CONFIG": json.dumps({"export": {"port": 0}})}
+    env = {**os.environ, **environment(archive), **any_port, **(extra or {})}
     return subprocess.run(
         [python or sys.executable, str(script)],
         capture_output=True,
@@ -247,20 +274,117 @@ def test_a_bad_config_by_hand_leaves_training_untraced_with_one_line(tmp_path):
     assert archive_files(tmp_path / "a") == []
 
 
-def test_a_python_without_aotwatch_runs_untraced_and_says_so(tmp_path):
-    """A venv that cannot import aotwatch, with the bootstrap on its PYTHONPATH."""
+def _can_unshare_pids() -> bool:
+    unshare = ["unshare", "--pid", "--fork", "true"]
+    return shutil.which("unshare") is not None and subprocess.run(unshare).returncode == 0
+
+
+@pytest.mark.skipif(not _can_unshare_pids(), reason="needs unshare --pid (root)")
+def test_a_second_trace_with_the_same_pid_gets_its_own_archive(tmp_path):
+    """Two traces into one directory, each in a fresh PID namespace (two containers with one
+    host name): both training processes are pid 2. Each summary reads its own run's records
+    (before: the second appended to the first's archive and said "no compiles recorded")."""
+    archive, script = tmp_path / "trace", tmp_path / "train.py"
+    script.write_text(f"import os\nprint('pid', os.getpid())\n{COMPILE}")
+    trace = [sys.executable, "-m", "aotwatch.cli", "trace", "--port", "0", "--archive"]
+    for run in (1, 2):
+        result = subprocess.run(
+            ["unshare", "--pid", "--fork", *trace, str(archive), "--", "python", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+        assert result.returncode == 0 and "pid 2\n" in result.stdout, result.stderr
+        summary = result.stderr[result.stderr.index("aotwatch summary") :].splitlines()
+        assert "no compiles recorded" not in summary and summary[2].startswith("default   0 ")
+        files = archive_files(archive)
+        assert len(files) == run and all(f.parent.name.startswith("rank0-") for f in files)
+        assert [len(f.read_text().splitlines()) for f in files] == [2] * run
+
+
+def test_a_trace_directory_others_may_write_is_refused_by_hand_too(tmp_path):
+    """``AOTWATCH_TRACE`` set by hand (the SLURM route) to a 0777 directory: refused as
+    ``aotwatch env`` and ``trace`` refuse it, in one line; training untouched."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    result = traced_by_hand(tmp_path, shared)
+    assert result.returncode == 0 and "trained" in result.stdout, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "aotwatch" in line]
+    assert re.fullmatch(
+        rf"aotwatch: not capturing in pid \d+: {re.escape(str(shared))}: may be written by "
+        r"group or others \(mode 0777\); .*",
+        line,
+    )
+    assert list(shared.iterdir()) == []
+
+
+def forge_rank(archive: Path, rank: int, uid: int) -> Path:
+    """A copy of ``archive`` claiming to be ``rank`` with 999 s of compile time, in a
+    directory of its own owned by ``uid`` (another user planting it)."""
+    forged = archive.parent.parent / f"rank{rank}-elsewhere-1"
+    forged.mkdir()
+    with (forged / "records.jsonl").open("w") as out:
+        for line in archive.read_text().splitlines():
+            record = json.loads(line)
+            record.update(rank=rank, pid=1, record_id=record["record_id"][::-1])
+            if record["frame"]:
+                record["durations_s"] = {"total": 999.0}
+            out.write(json.dumps(record) + "\n")
+    for path in (forged, forged / "records.jsonl"):
+        os.chown(path, uid, uid)
+    return forged
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_report_skips_an_archive_another_user_planted_and_says_so(tmp_path):
+    archive = tmp_path / "trace"
+    result = traced_by_hand(tmp_path, archive)
+    assert result.returncode == 0, result.stderr
+    (own,) = archive_files(archive)
+    forged = forge_rank(own, 7, 65534)
+    report = aotwatch("report", "--format", "json", str(archive))
+    assert report.returncode == 0, report.stderr
+    ranks = {
+        series["labels"]["rank"] for series in json.loads(report.stdout)["torch_compile_frames"]
+    }
+    assert ranks == {"0"}
+    assert report.stderr.splitlines() == [
+        f"aotwatch: skipping {forged / 'records.jsonl'}: it belongs to uid 65534, neither to "
+        f"this user (uid 0) nor to root"
+    ]
+
+
+def traced_without_pythonpath(archive: Path, *command: str) -> subprocess.CompletedProcess:
+    """``aotwatch trace`` run with aotwatch on its ``sys.path`` but not on PYTHONPATH: the
+    children find the bootstrap only (whatever PYTHONPATH the tests run with)."""
+    package_root = Path(CLI_FILE).resolve().parents[1]
+    main = f"import sys; sys.path.insert(0, {str(package_root)!r}); import aotwatch.cli as c; "
+    main += "sys.exit(c.main())"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, "-c", main, "trace", "--archive", str(archive), "--", *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT_S,
+    )
+
+
+def test_a_python_without_aotwatch_runs_untraced_and_says_so_once_per_trace(tmp_path):
+    """A venv that cannot import aotwatch starts a pool of 3 children of itself, traced twice
+    into one directory: each trace says it once (before: once per process)."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    result = subprocess.run(
-        [str(python), "-c", "print('ran')"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **environment(tmp_path / "a")},
-        timeout=60,
-    )
-    assert result.returncode == 0 and result.stdout == "ran\n"
-    assert result.stderr == (f"aotwatch: not capturing in {python}: No module named 'aotwatch'\n")
+    pool = "import subprocess, sys\nfor _ in range(3): subprocess.run([sys.executable, '-c', ''])"
+    for _ in range(2):
+        result = traced_without_pythonpath(
+            tmp_path / "a", str(python), "-c", pool + "\nprint('ran')"
+        )
+        assert result.returncode == 0 and result.stdout == "ran\n", result.stderr
+        said = f"aotwatch: not capturing in {python}: No module named 'aotwatch'"
+        assert [line for line in result.stderr.splitlines() if "not capturing" in line] == [said]
 
 
 def test_a_hostile_hostname_stays_inside_the_archive_directory(tmp_path, monkeypatch):

@@ -40,14 +40,13 @@ def _trace_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from aotwatch import trace
-    from aotwatch.archive import private_directory
+    from aotwatch import bootstrap, trace
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
         command = trace.resolve(command or ["python", "-m", EXAMPLE_MODULE])
         config = _trace_config(args)
-        root = private_directory(config.archive.path, 0o711)
+        root = bootstrap.trace_root(config.archive.path)
         trace.check_port(config)
     except (ValueError, OSError) as err:  # TraceError, ConfigError, UnsafePath, ExportError
         return _fail(str(err))
@@ -58,11 +57,10 @@ def cmd_env(args: argparse.Namespace) -> int:
     import shlex
 
     from aotwatch import bootstrap
-    from aotwatch.archive import private_directory
 
     try:
         config = load_config(args.config) if args.config else None
-        root = private_directory(args.archive, 0o711).resolve()
+        root = bootstrap.trace_root(args.archive).resolve()
     except (ValueError, OSError) as err:
         return _fail(str(err))
     config_json = json.dumps(config.to_dict()) if config else None
@@ -89,7 +87,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif args.path is None:
         return _fail("name an archive directory, or a job with --job NAME")
     else:
-        paths = archive_files(args.path)
+        paths, skipped = report.trusted_archives(archive_files(args.path))
+        for line in skipped:
+            print(line, file=sys.stderr)
         if not paths:
             return _fail(
                 f"{args.path}: no archive there (expected a records.jsonl, its directory, or "

@@ -203,6 +203,11 @@ class Section:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
+LOCAL_PORTS = 64
+"""Ports local mode keeps for a node, from export.port up: one per local rank of a node of up
+to this many processes. The collector's and the head's ports must stay outside them."""
+
+
 @dataclass(frozen=True)
 class ExportConfig(Section):
     """The Prometheus /metrics endpoint a process serves itself in local mode."""
@@ -215,7 +220,7 @@ class ExportConfig(Section):
 
     port: int = field(default=9420, metadata=between(0, 65535))
     """TCP port, 0..65535; 0 picks any free port. In local mode the local rank (LOCAL_RANK,
-    SLURM_LOCALID, ...) is added to it."""
+    SLURM_LOCALID, ...) is added to it: the LOCAL_PORTS (64) from here up are local mode's."""
 
     web_config: str | None = field(default=None, metadata=length(1, 4096))
     """Path of a web-config file (exporter-toolkit's shape: TLS, basic auth); null: plain HTTP."""
@@ -296,11 +301,13 @@ class CollectorConfig(Section):
     address: str = field(default="0.0.0.0", metadata=length(1, 255))
     """Bind address of each collector's /metrics, /healthz and /readyz (and of the head's)."""
 
-    port: int = field(default=9430, metadata=between(0, 65535))
-    """Collector port on every node, 0..65535; 0 picks any free port (file_sd lists it)."""
+    port: int = field(default=9419, metadata=between(0, 65535))
+    """Collector port on every node, 0..65535; 0 picks any free port (file_sd lists it). Below
+    local mode's ports (export.port and up), so a node may run both."""
 
-    head_port: int = field(default=9429, metadata=between(0, 65535))
-    """Port of the head's /metrics (cross-rank divergences), 0..65535; 0 picks any free port."""
+    head_port: int = field(default=9417, metadata=between(0, 65535))
+    """Port of the head's /metrics (cross-rank divergences), 0..65535; 0 picks any free port
+    (file_sd lists it). Not 9418: that is git's."""
 
     worker_timeout_s: int = field(default=30, metadata=between(1, 86_400))
     """A worker silent for this long is gone: its gauges expire (its counters stay)."""
@@ -377,6 +384,34 @@ class Config(Section):
 
     push: PushConfig = PushConfig()
     """Worker -> collector delivery."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ports(self)
+
+
+def _check_ports(config: Config) -> None:
+    """ConfigError naming both keys when two servers of one node would share a port: the
+    collector, the head, and local mode's LOCAL_PORTS from export.port up."""
+    collector, export = config.collector, config.export
+    if collector.port and collector.port == collector.head_port:
+        raise ConfigError(
+            f"{collector.head_port} is collector.port too",
+            key="collector.head_port",
+            expected="a port of its own, or 0 (any free port)",
+        )
+    if not (export.enabled and export.port):
+        return
+    local = f"{export.port}..{export.port + LOCAL_PORTS - 1}"
+    for key in ("port", "head_port"):
+        port = getattr(collector, key)
+        if export.port <= port < export.port + LOCAL_PORTS:
+            raise ConfigError(
+                f"{port} is one of local mode's ports, export.port {export.port} plus a local "
+                f"rank ({local})",
+                key=f"collector.{key}",
+                expected=f"a port outside {local}, or 0 (any free port)",
+            )
 
 
 def _join(prefix: str, key: Any) -> str:

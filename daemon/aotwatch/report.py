@@ -48,6 +48,26 @@ def read_archives(
     return workers.apply(aggregate.snapshot()), findings
 
 
+def trusted_archives(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """The archives of ``paths`` that the running user or root owns (the file and its
+    directory), and one line for each other one, saying why it is skipped: in a directory
+    others can write to, an archive another user planted (a forged rank) must not count."""
+    trusted, skipped = [], []
+    for path in paths:
+        try:
+            owners = {os.lstat(p).st_uid for p in (path, path.parent)} - {os.geteuid(), 0}
+        except OSError:  # gone meanwhile: reading it says so
+            owners = set()
+        if owners:
+            skipped.append(
+                f"aotwatch: skipping {path}: it belongs to uid {min(owners)}, neither to this "
+                f"user (uid {os.geteuid()}) nor to root"
+            )
+        else:
+            trusted.append(path)
+    return trusted, skipped
+
+
 def job_archives(root: str | os.PathLike, job_name: str) -> list[Path]:
     """The archive files of ``job_name`` under an archive root: one per node whose collector
     saw the job (``collectors/<node>/jobs/<slug>/records.jsonl``)."""

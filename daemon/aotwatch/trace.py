@@ -69,6 +69,7 @@ def _run(command: list[str], env: dict[str, str]) -> int:
 def trace(command: list[str], config: Config, root: Path) -> int:
     """Run ``command`` traced, archiving under ``root``; print the report; its status."""
     before = set(archive_files(root))
+    bootstrap.forget_untraced(root)
     env = {**os.environ, **bootstrap.environment(root, json.dumps(config.to_dict()))}
     print(f"aotwatch: records -> {root}/ (one archive per process)", file=sys.stderr)
     code = _run(command, env)

@@ -3,10 +3,11 @@
 ``AOTWATCH_TRACE=DIR`` switches it on; ``AOTWATCH_CONFIG`` (a YAML path, or JSON) configures
 it. With ``site_directory()`` on ``PYTHONPATH``, every Python process started below runs the
 ``sitecustomize`` there, which calls ``start()``: the process attaches at its first
-``torch.compile`` and writes its records to its own archive, ``DIR/rank<R>-<host>-<pid>``
-(no two processes append to one file). ``aotwatch trace -- COMMAND`` sets both variables;
-SLURM and MPI users can set them by hand (``environment`` says which). A process that never
-compiles pays one meta-path entry; a child that is not Python is untouched.
+``torch.compile`` and writes its records to its own archive, ``DIR/rank<R>-<host>-<pid>-...``
+(``process_archive``: no two processes append to one file). ``aotwatch trace -- COMMAND``
+sets both variables; SLURM and MPI users can set them by hand (``environment`` says which),
+and every process checks the directory as ``trace`` does (``trace_root``). A process that
+never compiles pays one meta-path entry; a child that is not Python is untouched.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 
 TRACE_ENV = "AOTWATCH_TRACE"
 """The archive directory every traced process writes its own archive in; set: tracing on."""
+
+UNTRACED_PREFIX = ".untraced-"
+"""``<TRACE_ENV>/.untraced-<python>``: a Python that cannot import aotwatch said so (the
+sitecustomize, which cannot import this module, spells it too)."""
 
 
 def site_directory() -> Path:
@@ -43,17 +48,35 @@ def environment(archive: str | os.PathLike, config_json: str | None = None) -> d
     return env
 
 
+def trace_root(path: str | os.PathLike) -> Path:
+    """The trace's archive directory, created if absent (others may enter it, not list it);
+    ``archive.UnsafePath`` when another user controls it. ``aotwatch trace`` and ``env``
+    check it, and so does every traced process (the variables may be set by hand)."""
+    from aotwatch.archive import private_directory
+
+    return private_directory(path, 0o711)
+
+
+def forget_untraced(root: Path) -> None:
+    """Remove the marks of Pythons that said they cannot capture, so a new trace says it again."""
+    for mark in root.glob(f"{UNTRACED_PREFIX}*"):
+        mark.unlink(missing_ok=True)
+
+
 def process_archive(root: str | os.PathLike) -> Path:
-    """This process's own archive directory under the shared ``root``."""
+    """This process's own archive directory under the shared ``root``: its rank, host and pid,
+    the UTC time and a random suffix (two containers with one host name both run pid 2)."""
     import re
     import socket
+    import time
     from pathlib import Path
 
     from aotwatch.capture.identity import rank_and_world_size
 
     rank, _ = rank_and_world_size()
     host = re.sub(r"[^A-Za-z0-9_.-]+", "_", socket.gethostname())[:64] or "host"
-    return Path(root) / f"rank{rank}-{host}-{os.getpid()}"
+    started = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return Path(root) / f"rank{rank}-{host}-{os.getpid()}-{started}-{os.urandom(3).hex()}"
 
 
 def _attach() -> None:
@@ -69,7 +92,7 @@ def _attach() -> None:
     log = logging.getLogger("aotwatch")
     try:
         config = config_from_env()
-        archive = ArchiveConfig(path=str(process_archive(os.environ[TRACE_ENV])))
+        archive = ArchiveConfig(path=str(process_archive(trace_root(os.environ[TRACE_ENV]))))
         config = dataclasses.replace(config, archive=archive)
         try:
             aotwatch.attach(config)
