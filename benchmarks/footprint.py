@@ -8,9 +8,11 @@ graph and recompile when the sequence length changes) runs in this process under
 capture, which archives every record. Those records are then pushed, as the ``--ranks``
 ranks of one node (rank, device and record id set per rank, as each rank makes its own), into
 a real ``NodeCollector`` with the default config, and its /metrics is scraped. Counted: the
-series that carry the job's name, per rank on average and per node, the scrape's bytes, and
-both extrapolated to 1,280 nodes x 8 ranks. Run it with ``PYTHONPATH=/work/main/daemon`` (an
-older tree) or ``--per-rank-detail`` for the other layouts.
+series that carry the job's name, per rank on average and per node, the scrape's bytes, the
+memory the collector holds for the job (tracemalloc over the pushes: aggregate, archive
+buffers, fingerprints), all extrapolated to 1,280 nodes x 8 ranks. Run it with
+``PYTHONPATH=/work/main/daemon`` (an older tree) or ``--per-rank-detail`` for the other
+layouts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import os
 import sys
 import tempfile
+import tracemalloc
 import urllib.request
 from pathlib import Path
 
@@ -95,17 +98,28 @@ def node_footprint(records: list[dict], ranks: int, root: Path, **limits) -> dic
         limits=LimitsConfig(**limits),
     )
     collector = NodeCollector("footprint-node", config)
+    pushes = [as_rank(records, rank) for rank in range(ranks)]
+    tracemalloc.start()
     try:
-        for rank in range(ranks):
+        before = tracemalloc.get_traced_memory()[0]
+        for rank, pushed in enumerate(pushes):
             worker = {"worker_id": f"w{rank}", "job_name": JOB, "rank": rank}
-            collector.push(worker, as_rank(records, rank), None)
+            collector.push(worker, pushed, None)
+        held = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
         with urllib.request.urlopen(collector.server.url, timeout=30) as response:
             text = response.read()
     finally:
+        tracemalloc.stop()
         collector.close()
     lines = text.decode().splitlines()
     series = [line for line in lines if f'job_name="{JOB}"' in line and not line.startswith("#")]
-    return {"series": len(series), "bytes": len(text), "per_rank": len(series) / ranks}
+    return {
+        "series": len(series),
+        "bytes": len(text),
+        "per_rank": len(series) / ranks,
+        "memory": held,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
