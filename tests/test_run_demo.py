@@ -119,7 +119,7 @@ def test_demo_job_end_to_end(tmp_path):
     # kept per job on a node (both ranks summed), and per rank
     for family in ("input_mutations", "effect_tokens"):
         assert re.search(
-            rf'torch_compile_{family}_total{{job_name="demo-test",[^}}]*}} [1-9]', exposition
+            rf'torch_compile_{family}_total{{[^}}]*job_name="demo-test"[^}}]*}} [1-9]', exposition
         ), family
         assert not re.search(rf"torch_compile_{family}_total{{[^}}]*rank=", exposition), family
     for rank in ("0", "1"):

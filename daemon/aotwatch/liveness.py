@@ -57,8 +57,8 @@ class Liveness:
     def admit(self, worker: Worker) -> str | None:
         """Note ``worker`` alive now; None when it is tracked, else why it is not: a cap is
         full (``max_workers_per_job``, ``max_series_per_metric`` jobs,
-        ``max_workers_per_collector``) or its
-        id belongs to another job (``worker_id_reused``)."""
+        ``max_workers_per_collector``) or its id belongs to another job
+        (``worker_id_reused``)."""
         job = worker["job_name"]
         known = self._workers.get(worker["worker_id"])
         if known is None:
