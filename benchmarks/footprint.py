@@ -26,10 +26,7 @@ import tracemalloc
 import urllib.request
 from pathlib import Path
 
-# A cold compile, as a job's first: Inductor's cache in a directory of this run's own.
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="aotwatch-footprint-inductor-")
-
-import torch  # noqa: E402
+import torch
 from torch import nn
 
 import aotwatch
@@ -136,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     limits = {"per_rank_detail": True} if args.per_rank_detail else {}
     with tempfile.TemporaryDirectory(prefix="aotwatch-footprint-") as tmp:
+        # A cold compile, as a job's first: Inductor's cache in a directory of this run's own.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tmp, "inductor")
         records = demo_records(Path(tmp) / "job", args.backend, args.steps)
         found = node_footprint(records, args.ranks, Path(tmp) / "collector", **limits)
     nodes = FLEET_NODES * RANKS_PER_NODE / args.ranks
