@@ -32,9 +32,12 @@ JOB = RANK[:2]
 INSTANCE = RANK[1:2]
 HEAD = RANK[:1]  # served by the head, not a collector: no rank, and another instance
 PER_RANK = ", ".join(RANK_LABELS)
+PER_NODE = "job_name, instance"
+"""What a family kept per job on a node (docs/metrics.md) can be broken down by."""
 PROMETHEUS_OWN = ("up",)
 """Samples Prometheus itself writes for every target."""
 RANK_LEGEND = "rank {{rank}} · {{device}} · {{job_name}}"
+NODE_LEGEND = "{{instance}} · {{job_name}}"
 
 EXAMPLE_VALUES = {
     "job_name": ".*",
@@ -78,6 +81,12 @@ def or_zero(expr: str, label: str = "") -> str:
 def or_zero_per_rank(expr: str) -> str:
     """``expr`` per rank, 0 for ranks that compiled frames but have no series in ``expr``."""
     return f"{expr} or 0 * {total(sel('torch_compile_frames_total', RANK), PER_RANK)}"
+
+
+def or_zero_per_node(expr: str) -> str:
+    """``expr`` per job and collector, 0 where graphs were compiled but ``expr`` has none."""
+    graph_inputs = sel("torch_compile_graph_inputs_total", JOB)
+    return f"{expr} or 0 * {total(graph_inputs, PER_NODE)}"
 
 
 def _by(labels: str) -> str:
@@ -396,8 +405,9 @@ def compile_overview() -> dict:
     recompiles = sel("torch_compile_recompiles_total", RANK)
     breaks = sel("torch_compile_graph_breaks_total", RANK)
     failures = sel("torch_compile_frame_failures_total", RANK)
-    seconds = sel("torch_compile_duration_seconds_sum", RANK)
-    buckets = sel("torch_compile_duration_seconds_bucket", RANK)
+    seconds = sel("torch_compile_seconds_total", RANK)
+    phases = sel("torch_compile_phase_seconds_total", JOB)
+    buckets = sel("torch_compile_duration_seconds_bucket", JOB)
     lookups = sel("torch_compile_cache_lookups_total", RANK)
     hits = sel("torch_compile_cache_lookups_total", RANK, 'result="hit"')
     compiling = sel("torch_compile_in_progress_since_timestamp_seconds", RANK)
@@ -437,8 +447,8 @@ def compile_overview() -> dict:
         stat(
             "Compile time",
             "s",
-            f"Whole-frame compile time (phase total). {cumulative}",
-            target(total(sel("torch_compile_duration_seconds_sum", RANK, 'phase="total"'))),
+            f"Seconds spent compiling: whole frames and backward graphs. {cumulative}",
+            target(total(seconds)),
         ),
         stat(
             "Cache hit ratio",
@@ -451,15 +461,15 @@ def compile_overview() -> dict:
             "s",
             "Compile seconds spent per second of wall time, by phase (phases nest: "
             "total contains dynamo, which contains aot_autograd, ...).",
-            target(f"sum by (phase) (rate({seconds}{WINDOW}))", "{{phase}}"),
+            target(f"sum by (phase) (rate({phases}{WINDOW}))", "{{phase}}"),
         ),
         timeseries(
             "Compile time per frame, p50 / p95",
             "s",
-            "Quantiles of the compile time per frame and phase over the rate window; "
+            "Quantiles of the whole-frame compile time per job over the rate window; "
             "empty while nothing compiles.",
-            target(quantile(0.5, buckets, "phase"), "p50 {{phase}}"),
-            target(quantile(0.95, buckets, "phase"), "p95 {{phase}}"),
+            target(quantile(0.5, buckets, "job_name"), "p50 {{job_name}}"),
+            target(quantile(0.95, buckets, "job_name"), "p95 {{job_name}}"),
         ),
         timeseries(
             "Compiling now: seconds per rank",
@@ -529,13 +539,7 @@ def compile_overview() -> dict:
                 ("recompiles", or_zero_per_rank(total(recompiles, PER_RANK)), "short"),
                 ("graph breaks", or_zero_per_rank(total(breaks, PER_RANK)), "short"),
                 ("failures", or_zero_per_rank(total(failures, PER_RANK)), "short"),
-                (
-                    "compile time",
-                    total(
-                        sel("torch_compile_duration_seconds_sum", RANK, 'phase="total"'), PER_RANK
-                    ),
-                    "s",
-                ),
+                ("compile time", total(seconds, PER_RANK), "s"),
                 (
                     "cache hit ratio",
                     f"({total(hits, PER_RANK)} or 0 * {total(lookups, PER_RANK)})"
@@ -556,26 +560,26 @@ def compile_overview() -> dict:
 
 def aot_metadata() -> dict:
     graphs = sel("torch_compile_graphs_total", RANK)
-    inputs = sel("torch_compile_graph_inputs_total", RANK)
-    mutations = sel("torch_compile_input_mutations_total", RANK)
-    mutated = sel("torch_compile_mutated_inputs_total", RANK)
-    outputs = sel("torch_compile_graph_outputs_total", RANK)
-    bases = sel("torch_compile_intermediate_bases_total", RANK)
-    tokens = sel("torch_compile_effect_tokens_total", RANK)
-    nodes = sel("torch_compile_graph_nodes_bucket", RANK)
-    saved = sel("torch_compile_saved_for_backward_total", RANK)
-    saved_bytes = sel("torch_compile_saved_for_backward_bytes_total", RANK)
-    static = sel("torch_compile_static_inputs_total", RANK)
-    donated = sel("torch_compile_donated_buffers_total", RANK)
-    subclasses = sel("torch_compile_subclass_tensors_total", RANK)
-    layouts = sel("torch_compile_tangent_layouts_total", RANK)
-    rng = sel("torch_compile_rng_functionalized_graphs_total", RANK)
-    bypasses = sel("torch_compile_aot_autograd_cache_bypasses_total", RANK)
+    inputs = sel("torch_compile_graph_inputs_total", JOB)
+    mutations = sel("torch_compile_input_mutations_total", JOB)
+    mutated = sel("torch_compile_mutated_inputs_total", JOB)
+    outputs = sel("torch_compile_graph_outputs_total", JOB)
+    bases = sel("torch_compile_intermediate_bases_total", JOB)
+    tokens = sel("torch_compile_effect_tokens_total", JOB)
+    nodes = sel("torch_compile_graph_nodes_bucket", JOB)
+    saved = sel("torch_compile_saved_for_backward_total", JOB)
+    saved_bytes = sel("torch_compile_saved_for_backward_bytes_total", JOB)
+    static = sel("torch_compile_static_inputs_total", JOB)
+    donated = sel("torch_compile_donated_buffers_total", JOB)
+    subclasses = sel("torch_compile_subclass_tensors_total", JOB)
+    layouts = sel("torch_compile_tangent_layouts_total", JOB)
+    rng = sel("torch_compile_rng_functionalized_graphs_total", JOB)
+    bypasses = sel("torch_compile_aot_autograd_cache_bypasses_total", JOB)
     cumulative = "Cumulative, as the collectors export it."
 
-    def per_rank(title: str, description: str, selector: str, kind: str = "") -> dict:
-        by = f"{kind}, {PER_RANK}" if kind else PER_RANK
-        legend = f"{{{{{kind}}}}} · {RANK_LEGEND}" if kind else RANK_LEGEND
+    def per_node(title: str, description: str, selector: str, kind: str = "") -> dict:
+        by = f"{kind}, {PER_NODE}" if kind else PER_NODE
+        legend = f"{{{{{kind}}}}} · {NODE_LEGEND}" if kind else NODE_LEGEND
         return timeseries(
             title, "short", f"{description} {cumulative}", target(total(selector, by), legend)
         )
@@ -604,7 +608,7 @@ def aot_metadata() -> dict:
             "short",
             f"Outputs that alias an input or an intermediate. {cumulative}",
             target(
-                total(sel("torch_compile_graph_outputs_total", RANK, 'output_type!="non_alias"'))
+                total(sel("torch_compile_graph_outputs_total", JOB, 'output_type!="non_alias"'))
             ),
         ),
         stat(
@@ -616,11 +620,11 @@ def aot_metadata() -> dict:
             f"Effect tokens, forward and backward. {cumulative}",
             target(total(tokens, "direction"), "{{direction}}"),
         ),
-        per_rank(
+        timeseries(
             "AOT graphs by kind",
-            "AOTAutograd graphs (forward, backward, inference).",
-            graphs,
-            "graph",
+            "short",
+            f"AOTAutograd graphs (forward, backward, inference), per rank. {cumulative}",
+            target(total(graphs, f"graph, {PER_RANK}"), f"{{{{graph}}}} · {RANK_LEGEND}"),
         ),
         timeseries(
             "AOT graphs compiled per minute",
@@ -628,24 +632,24 @@ def aot_metadata() -> dict:
             "AOTAutograd graphs compiled per minute, by kind and device.",
             target(per_minute(graphs, "graph, device"), "{{graph}} · {{device}}"),
         ),
-        per_rank(
+        per_node(
             "Input mutations by kind",
             "Inputs per mutation flag (an input counts once per flag).",
             mutations,
             "kind",
         ),
-        per_rank(
+        per_node(
             "Mutated inputs by placement",
             "Mutated inputs kept in the graph (in_graph) "
             "or replayed by a runtime epilogue (out_of_graph).",
             mutated,
             "placement",
         ),
-        per_rank(
+        per_node(
             "Graph outputs by alias type", "Graph outputs by OutputType.", outputs, "output_type"
         ),
-        per_rank("Intermediate bases per rank", "Intermediate bases summed over graphs.", bases),
-        per_rank(
+        per_node("Intermediate bases per node", "Intermediate bases summed over graphs.", bases),
+        per_node(
             "Effect tokens, forward / backward",
             "Effect tokens threaded through graphs.",
             tokens,
@@ -658,7 +662,7 @@ def aot_metadata() -> dict:
             f"0 when the job uses none. {cumulative}",
             target(or_zero(total(subclasses, "role, subclass"), "role"), "{{role}} · {{subclass}}"),
         ),
-        per_rank(
+        per_node(
             "Saved for backward, tensors / symints",
             "What forward graphs keep for their backward: activation memory, in count.",
             saved,
@@ -669,14 +673,14 @@ def aot_metadata() -> dict:
             "bytes",
             f"Bytes of the tensors forward graphs keep for their backward (static sizes "
             f"only): the activation memory of one call of each graph. {cumulative}",
-            target(total(saved_bytes, PER_RANK), RANK_LEGEND),
+            target(total(saved_bytes, PER_NODE), NODE_LEGEND),
         ),
-        per_rank(
+        per_node(
             "Static inputs",
             "Inputs treated as static (parameters, buffers): what CUDA graphs keep in place.",
             static,
         ),
-        per_rank(
+        per_node(
             "Donated backward buffers",
             "Saved tensors whose memory the backward may reuse.",
             donated,
@@ -689,7 +693,7 @@ def aot_metadata() -> dict:
             f"graph has a backward. {cumulative}",
             target(or_zero(total(layouts, "layout"), "layout"), "{{layout}}"),
         ),
-        per_rank(
+        per_node(
             "RNG-functionalized graphs",
             "Graphs whose random ops replay the same numbers under recomputation and CUDA "
             "graphs (torch._functorch.config.functionalize_rng_ops, CUDA only).",
@@ -705,14 +709,14 @@ def aot_metadata() -> dict:
         timeseries(
             "FX nodes per graph, p50 / p95",
             "short",
-            f"Graph size quantiles by kind, rank and device. {cumulative}",
+            f"Graph size quantiles by kind, job and collector. {cumulative}",
             target(
-                quantile(0.5, nodes, f"graph, {PER_RANK}", window=False),
-                f"p50 {{{{graph}}}} · {RANK_LEGEND}",
+                quantile(0.5, nodes, f"graph, {PER_NODE}", window=False),
+                f"p50 {{{{graph}}}} · {NODE_LEGEND}",
             ),
             target(
-                quantile(0.95, nodes, f"graph, {PER_RANK}", window=False),
-                f"p95 {{{{graph}}}} · {RANK_LEGEND}",
+                quantile(0.95, nodes, f"graph, {PER_NODE}", window=False),
+                f"p95 {{{{graph}}}} · {NODE_LEGEND}",
             ),
         ),
         bargauge(
@@ -722,40 +726,41 @@ def aot_metadata() -> dict:
             target(total(nodes, "le"), "{{le}}", fmt="heatmap"),
         ),
         table(
-            "Per rank and device",
-            f"AOT metadata per rank and device. {cumulative}",
-            PER_RANK,
+            "Per job and collector",
+            f"AOT metadata of each job's ranks on each collector's node. {cumulative}",
+            PER_NODE,
             [
-                ("graphs", total(graphs, PER_RANK), "short"),
-                ("inputs", total(inputs, PER_RANK), "short"),
-                ("mutated inputs", total(mutated, PER_RANK), "short"),
-                ("outputs", or_zero_per_rank(total(outputs, PER_RANK)), "short"),
-                ("intermediate bases", total(bases, PER_RANK), "short"),
+                ("graphs", total(graphs, PER_NODE), "short"),
+                ("inputs", total(inputs, PER_NODE), "short"),
+                ("mutated inputs", total(mutated, PER_NODE), "short"),
+                ("outputs", or_zero_per_node(total(outputs, PER_NODE)), "short"),
+                ("intermediate bases", total(bases, PER_NODE), "short"),
                 (
                     "forward tokens",
                     total(
-                        sel("torch_compile_effect_tokens_total", RANK, 'direction="forward"'),
-                        PER_RANK,
+                        sel("torch_compile_effect_tokens_total", JOB, 'direction="forward"'),
+                        PER_NODE,
                     ),
                     "short",
                 ),
                 (
                     "backward tokens",
                     total(
-                        sel("torch_compile_effect_tokens_total", RANK, 'direction="backward"'),
-                        PER_RANK,
+                        sel("torch_compile_effect_tokens_total", JOB, 'direction="backward"'),
+                        PER_NODE,
                     ),
                     "short",
                 ),
-                ("p95 FX nodes", quantile(0.95, nodes, PER_RANK, window=False), "short"),
+                ("p95 FX nodes", quantile(0.95, nodes, PER_NODE, window=False), "short"),
             ],
         ),
     ]
     return dashboard(
         "aotwatch-aot-metadata",
         "aotwatch / AOT metadata",
-        "What AOTAutograd built, per rank and device: graphs by kind, input mutations, output "
-        "aliasing, intermediate bases, effect tokens and graph sizes.",
+        "What AOTAutograd built: graphs by kind per rank; input mutations, output aliasing, "
+        "intermediate bases, effect tokens and graph sizes per job and collector (the "
+        "collectors sum these over a node's ranks; `aotwatch report` has every rank's).",
         panels,
     )
 

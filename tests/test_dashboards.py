@@ -36,10 +36,11 @@ HEAD_SERVED = {sample for family in HEAD_FAMILIES for sample in family.samples()
 
 
 def _exported_labels() -> dict[str, set[str]]:
-    """Every series name the daemon exports (or Prometheus adds) -> its label names."""
+    """Every series name the daemon exports (or Prometheus adds) -> its label names, in the
+    collectors' default layout (families kept per job on a node have no rank or device)."""
     names: dict[str, set[str]] = {"up": set(), "aotwatch_build_info": set(build_info())}
     for family in (*FAMILIES, *HEAD_FAMILIES):
-        labels = set(family.labels)
+        labels = set(family.labels_kept(per_rank=False))
         if family.kind == "counter":
             names[f"{family.name}_total"] = labels
         elif family.kind == "gauge":
@@ -200,8 +201,9 @@ def test_grouping_and_legends_use_labels_the_series_have():
 
 TOPICS = {
     "aotwatch-compile-overview": [
-        ("torch_compile_duration_seconds_sum", {"phase"}),
-        ("torch_compile_duration_seconds_bucket", {"le", "phase"}),
+        ("torch_compile_phase_seconds_total", {"phase"}),
+        ("torch_compile_seconds_total", {"rank", "device"}),
+        ("torch_compile_duration_seconds_bucket", {"le", "job_name"}),
         ("torch_compile_frames_total", set()),
         ("torch_compile_recompiles_total", {"reason"}),
         ("torch_compile_graph_breaks_total", {"reason"}),
@@ -213,19 +215,19 @@ TOPICS = {
     ],
     "aotwatch-aot-metadata": [
         ("torch_compile_graphs_total", {"graph", "rank", "device"}),
-        ("torch_compile_input_mutations_total", {"kind", "rank", "device"}),
-        ("torch_compile_mutated_inputs_total", {"placement", "rank", "device"}),
-        ("torch_compile_graph_outputs_total", {"output_type", "rank", "device"}),
-        ("torch_compile_intermediate_bases_total", {"rank", "device"}),
-        ("torch_compile_effect_tokens_total", {"direction", "rank", "device"}),
-        ("torch_compile_graph_nodes_bucket", {"le", "rank", "device"}),
-        ("torch_compile_saved_for_backward_total", {"kind", "rank", "device"}),
-        ("torch_compile_saved_for_backward_bytes_total", {"rank", "device"}),
+        ("torch_compile_input_mutations_total", {"kind", "instance"}),
+        ("torch_compile_mutated_inputs_total", {"placement", "instance"}),
+        ("torch_compile_graph_outputs_total", {"output_type", "instance"}),
+        ("torch_compile_intermediate_bases_total", {"instance"}),
+        ("torch_compile_effect_tokens_total", {"direction", "instance"}),
+        ("torch_compile_graph_nodes_bucket", {"le", "instance"}),
+        ("torch_compile_saved_for_backward_total", {"kind", "instance"}),
+        ("torch_compile_saved_for_backward_bytes_total", {"instance"}),
         ("torch_compile_subclass_tensors_total", {"role", "subclass"}),
-        ("torch_compile_static_inputs_total", {"rank", "device"}),
-        ("torch_compile_donated_buffers_total", {"rank", "device"}),
+        ("torch_compile_static_inputs_total", {"instance"}),
+        ("torch_compile_donated_buffers_total", {"instance"}),
         ("torch_compile_tangent_layouts_total", {"layout"}),
-        ("torch_compile_rng_functionalized_graphs_total", {"rank", "device"}),
+        ("torch_compile_rng_functionalized_graphs_total", {"instance"}),
         ("torch_compile_aot_autograd_cache_bypasses_total", {"reason"}),
     ],
     "aotwatch-fleet-health": [
@@ -289,14 +291,19 @@ def healthy_records() -> list[dict]:
     return [*graphs, frame]
 
 
-def healthy_aggregate() -> Aggregate:
-    aggregate = Aggregate()
+def healthy_aggregate(per_rank: bool = False) -> Aggregate:
+    aggregate = Aggregate(per_rank=per_rank)
     for record in healthy_records():
         assert aggregate.add(record)
     return aggregate
 
 
-SCENARIOS = {"troubled": golden_aggregate, "healthy": healthy_aggregate}
+SCENARIOS = {
+    "troubled": golden_aggregate,
+    "healthy": healthy_aggregate,
+    "per_rank_detail": lambda: healthy_aggregate(per_rank=True),
+}
+"""Collectors in their default layout, and one with ``limits.per_rank_detail``."""
 
 
 @pytest.fixture(scope="module")

@@ -98,14 +98,16 @@ def fixed_records() -> list[dict]:
 
 
 def golden_aggregate() -> Aggregate:
-    """The golden file's records: a failure, a recompile, graph breaks (one over the cap), a
-    rejected record, a capture error and a dropped record."""
-    aggregate = Aggregate(max_series_per_metric=12)
+    """The golden file's records, in a collector's default layout (``Family.kept``): a
+    failure, a recompile, graph breaks (one over the cap), a rejected record, a capture
+    error, a dropped record and a refused worker."""
+    aggregate = Aggregate(max_series_per_metric=12, per_rank=False)
     for record in fixed_records():
         aggregate.add(record)
     aggregate.add({"schema": 0})
     aggregate.inc("aotwatch_capture_errors", ("golden", "graph_metadata"))
     aggregate.inc("aotwatch_records_dropped", ("golden", "archive_write"))
+    aggregate.inc("aotwatch_workers_refused", ("max_workers_per_collector",))
     return aggregate
 
 

@@ -63,6 +63,8 @@ class Snapshot:
 
     values: dict[str, dict[Labels, float]]
     histograms: dict[str, dict[Labels, Histogram]]
+    per_rank: bool = True
+    """Whether every family is kept per rank, or those kept per node as the table says."""
 
 
 class Aggregate:
@@ -72,16 +74,23 @@ class Aggregate:
         self,
         max_series_per_metric: int = 1000,
         dedupe_window: int = DEDUPE_WINDOW,
+        per_rank: bool = True,
     ) -> None:
+        """``per_rank``: every family keeps its series per rank; otherwise those the table
+        keeps per job on a node (``Family.kept``) sum the ranks of each job."""
         self.max_series_per_metric = max_series_per_metric
+        self.per_rank = per_rank
         self._values: dict[str, dict[Labels, float]] = {}
         self._histograms: dict[str, dict[Labels, Histogram]] = {}
         self._seen_ids = LruCache(dedupe_window)
         self._jobs: dict[str, bool] = {}  # job -> finished
         self._evictable: set[str] = set()  # families that may hold a finished job's series
         self._refused = LruCache(REFUSED_MEMORY)  # hashes of (family, labels) counted
-        self._folds = {  # is a frame record -> (family, its fold, how it updates)
-            is_frame: [(f.name, f.fold, self._update(f)) for f in FOLDED[kind]]
+        self._folds = {  # is a frame record -> (family, its fold, how it updates, per rank)
+            is_frame: [
+                (f.name, f.fold, self._update(f), len(f.labels_kept(per_rank)) == len(f.labels))
+                for f in FOLDED[kind]
+            ]
             for is_frame, kind in ((False, "graph"), (True, "frame"))
         }
 
@@ -122,11 +131,16 @@ class Aggregate:
             and self._evict_finished(table, metric)
         ):
             return True
+        self.refuse(metric, labels)
+        return False
+
+    def refuse(self, metric: str, labels: Labels) -> None:
+        """Count a label set that ``metric``'s cap refused in ``aotwatch_series_dropped_total``,
+        once per label set (also for a family kept outside: ``liveness``'s)."""
         refused = hash((metric, labels))
         if self._refused.get(refused) is None:
             self._refused.put(refused, True)
             self.inc("aotwatch_series_dropped", (metric,))
-        return False
 
     def _evict_finished(self, table: dict[Labels, Any], metric: str) -> bool:
         """Drop one series of a finished job from a full family; False if it holds none."""
@@ -200,14 +214,15 @@ class Aggregate:
         for record in records:
             if record.job_name not in self._jobs and len(self._jobs) < self.max_series_per_metric:
                 self._jobs[record.job_name] = False  # as many jobs as a family has series
-            rank = (record.job_name, str(record.rank), record.device)
-            for name, fold, update in self._folds[record.graph is None]:
+            job = (record.job_name,)
+            rank = (*job, str(record.rank), record.device)
+            for name, fold, update, by_rank in self._folds[record.graph is None]:
                 if update is None:  # a counter: summed over the batch
-                    for labels, amount in fold(record, rank):
+                    for labels, amount in fold(record, rank if by_rank else job):
                         key = (name, labels)
                         counts[key] = counts.get(key, 0) + amount
                 else:
-                    for labels, amount in fold(record, rank):
+                    for labels, amount in fold(record, rank if by_rank else job):
                         update(name, labels, amount)
             self._seen_ids.put(record.record_id, None)  # only once folded: validation made it safe
         for (name, labels), amount in counts.items():
@@ -224,4 +239,5 @@ class Aggregate:
                 metric: {labels: h.copy() for labels, h in table.items()}
                 for metric, table in self._histograms.items()
             },
+            self.per_rank,
         )

@@ -264,6 +264,16 @@ class LimitsConfig(Section):
     """Worker processes of one job that a collector (or a local-mode process) keeps track of,
     1..1_000_000; workers beyond it still have their records counted, not themselves."""
 
+    max_workers_per_collector: int = field(default=1024, metadata=between(1, 1_000_000))
+    """Worker processes of all jobs together that a collector keeps track of, 1..1_000_000;
+    a worker past it is refused (its records are still counted, not itself) and counted in
+    aotwatch_workers_refused_total."""
+
+    per_rank_detail: bool = False
+    """Collectors keep every family per rank, breakdowns and histograms too (what a small
+    job can afford); false: those the metric table keeps per job on a node sum the node's
+    ranks of each job (docs/metrics.md says which)."""
+
     max_connections: int = field(default=64, metadata=between(1, 65_536))
     """Connections each /metrics server (local mode, collectors, the head) holds at once,
     1..65_536, and never more than a quarter of the process's open-file limit. Past it, a new

@@ -12,6 +12,7 @@ silence. Not thread-safe: its owner locks.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aotwatch.aggregate import Snapshot
@@ -25,35 +26,84 @@ LOCAL_WORKER = "this process"
 
 
 class Liveness:
-    """The attached workers, at most ``max_per_job`` a job and ``max_jobs`` jobs."""
+    """The attached workers: at most ``max_per_job`` a job, ``max_jobs`` jobs and
+    ``max_workers`` in all, and at most ``max_compiling`` of them shown compiling (the
+    in-progress family's series cap); ``refuse(family, labels)`` hears of a compile not
+    shown."""
 
-    def __init__(self, timeout_s: float | None, max_per_job: int, max_jobs: int) -> None:
+    def __init__(
+        self,
+        timeout_s: float | None,
+        max_per_job: int,
+        max_jobs: int,
+        max_workers: int | None = None,
+        max_compiling: int | None = None,
+        refuse: Callable[[str, tuple[str, ...]], None] | None = None,
+    ) -> None:
         self.timeout_s = timeout_s
         self.max_per_job = max_per_job
         self.max_jobs = max_jobs
+        self.max_workers = max_workers
+        self.max_compiling = max_compiling
+        self._refuse = refuse
         self._workers: dict[str, Worker] = {}  # worker id -> announcement + last_seen
         self._per_job: dict[str, int] = {}
+        self._compiling: set[str] = set()  # ids of the workers shown compiling
 
     def seen(self, worker: Worker) -> bool:
-        """Note ``worker`` alive now; False when it is not tracked (a cap is full, or its
-        id already belongs to another job)."""
+        """Note ``worker`` alive now; False when it is not tracked (see ``admit``)."""
+        return self.admit(worker) is None
+
+    def admit(self, worker: Worker) -> str | None:
+        """Note ``worker`` alive now; None when it is tracked, else why it is not: a cap is
+        full (``max_workers_per_job``, ``max_series_per_metric`` jobs,
+        ``max_workers_per_collector``) or its id belongs to another job
+        (``worker_id_reused``)."""
         job = worker["job_name"]
         known = self._workers.get(worker["worker_id"])
         if known is None:
             per_job = self._per_job.get(job, 0)
-            if per_job >= self.max_per_job or (not per_job and len(self._per_job) >= self.max_jobs):
-                return False
+            if per_job >= self.max_per_job:
+                return "max_workers_per_job"
+            if not per_job and len(self._per_job) >= self.max_jobs:
+                return "max_series_per_metric"
+            if self.max_workers is not None and len(self._workers) >= self.max_workers:
+                return "max_workers_per_collector"
             self._per_job[job] = per_job + 1
         elif known["job_name"] != job:
-            return False
-        self._workers[worker["worker_id"]] = {**worker, "last_seen": time.monotonic()}
-        return True
+            return "worker_id_reused"
+        state = self._shown(worker["worker_id"], job, worker["rank"], worker.get("compiling"))
+        self._workers[worker["worker_id"]] = {
+            **worker,
+            "compiling": state,
+            "last_seen": time.monotonic(),
+        }
+        return None
+
+    def _shown(
+        self, worker_id: str, job: str, rank: int, state: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """``state`` if the worker's compile may be shown, else None (refused and told)."""
+        if not state:
+            self._compiling.discard(worker_id)
+            return None
+        if (
+            worker_id in self._compiling
+            or self.max_compiling is None
+            or len(self._compiling) < self.max_compiling
+        ):
+            self._compiling.add(worker_id)
+            return state
+        if self._refuse is not None:
+            self._refuse(IN_PROGRESS, (job, str(rank), state["device"], state["compile_id"]))
+        return None
 
     def leave(self, worker_id: str) -> str | None:
         """Forget a worker; the job it was the last worker of, if any."""
         worker = self._workers.pop(worker_id, None)
         if worker is None:
             return None
+        self._compiling.discard(worker_id)
         job = worker["job_name"]
         self._per_job[job] -= 1
         if self._per_job[job]:
@@ -72,8 +122,10 @@ class Liveness:
     def compiling(self, worker_id: str, state: dict[str, Any] | None, rank: int) -> None:
         """A worker (of ``rank`` now) began a compile (``state``: compile_id, since, device)
         or ended one (None)."""
-        if worker_id in self._workers:
-            self._workers[worker_id].update(compiling=state, rank=rank)
+        worker = self._workers.get(worker_id)
+        if worker is not None:
+            state = self._shown(worker_id, worker["job_name"], rank, state)
+            worker.update(compiling=state, rank=rank)
 
     def workers(self) -> list[Worker]:
         return list(self._workers.values())

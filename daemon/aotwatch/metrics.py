@@ -31,6 +31,8 @@ from aotwatch.records import (
 
 RANK_LABELS = ("job_name", "rank", "device")
 JOB_LABELS = ("job_name",)
+NODE_SUMMED = RANK_LABELS[1:]
+"""The labels a family kept per job on a node sums over (see ``Family.kept``)."""
 SAVED_KINDS = ("tensors", "symints")
 LIMIT_NAMES = tuple(name for _, name in RECOMPILE_LIMITS)
 SUBCLASS_TYPES = ("DTensor", "NestedTensor", "Float8Tensor", "TwoTensor")
@@ -60,12 +62,21 @@ DURATION_BUCKETS = (
     1800.0,
 )
 """Compile time buckets in seconds: 10 ms to 30 min."""
+TOP_PHASES = ("total", "backward")
+"""The phases that no other phase holds: a rank's compile seconds are their sum."""
 
 NODE_BUCKETS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000)
 """FX nodes per AOT graph."""
 
 WORKERS_ATTACHED = "aotwatch_workers_attached"
 """The family ``liveness`` sets: workers attached now, per job."""
+WORKER_REFUSALS = (
+    "max_workers_per_job",
+    "max_workers_per_collector",
+    "max_series_per_metric",
+    "worker_id_reused",
+)
+"""Why a collector does not track a worker (``liveness``): the bound it met, or its id."""
 IN_PROGRESS = "torch_compile_in_progress_since_timestamp_seconds"
 """The family ``liveness`` sets: when each attached rank's compile in progress began."""
 
@@ -109,6 +120,19 @@ class Family:
     """Shown only for ranks whose worker is attached (see ``liveness``)."""
     buckets: tuple[float, ...] = ()
     unit: str = ""
+    kept: Literal["rank", "node"] | None = None
+    """For a family labelled by rank, what a collector keeps its series per: ``rank``, what
+    a person acts on for one rank; or ``node``, the job's ranks on the collector's node summed
+    (no ``rank`` or ``device`` label): breakdowns and histograms, alike on the ranks of an SPMD
+    job, whose rank differences the head's findings name. ``limits.per_rank_detail`` keeps
+    these per rank too, as local mode (one rank) and the reports (rebuilt from the archives)
+    always do."""
+
+    def labels_kept(self, per_rank: bool) -> tuple[str, ...]:
+        """Its label names when its series are kept per rank (``per_rank``) or as ``kept``."""
+        if per_rank or self.kept != "node":
+            return self.labels
+        return tuple(label for label in self.labels if label not in NODE_SUMMED)
 
     @property
     def per_job(self) -> bool:
@@ -124,8 +148,8 @@ class Family:
         return (self.name,)
 
 
-def _rank_family(name, kind, help_text, extra=(), **options) -> Family:
-    return Family(name, kind, help_text, RANK_LABELS + tuple(extra), **options)
+def _rank_family(name, kind, help_text, extra=(), kept="rank", **options) -> Family:
+    return Family(name, kind, help_text, RANK_LABELS + tuple(extra), kept=kept, **options)
 
 
 def _once(record: Record, rank: Labels) -> Folded:
@@ -231,17 +255,46 @@ FAMILIES: tuple[Family, ...] = (
             () if record.nodes is None else (((*rank, record.graph), record.nodes),)
         ),
         action="Many tiny graphs mean graph breaks; huge ones mean long compiles.",
+        kept="node",
+    ),
+    _rank_family(
+        "torch_compile_seconds",
+        "counter",
+        "Seconds this rank spent compiling: whole frames (phase total) and the backward graphs "
+        "compiled at their first backward pass (phase backward).",
+        records="any",
+        fold=lambda record, rank: (
+            (rank, sum(record.durations_s.get(phase, 0.0) for phase in TOP_PHASES)),
+        ),
+        unit="seconds",
+        action="A rank that compiles much longer than the others holds them in collectives: "
+        "a cold cache on its node or recompiles of its own (see the reports).",
     ),
     _rank_family(
         "torch_compile_duration_seconds",
         "histogram",
-        "Compile time per frame and phase, as torch reports it (phases nest).",
+        "Whole-frame compile time (phase total), per compiled frame.",
+        records="any",
+        fold=lambda record, rank: [
+            (rank, seconds) for seconds in (record.durations_s.get("total"),) if seconds is not None
+        ],
+        buckets=DURATION_BUCKETS,
+        unit="seconds",
+        kept="node",
+        action="A p95 far above the p50 means a few frames dominate compile time: "
+        "`aotwatch report` names them.",
+    ),
+    _rank_family(
+        "torch_compile_phase_seconds",
+        "counter",
+        "Compile seconds by phase, as torch reports them (phases nest: total holds dynamo, "
+        "which holds aot_autograd, ...).",
         ["phase"],
         values={"phase": (*PHASES, categories.OTHER)},
         records="any",
         fold=_durations,
-        buckets=DURATION_BUCKETS,
         unit="seconds",
+        kept="node",
         action="The phase that dominates is where to look: a warm cache (Inductor, "
         "AOTAutograd) removes most of inductor and aot_autograd.",
     ),
@@ -285,6 +338,7 @@ FAMILIES: tuple[Family, ...] = (
         records="graph",
         fold=lambda record, rank: ((rank, record.inputs.get("total", 0)),),
         action="The denominator of the mutation ratios.",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_input_mutations",
@@ -296,6 +350,7 @@ FAMILIES: tuple[Family, ...] = (
         fold=_counts("inputs", MUTATION_KINDS),
         action="Mutations of inputs cost copies or epilogues; metadata and storage "
         "mutations are the expensive ones: prefer out-of-place ops on inputs.",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_mutated_inputs",
@@ -307,6 +362,7 @@ FAMILIES: tuple[Family, ...] = (
         fold=_counts("mutation_placement", PLACEMENTS),
         action="out_of_graph mutations run in Python after every call: make them "
         "in-graph (functional) where you can.",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_graph_outputs",
@@ -320,6 +376,7 @@ FAMILIES: tuple[Family, ...] = (
         ],
         action="Outputs that alias inputs or intermediates are regenerated at runtime: "
         "return fresh tensors from compiled regions where you can.",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_intermediate_bases",
@@ -329,6 +386,7 @@ FAMILIES: tuple[Family, ...] = (
         fold=lambda record, rank: ((rank, record.intermediate_bases),),
         action="Each one is an extra output and a view replay: avoid returning several views "
         "of one intermediate.",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_effect_tokens",
@@ -340,6 +398,7 @@ FAMILIES: tuple[Family, ...] = (
         fold=_counts("tokens", TOKEN_DIRECTIONS),
         action="Tokens order side-effecting ops (prints, custom effectful ops); they "
         "serialise those ops.",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_subclass_tensors",
@@ -360,6 +419,7 @@ FAMILIES: tuple[Family, ...] = (
         action="Each subclass is flattened into its inner tensors at every call, and a "
         "subclass tangent the backward did not expect costs a recompile or a copy: check "
         "that DTensor placements and Float8 scaling stay the same between steps.",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_saved_for_backward",
@@ -376,6 +436,7 @@ FAMILIES: tuple[Family, ...] = (
         action="Activation memory: many saved tensors per graph are what activation "
         "checkpointing (torch.utils.checkpoint) or a memory budget "
         "(torch._functorch.config.activation_memory_budget) trades for recompute.",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_saved_for_backward_bytes",
@@ -388,6 +449,7 @@ FAMILIES: tuple[Family, ...] = (
         action="The activation memory compiled regions hold between forward and backward: "
         "when it dominates peak memory, checkpoint (torch.utils.checkpoint) or lower "
         "torch._functorch.config.activation_memory_budget to recompute instead.",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_static_inputs",
@@ -399,6 +461,7 @@ FAMILIES: tuple[Family, ...] = (
         action="Under CUDA graphs (mode='reduce-overhead') every other input is copied into "
         "the graph at each call: inputs that are really fixed should be parameters or "
         "buffers (or marked with torch._dynamo.mark_static_address).",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_donated_buffers",
@@ -408,6 +471,7 @@ FAMILIES: tuple[Family, ...] = (
         fold=lambda record, rank: ((rank, record.donated_buffers),),
         action="Higher is better for peak memory; zero on a large model means the backward "
         "keeps every saved tensor alive to its end (check torch._functorch.config.donated_buffer).",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_tangent_layouts",
@@ -425,6 +489,7 @@ FAMILIES: tuple[Family, ...] = (
         "in every backward: gradients usually arrive contiguous, so strided or channels_last "
         "tangents cost a copy each step unless the model is channels_last throughout; return "
         "contiguous outputs (.contiguous()) from compiled regions.",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_rng_functionalized_graphs",
@@ -436,6 +501,7 @@ FAMILIES: tuple[Family, ...] = (
         action="Functionalized RNG makes recomputation (activation checkpointing) and CUDA "
         "graphs replay the same random numbers; zero with dropout under checkpointing on "
         "CUDA means torch._functorch.config.functionalize_rng_ops is off.",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_aot_autograd_cache_bypasses",
@@ -451,6 +517,7 @@ FAMILIES: tuple[Family, ...] = (
         action="A bypassed graph compiles from scratch in every process: unsupported_op "
         "names a function the cache cannot hash (`aotwatch report` has torch's text), "
         "fx_graph_cache_disabled and freezing are settings (torch._inductor.config).",
+        kept="node",
     ),
     _rank_family(
         "torch_compile_recompile_limit",
@@ -522,6 +589,18 @@ FAMILIES: tuple[Family, ...] = (
         "Worker processes currently attached to this collector.",
         JOB_LABELS,
         action="Fewer than the job's ranks: workers that never attached or stopped pushing.",
+    ),
+    Family(
+        "aotwatch_workers_refused",
+        "counter",
+        "Workers a collector does not keep track of (their records are still counted), by "
+        "the bound they met.",
+        ("reason",),
+        values={"reason": WORKER_REFUSALS},
+        action="Their ranks show no in-progress compile or attached worker: raise the "
+        "limits.<reason> key, or look for workers restarting under new ids "
+        "(worker_id_reused: one id announced by two jobs; max_series_per_metric also bounds the "
+        "jobs a collector tracks).",
     ),
     Family(
         "aotwatch_records_received",
@@ -642,6 +721,14 @@ FREE_LABELS = {
 """What the values of labels without a fixed list are (docs/metrics.md)."""
 
 
+def _kept_text(family: Family) -> str:
+    if family.kept == "node":
+        return "per job on a node (`rank` and `device` only with `limits.per_rank_detail`)"
+    if family.kept == "rank":
+        return "per rank"
+    return "per job" if family.per_job else "per collector"
+
+
 def _values_text(family: Family, label: str) -> str:
     values = family.values.get(label, FREE_LABELS.get(label, "free text (a version)"))
     return values if isinstance(values, str) else ", ".join(f"`{v}`" for v in values)
@@ -657,6 +744,13 @@ def contract() -> str:
         "but `torch_compile_rank_divergences` (the head's); the `labels:` of a config are added "
         "to every series and may not use the label names below.",
         "",
+        "**Kept per.** A family kept *per rank* has one series per rank (what a person acts "
+        "on for one rank). A family kept *per job on a node* sums, on each collector, the "
+        "ranks of a job on that node: it has no `rank` or `device` label there (the ranks of "
+        "an SPMD job compile the same graphs, and the head's findings name the rank that "
+        "differs). `limits.per_rank_detail: true` keeps every family per rank; local mode "
+        "(one rank) and `aotwatch report` (rebuilt from the archives) always do.",
+        "",
     ]
     for family in ALL_FAMILIES:
         folded = {
@@ -669,7 +763,7 @@ def contract() -> str:
             f"## `{', '.join(family.samples())}`",
             "",
             f"{family.kind}{f' ({family.unit})' if family.unit else ''}: {family.help} "
-            f"Set from {folded}.",
+            f"Set from {folded}. Kept {_kept_text(family)}.",
             "",
             "| label | values |",
             "| --- | --- |",

@@ -147,11 +147,6 @@ def _total(snapshot: Snapshot, metric: str, rank: tuple[str, ...], **match: str)
     return total
 
 
-def _seconds(snapshot: Snapshot, rank: tuple[str, ...], phase: str) -> float:
-    table = snapshot.histograms.get("torch_compile_duration_seconds", {})
-    return table[(*rank, phase)].sum if (*rank, phase) in table else 0.0
-
-
 _COLUMNS = (
     ("frames", lambda s, r: _total(s, "torch_compile_frames", r)),
     (
@@ -161,7 +156,7 @@ _COLUMNS = (
             for g in ("forward", "backward", "inference")
         ),
     ),
-    ("compile s", lambda s, r: f"{_seconds(s, r, 'total') + _seconds(s, r, 'backward'):.2f}"),
+    ("compile s", lambda s, r: f"{_total(s, 'torch_compile_seconds', r):.2f}"),
     ("breaks", lambda s, r: _total(s, "torch_compile_graph_breaks", r)),
     ("recompiles", lambda s, r: _total(s, "torch_compile_recompiles", r)),
     (

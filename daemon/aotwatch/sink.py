@@ -42,8 +42,9 @@ class LocalSink:
         *,
         strict: bool = False,
         liveness: Liveness | None = None,
+        per_rank: bool = True,
     ) -> None:
-        self.aggregate = Aggregate(max_series_per_metric)
+        self.aggregate = Aggregate(max_series_per_metric, per_rank=per_rank)
         self.archive = archive
         self.strict = strict
         self.liveness = liveness
@@ -100,6 +101,11 @@ class LocalSink:
         """Add to one of aotwatch's own counters."""
         with self._lock:
             self.aggregate.inc(metric, labels, amount)
+
+    def refuse(self, metric: str, labels: tuple[str, ...]) -> None:
+        """Count a label set refused by ``metric``'s cap (see ``Aggregate.refuse``)."""
+        with self._lock:
+            self.aggregate.refuse(metric, labels)
 
     def capture_error(self, job_name: str, stage: str) -> None:
         self.inc("aotwatch_capture_errors", (job_name, stage))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aotwatch import divergence
-from aotwatch.aggregate import Snapshot
+from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import (
     ARCHIVE_FILE,
     UnsafePath,
@@ -33,14 +33,14 @@ from aotwatch.archive import (
     read_records,
     set_aside,
 )
-from aotwatch.cluster.job_archives import JobArchives
+from aotwatch.cluster.job_archives import JobArchives, job_slug
 from aotwatch.cluster.job_life import JobLife
 from aotwatch.cluster.worker_counts import CountsLedger
 from aotwatch.config import Config
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import serve_metrics
 from aotwatch.liveness import Liveness
-from aotwatch.lru import trim_oldest
+from aotwatch.lru import LruCache, trim_oldest
 from aotwatch.records import (
     MAX_ID,
     MAX_NUMBER,
@@ -65,6 +65,8 @@ PRUNE_S = 10.0
 MAX_CHANGES = 200_000
 """Fingerprint entries whose last change a collector remembers per job (each entry once), to
 send the head only what changed; a head further behind gets the whole job."""
+REFUSED_WORKERS = 10_000
+"""Ids of refused workers remembered, so each is logged and counted once."""
 HOUSEKEEPING_S = 2.0
 """How often a collector looks for spooled files and advances the life of its jobs."""
 
@@ -154,14 +156,20 @@ class NodeCollector:
         self._lock = threading.Lock()  # the attached workers and the life of jobs
         self._accept_lock = threading.Lock()  # pushes, the spool thread and the head's reads
         limits = config.limits
+        self.sink = LocalSink(
+            limits.max_series_per_metric, strict=True, per_rank=limits.per_rank_detail
+        )
         self.liveness = Liveness(
             config.collector.worker_timeout_s,
             limits.max_workers_per_job,
             limits.max_series_per_metric,
+            max_workers=limits.max_workers_per_collector,
+            max_compiling=limits.max_series_per_metric,
+            refuse=self.sink.refuse,
         )
+        self._refused_workers = LruCache(REFUSED_WORKERS)  # ids of workers refused, told once
         self.jobs = JobLife(config.collector.worker_timeout_s, config.collector.job_retention_s)
         directory = collector_directory(config, node_id)
-        self.sink = LocalSink(limits.max_series_per_metric, strict=True)
         self._fingerprints: divergence.Fingerprints = {}
         self._epoch = uuid.uuid4().hex  # this instance: a head re-reads a restarted collector
         self._versions: dict[str, int] = {}  # job -> how often its fingerprints changed
@@ -269,11 +277,24 @@ class NodeCollector:
                 self._forget(worker["worker_id"])
 
     def _seen(self, worker: dict[str, Any]) -> None:
-        """Note the worker alive; at most ``limits.max_workers_per_job`` per job and
-        ``limits.max_series_per_metric`` jobs are tracked."""
+        """Note the worker alive; at most ``limits.max_workers_per_job`` per job,
+        ``limits.max_series_per_metric`` jobs and ``limits.max_workers_per_collector`` in all
+        are tracked. A worker refused is logged and counted once (by id, within
+        REFUSED_WORKERS); its records are still accepted."""
         with self._lock:
-            if self.liveness.seen(worker) and self.jobs.running(worker["job_name"]):
-                self.sink.finish_job(worker["job_name"], finished=False)
+            reason = self.liveness.admit(worker)
+            if reason is None:
+                if self.jobs.running(worker["job_name"]):
+                    self.sink.finish_job(worker["job_name"], finished=False)
+            elif self._refused_workers.get(worker["worker_id"]) is None:
+                self._refused_workers.put(worker["worker_id"], reason)
+                log.warning(
+                    "aotwatch: worker %s of job %s not tracked: %s reached",
+                    worker["worker_id"],
+                    worker["job_name"],
+                    reason,
+                )
+                self.sink.inc("aotwatch_workers_refused", (reason,))
 
     def _forget(self, worker_id: str) -> None:
         """Stop tracking a worker (lock held)."""
@@ -395,6 +416,16 @@ class NodeCollector:
         self._live_workers()
         with self._lock:
             return self.liveness.apply(snapshot)
+
+    def job_detail(self, job_name: str) -> Snapshot:
+        """A job's series per rank, rebuilt from this node's archive of it: what ``aotwatch
+        run`` prints at the end, whatever ``limits.per_rank_detail`` says."""
+        aggregate = Aggregate(self.config.limits.max_series_per_metric)
+        with self._accept_lock:
+            for item in read_archive(self.archives.path / job_slug(job_name), private=True):
+                if not isinstance(item, RecordError):
+                    aggregate.add(item)
+        return aggregate.snapshot()
 
     def endpoint(self) -> dict[str, Any]:
         """What file_sd and ``aotwatch status`` need to know about this collector."""

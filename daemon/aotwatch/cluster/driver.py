@@ -51,13 +51,16 @@ def collectors(config: Config) -> dict[str, Any]:
     return handles
 
 
-def merged_snapshot(config: Config, job_name: str | None = None) -> Snapshot:
+def merged_snapshot(config: Config, job_name: str | None = None, detail: bool = False) -> Snapshot:
     """Every collector's aggregate in one (label sets of different ranks do not overlap);
-    with ``job_name``, that job's series and the families that have no job label."""
-    merged = Snapshot({}, {})
-    snapshots = ray.get(
-        [c.snapshot.remote() for c in collectors(config).values()], timeout=TIMEOUT_S
-    )
+    with ``job_name``, that job's series and the families that have no job label; with
+    ``detail``, that job's series per rank, rebuilt from the collectors' archives of it."""
+    calls = [
+        c.job_detail.remote(job_name) if detail else c.snapshot.remote()
+        for c in collectors(config).values()
+    ]
+    snapshots = ray.get(calls, timeout=TIMEOUT_S)
+    merged = Snapshot({}, {}, all(snapshot.per_rank for snapshot in snapshots))
     for snapshot in snapshots:
         for metric, table in snapshot.values.items():
             for labels, value in table.items():
@@ -77,11 +80,7 @@ def progress_counts(snapshot: Snapshot) -> tuple[int, int, str]:
     def total(metric: str) -> float:
         return sum(snapshot.values.get(metric, {}).values())
 
-    seconds = sum(
-        h.sum
-        for labels, h in snapshot.histograms.get("torch_compile_duration_seconds", {}).items()
-        if labels[-1] in ("total", "backward")
-    )
+    seconds = total("torch_compile_seconds")
     workers, graphs = int(total("aotwatch_workers_attached")), int(total("torch_compile_graphs"))
     line = (
         f"workers attached {workers}, graphs captured {graphs}, compile {seconds:.1f} s, "
@@ -215,7 +214,8 @@ def run_job(job: JobConfig, linger: float = 0, verbose: bool = False) -> int:
 
 def _print_summary(job: JobConfig, config: Config, head: Any, findings: list) -> None:
     print()
-    print(report.job_summary(job.name, merged_snapshot(config, job.name), findings))
+    detail = merged_snapshot(config, job.name, detail=True)
+    print(report.job_summary(job.name, detail, findings))
     status = ray.get(head.status.remote(), timeout=TIMEOUT_S)
     head_endpoint = status["head"]
     print(f"\nmetrics: {', '.join(targets(status))}")

@@ -109,7 +109,7 @@ class AggregateCollector:
     def _families(self, snapshot: Snapshot) -> Iterator[Metric]:
         yield self._build_info
         for family in FAMILIES:
-            names = (*family.labels, *self._const_names)
+            names = (*family.labels_kept(snapshot.per_rank), *self._const_names)
             if family.kind == "histogram":
                 metric = HistogramMetricFamily(family.name, family.help, labels=names)
                 for labels, histogram in sorted(snapshot.histograms.get(family.name, {}).items()):
