@@ -8,6 +8,7 @@ ready, so a collector killed mid-job loses nothing and counts nothing twice.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import logging
@@ -33,7 +34,7 @@ from aotwatch.archive import (
     read_records,
     set_aside,
 )
-from aotwatch.cluster.job_archives import JobArchives, job_slug
+from aotwatch.cluster.job_archives import JobArchives
 from aotwatch.cluster.job_life import JobLife
 from aotwatch.cluster.worker_counts import CountsLedger
 from aotwatch.config import Config
@@ -421,8 +422,9 @@ class NodeCollector:
         """A job's series per rank, rebuilt from this node's archive of it: what ``aotwatch
         run`` prints at the end, whatever ``limits.per_rank_detail`` says."""
         aggregate = Aggregate(self.config.limits.max_series_per_metric)
-        with self._accept_lock:
-            for item in read_archive(self.archives.path / job_slug(job_name), private=True):
+        path = self.archives.archive_file(job_name)
+        with self._accept_lock, contextlib.suppress(FileNotFoundError, UnsafePath):
+            for item in read_records(path, private=True):
                 if not isinstance(item, RecordError):
                     aggregate.add(item)
         return aggregate.snapshot()

@@ -102,6 +102,10 @@ class JobArchives:
         if directory.is_dir():
             self._write_job_file(directory, {"job_name": job_name, "finished": time.time()})
 
+    def archive_file(self, job_name: str) -> Path:
+        """Where the job's records are (or would be) archived on this node."""
+        return self._directory(job_name)[0] / ARCHIVE_FILE
+
     def _directory(self, job_name: str) -> tuple[Path, dict[str, Any] | None]:
         """The job's directory and its ``job.json``: ``job_slug``, or, where that directory
         holds another job (a name crafted to collide in the slug's hash), the first of
