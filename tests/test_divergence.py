@@ -159,17 +159,17 @@ def test_a_rank_compiling_long_while_others_wait_is_a_straggler():
     lives = [
         {
             "attached": {"j": ["0", "1"]},
-            "compiling": {"j": {"1": {"compile_id": "3/0", "since": 100}}},
+            "compiling": {"j": {"1": {"compile_id": "3/0", "for_s": 30.4}}},
         },
         {
             "attached": {"j": ["2"], "k": ["0"]},
-            "compiling": {"k": {"0": {"compile_id": "0/0", "since": 0}}},
+            "compiling": {"k": {"0": {"compile_id": "0/0", "for_s": 1e9}}},
         },
     ]
-    findings, longest, compiling = divergence.stragglers(lives, now=130, after_s=20)
+    findings, longest, compiling = divergence.stragglers(lives, after_s=20)
     assert [(f.job_name, f.kind, f.compile_id, f.groups) for f in findings] == [
         ("j", "compile_straggler", "3/0", (("compiling for 30 s", ("1",)), ("waiting", ("0", "2"))))
     ]
-    assert longest == {"j": 30, "k": 0}  # job k's one rank waits for nobody
+    assert longest == {"j": 30.4, "k": 0}  # job k's one rank waits for nobody
     assert compiling == {"j": {"1"}, "k": {"0"}}
-    assert divergence.stragglers(lives, now=110, after_s=20)[0] == []  # not long enough yet
+    assert divergence.stragglers(lives, after_s=40)[0] == []  # not long enough yet

@@ -248,11 +248,12 @@ def _find_at(job_name: str, ranks: dict[str, dict[str, Any]], compile_id: str) -
 
 Live = dict[str, dict[str, Any]]
 """A collector's present: {"attached": {job: [ranks]}, "compiling": {job: {rank: {"compile_id",
-"since"}}}} (ranks as strings)."""
+"for_s"}}}} (ranks as strings; ``for_s``: how long the compile has run, measured on the
+collector's monotonic clock, never across two machines' wall clocks)."""
 
 
 def stragglers(
-    lives: list[Live], now: float, after_s: float
+    lives: list[Live], after_s: float
 ) -> tuple[list[Finding], dict[str, float], dict[str, set[str]]]:
     """Ranks compiling for ``after_s`` or longer while other attached ranks of their job are
     not: a ``compile_straggler`` finding each (the compile id; the rank with how long, and
@@ -269,7 +270,7 @@ def stragglers(
     for job, ranks in compiling.items():
         waiting = tuple(sorted(attached.get(job, set()) - set(ranks), key=int))
         for rank, state in sorted(ranks.items()):
-            seconds = now - state["since"]
+            seconds = state["for_s"]
             if not waiting or seconds < after_s:
                 continue
             longest[job] = max(longest.get(job, 0.0), seconds)

@@ -180,7 +180,7 @@ class Head:
                 if changed.get(job, set()) is not None:
                     changed.setdefault(job, set()).add(compile_id)
         late, longest, compiling = divergence.stragglers(
-            list(self._lives.values()), time.time(), self.config.collector.straggler_after_s
+            list(self._lives.values()), self.config.collector.straggler_after_s
         )
         now = time.monotonic()
         with self._lock:
