@@ -117,6 +117,9 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     pid: Int
     time: Seconds
     """Unix time the record was made."""
+    compare_group: Id | None = None
+    """The ranks this rank is compared with: those of the same value (e.g. its pipeline stage,
+    from ``capture.compare_group_env``); None: every rank of its job."""
     compile_id: Id | None = None
     frame: Fields | None = None
     graph: Literal[GRAPH_KINDS] | None = None

@@ -38,7 +38,7 @@ def read_archives(
     findings = [
         finding
         for job, ranks in sorted(fingerprints.items())
-        for finding in divergence.find(job, ranks)
+        for finding in divergence.find_in_groups(job, ranks)
     ]
     return workers.apply(aggregate.snapshot()), findings
 
