@@ -107,7 +107,8 @@ def divergence_lines(findings: list[Finding] | list[dict[str, Any]]) -> list[str
     for finding in findings:
         found = finding if isinstance(finding, dict) else finding.to_dict()
         groups = "; ".join(f"ranks {','.join(r)}: {v}" for v, r in found["groups"].items())
-        lines.append(f"  {found['kind']} at {found['compile_id']}: {groups}")
+        among = f" in compare group {found['compare_group']}" if "compare_group" in found else ""
+        lines.append(f"  {found['kind']} at {found['compile_id']}{among}: {groups}")
     return lines
 
 

@@ -1,0 +1,64 @@
+"""Compare groups: a real pipeline-parallel job (torchrun, 4 ranks, gloo on the CPU, 2 stages
+x 2 data-parallel ranks) under ``aotwatch trace``. The stages compile different layers under
+the same compile ids: no finding, until a rank compiles what its own stage's peer does not.
+``aotwatch report`` (text, JSON, HTML) compares the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aotwatch import divergence
+from aotwatch.archive import archive_files, read_archive
+from test_cli import aotwatch
+from test_launchers import TIMEOUT_S, report_json
+
+SCRIPT = Path(__file__).parent / "staged_train.py"
+
+
+def staged_job(tmp_path: Path, *options: str):
+    """The job traced with ``capture.compare_group_env: PP_STAGE``: (archive, trace result)."""
+    config = tmp_path / "aotwatch.yaml"
+    config.write_text("capture:\n  compare_group_env: PP_STAGE\n")
+    archive = tmp_path / "trace"
+    command = ["torchrun", "--standalone", "--nproc-per-node", "4", str(SCRIPT), *options]
+    result = aotwatch(
+        "trace", "--port", "0", "--config", str(config), "--archive", str(archive), "--",
+        *command, timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return archive, result
+
+
+def test_pipeline_stages_that_compile_different_layers_are_no_divergence(tmp_path):
+    archive, result = staged_job(tmp_path)
+    records = [r for path in archive_files(archive) for r in read_archive(path)]
+    assert {(r.rank, r.compare_group) for r in records} == {(0, "0"), (1, "0"), (2, "1"), (3, "1")}
+    whole_job: divergence.Fingerprints = {}
+    for record in records:
+        divergence.observe(whole_job, record)
+    assert divergence.find("default", whole_job["default"])  # the stages do differ
+
+    assert "rank divergences: none" in result.stderr
+    assert report_json(archive)["findings"] == []
+    assert "rank divergences: none" in aotwatch("report", str(archive)).stdout
+
+
+def test_a_rank_that_compiles_what_its_stage_peer_does_not_is_a_finding(tmp_path):
+    archive, result = staged_job(tmp_path, "--extra-frame-on-rank", "3")
+    line = "compile_ids at 1/0 in compare group 1: ranks 3: compiled; ranks 2: missing"
+    assert line in result.stderr
+    assert report_json(archive)["findings"] == [
+        {
+            "job_name": "default",
+            "kind": "compile_ids",
+            "compile_id": "1/0",
+            "groups": {"compiled": ["3"], "missing": ["2"]},
+            "compare_group": "1",
+        }
+    ]
+    page = tmp_path / "report.html"
+    html = aotwatch("report", str(archive), "--format", "html", "-o", str(page))
+    assert html.returncode == 0, html.stderr
+    text = page.read_text()
+    assert "cross-rank divergences: 1 (compile_ids 1)" in text
+    assert "ranks 3: compiled<br>ranks 2: missing" in text
