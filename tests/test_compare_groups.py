@@ -13,13 +13,25 @@ import ray
 
 from aotwatch import divergence
 from aotwatch.archive import archive_files, read_archive
+from aotwatch.capture.identity import compare_group
 from aotwatch.cluster.head import ensure_head, stop_daemon
 from aotwatch.config import CaptureConfig
+from aotwatch.records import MAX_ID, new_record, to_record
 from cluster_helpers import WORKER_ENV, Worker, cluster_config
 from test_cli import aotwatch
 from test_launchers import TIMEOUT_S, report_json
 
 SCRIPT = Path(__file__).parent / "staged_train.py"
+
+
+def test_a_compare_group_from_the_environment_always_fits_a_record(monkeypatch):
+    assert compare_group(None) is None and compare_group("PP_STAGE") is None  # unset
+    monkeypatch.setenv("PP_STAGE", "")
+    assert compare_group("PP_STAGE") is None
+    monkeypatch.setenv("PP_STAGE", "stage\n1\x1b" + "9" * 1000)
+    group = compare_group("PP_STAGE")
+    assert group == ("stage1" + "9" * 1000)[:MAX_ID]
+    assert to_record(new_record(compare_group=group)).compare_group == group
 
 
 def staged_job(tmp_path: Path, *options: str):

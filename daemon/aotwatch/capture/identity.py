@@ -62,7 +62,9 @@ def compare_group(variable: str | None) -> str | None:
     pipeline stage, say), printable and at most MAX_ID characters; None when it is unset or
     empty. Read at each record: a script may set it once it knows its stage."""
     value = os.environ.get(variable, "") if variable else ""
-    return "".join(c for c in value if c.isprintable())[:MAX_ID] or None
+    if not value.isprintable():
+        value = "".join(c for c in value if c.isprintable())
+    return value[:MAX_ID] or None
 
 
 def identity(job_name: str, compare_group_env: str | None = None) -> dict[str, Any]:
