@@ -4,6 +4,7 @@ reading collectors."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -21,7 +22,10 @@ from aotwatch.config import (
 from aotwatch.records import encode_record
 
 TESTS = Path(__file__).parent
-WORKER_ENV = {"env_vars": {"PYTHONPATH": str(TESTS)}}
+WORKER_ENV = {
+    "env_vars": {"PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent / "daemon")])}
+}
+"""Ray workers import the test helpers, and aotwatch from this tree (not an installed copy)."""
 
 
 def lines(records: list[dict]) -> bytes:
@@ -123,6 +127,14 @@ class Worker:
         for _ in range(steps):
             model(x).sum().backward()
         return steps
+
+    def shift_clock(self, seconds: float) -> None:
+        """This process's wall clock runs ``seconds`` ahead (behind, if negative) of the
+        machine's, as on a node whose clock is off; its monotonic clock is untouched."""
+        import time
+
+        machine = time.time
+        time.time = lambda: machine() + seconds
 
     def pid(self) -> int:
         import os

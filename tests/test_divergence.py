@@ -159,17 +159,56 @@ def test_a_rank_compiling_long_while_others_wait_is_a_straggler():
     lives = [
         {
             "attached": {"j": ["0", "1"]},
-            "compiling": {"j": {"1": {"compile_id": "3/0", "since": 100}}},
+            "compiling": {"j": {"1": {"compile_id": "3/0", "for_s": 30.4}}},
         },
         {
             "attached": {"j": ["2"], "k": ["0"]},
-            "compiling": {"k": {"0": {"compile_id": "0/0", "since": 0}}},
+            "compiling": {"k": {"0": {"compile_id": "0/0", "for_s": 1e9}}},
         },
     ]
-    findings, longest, compiling = divergence.stragglers(lives, now=130, after_s=20)
+    findings, longest, compiling = divergence.stragglers(lives, after_s=20)
     assert [(f.job_name, f.kind, f.compile_id, f.groups) for f in findings] == [
         ("j", "compile_straggler", "3/0", (("compiling for 30 s", ("1",)), ("waiting", ("0", "2"))))
     ]
-    assert longest == {"j": 30, "k": 0}  # job k's one rank waits for nobody
+    assert longest == {"j": 30.4, "k": 0}  # job k's one rank waits for nobody
     assert compiling == {"j": {"1"}, "k": {"0"}}
-    assert divergence.stragglers(lives, now=110, after_s=20)[0] == []  # not long enough yet
+    assert divergence.stragglers(lives, after_s=40)[0] == []  # not long enough yet
+
+
+def staged(rank, compile_id="0/0", graph_hash="aaaa", stage=None):
+    """A graph record of a rank of a pipeline stage (its compare group)."""
+    record = graph(rank, compile_id, graph_hash)
+    return {**record, "compare_group": stage}
+
+
+def test_ranks_of_different_compare_groups_are_never_compared():
+    """Two pipeline stages of two ranks each: each stage compiled its own layers under the
+    same compile ids. Only a rank that differs from its own stage's peer is a finding."""
+    prints = fingerprints(
+        staged(0, stage="0"),
+        staged(1, stage="0"),
+        staged(2, graph_hash="bbbb", stage="1"),
+        staged(3, graph_hash="bbbb", stage="1"),
+        staged(2, compile_id="1/0", graph_hash="cccc", stage="1"),
+    )
+    assert sorted((f.kind, f.compile_id) for f in divergence.find("j", prints["j"])) == [
+        ("compile_ids", "1/0"),
+        ("graph_hash", "0/0"),
+    ]  # the whole job compared: the stages' graphs are "divergences"
+    (finding,) = divergence.find_in_groups("j", prints["j"])
+    assert (finding.kind, finding.compile_id, finding.compare_group) == ("compile_ids", "1/0", "1")
+    assert dict(finding.groups) == {"compiled": ("2",), "missing": ("3",)}
+    assert finding.to_dict()["compare_group"] == "1"
+    assert "in compare group 1" in finding.describe()
+
+
+def test_the_compare_group_reaches_the_head_in_a_delta():
+    digest = divergence.Digest()
+    digest.update("node", answer("e", fingerprints(staged(0, stage="0"))))
+    collector_prints = fingerprints(staged(0, stage="0"))
+    changes = divergence.observe(collector_prints, to_record(staged(1, graph_hash="b", stage="1")))
+    assert (changes[0][0], changes[0][1]) == ("1", "compare_group")
+    delta = {"1": collector_prints["j"]["1"]}
+    digest.update("node", {"epoch": "e", "versions": {"j": 2}, "jobs": {}, "deltas": {"j": delta}})
+    assert set(divergence.compare_groups(digest.ranks("j"))) == {"0", "1"}
+    assert divergence.find_in_groups("j", digest.ranks("j")) == []

@@ -91,6 +91,7 @@ FIELDS = {
     "hostname": free_text,
     "pid": st.integers(0, 2**22),
     "time": st.floats(0, 2e9) | st.integers(0, 2**31) | st.just(MAX_TIME),
+    "compare_group": st.none() | shown_text,
     "compile_id": st.none() | st.from_regex(r"\d{1,2}/\d", fullmatch=True),
     "frame": st.none()
     | st.fixed_dictionaries(

@@ -32,6 +32,37 @@ def config(ray_session, tmp_path):
     stop_daemon(config)
 
 
+def announcing(compiling: dict) -> dict:
+    return {"worker_id": "w1", "job_name": "j", "rank": 1, "compiling": compiling}
+
+
+def test_a_collector_measures_a_compile_by_its_elapsed_time_on_its_own_clocks(node_collector):
+    collector = node_collector()
+    state = {"compile_id": "3/0", "elapsed_s": 25.0, "device": "cpu"}
+    assert collector.push(announcing(state), [], {}) == 0
+    live = collector.fingerprints_since(None, {})["live"]
+    assert live["compiling"]["j"]["1"]["compile_id"] == "3/0"
+    assert 25.0 <= live["compiling"]["j"]["1"]["for_s"] < 35
+    ((key, since),) = collector.snapshot().values[IN_PROGRESS].items()
+    assert key == ("j", "1", "cpu", "3/0")
+    assert time.time() - 35 < since <= time.time() - 25  # began 25 s ago, on this clock
+
+
+@pytest.mark.parametrize(
+    "compiling",
+    [
+        {"compile_id": "3/0", "since": 0, "device": "cpu"},  # a wall-clock time, any
+        {"compile_id": "3/0", "elapsed_s": 1.7e9, "device": "cpu"},
+        {"compile_id": "3/0", "elapsed_s": -1.0, "device": "cpu"},
+        {"compile_id": "3/0", "elapsed_s": float("nan"), "device": "cpu"},
+    ],
+)
+def test_an_absurd_compile_time_is_refused(node_collector, compiling):
+    collector = node_collector()
+    collector.push(announcing(compiling), [], {})
+    assert collector.fingerprints_since(None, {})["live"] == {"attached": {}, "compiling": {}}
+
+
 def head_metric(config, name: str) -> list[str]:
     head = ray.get_actor("aotwatch-head", namespace=config.cluster.namespace)
     port = ray.get(head.status.remote(), timeout=30)["head"]["port"]
@@ -87,3 +118,48 @@ def test_a_slow_rank_is_in_progress_live_and_a_straggler_not_a_missing_compile_i
     assert counted == [
         'torch_compile_rank_divergences_total{job_name="ray-test",kind="compile_straggler"} 1.0'
     ]
+
+
+@pytest.fixture
+def patient_config(ray_session, tmp_path):
+    """Stragglers after 10 s: a 5 s compile is none, a 20 s one is."""
+    collector = CollectorConfig(
+        address="127.0.0.1", port=0, head_port=0, worker_timeout_s=3, straggler_after_s=10
+    )
+    config = cluster_config(
+        tmp_path, namespace=f"aotwatch-clocks-{uuid.uuid4().hex[:8]}", collector=collector
+    )
+    ensure_head(config)
+    yield config
+    stop_daemon(config)
+
+
+def test_worker_clocks_300_s_off_page_nobody_and_hide_no_real_straggler(patient_config):
+    """Rank 1's wall clock is 300 s behind, rank 2's 300 s ahead. Rank 1 compiling for 5 s is
+    not a 305 s straggler; rank 2 compiling for 20 s is a straggler, not a -280 s one."""
+    config = patient_config
+    head = ray.get_actor("aotwatch-head", namespace=config.cluster.namespace)
+    ranks = [ranked_worker(rank, world_size=3) for rank in range(3)]
+    ray.get([w.attach.remote(config) for w in ranks], timeout=120)
+    ray.get([ranks[1].shift_clock.remote(-300), ranks[2].shift_clock.remote(300)], timeout=30)
+    ray.get([w.compile_fn.remote("x * 2") for w in ranks], timeout=120)  # 0/0 everywhere
+    ray.get(  # 1/0: rank 1 for 5 s while ranks 0 and 2 wait
+        [ranks[0].compile_fn.remote("x * 3"), ranks[2].compile_fn.remote("x * 3")], timeout=120
+    )
+    ray.get(ranks[1].compile_slowly.remote(5, "x * 3"), timeout=120)
+    ray.get(  # 2/0: rank 2 for SLOW_S while ranks 0 and 1 wait
+        [ranks[0].compile_fn.remote("x * 4"), ranks[1].compile_fn.remote("x * 4")], timeout=120
+    )
+    slow = ranks[2].compile_slowly.remote(SLOW_S, "x * 4")
+    wait_for(lambda: straggler_seconds(config) >= 10, timeout=SLOW_S + 10)
+    assert straggler_seconds(config) < SLOW_S + 5  # how long, on clocks that agree
+
+    ray.get(slow, timeout=120)
+    assert all(ray.get([w.flush.remote() for w in ranks], timeout=60))
+    wait_for(lambda: straggler_seconds(config) == 0, timeout=10)
+    findings = ray.get(head.check_divergences.remote(final=True), timeout=60)
+    assert [(f["kind"], f["compile_id"]) for f in findings] == [("compile_straggler", "2/0")]
+    groups = findings[0]["groups"]
+    assert groups["waiting"] == ["0", "1"]
+    (compiling,) = [value for value in groups if value.startswith("compiling for")]
+    assert groups[compiling] == ["2"]

@@ -236,6 +236,11 @@ class CaptureConfig(Section):
     node_counts: bool = True
     """Count the FX nodes of every AOT graph."""
 
+    compare_group_env: str | None = field(default=None, metadata=length(1, 255))
+    """The environment variable that says which ranks compile the same thing (the pipeline
+    stage, the expert group): ranks are compared only with ranks of the same value. Unset
+    (or the variable unset): every rank of a job with every other."""
+
 
 @dataclass(frozen=True)
 class ArchiveConfig(Section):

@@ -9,7 +9,7 @@ the head merges them per job and compares the ranks.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aotwatch.lru import trim_oldest
@@ -18,9 +18,9 @@ from aotwatch.records import GRAPH_KINDS, Record
 KINDS = ("graph_hash", "collective_schedule", "compile_ids", "cache_pattern", "compile_straggler")
 """What a finding says differs between ranks."""
 
-PARTS = ("graphs", "collectives", "cache")
+PARTS = ("graphs", "collectives", "cache", "compare_group")
 """The parts of a rank's fingerprint: graph hashes and collective schedules per graph key,
-cache patterns per compile id."""
+cache patterns per compile id, and the rank's compare group (under the key "")."""
 
 MAX_GRAPHS_PER_ID = 64
 """Distinct graph hashes kept per compile id and graph kind (DDP buckets make several)."""
@@ -35,7 +35,7 @@ a job runs."""
 Fingerprints = dict[str, dict[str, dict[str, dict[str, Any]]]]
 """job -> rank (str) -> {"graphs": {"<compile_id> <graph>": [distinct hashes]},
 "collectives": {"<compile_id> <graph>": [distinct schedule hashes]},
-"cache": {compile_id: pattern}}."""
+"cache": {compile_id: pattern}, "compare_group": {"": group}}."""
 Change = tuple[str, str, str]
 """(rank, part, graph key or compile id): one entry of a rank's fingerprint."""
 
@@ -59,10 +59,14 @@ def observe(fingerprints: Fingerprints, record: Record) -> list[Change]:
         return []
     rank_name = str(record.rank)
     rank = fingerprints.setdefault(record.job_name, {}).setdefault(rank_name, empty_parts())
+    changes: list[Change] = []
+    if record.compare_group is not None and rank["compare_group"].get("") != record.compare_group:
+        rank["compare_group"][""] = record.compare_group
+        changes.append((rank_name, "compare_group", ""))
     if record.graph is not None:
         key = f"{compile_id} {record.graph}"
         _add_distinct(rank["graphs"], key, record.graph_hash)
-        changes = [(rank_name, "graphs", key)]
+        changes.append((rank_name, "graphs", key))
         if record.collective_hash:
             schedule = f"{record.collective_hash} {'; '.join(record.collectives)}"
             _add_distinct(rank["collectives"], key, schedule[:MAX_SCHEDULE_TEXT])
@@ -74,7 +78,7 @@ def observe(fingerprints: Fingerprints, record: Record) -> list[Change]:
         for result in sorted(results)
     )
     trim_oldest(rank["cache"], MAX_COMPILE_IDS)
-    return [(rank_name, "cache", compile_id)]
+    return [*changes, (rank_name, "cache", compile_id)]
 
 
 def copy_ranks(ranks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -165,28 +169,32 @@ class Digest:
 
 @dataclass(frozen=True)
 class Finding:
-    """One divergence: ``groups`` maps what each group of ranks had to those ranks."""
+    """One divergence: ``groups`` maps what each group of ranks had to those ranks, all of
+    ``compare_group`` ("": the whole job)."""
 
     job_name: str
     kind: str
     compile_id: str
     groups: tuple[tuple[str, tuple[str, ...]], ...]
+    compare_group: str = ""
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return self.job_name, self.kind, self.compile_id
+    def key(self) -> tuple[str, str, str, str]:
+        return self.job_name, self.kind, self.compile_id, self.compare_group
 
     def describe(self) -> str:
         parts = "; ".join(f"ranks {','.join(ranks)}: {value}" for value, ranks in self.groups)
-        return f"{self.job_name} {self.kind} at {self.compile_id}: {parts}"
+        among = f" in compare group {self.compare_group}" if self.compare_group else ""
+        return f"{self.job_name} {self.kind} at {self.compile_id}{among}: {parts}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        found = {
             "job_name": self.job_name,
             "kind": self.kind,
             "compile_id": self.compile_id,
             "groups": {value: list(ranks) for value, ranks in self.groups},
         }
+        return {**found, "compare_group": self.compare_group} if self.compare_group else found
 
 
 def counts(findings: list[Finding]) -> dict[tuple[str, str], int]:
@@ -201,6 +209,26 @@ def _groups(values: dict[str, str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(
         sorted((value, tuple(sorted(ranks, key=int))) for value, ranks in by_value.items())
     )
+
+
+def compare_groups(ranks: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """One job's ranks split by compare group (see ``Record.compare_group``; "": ranks that
+    name none): ranks meant to compile different things (pipeline stages) are never compared."""
+    split: dict[str, dict[str, dict[str, Any]]] = {}
+    for rank, parts in ranks.items():
+        split.setdefault(parts.get("compare_group", {}).get("", ""), {})[rank] = parts
+    return split
+
+
+def find_in_groups(
+    job_name: str, ranks: dict[str, dict[str, Any]], compile_ids: set[str] | None = None
+) -> list[Finding]:
+    """``find`` within each compare group of the job: what the head and the reports call."""
+    return [
+        replace(finding, compare_group=group)
+        for group, members in sorted(compare_groups(ranks).items())
+        for finding in find(job_name, members, compile_ids)
+    ]
 
 
 def find(
@@ -248,11 +276,12 @@ def _find_at(job_name: str, ranks: dict[str, dict[str, Any]], compile_id: str) -
 
 Live = dict[str, dict[str, Any]]
 """A collector's present: {"attached": {job: [ranks]}, "compiling": {job: {rank: {"compile_id",
-"since"}}}} (ranks as strings)."""
+"for_s"}}}} (ranks as strings; ``for_s``: how long the compile has run, measured on the
+collector's monotonic clock, never across two machines' wall clocks)."""
 
 
 def stragglers(
-    lives: list[Live], now: float, after_s: float
+    lives: list[Live], after_s: float
 ) -> tuple[list[Finding], dict[str, float], dict[str, set[str]]]:
     """Ranks compiling for ``after_s`` or longer while other attached ranks of their job are
     not: a ``compile_straggler`` finding each (the compile id; the rank with how long, and
@@ -269,7 +298,7 @@ def stragglers(
     for job, ranks in compiling.items():
         waiting = tuple(sorted(attached.get(job, set()) - set(ranks), key=int))
         for rank, state in sorted(ranks.items()):
-            seconds = now - state["since"]
+            seconds = state["for_s"]
             if not waiting or seconds < after_s:
                 continue
             longest[job] = max(longest.get(job, 0.0), seconds)

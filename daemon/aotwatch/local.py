@@ -140,6 +140,7 @@ def attach(config: Config | str | os.PathLike | None = None) -> Attachment:
             job_name=config.job_name,
             node_counts=config.capture.node_counts,
             graph_hashes=config.capture.graph_hashes,
+            compare_group_env=config.capture.compare_group_env,
         )
         try:
             installed = hooks.install(session)

@@ -121,6 +121,9 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     pid: Int
     time: Seconds
     """Unix time the record was made."""
+    compare_group: Id | None = None
+    """The ranks this rank is compared with: those of the same value (e.g. its pipeline stage,
+    from ``capture.compare_group_env``); None: every rank of its job."""
     compile_id: Id | None = None
     frame: Fields | None = None
     graph: Literal[GRAPH_KINDS] | None = None
@@ -246,9 +249,11 @@ def label_value_problem(text: str) -> str | None:
 
 def shown_text(record: Record) -> list[str]:
     """The names a record gives that reports, ``aotwatch status`` and the head's log print
-    (divergences name compile ids, graph hashes, collective schedules and cache results):
-    validation refuses a record where one is not printable, as it refuses such a label."""
+    (divergences name compile ids, compare groups, graph hashes, collective schedules and
+    cache results): validation refuses a record where one is not printable, as it refuses
+    such a label."""
     texts = [record.compile_id or "", record.graph_hash or "", record.collective_hash or ""]
+    texts.append(record.compare_group or "")
     texts += record.collectives
     for cache, results in record.cache.items():
         texts += (cache, *results)

@@ -43,7 +43,7 @@ def read_archives(
     findings = [
         finding
         for job, ranks in sorted(fingerprints.items())
-        for finding in divergence.find(job, ranks)
+        for finding in divergence.find_in_groups(job, ranks)
     ]
     return workers.apply(aggregate.snapshot()), findings
 
@@ -133,7 +133,8 @@ def divergence_lines(findings: list[Finding] | list[dict[str, Any]]) -> list[str
     for finding in findings:
         found = finding if isinstance(finding, dict) else finding.to_dict()
         groups = "; ".join(f"ranks {','.join(r)}: {v}" for v, r in found["groups"].items())
-        lines.append(printable(f"  {found['kind']} at {found['compile_id']}: {groups}"))
+        among = f" in compare group {found['compare_group']}" if "compare_group" in found else ""
+        lines.append(printable(f"  {found['kind']} at {found['compile_id']}{among}: {groups}"))
     return lines
 
 

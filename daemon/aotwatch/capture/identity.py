@@ -7,6 +7,8 @@ import socket
 import sys
 from typing import Any
 
+from aotwatch.records import MAX_ID
+
 LAUNCHER_ENV = (
     ("RANK", "WORLD_SIZE", "LOCAL_RANK"),  # torchrun, Ray Train, most launchers
     ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),  # srun
@@ -55,7 +57,17 @@ def local_rank() -> tuple[str, int]:
     return "LOCAL_RANK", 0
 
 
-def identity(job_name: str) -> dict[str, Any]:
+def compare_group(variable: str | None) -> str | None:
+    """The value of the environment variable ``variable`` (``capture.compare_group_env``: the
+    pipeline stage, say), printable and at most MAX_ID characters; None when it is unset or
+    empty. Read at each record: a script may set it once it knows its stage."""
+    value = os.environ.get(variable, "") if variable else ""
+    if not value.isprintable():
+        value = "".join(c for c in value if c.isprintable())
+    return value[:MAX_ID] or None
+
+
+def identity(job_name: str, compare_group_env: str | None = None) -> dict[str, Any]:
     """The record fields that say where a record comes from (device is per graph)."""
     rank, world_size = rank_and_world_size()
     return {
@@ -64,4 +76,5 @@ def identity(job_name: str) -> dict[str, Any]:
         "world_size": world_size,
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
+        "compare_group": compare_group(compare_group_env),
     }

@@ -47,10 +47,17 @@ class CaptureSession:
     """State between hook calls; every public method is called by a hook in capture.hooks."""
 
     def __init__(
-        self, sink: Sink, *, job_name: str, node_counts: bool = True, graph_hashes: bool = True
+        self,
+        sink: Sink,
+        *,
+        job_name: str,
+        node_counts: bool = True,
+        graph_hashes: bool = True,
+        compare_group_env: str | None = None,
     ) -> None:
         self.sink = sink
         self.job_name = job_name
+        self.compare_group_env = compare_group_env
         self.node_counts = node_counts
         self.graph_hashes = graph_hashes
         self._lock = threading.Lock()
@@ -143,7 +150,8 @@ class CaptureSession:
     # -- records ---------------------------------------------------------
 
     def _emit(self, compile_id: str | None, kind: str | None, **fields: Any) -> None:
-        record = new_record(**identity(self.job_name), compile_id=compile_id, graph=kind, **fields)
+        who = identity(self.job_name, self.compare_group_env)
+        record = new_record(**who, compile_id=compile_id, graph=kind, **fields)
         if kind is not None:
             with self._lock:
                 if compile_id is not None:

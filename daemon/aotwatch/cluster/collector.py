@@ -132,18 +132,37 @@ def worker_problem(worker: Any) -> str | None:
     return label_value_problem(worker["job_name"])
 
 
+MAX_COMPILE_S = 7 * 86_400.0
+"""The longest a compile may say it has run: beyond it, a broken clock or a forged value."""
+
+
 def compiling_problem(state: dict[str, Any]) -> str | None:
-    """Why a worker's ``compiling`` (compile_id, since, device) cannot be shown, or None."""
-    if state.keys() != {"compile_id", "since", "device"}:
-        return "expected compile_id, since and device"
-    compile_id, since, device = state["compile_id"], state["since"], state["device"]
+    """Why a worker's ``compiling`` (compile_id, elapsed_s, device) cannot be shown, or None.
+    ``elapsed_s`` is how long the compile has run on the worker's monotonic clock: a
+    worker's wall-clock ``since`` is refused (see ``on_this_clock``)."""
+    if state.keys() != {"compile_id", "elapsed_s", "device"}:
+        return "expected compile_id, elapsed_s and device"
+    compile_id, elapsed, device = state["compile_id"], state["elapsed_s"], state["device"]
     if type(compile_id) is not str or not 0 < len(compile_id) <= MAX_ID:
         return "compile_id is not a short string"
-    if type(since) not in (int, float) or not 0 <= since <= MAX_NUMBER:
-        return "since is not a time"
+    if type(elapsed) not in (int, float) or not 0 <= elapsed <= MAX_COMPILE_S:
+        return f"elapsed_s is not 0..{MAX_COMPILE_S:.0f} s"
     if type(device) is not str:
         return "device is not a string"
     return label_value_problem(compile_id) or label_value_problem(device)
+
+
+def on_this_clock(worker: dict[str, Any]) -> dict[str, Any]:
+    """``worker`` with its compile's start on this collector's clocks, from the time the worker
+    says it has run: ``since`` (wall clock, the in-progress gauge) and ``began`` (monotonic,
+    the head's straggler wait). Worker clocks that disagree with this one change nothing."""
+    state = worker.get("compiling")
+    if state is None:
+        return worker
+    elapsed = state["elapsed_s"]
+    since, began = time.time() - elapsed, time.monotonic() - elapsed
+    clocked = {"compile_id": state["compile_id"], "device": state["device"]}
+    return {**worker, "compiling": {**clocked, "since": since, "began": began}}
 
 
 class NodeCollector:
@@ -241,7 +260,7 @@ class NodeCollector:
             size = records.count(b"\n") if isinstance(records, bytes) else len(records)
             self.sink.inc("aotwatch_records_rejected", ("bad_worker",), size)
             return 0
-        self._seen(worker)
+        self._seen(on_this_clock(worker))
         return self._accept(worker, records, counts)
 
     def _accept(self, worker: dict[str, Any], records: bytes | list[Any], counts: Any) -> int:
@@ -473,15 +492,16 @@ class NodeCollector:
             }
 
     def _live(self) -> divergence.Live:
-        """The ranks attached now per job, and those compiling (since when, what)."""
+        """The ranks attached now per job, and those compiling (for how long, what)."""
         live: divergence.Live = {"attached": {}, "compiling": {}}
         with self._lock:
             for worker in self.liveness.workers():
                 job, rank = worker["job_name"], str(worker["rank"])
                 live["attached"].setdefault(job, []).append(rank)
                 if state := worker.get("compiling"):
-                    since = {"compile_id": state["compile_id"], "since": state["since"]}
-                    live["compiling"].setdefault(job, {})[rank] = since
+                    elapsed = time.monotonic() - state["began"]
+                    running = {"compile_id": state["compile_id"], "for_s": elapsed}
+                    live["compiling"].setdefault(job, {})[rank] = running
         return live
 
     def _delta(self, job: str, since: int) -> dict[str, dict[str, dict[str, Any]]]:

@@ -177,11 +177,11 @@ class Head:
         self._forget_jobs_but(jobs)
         changed = self._digest.changes()
         with self._lock:
-            for job, _, compile_id in self._candidates:  # still settling: look again
+            for job, _, compile_id, _ in self._candidates:  # still settling: look again
                 if changed.get(job, set()) is not None:
                     changed.setdefault(job, set()).add(compile_id)
         late, longest, compiling = divergence.stragglers(
-            list(self._lives.values()), time.time(), self.config.collector.straggler_after_s
+            list(self._lives.values()), self.config.collector.straggler_after_s
         )
         now = time.monotonic()
         with self._lock:
@@ -194,7 +194,7 @@ class Head:
             if job in jobs:
                 self._judge(
                     job,
-                    divergence.find(job, self._digest.ranks(job), compile_ids),
+                    divergence.find_in_groups(job, self._digest.ranks(job), compile_ids),
                     compile_ids,
                     now,
                     final,

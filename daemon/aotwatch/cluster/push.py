@@ -103,6 +103,7 @@ class RecordPusher:
         self._unacknowledged = 0  # records in _batches
         self.captured = 0  # records handed over by capture: delivered, waiting or dropped
         self._state_changed = False  # ``compiling`` changed since the last batch was made
+        self._compile: tuple[str, str, float] | None = None  # id, device, monotonic start
         self._closing = self._closed = False
         self._thread = threading.Thread(target=self._run, name="aotwatch-push", daemon=True)
         self._thread.start()
@@ -127,9 +128,21 @@ class RecordPusher:
     def compiling(self, state: dict[str, Any] | None) -> None:
         """A compile began (``state``) or ended (None): sent at once, with or without records."""
         with self._lock:  # a new dict: one already handed to Ray is never changed
-            self.worker = {**self.worker, "compiling": state}
+            began = time.monotonic()
+            self._compile = None if state is None else (state["compile_id"], state["device"], began)
+            self.worker = {**self.worker, "compiling": self._compiling_now()}
             self._state_changed = True
         self._wake.set()
+
+    def _compiling_now(self) -> dict[str, Any] | None:
+        """The compile in progress as the collector is told it (lock held): how long it has
+        run on this process's monotonic clock, never since when (another machine cannot
+        subtract this one's wall clock from its own)."""
+        if self._compile is None:
+            return None
+        compile_id, device, began = self._compile
+        elapsed = round(time.monotonic() - began, 3)
+        return {"compile_id": compile_id, "elapsed_s": elapsed, "device": device}
 
     # -- the background thread ------------------------------------------------------------
 
@@ -182,7 +195,12 @@ class RecordPusher:
                 self._counts.sent = max(self._counts.sent, self._counts.version)
             rank, world_size = rank_and_world_size()
             with self._lock:  # a new dict, as ``compiling`` makes one
-                worker = self.worker = {**self.worker, "rank": rank, "world_size": world_size}
+                worker = self.worker = {
+                    **self.worker,
+                    "rank": rank,
+                    "world_size": world_size,
+                    "compiling": self._compiling_now(),
+                }
             if batch.lines is None:
                 batch.lines = self._encode(batch.records)
             try:
