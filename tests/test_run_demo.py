@@ -100,6 +100,7 @@ def test_demo_job_end_to_end(tmp_path):
         lines = read_until(process, "serving for", timeout=600)
         output = "\n".join(lines)
         assert re.search(r"workers attached 2, graphs captured [1-9]", output), output
+        assert re.search(r"\] compiling frame \S+ on [12] ranks? for \d+ s", output), output
         assert_quiet(lines, tmp_path)
         report = lines[lines.index("aotwatch report for job 'demo-test':") + 1 :]
         rows = {tuple(line.split()[:3]) for line in report[1:3]}
