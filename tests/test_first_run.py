@@ -7,6 +7,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import re
+import shutil
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from aotwatch import progress as progress_module
 from aotwatch.aggregate import Snapshot
@@ -93,3 +102,97 @@ def test_report_of_an_archive_root_shows_every_job_it_holds(tmp_path):
     assert table.returncode == 0, table.stderr
     rows = {tuple(line.split()[:2]) for line in table.stdout.splitlines()[1:4]}
     assert rows == {("demo", "0"), ("demo", "1"), ("other", "1")}, table.stdout
+
+
+REPO = Path(__file__).parent.parent
+DEBIAN_PYTHON = Path("/usr/bin/python3")
+"""A fresh Debian's or Ubuntu's own python3: PEP 668 keeps pip out of it."""
+
+
+def readme_commands(heading: str) -> list[str]:
+    """The shell commands of the README's section ``heading``."""
+    section = REPO.joinpath("README.md").read_text().split(f"\n## {heading}\n", 1)[1]
+    return re.findall(r"```sh\n(.+?)\n```", section.split("\n## ", 1)[0], re.DOTALL)
+
+
+def debian_python_version() -> tuple[int, int] | None:
+    if not DEBIAN_PYTHON.exists():
+        return None
+    out = subprocess.run(
+        [DEBIAN_PYTHON, "-c", "import sys; print(*sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return (int(out[0]), int(out[1])) if len(out) == 2 else None
+
+
+def debian_venv(path: Path) -> None:
+    """A virtualenv of Debian's python3 that sees this Python's packages (torch, Ray: the
+    same minor version) through a .pth file, so pip finds them installed and runs offline."""
+    subprocess.run([DEBIAN_PYTHON, "-m", "venv", str(path)], check=True)
+    python = path / "bin" / "python"
+    venv_site = subprocess.run(
+        [python, "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(venv_site) / "outer-site-packages.pth").write_text("\n".join(site.getsitepackages()))
+    # venv's bundled setuptools (Python < 3.12) predates the build backend's requirement.
+    subprocess.run([python, "-m", "pip", "uninstall", "--yes", "--quiet", "setuptools"], check=True)
+
+
+@pytest.mark.skipif(
+    debian_python_version() != sys.version_info[:2],
+    reason="needs /usr/bin/python3 of this Python's minor version (Debian's, Ubuntu's)",
+)
+def test_the_readme_commands_work_with_debians_own_python3(tmp_path):
+    """The README's two commands and scripts/test.sh, run with /usr/bin/python3 first on PATH
+    in a copy of this checkout: the install goes into ``.venv``, made once."""
+    env = {
+        **os.environ,
+        "PATH": f"{DEBIAN_PYTHON.parent}:{os.environ['PATH']}",
+        "PIP_NO_INDEX": "1",  # offline: what the commands install is here already
+        "PIP_NO_BUILD_ISOLATION": "0",
+    }
+    for name in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
+        env.pop(name, None)
+    refused = subprocess.run(
+        ["pip", "install", "--dry-run", "pyyaml"], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr
+    repo = tmp_path / "aotwatch"
+    ignore = shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis", "aotwatch-trace"
+    )
+    shutil.copytree(REPO, repo, ignore=ignore)
+    debian_venv(repo / ".venv")  # what `python3 -m venv .venv` makes, with packages seen
+
+    first, second = readme_commands("Try it")
+    install, demo = first.split(" && aotwatch run ")
+    assert demo == "config/jobs/demo.yaml"
+    check = "aotwatch check-config config/aotwatch.yaml && python -c 'import aotwatch, sys; "
+    check += "print(aotwatch.__file__, sys.base_prefix)'"
+    tried = subprocess.run(
+        ["bash", "-c", f"{install} && {check}"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert tried.returncode == 0, tried.stdout + tried.stderr
+    module, base = tried.stdout.split()[-2:]
+    assert (Path(module).parent.parent.parent, base) == (repo, "/usr")
+
+    assert second == "bash scripts/test.sh"
+    tested = subprocess.run(
+        [*second.split(), "--collect-only", "-q", "tests/test_config.py"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "tests/test_config.py::" in tested.stdout
