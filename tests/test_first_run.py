@@ -147,8 +147,9 @@ def debian_venv(path: Path) -> None:
     reason="needs /usr/bin/python3 of this Python's minor version (Debian's, Ubuntu's)",
 )
 def test_the_readme_commands_work_with_debians_own_python3(tmp_path):
-    """The README's two commands and scripts/test.sh, run with /usr/bin/python3 first on PATH
-    in a copy of this checkout: the install goes into ``.venv``, made once."""
+    """The README's two commands, run with /usr/bin/python3 first on PATH in a copy of this
+    checkout: the install goes into ``.venv``, and scripts/test.sh uses it; run from another
+    virtualenv, scripts/test.sh installs into that one."""
     env = {
         **os.environ,
         "PATH": f"{DEBIAN_PYTHON.parent}:{os.environ['PATH']}",
@@ -166,9 +167,24 @@ def test_the_readme_commands_work_with_debians_own_python3(tmp_path):
         ".git", ".venv", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis", "aotwatch-trace"
     )
     shutil.copytree(REPO, repo, ignore=ignore)
+    first, second = readme_commands("Try it")
+    assert second == "bash scripts/test.sh"
+    test_command = [*second.split(), "--collect-only", "-q", "tests/test_config.py"]
+
+    # Run from a virtualenv, scripts/test.sh installs into that one and makes no other.
+    own = tmp_path / "own-venv"
+    debian_venv(own)
+    in_own = {**env, "PATH": f"{own / 'bin'}:{env['PATH']}", "VIRTUAL_ENV": str(own)}
+    tested = subprocess.run(
+        test_command, cwd=repo, env=in_own, capture_output=True, text=True, timeout=600
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "tests/test_config.py::" in tested.stdout
+    assert not (repo / ".venv").exists()
+    assert (own / "bin" / "aotwatch").exists()
+
     debian_venv(repo / ".venv")  # what `python3 -m venv .venv` makes, with packages seen
 
-    first, second = readme_commands("Try it")
     install, demo = first.split(" && aotwatch run ")
     assert demo == "config/jobs/demo.yaml"
     check = "aotwatch check-config config/aotwatch.yaml && python -c 'import aotwatch, sys; "
@@ -185,14 +201,9 @@ def test_the_readme_commands_work_with_debians_own_python3(tmp_path):
     module, base = tried.stdout.split()[-2:]
     assert (Path(module).parent.parent.parent, base) == (repo, "/usr")
 
-    assert second == "bash scripts/test.sh"
+    # With Debian's python3 first on PATH, scripts/test.sh uses .venv (made once).
     tested = subprocess.run(
-        [*second.split(), "--collect-only", "-q", "tests/test_config.py"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        test_command, cwd=repo, env=env, capture_output=True, text=True, timeout=600
     )
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "tests/test_config.py::" in tested.stdout
