@@ -152,16 +152,23 @@ def test_the_readme_commands_work_with_debians_own_python3(tmp_path):
     virtualenv, scripts/test.sh installs into that one."""
     env = {
         **os.environ,
-        "PATH": f"{DEBIAN_PYTHON.parent}:{os.environ['PATH']}",
+        # Debian's python3 first; then this Python's scripts (ruff), wherever it runs from.
+        "PATH": f"{DEBIAN_PYTHON.parent}:{Path(sys.executable).parent}:{os.environ['PATH']}",
         "PIP_NO_INDEX": "1",  # offline: what the commands install is here already
         "PIP_NO_BUILD_ISOLATION": "0",
     }
     for name in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
         env.pop(name, None)
+    # What made the commands fail: Debian's python3 installs nothing outside a virtualenv
+    # (PEP 668; without python3-pip it has no pip at all).
     refused = subprocess.run(
-        ["pip", "install", "--dry-run", "pyyaml"], env=env, capture_output=True, text=True
+        [DEBIAN_PYTHON, "-m", "pip", "install", "--dry-run", "pyyaml"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
-    assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr
+    assert refused.returncode != 0
+    assert re.search("externally-managed-environment|No module named pip", refused.stderr)
     repo = tmp_path / "aotwatch"
     ignore = shutil.ignore_patterns(
         ".git", ".venv", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis", "aotwatch-trace"
