@@ -61,6 +61,7 @@ def test_ray_lines_go_to_a_private_file_and_come_back_after(tmp_path):
     before = (ray_logger.handlers[:], ray_logger.propagate)
     ray_log = RayLogFile(path)
     ray_log.install()
+    ray_log.hook_workers()
     assert ray_log.hooked  # this Ray still has the hook it replaces
     ray_logger.warning("Requesting resources")
     cleaner = {"pid": 42, "actor_name": "PlacementGroupCleaner", "ip": "10.0.0.1"}

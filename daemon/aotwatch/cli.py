@@ -71,7 +71,6 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from aotwatch import report
-    from aotwatch.archive import archive_files
 
     try:
         config = load_config(args.config)
@@ -87,13 +86,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif args.path is None:
         return _fail("name an archive directory, or a job with --job NAME")
     else:
-        paths, skipped = report.trusted_archives(archive_files(args.path))
+        paths, skipped = report.trusted_archives(report.archives_at(args.path))
         for line in skipped:
             print(line, file=sys.stderr)
         if not paths:
             return _fail(
-                f"{args.path}: no archive there (expected a records.jsonl, its directory, or "
-                "a directory of them)"
+                f"{args.path}: no archive there (expected a records.jsonl, its directory, a "
+                "directory of them, or an archive root of aotwatch run)"
             )
     if args.format == "html" and not args.output:
         return _fail("--format html writes a file: name it with -o FILE")
@@ -333,8 +332,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from aotwatch.cluster import driver
 
-    head = driver.start(config, job_runtime_env=False)
     ray_log = None if args.verbose else driver.quiet_ray(config, "serve")
+    head = driver.start(config, job_runtime_env=False, ray_log=ray_log)
     where = ray.get_runtime_context().gcs_address or config.cluster.address
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -443,8 +442,9 @@ def _add_report(commands: Any) -> None:
     report.add_argument(
         "path",
         nargs="?",
-        help="an archive directory or its records.jsonl, or a directory of per-rank archives "
-        "(aotwatch trace's); with --job, the archive root (default: the config's archive.path)",
+        help="an archive directory or its records.jsonl, a directory of per-rank archives "
+        "(aotwatch trace's), or an archive root (aotwatch run's: every job it holds); with "
+        "--job, the archive root (default: the config's archive.path)",
     )
     report.add_argument(
         "--job", metavar="NAME", help="the job's archives on every node, found by its name"

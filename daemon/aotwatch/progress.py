@@ -23,6 +23,7 @@ PLAIN_EVERY_S = 15.0
 
 RAY_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.data")
 """The driver-side loggers whose lines are Ray's, not the job's."""
+LOG_FORMAT = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
 class Progress:
@@ -36,6 +37,7 @@ class Progress:
         self._live = self._console.is_terminal
         self._started = time.monotonic()
         self._stage = ""
+        self._detail = ""
         self._counts = ""
         self._printed_at = 0.0
         self._status = self._console.status("") if self._live else None
@@ -44,12 +46,16 @@ class Progress:
 
     def _line(self) -> str:
         elapsed = time.monotonic() - self._started
-        return f"[{elapsed:5.0f} s] {self._stage}" + (f": {self._counts}" if self._counts else "")
+        stage = f"{self._stage} {self._detail}" if self._detail else self._stage
+        return f"[{elapsed:5.0f} s] {stage}" + (f": {self._counts}" if self._counts else "")
 
-    def update(self, stage: str | None = None, counts: str | None = None) -> None:
-        """Show ``stage`` (a plain line at once when it changed) and ``counts``."""
+    def update(self, stage: str | None = None, counts: str | None = None, detail: str = "") -> None:
+        """Show ``stage`` (a plain line at once when it changed), with ``detail`` after it
+        (what changes within a stage, such as how long it has lasted: no line of its own), and
+        ``counts``."""
         changed = stage is not None and stage != self._stage
-        self._stage = stage if stage is not None else self._stage
+        if stage is not None:
+            self._stage, self._detail = stage, detail
         self._counts = counts if counts is not None else self._counts
         if self._status is not None:
             self._status.update(self._line())
@@ -73,8 +79,10 @@ class Progress:
 class RayLogFile:
     """Ray's driver-side log lines and every worker's output, into one private file (0600).
 
-    Installed after ``ray.init(log_to_driver=True)``: it takes the place of Ray's own printer
-    of worker lines (a private hook of Ray; without it, Ray prints them as usual).
+    ``install`` before ``ray.init`` (which logs lines of its own, such as its token
+    authentication notice), ``hook_workers`` after ``ray.init(log_to_driver=True)``: it takes
+    the place of Ray's own printer of worker lines (a private hook of Ray; without it, Ray
+    prints them as usual).
     """
 
     def __init__(self, path: Path) -> None:
@@ -83,18 +91,21 @@ class RayLogFile:
         self._file = os.fdopen(fd, "a", encoding="utf-8", errors="replace")
         self._lock = threading.Lock()
         self._handler = logging.StreamHandler(self._file)
-        self._handler.setFormatter(
-            logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
-        )
+        self._handler.setFormatter(LOG_FORMAT)
         self._saved: list[tuple[logging.Logger, list[logging.Handler], bool]] = []
         self.hooked = False
 
     def install(self) -> None:
+        """Ray's driver-side loggers into the file."""
         for name in RAY_LOGGERS:
             logger = logging.getLogger(name)
             self._saved.append((logger, logger.handlers[:], logger.propagate))
             logger.handlers = [self._handler]
             logger.propagate = False
+
+    def hook_workers(self) -> None:
+        """The workers' lines into the file, once ``ray.init`` connected."""
+        self._handler.setFormatter(LOG_FORMAT)  # ray.init sets its own on the "ray" logger's
         try:
             from ray._private.ray_logging import global_worker_stdstream_dispatcher as streams
         except ImportError:

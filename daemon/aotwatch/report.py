@@ -10,7 +10,7 @@ from typing import Any
 
 from aotwatch import divergence
 from aotwatch.aggregate import Aggregate, Snapshot
-from aotwatch.archive import ARCHIVE_FILE, read_archive
+from aotwatch.archive import ARCHIVE_FILE, archive_files, read_archive
 from aotwatch.divergence import Finding
 from aotwatch.export.collector import divergence_family, exposition, family_exposition
 from aotwatch.liveness import Liveness
@@ -68,17 +68,23 @@ def trusted_archives(paths: list[Path]) -> tuple[list[Path], list[str]]:
     return trusted, skipped
 
 
-def job_archives(root: str | os.PathLike, job_name: str) -> list[Path]:
-    """The archive files of ``job_name`` under an archive root: one per node whose collector
-    saw the job (``collectors/<node>/jobs/<slug>/records.jsonl``)."""
+def job_archives(root: str | os.PathLike, job_name: str | None = None) -> list[Path]:
+    """The archive files of ``job_name`` (None: of every job) under an archive root: one per
+    node whose collector saw the job (``collectors/<node>/jobs/<slug>/records.jsonl``)."""
     from aotwatch.cluster.job_archives import JOBS_DIR, job_directories
 
     return [
         directory / ARCHIVE_FILE
         for jobs in sorted(Path(root).glob(f"collectors/*/{JOBS_DIR}"))
         for directory, info in job_directories(jobs)
-        if info["job_name"] == job_name and (directory / ARCHIVE_FILE).is_file()
+        if job_name in (None, info["job_name"]) and (directory / ARCHIVE_FILE).is_file()
     ]
+
+
+def archives_at(path: str | os.PathLike) -> list[Path]:
+    """The archive files a report of ``path`` reads: an archive, a directory of them
+    (``archive_files``), or an archive root (``aotwatch run``'s) and every job it holds."""
+    return archive_files(path) or job_archives(path)
 
 
 def as_json(

@@ -21,15 +21,20 @@ from aotwatch.cluster.head import ensure_head, stop_daemon
 from aotwatch.cluster.job_archives import job_slug
 from aotwatch.config import Config
 from aotwatch.jobs import JobConfig, run_command, run_trainer
-from aotwatch.metrics import PER_JOB
+from aotwatch.metrics import BY_NAME, IN_PROGRESS, PER_JOB
 from aotwatch.progress import Progress, RayLogFile
 
 PROGRESS_S = 2.0
 TIMEOUT_S = 30.0
 
 
-def connect(config: Config, job_runtime_env: dict[str, Any] | None = None) -> None:
-    """Join the configured cluster, or start a local one when none is named."""
+def connect(
+    config: Config,
+    job_runtime_env: dict[str, Any] | None = None,
+    ray_log: RayLogFile | None = None,
+) -> None:
+    """Join the configured cluster, or start a local one when none is named; with
+    ``ray_log`` (installed), the workers' lines go to its file."""
     ray.init(
         address=config.cluster.address,
         include_dashboard=False,
@@ -37,6 +42,8 @@ def connect(config: Config, job_runtime_env: dict[str, Any] | None = None) -> No
         logging_level="WARNING",
         log_to_driver=True,
     )
+    if ray_log is not None:
+        ray_log.hook_workers()
 
 
 def collectors(config: Config) -> dict[str, Any]:
@@ -95,7 +102,33 @@ COMPILING_HOLD_S = 10.0
 bursts: a frame's forward, its backward at the first backward pass)."""
 
 
-def _stage(workers: int, expected: int | None, graphs: int, compiling: bool) -> str:
+def compiles_in_progress(snapshot: Snapshot, now: float) -> str:
+    """The compile that most ranks are in (the longest running among as many), from the
+    collectors' live notices: ``frame 0/0 on 2 ranks for 32 s``, and how many others; "" when
+    no rank is compiling."""
+    labels = BY_NAME[IN_PROGRESS].labels
+    rank_at, id_at = labels.index("rank"), labels.index("compile_id")
+    began: dict[str, dict[str, float]] = {}  # compile id -> rank -> when it began
+    for key, since in snapshot.values.get(IN_PROGRESS, {}).items():
+        began.setdefault(key[id_at], {})[key[rank_at]] = since
+    if not began:
+        return ""
+    compile_id, ranks = max(began.items(), key=lambda item: (len(item[1]), -min(item[1].values())))
+    seconds = max(0.0, now - min(ranks.values()))
+    text = f"frame {compile_id} on {_count(len(ranks), 'rank')} for {seconds:.0f} s"
+    others = len(began) - 1
+    return text + (f" (and {_count(others, 'other compile')})" if others else "")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _stage(
+    workers: int, expected: int | None, graphs: int, compiling: bool, in_progress: bool
+) -> str:
+    if in_progress:
+        return "compiling"
     if workers == 0 or (expected and workers < expected):
         return f"waiting for {expected or 'the'} workers"
     if graphs == 0:
@@ -121,14 +154,17 @@ def run_with_progress(
     while thread.is_alive():
         thread.join(PROGRESS_S)
         try:
-            attached, graphs, counts = progress_counts(merged_snapshot(config, config.job_name))
+            snapshot = merged_snapshot(config, config.job_name)
         except Exception as err:  # noqa: BLE001 - progress is best effort
             progress.update(counts=f"progress unavailable: {err}")
             continue
+        attached, graphs, counts = progress_counts(snapshot)
+        in_progress = compiles_in_progress(snapshot, time.time())
         if graphs > graphs_before:
             graphs_before, new_graph_at = graphs, time.monotonic()
         compiling = time.monotonic() - new_graph_at < COMPILING_HOLD_S
-        progress.update(_stage(attached, workers, graphs, compiling), counts)
+        stage = _stage(attached, workers, graphs, compiling, bool(in_progress))
+        progress.update(stage, counts, in_progress)
     return outcome.get("result"), outcome.get("error")
 
 
@@ -136,9 +172,9 @@ def head_handle(config: Config) -> Any:
     return ray.get_actor(HEAD_NAME, namespace=config.cluster.namespace)
 
 
-def start(config: Config, job_runtime_env: bool = True) -> Any:
+def start(config: Config, job_runtime_env: bool = True, ray_log: RayLogFile | None = None) -> Any:
     """Connect (with aotwatch's runtime_env for this driver's job) and start the daemon."""
-    connect(config, runtime_env(config) if job_runtime_env else None)
+    connect(config, runtime_env(config) if job_runtime_env else None, ray_log)
     return ensure_head(config)
 
 
@@ -158,7 +194,8 @@ def targets(status: dict[str, Any]) -> list[str]:
 
 
 def quiet_ray(config: Config, name: str, say: Any = print) -> RayLogFile:
-    """Send Ray's and its workers' log lines to a file from now on; ``say`` where, once."""
+    """Send Ray's log lines to a file from now on (before ``connect``: ``ray.init`` logs
+    too), and its workers' once ``connect`` is handed it; ``say`` where, once."""
     ray_log = RayLogFile(ray_log_path(config, name))
     ray_log.install()
     say(f"aotwatch: Ray and worker logs -> {ray_log.path}")
@@ -173,11 +210,9 @@ def run_job(job: JobConfig, linger: float = 0, verbose: bool = False) -> int:
     config = job.config
     progress = Progress()
     progress.update("starting the cluster")
-    connect(config, runtime_env(config))
-    ray_log = None
+    ray_log = None if verbose else quiet_ray(config, job.name, progress.print)
+    connect(config, runtime_env(config), ray_log)
     try:
-        if not verbose:
-            ray_log = quiet_ray(config, job.name, progress.print)
         progress.update("placing collectors")
         head = ensure_head(config)
         status = ray.get(head.status.remote(), timeout=TIMEOUT_S)
