@@ -1,0 +1,107 @@
+"""Peak memory and time of ``aotwatch report --format perfetto`` on generated archives of
+growing size: the records are streamed, so the peak should not grow with the archive.
+
+    python benchmarks/perfetto_memory.py [--records 10000 100000 400000] [--ranks 64]
+                                         [--directory DIR]
+
+Each archive holds ``--ranks`` per-rank archives (as ``aotwatch trace`` writes them) of
+frame records (phase times, cache misses, a graph break in one of ten, a recompile reason in
+one of five) each with its forward graph's record; each rank compiles the same compile ids, a
+little slower or faster, so every compile also draws straggler waits. Each export runs in a
+fresh process; its peak RSS is the kernel's (``wait4``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aotwatch.records import encode_record, new_record, to_record
+
+PHASES = {"dynamo": 0.9, "aot_autograd": 0.8, "inductor": 0.6, "inductor_codegen": 0.5}
+
+
+def records(rank: int, count: int) -> list[bytes]:
+    """``count`` archive lines of one rank: a forward graph and its frame, alternately."""
+    lines, now = [], 1_800_000_000.0
+    for index in range(count // 2):
+        seconds = 1.0 + (index % 7) * 0.1 + rank * 0.001
+        now += seconds + 0.5
+        identity = {"rank": rank, "world_size": 64, "hostname": f"node{rank // 8}", "pid": rank}
+        compile_id = f"{index}/0"
+        graph = new_record(**identity, time=now - 0.01, compile_id=compile_id, graph="forward")
+        graph |= {"graph_hash": f"{index:040x}", "nodes": 120}
+        durations = {"total": seconds, **{p: seconds * f for p, f in PHASES.items()}}
+        frame = new_record(
+            **identity,
+            time=now,
+            compile_id=compile_id,
+            frame={"co_name": "forward", "filename": "/train/model.py", "line": 42},
+            durations_s=durations,
+            cache={"fx_graph": {"miss": 1}, "aot_autograd": {"miss": 1}},
+        )
+        if index % 10 == 0:
+            frame["graph_breaks"] = [{"category": "builtin", "reason": "print() " * 20}]
+        if index % 5 == 0:
+            frame["recompile_reason"] = f"tensor 'x' size mismatch at index 0. expected {index}"
+        lines += [encode_record(to_record(graph)), encode_record(to_record(frame))]
+    return lines
+
+
+def generate(root: Path, total: int, ranks: int) -> int:
+    """The archive under ``root``; its size in bytes."""
+    size = 0
+    for rank in range(ranks):
+        directory = root / f"rank{rank}-node{rank // 8}-{rank}"
+        directory.mkdir(parents=True)
+        data = b"".join(records(rank, total // ranks))
+        (directory / "records.jsonl").write_bytes(data)
+        size += len(data)
+    return size
+
+
+def export(root: Path, out: Path) -> tuple[float, float]:
+    """Seconds and peak RSS (MiB) of one export, in a fresh process."""
+    command = [sys.executable, "-m", "aotwatch.cli", "report", str(root)]
+    start = time.perf_counter()
+    options = ["--format", "perfetto", "-o", str(out)]
+    child = subprocess.Popen([*command, *options], stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise SystemExit(f"export failed: {child.returncode}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, nargs="+", default=[10_000, 100_000, 400_000])
+    parser.add_argument("--ranks", type=int, default=64)
+    parser.add_argument("--directory", default=None, help="where the archives go")
+    args = parser.parse_args()
+    print("| records | archive MB | trace MB | export s | peak RSS MiB |")
+    print("| --- | --- | --- | --- | --- |")
+    for total in args.records:
+        root = Path(tempfile.mkdtemp(prefix="perfetto-memory-", dir=args.directory))
+        try:
+            size = generate(root / "trace", total, args.ranks)
+            seconds, peak = export(root / "trace", root / "trace.json")
+            traced = (root / "trace.json").stat().st_size
+            print(
+                f"| {total:,} | {size / 1e6:.0f} | {traced / 1e6:.0f} | {seconds:.1f} | "
+                f"{peak:.0f} |",
+                flush=True,
+            )
+        finally:
+            shutil.rmtree(root)
+
+
+if __name__ == "__main__":
+    main()
