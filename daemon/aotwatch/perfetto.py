@@ -53,10 +53,11 @@ PHASE_TREE = {
 ``backward`` (a lazy backward) are the roots."""
 MAX_COMPILE_KEYS = 100_000
 """Compiles (job, compile id, graph, AOT id) whose slowest rank is remembered for the waits;
-compiles beyond it get no wait (counted as ``waits_untracked``)."""
+compiles beyond it get no wait (counted as ``waits untracked``)."""
 MAX_LANES = 8
 """Threads per traced process for overlapping compiles; beyond, a compile is moved later."""
 
+_ROOTS = {None: "total", "backward": "backward"}  # a record's graph -> its root phase
 _US = 1_000_000
 _Key = tuple[str, str | None, str | None, str]
 _At = tuple[int, int]  # pid, tid
@@ -69,8 +70,8 @@ def _us(seconds: float) -> int:
 def _root(record: Record) -> tuple[str, float] | None:
     """The phase that spans the whole compile and its seconds; None for an untimed record (a
     graph made inside its frame's compile)."""
-    root = "total" if record.graph is None else "backward" if record.graph == "backward" else ""
-    seconds = record.durations_s.get(root)
+    root = _ROOTS.get(record.graph)
+    seconds = record.durations_s.get(root) if root else None
     return (root, seconds) if seconds else None
 
 
