@@ -14,8 +14,9 @@ pre-grad passes then AOTAutograd, which holds the joint-graph passes then Induct
 the post-grad passes then code generation, which holds Triton's compile. A phase the record
 lacks hands its room to its children; a phase longer than the room its parent has left is
 clipped to it (its args keep the seconds measured). Times are whole microseconds, so children
-stay inside their parents exactly. Should two compiles of one process overlap (their records
-are made a little after they end), the later goes on an extra thread of that process.
+stay inside their parents exactly, and a parent is written before what it holds (Perfetto
+takes slices of equal times in file order). Should two compiles of one process overlap (their
+records are made a little after they end), the later goes on an extra thread of that process.
 
 Straggler waits, from durations alone (one clock per measurement: the wall clocks of two
 machines are never subtracted): the ranks of a job reach a compile together (SPMD), so for
@@ -23,7 +24,7 @@ one compile (its compile id, graph and AOT id) every rank that compiled it faste
 slowest rank waits the difference at its next collective. That wait is a slice on the rank's
 waits thread, from the end of its own compile, naming the rank it waits for.
 
-Memory stays flat in the archive's size: records are streamed twice (first the slowest
+Memory does not grow with the archive: records are streamed twice (first the slowest
 compile per key, at most ``MAX_COMPILE_KEYS`` of them, then the events, written as they are
 made), duplicates are dropped within ``DEDUPE_WINDOW`` record ids, and malformed lines are
 read around and counted (``otherData`` of the file).
