@@ -89,11 +89,11 @@ def _records(paths: list[Path], counts: Counter | None = None) -> Iterator[Recor
             if isinstance(item, RecordError):
                 if counts is not None:
                     counts[f"rejected {item.reason}"] += 1
-            elif seen.get(item.record_id):
+            elif item.record_id in seen:
                 if counts is not None:
                     counts["duplicates"] += 1
             else:
-                seen.put(item.record_id, True)
+                seen.put(item.record_id, None)
                 yield item
 
 
