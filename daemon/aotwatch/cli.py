@@ -96,6 +96,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             )
     if args.format == "html" and not args.output:
         return _fail("--format html writes a file: name it with -o FILE")
+    if args.format == "perfetto":
+        return _write_perfetto(paths, args.output)
     try:
         text = _report_text(args.format, paths, config)
     except (OSError, UnicodeDecodeError) as err:
@@ -108,6 +110,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     except OSError as err:
         return _fail(f"{args.output}: cannot write: {err.strerror or err}")
     print(f"aotwatch: report -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _write_perfetto(paths: list[Path], output: str | None) -> int:
+    """The Chrome Trace Event file of the archives, streamed to ``output`` or stdout."""
+    from aotwatch.perfetto import write_trace
+
+    try:
+        if not output:
+            write_trace(paths, sys.stdout)
+            return 0
+        with open(output, "w", encoding="utf-8") as out:
+            write_trace(paths, out)
+    except (OSError, UnicodeDecodeError) as err:
+        return _fail(f"the trace to {output or 'stdout'}: {err}")
+    print(f"aotwatch: report -> {output}", file=sys.stderr)
     return 0
 
 
@@ -451,9 +469,10 @@ def _add_report(commands: Any) -> None:
     )
     report.add_argument(
         "--format",
-        choices=("table", "json", "prometheus", "html"),
+        choices=("table", "json", "prometheus", "html", "perfetto"),
         default="table",
-        help="html: one self-contained page (charts inline), written to -o FILE",
+        help="html: one self-contained page (charts inline), written to -o FILE; perfetto: "
+        "every rank's compile timeline as a Chrome Trace Event file (ui.perfetto.dev)",
     )
     report.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     report.add_argument("--config", metavar="F", help="config whose labels and limits apply")
