@@ -24,6 +24,7 @@ import uuid
 
 from aotwatch import divergence
 from aotwatch.cluster.collector import NodeCollector
+from aotwatch.liveness import Liveness
 from aotwatch.records import SCHEMA_VERSION, Record
 
 JOB = "big-job"
@@ -34,13 +35,16 @@ def collector_state(first_rank: int, ids: int) -> types.SimpleNamespace:
     """What a collector of 8 ranks holds after ``ids`` compiles per rank."""
     state = types.SimpleNamespace(
         _accept_lock=threading.Lock(),
+        _lock=threading.Lock(),
+        liveness=Liveness(None, RANKS_PER_COLLECTOR, 1),
         _epoch=uuid.uuid4().hex,
         _versions={},
         _fingerprints={},
         _changes={},
         _changes_since={},
     )
-    state._delta = types.MethodType(NodeCollector._delta, state)
+    for method in (NodeCollector._delta, NodeCollector._live):
+        setattr(state, method.__name__, types.MethodType(method, state))
     for rank in range(first_rank, first_rank + RANKS_PER_COLLECTOR):
         for index in range(ids):
             compile_one(state, rank, index)
