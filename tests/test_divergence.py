@@ -72,12 +72,15 @@ def test_the_digest_merges_collectors_and_takes_only_what_changed():
     digest.update("node-a", {"epoch": "e1", "versions": {"j": 1}, "jobs": {}})
     assert digest.changes() == {}
     # A delta: one entry of rank 0; only its compile id is compared again.
-    delta = {"0": {"graphs": {"1/0 forward": ["cccc"]}, "cache": {}}}
+    delta = {"0": {"graphs": {("1/0", "forward"): ["cccc"]}, "cache": {}}}
     digest.update(
         "node-a", {"epoch": "e1", "versions": {"j": 2}, "jobs": {}, "deltas": {"j": delta}}
     )
     assert digest.changes() == {"j": {"1/0"}}
-    assert digest.ranks("j")["0"]["graphs"] == {"0/0 forward": ["aaaa"], "1/0 forward": ["cccc"]}
+    assert digest.ranks("j")["0"]["graphs"] == {
+        ("0/0", "forward"): ["aaaa"],
+        ("1/0", "forward"): ["cccc"],
+    }
     found = divergence.find("j", digest.ranks("j"), {"1/0"})
     assert [(f.kind, f.compile_id) for f in found] == [("compile_ids", "1/0")]  # rank 1 lacks it
     # The collector restarted (a new epoch) and holds nothing yet: its ranks leave.
@@ -111,8 +114,8 @@ def test_a_copy_of_fingerprints_is_equal_and_independent():
     divergence.observe(
         prints, to_record(graph(0, graph_hash="cccc"))
     )  # a later record, same compile id
-    assert copied["0"]["graphs"]["0/0 forward"] == ["aaaa"]
-    assert prints["j"]["0"]["graphs"]["0/0 forward"] == ["aaaa", "cccc"]
+    assert copied["0"]["graphs"]["0/0", "forward"] == ["aaaa"]
+    assert prints["j"]["0"]["graphs"]["0/0", "forward"] == ["aaaa", "cccc"]
 
 
 def collective_graph(rank, op):
@@ -173,3 +176,17 @@ def test_a_rank_compiling_long_while_others_wait_is_a_straggler():
     assert longest == {"j": 30, "k": 0}  # job k's one rank waits for nobody
     assert compiling == {"j": {"1"}, "k": {"0"}}
     assert divergence.stragglers(lives, now=110, after_s=20)[0] == []  # not long enough yet
+
+
+def test_a_compile_id_with_a_space_is_compared_whole():
+    """Keys are (compile id, graph) tuples: a compile id with a space is never cut at it."""
+    compile_id = "0/0 [compiled autograd]"
+    prints = fingerprints(
+        graph(0, compile_id=compile_id, graph_hash="aaaa"),
+        graph(1, compile_id=compile_id, graph_hash="bbbb"),
+    )
+    (finding,) = divergence.find("j", prints["j"])
+    assert (finding.kind, finding.compile_id) == ("graph_hash", compile_id)
+    digest = divergence.Digest()
+    digest.update("node", {"epoch": "e", "versions": {"j": 1}, "jobs": {}, "deltas": prints})
+    assert digest.changes() == {"j": {compile_id}}

@@ -158,7 +158,9 @@ def test_the_head_is_sent_only_what_changed_since_it_last_asked(node_collector):
     second = collector.fingerprints_since(*digest.known("n"))
     assert second["jobs"] == {}
     assert second["deltas"] == {
-        "big": {"2": {"graphs": {"99/0 forward": [f"{99:016x}"]}, "collectives": {}, "cache": {}}}
+        "big": {
+            "2": {"graphs": {("99/0", "forward"): [f"{99:016x}"]}, "collectives": {}, "cache": {}}
+        }
     }
     assert len(pickle.dumps(second)) < len(pickle.dumps(first)) / 20  # 174 against 7,553
     digest.update("n", second)

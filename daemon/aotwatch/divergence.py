@@ -32,11 +32,13 @@ MAX_COMPILE_IDS = 10_000
 """Compile ids remembered per rank (the oldest go first): memory stays bounded however long
 a job runs."""
 
-Fingerprints = dict[str, dict[str, dict[str, dict[str, Any]]]]
-"""job -> rank (str) -> {"graphs": {"<compile_id> <graph>": [distinct hashes]},
-"collectives": {"<compile_id> <graph>": [distinct schedule hashes]},
+GraphKey = tuple[str, str]
+"""(compile id, graph kind): a tuple, so a compile id is never cut back out of a string."""
+Fingerprints = dict[str, dict[str, dict[str, dict[Any, Any]]]]
+"""job -> rank (str) -> {"graphs": {(compile_id, graph): [distinct hashes]},
+"collectives": {(compile_id, graph): [distinct schedule hashes]},
 "cache": {compile_id: pattern}}."""
-Change = tuple[str, str, str]
+Change = tuple[str, str, GraphKey | str]
 """(rank, part, graph key or compile id): one entry of a rank's fingerprint."""
 
 
@@ -44,7 +46,7 @@ def empty_parts() -> dict[str, dict[str, Any]]:
     return {part: {} for part in PARTS}
 
 
-def _add_distinct(part: dict[str, list[str]], key: str, value: str | None) -> None:
+def _add_distinct(part: dict[GraphKey, list[str]], key: GraphKey, value: str | None) -> None:
     values = part.setdefault(key, [])
     if value and value not in values and len(values) < MAX_GRAPHS_PER_ID:
         values.append(value)
@@ -60,7 +62,7 @@ def observe(fingerprints: Fingerprints, record: Record) -> list[Change]:
     rank_name = str(record.rank)
     rank = fingerprints.setdefault(record.job_name, {}).setdefault(rank_name, empty_parts())
     if record.graph is not None:
-        key = f"{compile_id} {record.graph}"
+        key = (compile_id, record.graph)
         _add_distinct(rank["graphs"], key, record.graph_hash)
         changes = [(rank_name, "graphs", key)]
         if record.collective_hash:
@@ -75,6 +77,11 @@ def observe(fingerprints: Fingerprints, record: Record) -> list[Change]:
     )
     trim_oldest(rank["cache"], MAX_COMPILE_IDS)
     return [(rank_name, "cache", compile_id)]
+
+
+def compile_id_of(key: GraphKey | str) -> str:
+    """The compile id of a fingerprint entry's key (a graph key, or a compile id itself)."""
+    return key[0] if type(key) is tuple else key
 
 
 def copy_ranks(ranks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -137,7 +144,7 @@ class Digest:
                 mine.setdefault(kind, {}).update(parts.get(kind, {}))
                 trim_oldest(mine[kind], MAX_COMPILE_IDS)
                 if changed is not None:
-                    changed.update(key.split(" ")[0] for key in parts.get(kind, {}))
+                    changed.update(map(compile_id_of, parts.get(kind, {})))
 
     def forget(self, node: str) -> None:
         """A node is gone."""
@@ -210,7 +217,7 @@ def find(
     if len(ranks) < 2:
         return []
     if compile_ids is None:
-        compile_ids = {key.split(" ")[0] for v in ranks.values() for key in v["graphs"]}
+        compile_ids = {key[0] for v in ranks.values() for key in v["graphs"]}
         compile_ids |= {compile_id for v in ranks.values() for compile_id in v["cache"]}
     findings = []
     for compile_id in sorted(compile_ids):
@@ -221,7 +228,7 @@ def find(
 def _find_at(job_name: str, ranks: dict[str, dict[str, Any]], compile_id: str) -> list[Finding]:
     findings, present = [], {}
     for graph in GRAPH_KINDS:
-        key = f"{compile_id} {graph}"
+        key = (compile_id, graph)
         hashes = {r: ",".join(v["graphs"][key]) for r, v in ranks.items() if key in v["graphs"]}
         schedules = {
             r: f"{graph}: " + (" | ".join(ranks[r].get("collectives", {}).get(key, ())) or "none")
