@@ -55,7 +55,8 @@ def test_a_different_cache_pattern():
 
 def answer(epoch: str, prints: dict, versions: dict | None = None) -> dict:
     """What a collector's ``fingerprints_since`` returns for a head that has nothing yet."""
-    return {"epoch": epoch, "versions": versions or dict.fromkeys(prints, 1), "jobs": prints}
+    jobs = {job: divergence.summary(ranks) for job, ranks in prints.items()}
+    return {"epoch": epoch, "versions": versions or dict.fromkeys(prints, 1), "jobs": jobs}
 
 
 def test_the_digest_merges_collectors_and_takes_only_what_changed():
@@ -107,14 +108,15 @@ def test_finding_at_some_compile_ids_finds_what_the_full_search_finds_there():
         assert at == [f for f in everything if f.compile_id == compile_id]
 
 
-def test_a_copy_of_fingerprints_is_equal_and_independent():
-    prints = fingerprints(graph(0), graph(1, graph_hash="bbbb"), frame(0, cache={"fx": {"hit": 1}}))
-    copied = divergence.copy_ranks(prints["j"])
-    assert copied == prints["j"]
+def test_a_summary_sends_each_distinct_fingerprint_once_as_an_independent_copy():
+    prints = fingerprints(graph(0), graph(1, graph_hash="bbbb"), graph(2), graph(3))
+    classes = divergence.summary(prints["j"])
+    assert [names for names, _ in classes] == [("0", "2", "3"), ("1",)]
+    assert classes[0][1] == prints["j"]["0"] and classes[1][1] == prints["j"]["1"]
     divergence.observe(
         prints, to_record(graph(0, graph_hash="cccc"))
     )  # a later record, same compile id
-    assert copied["0"]["graphs"]["0/0", "forward"] == ["aaaa"]
+    assert classes[0][1]["graphs"]["0/0", "forward"] == ["aaaa"]
     assert prints["j"]["0"]["graphs"]["0/0", "forward"] == ["aaaa", "cccc"]
 
 

@@ -23,4 +23,7 @@ def test_head_scale_runs_at_a_tiny_size():
     )
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 16 |")]
-    assert len(rows) == 4, result.stdout
+    assert len(rows) == 9, result.stdout
+    assert "restarted head's findings equal the running head's: True" in result.stdout
+    findings = [int(row.split("|")[-2]) for row in rows]
+    assert findings[-3:] == [16, 17, 17]  # a compile id of its own per rank, then one hash

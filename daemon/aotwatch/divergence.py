@@ -60,7 +60,8 @@ def observe(fingerprints: Fingerprints, record: Record) -> list[Change]:
     if compile_id is None:
         return []
     rank_name = str(record.rank)
-    rank = fingerprints.setdefault(record.job_name, {}).setdefault(rank_name, empty_parts())
+    job = fingerprints.setdefault(record.job_name, {})
+    rank = job.get(rank_name) or job.setdefault(rank_name, empty_parts())
     if record.graph is not None:
         key = (compile_id, record.graph)
         _add_distinct(rank["graphs"], key, record.graph_hash)
@@ -84,19 +85,33 @@ def compile_id_of(key: GraphKey | str) -> str:
     return key[0] if type(key) is tuple else key
 
 
-def copy_ranks(ranks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """A copy of one job's fingerprints that later records cannot change (about ten times
+Classes = list[tuple[tuple[str, ...], dict[str, dict[Any, Any]]]]
+"""A job's fingerprints in short: each distinct fingerprint once, with the ranks that have it
+(the ranks of an SPMD job compile the same things)."""
+
+
+def copy_parts(parts: dict[str, dict[Any, Any]]) -> dict[str, dict[Any, Any]]:
+    """A copy of one rank's fingerprint that later records cannot change (about ten times
     faster than ``copy.deepcopy``: the shape is known, lists of hashes or a pattern)."""
     return {
-        rank: {
-            part: {
-                key: list(value) if type(value) is list else value
-                for key, value in parts.get(part, {}).items()
-            }
-            for part in PARTS
+        part: {
+            key: list(value) if type(value) is list else value
+            for key, value in parts.get(part, {}).items()
         }
-        for rank, parts in ranks.items()
+        for part in PARTS
     }
+
+
+def summary(ranks: dict[str, dict[str, Any]]) -> Classes:
+    """One job's fingerprints as ``Classes``: equal fingerprints copied and sent once."""
+    classes: list[tuple[list[str], dict[str, Any]]] = []
+    for rank, parts in ranks.items():
+        same = next((names for names, seen in classes if seen == parts), None)
+        if same is None:
+            classes.append(([rank], parts))
+        else:
+            same.append(rank)
+    return [(tuple(names), copy_parts(parts)) for names, parts in classes]
 
 
 class Digest:
@@ -104,15 +119,21 @@ class Digest:
 
     A collector numbers each job's changes and answers, per round, every job's number and,
     for the jobs whose number moved since the head last saw it, the entries that changed
-    since then (``NodeCollector.fingerprints_since``; a whole job when the head has nothing
-    of it yet). So a round costs what is new, not ranks x history. A collector that
-    restarted (a new ``epoch``) is read afresh. ``changes`` tells the head which compile ids
-    of which jobs to compare again.
+    since then (``NodeCollector.fingerprints_since``; a whole job, in ``summary`` form, when
+    the head has nothing of it yet). So a round costs what is new, not ranks x history. A
+    collector that restarted (a new ``epoch``) is read afresh. ``changes`` tells the head
+    which compile ids of which jobs to compare again.
+
+    Ranks read whole share one fingerprint object per distinct fingerprint, across
+    collectors (what makes a restarted head's first round cost seconds at 10,240 ranks: it
+    compares each distinct fingerprint once); a rank's first delta gives it a copy of its
+    own.
     """
 
     def __init__(self) -> None:
-        self._nodes: dict[str, dict[str, Any]] = {}  # node -> epoch, versions, jobs
+        self._nodes: dict[str, dict[str, Any]] = {}  # node -> epoch, versions, jobs, shared
         self._changed: dict[str, set[str] | None] = {}  # job -> compile ids; None: all
+        self._last: dict[str, dict[str, Any]] = {}  # job -> the fingerprint last read whole
 
     def known(self, node: str) -> tuple[str | None, dict[str, int]]:
         """(epoch, job versions) the head holds for ``node``: what it asks the collector for."""
@@ -125,21 +146,44 @@ class Digest:
         if entry is None or entry["epoch"] != answer["epoch"]:
             for job in entry["jobs"] if entry else ():
                 self._changed[job] = None
-            entry = self._nodes[node] = {"epoch": answer["epoch"], "versions": {}, "jobs": {}}
+            entry = self._nodes[node] = {
+                "epoch": answer["epoch"],
+                "versions": {},
+                "jobs": {},
+                "shared": {},  # job -> its ranks whose fingerprint object is shared
+            }
         for job in set(entry["jobs"]) - set(answer["versions"]):  # forgotten by the collector
             del entry["jobs"][job]
+            entry["shared"].pop(job, None)
             self._changed[job] = None
-        for job, ranks in answer["jobs"].items():
-            entry["jobs"][job] = ranks
+        for job, classes in answer["jobs"].items():
+            entry["jobs"][job] = self._whole(job, classes)
+            entry["shared"][job] = set(entry["jobs"][job])
             self._changed[job] = None
         for job, delta in answer.get("deltas", {}).items():
-            self._apply(entry["jobs"].setdefault(job, {}), job, delta)
+            ranks = entry["jobs"].setdefault(job, {})
+            self._apply(ranks, entry["shared"].setdefault(job, set()), job, delta)
         entry["versions"] = answer["versions"]
 
-    def _apply(self, ranks: dict[str, dict[str, Any]], job: str, delta: dict) -> None:
+    def _whole(self, job: str, classes: Classes) -> dict[str, dict[str, Any]]:
+        """A job read whole: equal fingerprints (from any collector) become one object."""
+        ranks = {}
+        for names, parts in classes:
+            if parts == self._last.get(job):
+                parts = self._last[job]
+            self._last[job] = parts
+            ranks.update(dict.fromkeys(names, parts))
+        return ranks
+
+    def _apply(
+        self, ranks: dict[str, dict[str, Any]], shared: set[str], job: str, delta: dict
+    ) -> None:
         changed = self._changed.setdefault(job, set())
         for rank, parts in delta.items():
             mine = ranks.setdefault(rank, empty_parts())
+            if rank in shared:  # its own copy first (the lists in it are never changed)
+                shared.discard(rank)
+                mine = ranks[rank] = {kind: dict(mine.get(kind, {})) for kind in PARTS}
             for kind in PARTS:
                 mine.setdefault(kind, {}).update(parts.get(kind, {}))
                 trim_oldest(mine[kind], MAX_COMPILE_IDS)
@@ -154,6 +198,8 @@ class Digest:
     def changes(self) -> dict[str, set[str] | None]:
         """The jobs changed since the last call: the compile ids to compare again (None: all)."""
         changed, self._changed = self._changed, {}
+        jobs = self.jobs()
+        self._last = {job: parts for job, parts in self._last.items() if job in jobs}
         return changed
 
     def nodes(self) -> set[str]:
@@ -201,55 +247,142 @@ def counts(findings: list[Finding]) -> dict[tuple[str, str], int]:
     return dict(Counter((finding.job_name, finding.kind) for finding in findings))
 
 
-def _groups(values: dict[str, str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    by_value: dict[str, list[str]] = {}
-    for rank, value in values.items():
-        by_value.setdefault(value, []).append(rank)
-    return tuple(
-        sorted((value, tuple(sorted(ranks, key=int))) for value, ranks in by_value.items())
-    )
+RUN = 3
+"""Consecutive ranks from this many on are named as a range ("0-4095"): a group of a
+10,240-rank job stays a few names long."""
+
+
+def _run(first: int, last: int) -> list[str]:
+    """The names of the consecutive ranks ``first`` to ``last``."""
+    if last - first + 1 >= RUN:
+        return [f"{first}-{last}"]
+    return [str(rank) for rank in range(first, last + 1)]
+
+
+def ranges(ranks: list[int]) -> tuple[str, ...]:
+    """Sorted ranks as names, runs of ``RUN`` or more consecutive ranks as "first-last"."""
+    names: list[str] = []
+    start = 0
+    for end in range(1, len(ranks) + 1):
+        if end == len(ranks) or ranks[end] != ranks[end - 1] + 1:
+            names += _run(ranks[start], ranks[end - 1])
+            start = end
+    return tuple(names)
+
+
+def _bounds(name: str) -> tuple[int, int]:
+    first, _, last = name.partition("-")
+    return int(first), int(last or first)
+
+
+def expand(names: tuple[str, ...] | list[str]) -> list[str]:
+    """The ranks a group names (``ranges`` undone)."""
+    return [str(rank) for name in names for rank in range(_bounds(name)[0], _bounds(name)[1] + 1)]
+
+
+def size(names: tuple[str, ...] | list[str]) -> int:
+    """How many ranks a group names, without listing them."""
+    return sum(last - first + 1 for first, last in map(_bounds, names))
+
+
+class _Job:
+    """One job's ranks for ``find``: ranks sharing one fingerprint object are compared once
+    (a class), and each compile id is judged on the classes that hold it."""
+
+    def __init__(self, ranks: dict[str, dict[str, Any]]) -> None:
+        by_object: dict[int, tuple[dict[str, Any], list[int]]] = {}
+        for rank, parts in ranks.items():
+            by_object.setdefault(id(parts), (parts, []))[1].append(int(rank))
+        self.classes = list(by_object.values())
+        self.order = sorted(int(rank) for rank in ranks)  # every rank, for who is missing
+        self.position = {rank: index for index, rank in enumerate(self.order)}
+        self.run_end = list(range(len(self.order)))  # index -> last index of its run
+        for index in range(len(self.order) - 2, -1, -1):
+            if self.order[index + 1] == self.order[index] + 1:
+                self.run_end[index] = self.run_end[index + 1]
+
+    def holders(self, compile_ids: set[str] | None) -> dict[str, list[int]]:
+        """compile id -> the classes that hold it (a graph or a cache pattern), for
+        ``compile_ids`` (None: every compile id)."""
+        keys = None if compile_ids is None else {(c, g) for c in compile_ids for g in GRAPH_KINDS}
+        held: dict[str, list[int]] = {}
+        for index, (parts, _) in enumerate(self.classes):
+            graphs, cache = parts["graphs"].keys(), parts["cache"].keys()
+            found = {key[0] for key in (graphs if keys is None else graphs & keys)}
+            found.update(cache if compile_ids is None else cache & compile_ids)
+            for compile_id in found:
+                held.setdefault(compile_id, []).append(index)
+        return held
+
+    def groups(self, values: dict[int, str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Class -> value, as (value, ranks) pairs sorted by value."""
+        by_value: dict[str, list[int]] = {}
+        for index, value in values.items():
+            by_value.setdefault(value, []).extend(self.classes[index][1])
+        return tuple(sorted((value, ranges(sorted(r))) for value, r in by_value.items()))
+
+    def missing(self, present: list[int]) -> tuple[str, ...]:
+        """The ranks not in ``present`` (sorted), named by run: costs ``present``, not the job."""
+        names: list[str] = []
+        start = 0
+        for stop in [self.position[rank] for rank in present] + [len(self.order)]:
+            while start < stop:  # the runs of the gap before ``stop``
+                end = min(self.run_end[start], stop - 1)
+                names += _run(self.order[start], self.order[end])
+                start = end + 1
+            start = stop + 1
+        return tuple(names)
 
 
 def find(
     job_name: str, ranks: dict[str, dict[str, Any]], compile_ids: set[str] | None = None
 ) -> list[Finding]:
-    """Every divergence between the ranks of one job, at ``compile_ids`` (None: all)."""
+    """Every divergence between the ranks of one job, at ``compile_ids`` (None: all).
+
+    Costs the classes holding each compile id (ranks sharing a fingerprint object count
+    once), not ranks x compile ids: 10,240 ranks that each compiled an id of their own are
+    judged in one pass."""
     if len(ranks) < 2:
         return []
-    if compile_ids is None:
-        compile_ids = {key[0] for v in ranks.values() for key in v["graphs"]}
-        compile_ids |= {compile_id for v in ranks.values() for compile_id in v["cache"]}
+    job = _Job(ranks)
+    held = job.holders(compile_ids)
     findings = []
-    for compile_id in sorted(compile_ids):
-        findings += _find_at(job_name, ranks, compile_id)
+    for compile_id in sorted(held):
+        findings += _find_at(job_name, job, compile_id, held[compile_id])
     return findings
 
 
-def _find_at(job_name: str, ranks: dict[str, dict[str, Any]], compile_id: str) -> list[Finding]:
-    findings, present = [], {}
+def _find_at(job_name: str, job: _Job, compile_id: str, holders: list[int]) -> list[Finding]:
+    findings = []
     for graph in GRAPH_KINDS:
         key = (compile_id, graph)
-        hashes = {r: ",".join(v["graphs"][key]) for r, v in ranks.items() if key in v["graphs"]}
+        hashes = {
+            i: ",".join(job.classes[i][0]["graphs"][key])
+            for i in holders
+            if key in job.classes[i][0]["graphs"]
+        }
         schedules = {
-            r: f"{graph}: " + (" | ".join(ranks[r].get("collectives", {}).get(key, ())) or "none")
-            for r in hashes
+            i: f"{graph}: "
+            + (" | ".join(job.classes[i][0].get("collectives", {}).get(key, ())) or "none")
+            for i in hashes
         }
         if len(set(schedules.values())) > 1:  # may hang, or silently corrupt the values
             findings.append(
-                Finding(job_name, "collective_schedule", compile_id, _groups(schedules))
+                Finding(job_name, "collective_schedule", compile_id, job.groups(schedules))
             )
         elif len(set(hashes.values())) > 1:
-            findings.append(Finding(job_name, "graph_hash", compile_id, _groups(hashes)))
-        present.update(dict.fromkeys(hashes, "compiled"))
+            findings.append(Finding(job_name, "graph_hash", compile_id, job.groups(hashes)))
     patterns = {
-        r: v["cache"][compile_id] or "none" for r, v in ranks.items() if compile_id in v["cache"]
+        i: job.classes[i][0]["cache"][compile_id] or "none"
+        for i in holders
+        if compile_id in job.classes[i][0]["cache"]
     }
     if len(set(patterns.values())) > 1:
-        findings.append(Finding(job_name, "cache_pattern", compile_id, _groups(patterns)))
-    present.update(dict.fromkeys(patterns, "compiled"))
-    if present and len(present) < len(ranks):
-        missing = {r: present.get(r, "missing") for r in ranks}
-        findings.append(Finding(job_name, "compile_ids", compile_id, _groups(missing)))
+        findings.append(Finding(job_name, "cache_pattern", compile_id, job.groups(patterns)))
+    present = sorted(rank for i in holders for rank in job.classes[i][1])
+    if len(present) < len(job.order):
+        groups = (("compiled", ranges(present)), ("missing", job.missing(present)))
+        findings.append(Finding(job_name, "compile_ids", compile_id, groups))
     return findings
 
 
