@@ -192,3 +192,37 @@ def test_a_compile_id_with_a_space_is_compared_whole():
     digest = divergence.Digest()
     digest.update("node", {"epoch": "e", "versions": {"j": 1}, "jobs": {}, "deltas": prints})
     assert digest.changes() == {"j": {compile_id}}
+
+
+def test_ranks_that_change_alike_keep_one_fingerprint_and_one_that_changes_alone_leaves_it():
+    digest = divergence.Digest()
+    digest.update("node", answer("e", fingerprints(graph(0), graph(1), graph(2))))
+    ranks = digest.ranks("j")
+    assert ranks["0"] is ranks["1"] is ranks["2"]  # read whole: one object, compared once
+
+    def change(version: int, *ranks: str, key=("1/0", "forward"), value="bbbb") -> None:
+        delta = {rank: {"graphs": {key: [value]}} for rank in ranks}
+        answer = {"epoch": "e", "versions": {"j": version}, "jobs": {}, "deltas": {"j": delta}}
+        digest.update("node", answer)
+        digest.changes()
+
+    change(2, "0", "1", "2")
+    ranks = digest.ranks("j")
+    assert ranks["0"] is ranks["1"] is ranks["2"]
+    assert ranks["0"]["graphs"][("1/0", "forward")] == ["bbbb"]
+    change(3, "1", key=("2/0", "forward"))
+    change(4, "1", key=("3/0", "forward"))  # its own now: changed in place
+    ranks = digest.ranks("j")
+    assert ranks["0"] is ranks["2"] and ranks["1"] is not ranks["0"]
+    assert kinds({"j": ranks}) == [("compile_ids", "2/0"), ("compile_ids", "3/0")]
+    assert set(ranks["0"]["graphs"]) == {("0/0", "forward"), ("1/0", "forward")}
+    delta = {
+        "0": {"graphs": {("4/0", "forward"): ["x"]}},
+        "2": {"graphs": {("4/0", "forward"): ["y"]}},
+    }
+    digest.update("node", {"epoch": "e", "versions": {"j": 5}, "jobs": {}, "deltas": {"j": delta}})
+    found = divergence.find("j", digest.ranks("j"), {"4/0"})  # 0 and 2 changed unlike
+    assert [(f.kind, dict(f.groups)) for f in found] == [
+        ("graph_hash", {"x": ("0",), "y": ("2",)}),
+        ("compile_ids", {"compiled": ("0", "2"), "missing": ("1",)}),
+    ]

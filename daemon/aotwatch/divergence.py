@@ -114,6 +114,14 @@ def summary(ranks: dict[str, dict[str, Any]]) -> Classes:
     return [(tuple(names), copy_parts(parts)) for names, parts in classes]
 
 
+def _frozen(parts: dict[str, dict[Any, Any]]) -> tuple:
+    """A rank's fingerprint entries as a hashable value (equal entries, equal values)."""
+    return tuple(
+        tuple((key, tuple(v) if type(v) is list else v) for key, v in parts.get(kind, {}).items())
+        for kind in PARTS
+    )
+
+
 class Digest:
     """The head's copy of every collector's fingerprints, kept up to date from what changed.
 
@@ -126,14 +134,17 @@ class Digest:
 
     Ranks read whole share one fingerprint object per distinct fingerprint, across
     collectors (what makes a restarted head's first round cost seconds at 10,240 ranks: it
-    compares each distinct fingerprint once); a rank's first delta gives it a copy of its
-    own.
+    compares each distinct fingerprint once). A change to such a rank goes to a copy,
+    shared by the ranks that had the same fingerprint and changed alike in the round (an
+    SPMD job's ranks stay on one); a copy taken by one rank alone is its own from then on.
     """
 
     def __init__(self) -> None:
         self._nodes: dict[str, dict[str, Any]] = {}  # node -> epoch, versions, jobs, shared
         self._changed: dict[str, set[str] | None] = {}  # job -> compile ids; None: all
         self._last: dict[str, dict[str, Any]] = {}  # job -> the fingerprint last read whole
+        self._copies: dict[tuple[int, tuple], tuple[dict, dict, list]] = {}  # this round:
+        # (shared fingerprint, delta) -> (that fingerprint, its changed copy, who took it)
 
     def known(self, node: str) -> tuple[str | None, dict[str, int]]:
         """(epoch, job versions) the head holds for ``node``: what it asks the collector for."""
@@ -180,15 +191,24 @@ class Digest:
     ) -> None:
         changed = self._changed.setdefault(job, set())
         for rank, parts in delta.items():
-            mine = ranks.setdefault(rank, empty_parts())
-            if rank in shared:  # its own copy first (the lists in it are never changed)
-                shared.discard(rank)
-                mine = ranks[rank] = {kind: dict(mine.get(kind, {})) for kind in PARTS}
+            if changed is not None:
+                for kind in PARTS:
+                    changed.update(map(compile_id_of, parts.get(kind, {})))
+            mine = ranks.get(rank)
+            if mine is None:
+                mine = ranks[rank] = empty_parts()
+            elif rank in shared:  # a copy, shared by the ranks that had it and change alike
+                key = (id(mine), _frozen(parts))
+                if key in self._copies:
+                    ranks[rank] = self._copies[key][1]
+                    self._copies[key][2].append((shared, rank))
+                    continue
+                copy = ranks[rank] = {kind: dict(mine.get(kind, {})) for kind in PARTS}
+                self._copies[key] = (mine, copy, [(shared, rank)])  # keeps ``mine``'s id
+                mine = copy
             for kind in PARTS:
                 mine.setdefault(kind, {}).update(parts.get(kind, {}))
                 trim_oldest(mine[kind], MAX_COMPILE_IDS)
-                if changed is not None:
-                    changed.update(map(compile_id_of, parts.get(kind, {})))
 
     def forget(self, node: str) -> None:
         """A node is gone."""
@@ -197,6 +217,11 @@ class Digest:
 
     def changes(self) -> dict[str, set[str] | None]:
         """The jobs changed since the last call: the compile ids to compare again (None: all)."""
+        for _, _, takers in self._copies.values():
+            if len(takers) == 1:  # its own copy: changed in place from now on
+                shared, rank = takers[0]
+                shared.discard(rank)
+        self._copies.clear()
         changed, self._changed = self._changed, {}
         jobs = self.jobs()
         self._last = {job: parts for job, parts in self._last.items() if job in jobs}
