@@ -11,7 +11,9 @@ bytes column), then the head's ``DivergenceWatch.take`` of every answer (the dig
 comparison at the compile ids that changed and the judging of findings: what
 ``Head.check_divergences`` does between its Ray calls). Not measured: Ray's own call
 overhead per collector. The collectors' column is their answers one after another; on a
-cluster they answer in parallel, each in about 1/collectors of it.
+cluster they answer in parallel, each in about 1/collectors of it. Seconds are this
+process's CPU time (``time.process_time``: what a head of its own would take; wall time on
+a shared machine says more about the neighbours).
 
 Rounds: the first (the head knows nothing: a head just started or restarted), nothing new,
 one new compile per rank (the same compile id and graph on every rank), nothing new; then
@@ -92,17 +94,17 @@ def head_round(
     """(bytes sent, collectors' seconds, head's seconds, findings) of one round."""
     answers, sent, collectors, head = {}, 0, 0.0, 0.0
     for node, state in enumerate(states):
-        started = time.perf_counter()
+        started = time.process_time()
         answer = NodeCollector.fingerprints_since(state, *watch.known(str(node)))
         payload = pickle.dumps(answer, protocol=5)
-        collectors += time.perf_counter() - started
+        collectors += time.process_time() - started
         sent += len(payload)
-        started = time.perf_counter()
+        started = time.process_time()
         answers[str(node)] = pickle.loads(payload)
-        head += time.perf_counter() - started
-    started = time.perf_counter()
+        head += time.process_time() - started
+    started = time.process_time()
     watch.take(answers, set(answers), final)
-    head += time.perf_counter() - started
+    head += time.process_time() - started
     return sent, collectors, head, len(watch.divergences())
 
 

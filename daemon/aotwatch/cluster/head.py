@@ -57,122 +57,6 @@ class _DivergenceCollector:
         yield straggler_family(self.watch.straggler_seconds(), self.labels)
 
 
-class DivergenceWatch:
-    """What the head knows of every job's ranks and what it found in them: takes a round of
-    the collectors' answers (``NodeCollector.fingerprints_since``) and judges the compile ids
-    they changed. No Ray here: ``benchmarks/head_scale.py`` drives it as the head does."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self._lock = threading.Lock()  # the findings: rounds write, scrapes and status read
-        self._findings: dict[tuple[str, str, str], divergence.Finding] = {}
-        self._candidates: dict[tuple[str, str, str], float] = {}  # compile_ids, first seen
-        self._digest = divergence.Digest()
-        self._lives: dict[str, divergence.Live] = {}  # node -> its collector's present
-        self._stragglers: dict[str, float] = {}  # job -> longest wait now (0: none)
-
-    def known(self, node: str) -> tuple[str | None, dict[str, int]]:
-        """What to ask ``node``'s collector for (see ``divergence.Digest.known``)."""
-        return self._digest.known(node)
-
-    def take(self, answers: dict[str, Any], nodes: set[str], final: bool) -> set[str]:
-        """One round: the answers of the collectors of ``nodes`` that answered; returns the
-        nodes whose endpoint to ask again (restarted, maybe on a new port, or silent)."""
-        restarted = {
-            node for node, answer in answers.items() if answer["epoch"] != self.known(node)[0]
-        }
-        for node, answer in answers.items():  # a collector that did not answer keeps what
-            self._digest.update(node, answer)  # the head last had of it
-            self._lives[node] = answer.get("live", {})
-        for node in self._digest.nodes() - nodes:
-            self._digest.forget(node)
-        for node in set(self._lives) - nodes:
-            del self._lives[node]
-        attached = {job for live in self._lives.values() for job in live.get("attached", {})}
-        jobs = self._digest.jobs() | attached
-        self._forget_jobs_but(jobs)
-        changed = self._digest.changes()
-        with self._lock:
-            for job, _, compile_id in self._candidates:  # still settling: look again
-                if changed.get(job, set()) is not None:
-                    changed.setdefault(job, set()).add(compile_id)
-        late, longest, compiling = divergence.stragglers(
-            list(self._lives.values()), time.time(), self.config.collector.straggler_after_s
-        )
-        now = time.monotonic()
-        with self._lock:
-            self._stragglers = longest
-            for finding in late:
-                if finding.key not in self._findings:
-                    self._findings[finding.key] = finding
-                    log.warning("aotwatch: compile straggler: %s", finding.describe())
-        for job, compile_ids in changed.items():
-            if job in jobs:
-                self._judge(
-                    job,
-                    divergence.find(job, self._digest.ranks(job), compile_ids),
-                    compile_ids,
-                    now,
-                    final,
-                    compiling.get(job, set()),
-                )
-        return restarted | (nodes - set(answers))
-
-    def straggler_seconds(self) -> dict[str, float]:
-        """The longest a rank of each job has been compiling while others wait (0: none)."""
-        with self._lock:
-            return dict(self._stragglers)
-
-    def _judge(
-        self,
-        job: str,
-        findings: list,
-        compile_ids: set[str] | None,
-        now: float,
-        final: bool,
-        compiling: set[str],
-    ) -> None:
-        """Count new findings once (a compile id missing on some ranks only once it has been
-        for COMPILE_IDS_SETTLE_S while those ranks are not compiling, unless ``final``);
-        drop candidates that resolved."""
-        found = set()
-        with self._lock:
-            for finding in findings:
-                found.add(finding.key)
-                if finding.key in self._findings:
-                    continue
-                first_seen = self._candidates.setdefault(finding.key, now)
-                missing = dict(finding.groups).get("missing", ())
-                if missing and _within(missing, compiling):  # still compiling: maybe that frame
-                    self._candidates[finding.key] = first_seen = now
-                settled = now - first_seen >= COMPILE_IDS_SETTLE_S
-                if finding.kind != "compile_ids" or settled or final:
-                    self._findings[finding.key] = finding
-                    del self._candidates[finding.key]
-                    log.warning("aotwatch: rank divergence: %s", finding.describe())
-            for key in [
-                k
-                for k in self._candidates
-                if k[0] == job and k not in found and (compile_ids is None or k[2] in compile_ids)
-            ]:
-                del self._candidates[key]  # the slow rank caught up
-
-    def _forget_jobs_but(self, jobs: set[str]) -> None:
-        """Drop the findings of jobs no collector holds any more (finished, past retention)."""
-        with self._lock:
-            for table in (self._findings, self._candidates):
-                for key in [key for key in table if key[0] not in jobs]:
-                    del table[key]
-
-    def divergences(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [f.to_dict() for f in self._findings.values()]
-
-    def divergence_counts(self) -> dict[tuple[str, str], int]:
-        with self._lock:
-            return divergence.counts(list(self._findings.values()))
-
-
 class Head:
     """Keeps collectors equal to alive nodes, writes file_sd, finds divergences (an actor)."""
 
@@ -303,6 +187,122 @@ class Head:
             self._collectors.clear()
             self._endpoints.clear()
             write_file_sd(self.file_sd, [], None)
+
+
+class DivergenceWatch:
+    """What the head knows of every job's ranks and what it found in them: takes a round of
+    the collectors' answers (``NodeCollector.fingerprints_since``) and judges the compile ids
+    they changed. No Ray here: ``benchmarks/head_scale.py`` drives it as the head does."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._lock = threading.Lock()  # the findings: rounds write, scrapes and status read
+        self._findings: dict[tuple[str, str, str], divergence.Finding] = {}
+        self._candidates: dict[tuple[str, str, str], float] = {}  # compile_ids, first seen
+        self._digest = divergence.Digest()
+        self._lives: dict[str, divergence.Live] = {}  # node -> its collector's present
+        self._stragglers: dict[str, float] = {}  # job -> longest wait now (0: none)
+
+    def known(self, node: str) -> tuple[str | None, dict[str, int]]:
+        """What to ask ``node``'s collector for (see ``divergence.Digest.known``)."""
+        return self._digest.known(node)
+
+    def take(self, answers: dict[str, Any], nodes: set[str], final: bool) -> set[str]:
+        """One round: the answers of the collectors of ``nodes`` that answered; returns the
+        nodes whose endpoint to ask again (restarted, maybe on a new port, or silent)."""
+        restarted = {
+            node for node, answer in answers.items() if answer["epoch"] != self.known(node)[0]
+        }
+        for node, answer in answers.items():  # a collector that did not answer keeps what
+            self._digest.update(node, answer)  # the head last had of it
+            self._lives[node] = answer.get("live", {})
+        for node in self._digest.nodes() - nodes:
+            self._digest.forget(node)
+        for node in set(self._lives) - nodes:
+            del self._lives[node]
+        attached = {job for live in self._lives.values() for job in live.get("attached", {})}
+        jobs = self._digest.jobs() | attached
+        self._forget_jobs_but(jobs)
+        changed = self._digest.changes()
+        with self._lock:
+            for job, _, compile_id in self._candidates:  # still settling: look again
+                if changed.get(job, set()) is not None:
+                    changed.setdefault(job, set()).add(compile_id)
+        late, longest, compiling = divergence.stragglers(
+            list(self._lives.values()), time.time(), self.config.collector.straggler_after_s
+        )
+        now = time.monotonic()
+        with self._lock:
+            self._stragglers = longest
+            for finding in late:
+                if finding.key not in self._findings:
+                    self._findings[finding.key] = finding
+                    log.warning("aotwatch: compile straggler: %s", finding.describe())
+        for job, compile_ids in changed.items():
+            if job in jobs:
+                self._judge(
+                    job,
+                    divergence.find(job, self._digest.ranks(job), compile_ids),
+                    compile_ids,
+                    now,
+                    final,
+                    compiling.get(job, set()),
+                )
+        return restarted | (nodes - set(answers))
+
+    def straggler_seconds(self) -> dict[str, float]:
+        """The longest a rank of each job has been compiling while others wait (0: none)."""
+        with self._lock:
+            return dict(self._stragglers)
+
+    def _judge(
+        self,
+        job: str,
+        findings: list,
+        compile_ids: set[str] | None,
+        now: float,
+        final: bool,
+        compiling: set[str],
+    ) -> None:
+        """Count new findings once (a compile id missing on some ranks only once it has been
+        for COMPILE_IDS_SETTLE_S while those ranks are not compiling, unless ``final``);
+        drop candidates that resolved."""
+        found = set()
+        with self._lock:
+            for finding in findings:
+                found.add(finding.key)
+                if finding.key in self._findings:
+                    continue
+                first_seen = self._candidates.setdefault(finding.key, now)
+                missing = dict(finding.groups).get("missing", ())
+                if missing and _within(missing, compiling):  # still compiling: maybe that frame
+                    self._candidates[finding.key] = first_seen = now
+                settled = now - first_seen >= COMPILE_IDS_SETTLE_S
+                if finding.kind != "compile_ids" or settled or final:
+                    self._findings[finding.key] = finding
+                    del self._candidates[finding.key]
+                    log.warning("aotwatch: rank divergence: %s", finding.describe())
+            for key in [
+                k
+                for k in self._candidates
+                if k[0] == job and k not in found and (compile_ids is None or k[2] in compile_ids)
+            ]:
+                del self._candidates[key]  # the slow rank caught up
+
+    def _forget_jobs_but(self, jobs: set[str]) -> None:
+        """Drop the findings of jobs no collector holds any more (finished, past retention)."""
+        with self._lock:
+            for table in (self._findings, self._candidates):
+                for key in [key for key in table if key[0] not in jobs]:
+                    del table[key]
+
+    def divergences(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [f.to_dict() for f in self._findings.values()]
+
+    def divergence_counts(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return divergence.counts(list(self._findings.values()))
 
 
 def _within(names: tuple[str, ...], ranks: set[str]) -> bool:
