@@ -226,3 +226,31 @@ def test_ranks_that_change_alike_keep_one_fingerprint_and_one_that_changes_alone
         ("graph_hash", {"x": ("0",), "y": ("2",)}),
         ("compile_ids", {"compiled": ("0", "2"), "missing": ("1",)}),
     ]
+
+
+class CountedParts(dict):
+    """A rank's fingerprint that counts how often ``find`` reads it."""
+
+    reads = 0
+
+    def __getitem__(self, part):
+        CountedParts.reads += 1
+        return super().__getitem__(part)
+
+    def get(self, part, default=None):
+        CountedParts.reads += 1
+        return super().get(part, default)
+
+
+def test_ranks_that_each_compile_an_id_of_their_own_are_not_read_once_per_id():
+    """Each compile id is judged on the ranks that hold it: 400 ranks with an id of their own
+    cost reads in proportion to ranks, not ranks x ids (640,800 reads before)."""
+    prints = fingerprints(*(graph(rank, compile_id=f"own/{rank}") for rank in range(400)))
+    ranks = {rank: CountedParts(parts) for rank, parts in prints["j"].items()}
+    CountedParts.reads = 0
+    found = divergence.find("j", ranks, {f"own/{rank}" for rank in range(400)})
+    assert len(found) == 400 and dict(found[0].groups) == {
+        "compiled": ("0",),
+        "missing": ("1-399",),
+    }
+    assert CountedParts.reads < 10 * 400
