@@ -13,7 +13,9 @@ comparison at the compile ids that changed and the judging of findings: what
 overhead per collector. The collectors' column is their answers one after another; on a
 cluster they answer in parallel, each in about 1/collectors of it. Seconds are this
 process's CPU time (``time.process_time``: what a head of its own would take; wall time on
-a shared machine says more about the neighbours).
+a shared machine says more about the neighbours); the collectors' state is built first and
+kept out of the garbage collector's passes (``gc.freeze``), as it is out of the head's
+process on a cluster.
 
 Rounds: the first (the head knows nothing: a head just started or restarted), nothing new,
 one new compile per rank (the same compile id and graph on every rank), nothing new; then
@@ -26,6 +28,7 @@ per rank); last, a restarted head reads it all in one round.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import pickle
 import threading
@@ -132,6 +135,7 @@ def main() -> None:
         states = [
             collector_state(first, args.ids) for first in range(0, ranks, RANKS_PER_COLLECTOR)
         ]
+        gc.freeze()  # the collectors' objects live in their own processes: not the head's GC
         watch = DivergenceWatch(Config())
         rows = [
             ("first (all)", head_round(watch, states)),

@@ -254,3 +254,10 @@ def test_ranks_that_each_compile_an_id_of_their_own_are_not_read_once_per_id():
         "missing": ("1-399",),
     }
     assert CountedParts.reads < 10 * 400
+
+
+def test_groups_name_runs_of_ranks_as_ranges_and_are_read_back():
+    names = divergence.ranges([-3, -2, -1, 0, 2, 3, 5, 6, 7])
+    assert names == ("-3-0", "2", "3", "5-7")
+    assert divergence.expand(names) == ["-3", "-2", "-1", "0", "2", "3", "5", "6", "7"]
+    assert divergence.size(names) == 9

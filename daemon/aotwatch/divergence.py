@@ -8,6 +8,7 @@ the head merges them per job and compares the ranks.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -295,8 +296,11 @@ def ranges(ranks: list[int]) -> tuple[str, ...]:
     return tuple(names)
 
 
+_RANGE = re.compile(r"(-?\d+)(?:-(-?\d+))?")
+
+
 def _bounds(name: str) -> tuple[int, int]:
-    first, _, last = name.partition("-")
+    first, last = _RANGE.fullmatch(name).groups()
     return int(first), int(last or first)
 
 
