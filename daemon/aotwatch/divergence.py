@@ -115,14 +115,6 @@ def summary(ranks: dict[str, dict[str, Any]]) -> Classes:
     return [(tuple(names), copy_parts(parts)) for names, parts in classes]
 
 
-def _frozen(parts: dict[str, dict[Any, Any]]) -> tuple:
-    """A rank's fingerprint entries as a hashable value (equal entries, equal values)."""
-    return tuple(
-        tuple((key, tuple(v) if type(v) is list else v) for key, v in parts.get(kind, {}).items())
-        for kind in PARTS
-    )
-
-
 class Digest:
     """The head's copy of every collector's fingerprints, kept up to date from what changed.
 
@@ -144,7 +136,7 @@ class Digest:
         self._nodes: dict[str, dict[str, Any]] = {}  # node -> epoch, versions, jobs, shared
         self._changed: dict[str, set[str] | None] = {}  # job -> compile ids; None: all
         self._last: dict[str, dict[str, Any]] = {}  # job -> the fingerprint last read whole
-        self._copies: dict[tuple[int, tuple], tuple[dict, dict, list]] = {}  # this round:
+        self._copies: dict[tuple[int, str], tuple[dict, dict, list]] = {}  # this round:
         # (shared fingerprint, delta) -> (that fingerprint, its changed copy, who took it)
 
     def known(self, node: str) -> tuple[str | None, dict[str, int]]:
@@ -199,7 +191,7 @@ class Digest:
             if mine is None:
                 mine = ranks[rank] = empty_parts()
             elif rank in shared:  # a copy, shared by the ranks that had it and change alike
-                key = (id(mine), _frozen(parts))
+                key = (id(mine), repr(parts))  # equal entries in the same order
                 if key in self._copies:
                     ranks[rank] = self._copies[key][1]
                     self._copies[key][2].append((shared, rank))
