@@ -374,6 +374,17 @@ def find(
 
 
 def _find_at(job_name: str, job: _Job, compile_id: str, holders: list[int]) -> list[Finding]:
+    findings = _values_at(job_name, job, compile_id, holders) if len(holders) > 1 else []
+    present = sorted(rank for i in holders for rank in job.classes[i][1])
+    if len(present) < len(job.order):
+        groups = (("compiled", ranges(present)), ("missing", job.missing(present)))
+        findings.append(Finding(job_name, "compile_ids", compile_id, groups))
+    return findings
+
+
+def _values_at(job_name: str, job: _Job, compile_id: str, holders: list[int]) -> list[Finding]:
+    """Graphs, schedules and cache patterns that differ at ``compile_id`` between classes
+    (one class alone has one of each)."""
     findings = []
     for graph in GRAPH_KINDS:
         key = (compile_id, graph)
@@ -400,10 +411,6 @@ def _find_at(job_name: str, job: _Job, compile_id: str, holders: list[int]) -> l
     }
     if len(set(patterns.values())) > 1:
         findings.append(Finding(job_name, "cache_pattern", compile_id, job.groups(patterns)))
-    present = sorted(rank for i in holders for rank in job.classes[i][1])
-    if len(present) < len(job.order):
-        groups = (("compiled", ranges(present)), ("missing", job.missing(present)))
-        findings.append(Finding(job_name, "compile_ids", compile_id, groups))
     return findings
 
 
