@@ -1,4 +1,5 @@
-"""A head round at scale: bytes and time when nothing changed, and after one compile per rank.
+"""A head round at scale: a restarted head, nothing new, one new compile per rank, and ranks
+that each compile something the others do not.
 
     python benchmarks/head_scale.py [--ranks 128,1024,10240] [--ids 200]
 
@@ -6,24 +7,39 @@ One job spread over collectors of 8 ranks each; every rank has compiled ``--ids`
 (a forward and a backward graph and a frame record each). What runs is the real code of
 both ends of a round, without Ray: each collector's ``NodeCollector.fingerprints_since``
 (called on an object holding just the state it reads), pickled as Ray would send it (the
-bytes column), then the head's ``divergence.Digest.update`` for every answer and
-``divergence.find`` at the compile ids that changed (what ``Head.check_divergences`` does
-between its Ray calls). Not measured: Ray's own call overhead per collector. Rounds: the first (the
-head knows nothing), a steady one (nothing new), and one after each rank compiled one more
-frame.
+bytes column), then the head's ``DivergenceWatch.take`` of every answer (the digest, the
+comparison at the compile ids that changed and the judging of findings: what
+``Head.check_divergences`` does between its Ray calls). Not measured: Ray's own call
+overhead per collector. The collectors' column is their answers one after another; on a
+cluster they answer in parallel, each in about 1/collectors of it. Seconds are this
+process's CPU time (``time.process_time``: what a head of its own would take; wall time on
+a shared machine says more about the neighbours); the collectors' state is built first and
+kept out of the garbage collector's passes (``gc.freeze``), as it is out of the head's
+process on a cluster.
+
+Rounds: the first (the head knows nothing: a head just started or restarted), nothing new,
+one new compile per rank (the same compile id and graph on every rank), nothing new; then
+each rank compiles a compile id of its own (every id differs: a compile-id finding each once
+settled), nothing new while they settle, the round that counts them (``final``); then each
+rank compiles one more shared compile id with a graph hash of its own (one finding, a group
+per rank); last, a restarted head reads it all in one round.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import logging
 import pickle
 import threading
 import time
 import types
 import uuid
 
-from aotwatch import divergence
 from aotwatch.cluster.collector import NodeCollector
+from aotwatch.cluster.head import DivergenceWatch
+from aotwatch.config import Config
+from aotwatch.liveness import Liveness
 from aotwatch.records import SCHEMA_VERSION, Record
 
 JOB = "big-job"
@@ -34,16 +50,20 @@ def collector_state(first_rank: int, ids: int) -> types.SimpleNamespace:
     """What a collector of 8 ranks holds after ``ids`` compiles per rank."""
     state = types.SimpleNamespace(
         _accept_lock=threading.Lock(),
+        _lock=threading.Lock(),
+        liveness=Liveness(None, RANKS_PER_COLLECTOR, 1),
         _epoch=uuid.uuid4().hex,
         _versions={},
         _fingerprints={},
         _changes={},
         _changes_since={},
     )
-    state._delta = types.MethodType(NodeCollector._delta, state)
-    for rank in range(first_rank, first_rank + RANKS_PER_COLLECTOR):
+    for method in (NodeCollector._delta, NodeCollector._live):
+        setattr(state, method.__name__, types.MethodType(method, state))
+    state.ranks = range(first_rank, first_rank + RANKS_PER_COLLECTOR)
+    for rank in state.ranks:
         for index in range(ids):
-            compile_one(state, rank, index)
+            compile_one(state, rank, f"{index}/0")
     return state
 
 
@@ -59,28 +79,42 @@ IDENTITY = {
 """What a validated record carries besides what the fingerprints read."""
 
 
-def compile_one(state: types.SimpleNamespace, rank: int, index: int) -> None:
-    base = {"job_name": JOB, "rank": rank, "compile_id": f"{index}/0"}
+def compile_one(state: types.SimpleNamespace, rank: int, compile_id: str, tag: str = "") -> None:
+    """A frame compiled by ``rank``: forward and backward graphs (hashes from the compile id,
+    and ``tag``) and the frame's cache record."""
+    base = {"job_name": JOB, "rank": rank, "compile_id": compile_id}
     for graph in ("forward", "backward"):
-        record = Record(**IDENTITY, **base, graph=graph, graph_hash=f"{index:016x}{graph[0]}")
-        NodeCollector._observe(state, record)
-    frame = Record(**IDENTITY, **base, cache={"fx_graph": {"miss": 1}})
-    NodeCollector._observe(state, frame)
+        graph_hash = f"{compile_id}{tag}{graph[0]}"
+        NodeCollector._observe(
+            state, Record(**IDENTITY, **base, graph=graph, graph_hash=graph_hash)
+        )
+    NodeCollector._observe(state, Record(**IDENTITY, **base, cache={"fx_graph": {"miss": 1}}))
 
 
-def head_round(digest: divergence.Digest, states: list) -> tuple[int, float, int]:
-    """(bytes sent, seconds, findings) of one round over every collector."""
-    started, sent = time.perf_counter(), 0
+def head_round(
+    watch: DivergenceWatch, states: list, final: bool = False
+) -> tuple[int, float, float, int]:
+    """(bytes sent, collectors' seconds, head's seconds, findings) of one round."""
+    answers, sent, collectors, head = {}, 0, 0.0, 0.0
     for node, state in enumerate(states):
-        answer = NodeCollector.fingerprints_since(state, *digest.known(str(node)))
+        started = time.process_time()
+        answer = NodeCollector.fingerprints_since(state, *watch.known(str(node)))
         payload = pickle.dumps(answer, protocol=5)
+        collectors += time.process_time() - started
         sent += len(payload)
-        digest.update(str(node), pickle.loads(payload))
-    findings = sum(
-        len(divergence.find(job, digest.ranks(job), compile_ids))
-        for job, compile_ids in digest.changes().items()
-    )
-    return sent, time.perf_counter() - started, findings
+        started = time.process_time()
+        answers[str(node)] = pickle.loads(payload)
+        head += time.process_time() - started
+    started = time.process_time()
+    watch.take(answers, set(answers), final)
+    head += time.process_time() - started
+    return sent, collectors, head, len(watch.divergences())
+
+
+def each_rank(states: list, compile: types.FunctionType) -> None:
+    for state in states:
+        for rank in state.ranks:
+            compile(state, rank)
 
 
 def main() -> None:
@@ -88,31 +122,46 @@ def main() -> None:
     parser.add_argument("--ranks", default="128,1024,10240")
     parser.add_argument("--ids", type=int, default=200)
     args = parser.parse_args()
+    quiet = logging.getLogger("aotwatch")  # each finding is logged (and timed), not printed
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
     print(
         f"one job, {RANKS_PER_COLLECTOR} ranks per collector, {args.ids} compile ids per "
         "rank (forward, backward, frame)\n"
     )
-    print("| ranks | collectors | round | bytes sent | seconds | findings |")
-    print("|---|---|---|---|---|---|")
+    print("| ranks | collectors | round | bytes sent | collectors s | head s | findings |")
+    print("|---|---|---|---|---|---|---|")
     for ranks in (int(r) for r in args.ranks.split(",")):
         states = [
             collector_state(first, args.ids) for first in range(0, ranks, RANKS_PER_COLLECTOR)
         ]
-        digest = divergence.Digest()
+        gc.freeze()  # the collectors' objects live in their own processes: not the head's GC
+        watch = DivergenceWatch(Config())
         rows = [
-            ("first (all)", head_round(digest, states)),
-            ("nothing new", head_round(digest, states)),
+            ("first (all)", head_round(watch, states)),
+            ("nothing new", head_round(watch, states)),
         ]
-        for node, state in enumerate(states):
-            for rank in range(node * RANKS_PER_COLLECTOR, (node + 1) * RANKS_PER_COLLECTOR):
-                compile_one(state, rank, args.ids)
-        rows.append(("one new compile per rank", head_round(digest, states)))
-        rows.append(("nothing new", head_round(digest, states)))
-        for name, (sent, seconds, findings) in rows:
+        each_rank(states, lambda state, rank: compile_one(state, rank, f"{args.ids}/0"))
+        rows.append(("one new compile per rank", head_round(watch, states)))
+        rows.append(("nothing new", head_round(watch, states)))
+        each_rank(states, lambda state, rank: compile_one(state, rank, f"own/{rank}"))
+        rows.append(("a compile id of its own per rank", head_round(watch, states)))
+        rows.append(("nothing new, those settling", head_round(watch, states)))
+        rows.append(("nothing new, final", head_round(watch, states, final=True)))
+        each_rank(
+            states, lambda state, rank: compile_one(state, rank, f"{args.ids + 1}/0", str(rank))
+        )
+        rows.append(("a graph hash of its own per rank", head_round(watch, states)))
+        restarted = DivergenceWatch(Config())
+        rows.append(("restarted head (first, all)", head_round(restarted, states, final=True)))
+        same = sorted(map(str, watch.divergences())) == sorted(map(str, restarted.divergences()))
+        for name, (sent, collectors, head, findings) in rows:
             print(
-                f"| {ranks:,} | {len(states):,} | {name} | {sent:,} | {seconds:.3f} | {findings} |",
+                f"| {ranks:,} | {len(states):,} | {name} | {sent:,} | {collectors:.3f} "
+                f"| {head:.3f} | {findings:,} |",
                 flush=True,
             )
+        print(f"\nrestarted head's findings equal the running head's: {same}\n")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def test_a_different_cache_pattern():
 
 def answer(epoch: str, prints: dict, versions: dict | None = None) -> dict:
     """What a collector's ``fingerprints_since`` returns for a head that has nothing yet."""
-    return {"epoch": epoch, "versions": versions or dict.fromkeys(prints, 1), "jobs": prints}
+    jobs = {job: divergence.summary(ranks) for job, ranks in prints.items()}
+    return {"epoch": epoch, "versions": versions or dict.fromkeys(prints, 1), "jobs": jobs}
 
 
 def test_the_digest_merges_collectors_and_takes_only_what_changed():
@@ -72,12 +73,15 @@ def test_the_digest_merges_collectors_and_takes_only_what_changed():
     digest.update("node-a", {"epoch": "e1", "versions": {"j": 1}, "jobs": {}})
     assert digest.changes() == {}
     # A delta: one entry of rank 0; only its compile id is compared again.
-    delta = {"0": {"graphs": {"1/0 forward": ["cccc"]}, "cache": {}}}
+    delta = {"0": {"graphs": {("1/0", "forward"): ["cccc"]}, "cache": {}}}
     digest.update(
         "node-a", {"epoch": "e1", "versions": {"j": 2}, "jobs": {}, "deltas": {"j": delta}}
     )
     assert digest.changes() == {"j": {"1/0"}}
-    assert digest.ranks("j")["0"]["graphs"] == {"0/0 forward": ["aaaa"], "1/0 forward": ["cccc"]}
+    assert digest.ranks("j")["0"]["graphs"] == {
+        ("0/0", "forward"): ["aaaa"],
+        ("1/0", "forward"): ["cccc"],
+    }
     found = divergence.find("j", digest.ranks("j"), {"1/0"})
     assert [(f.kind, f.compile_id) for f in found] == [("compile_ids", "1/0")]  # rank 1 lacks it
     # The collector restarted (a new epoch) and holds nothing yet: its ranks leave.
@@ -104,15 +108,16 @@ def test_finding_at_some_compile_ids_finds_what_the_full_search_finds_there():
         assert at == [f for f in everything if f.compile_id == compile_id]
 
 
-def test_a_copy_of_fingerprints_is_equal_and_independent():
-    prints = fingerprints(graph(0), graph(1, graph_hash="bbbb"), frame(0, cache={"fx": {"hit": 1}}))
-    copied = divergence.copy_ranks(prints["j"])
-    assert copied == prints["j"]
+def test_a_summary_sends_each_distinct_fingerprint_once_as_an_independent_copy():
+    prints = fingerprints(graph(0), graph(1, graph_hash="bbbb"), graph(2), graph(3))
+    classes = divergence.summary(prints["j"])
+    assert [names for names, _ in classes] == [("0", "2", "3"), ("1",)]
+    assert classes[0][1] == prints["j"]["0"] and classes[1][1] == prints["j"]["1"]
     divergence.observe(
         prints, to_record(graph(0, graph_hash="cccc"))
     )  # a later record, same compile id
-    assert copied["0"]["graphs"]["0/0 forward"] == ["aaaa"]
-    assert prints["j"]["0"]["graphs"]["0/0 forward"] == ["aaaa", "cccc"]
+    assert classes[0][1]["graphs"]["0/0", "forward"] == ["aaaa"]
+    assert prints["j"]["0"]["graphs"]["0/0", "forward"] == ["aaaa", "cccc"]
 
 
 def collective_graph(rank, op):
@@ -212,3 +217,86 @@ def test_the_compare_group_reaches_the_head_in_a_delta():
     digest.update("node", {"epoch": "e", "versions": {"j": 2}, "jobs": {}, "deltas": {"j": delta}})
     assert set(divergence.compare_groups(digest.ranks("j"))) == {"0", "1"}
     assert divergence.find_in_groups("j", digest.ranks("j")) == []
+
+
+def test_a_compile_id_with_a_space_is_compared_whole():
+    """Keys are (compile id, graph) tuples: a compile id with a space is never cut at it."""
+    compile_id = "0/0 [compiled autograd]"
+    prints = fingerprints(
+        graph(0, compile_id=compile_id, graph_hash="aaaa"),
+        graph(1, compile_id=compile_id, graph_hash="bbbb"),
+    )
+    (finding,) = divergence.find("j", prints["j"])
+    assert (finding.kind, finding.compile_id) == ("graph_hash", compile_id)
+    digest = divergence.Digest()
+    digest.update("node", {"epoch": "e", "versions": {"j": 1}, "jobs": {}, "deltas": prints})
+    assert digest.changes() == {"j": {compile_id}}
+
+
+def test_ranks_that_change_alike_keep_one_fingerprint_and_one_that_changes_alone_leaves_it():
+    digest = divergence.Digest()
+    digest.update("node", answer("e", fingerprints(graph(0), graph(1), graph(2))))
+    ranks = digest.ranks("j")
+    assert ranks["0"] is ranks["1"] is ranks["2"]  # read whole: one object, compared once
+
+    def change(version: int, *ranks: str, key=("1/0", "forward"), value="bbbb") -> None:
+        delta = {rank: {"graphs": {key: [value]}} for rank in ranks}
+        answer = {"epoch": "e", "versions": {"j": version}, "jobs": {}, "deltas": {"j": delta}}
+        digest.update("node", answer)
+        digest.changes()
+
+    change(2, "0", "1", "2")
+    ranks = digest.ranks("j")
+    assert ranks["0"] is ranks["1"] is ranks["2"]
+    assert ranks["0"]["graphs"][("1/0", "forward")] == ["bbbb"]
+    change(3, "1", key=("2/0", "forward"))
+    change(4, "1", key=("3/0", "forward"))  # its own now: changed in place
+    ranks = digest.ranks("j")
+    assert ranks["0"] is ranks["2"] and ranks["1"] is not ranks["0"]
+    assert kinds({"j": ranks}) == [("compile_ids", "2/0"), ("compile_ids", "3/0")]
+    assert set(ranks["0"]["graphs"]) == {("0/0", "forward"), ("1/0", "forward")}
+    delta = {
+        "0": {"graphs": {("4/0", "forward"): ["x"]}},
+        "2": {"graphs": {("4/0", "forward"): ["y"]}},
+    }
+    digest.update("node", {"epoch": "e", "versions": {"j": 5}, "jobs": {}, "deltas": {"j": delta}})
+    found = divergence.find("j", digest.ranks("j"), {"4/0"})  # 0 and 2 changed unlike
+    assert [(f.kind, dict(f.groups)) for f in found] == [
+        ("graph_hash", {"x": ("0",), "y": ("2",)}),
+        ("compile_ids", {"compiled": ("0", "2"), "missing": ("1",)}),
+    ]
+
+
+class CountedParts(dict):
+    """A rank's fingerprint that counts how often ``find`` reads it."""
+
+    reads = 0
+
+    def __getitem__(self, part):
+        CountedParts.reads += 1
+        return super().__getitem__(part)
+
+    def get(self, part, default=None):
+        CountedParts.reads += 1
+        return super().get(part, default)
+
+
+def test_ranks_that_each_compile_an_id_of_their_own_are_not_read_once_per_id():
+    """Each compile id is judged on the ranks that hold it: 400 ranks with an id of their own
+    cost reads in proportion to ranks, not ranks x ids (640,800 reads before)."""
+    prints = fingerprints(*(graph(rank, compile_id=f"own/{rank}") for rank in range(400)))
+    ranks = {rank: CountedParts(parts) for rank, parts in prints["j"].items()}
+    CountedParts.reads = 0
+    found = divergence.find("j", ranks, {f"own/{rank}" for rank in range(400)})
+    assert len(found) == 400 and dict(found[0].groups) == {
+        "compiled": ("0",),
+        "missing": ("1-399",),
+    }
+    assert CountedParts.reads < 10 * 400
+
+
+def test_groups_name_runs_of_ranks_as_ranges_and_are_read_back():
+    names = divergence.ranges([-3, -2, -1, 0, 2, 3, 5, 6, 7])
+    assert names == ("-3-0", "2", "3", "5-7")
+    assert divergence.expand(names) == ["-3", "-2", "-1", "0", "2", "3", "5", "6", "7"]
+    assert divergence.size(names) == 9

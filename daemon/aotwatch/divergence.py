@@ -8,6 +8,7 @@ the head merges them per job and compares the ranks.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,11 +33,13 @@ MAX_COMPILE_IDS = 10_000
 """Compile ids remembered per rank (the oldest go first): memory stays bounded however long
 a job runs."""
 
-Fingerprints = dict[str, dict[str, dict[str, dict[str, Any]]]]
-"""job -> rank (str) -> {"graphs": {"<compile_id> <graph>": [distinct hashes]},
-"collectives": {"<compile_id> <graph>": [distinct schedule hashes]},
+GraphKey = tuple[str, str]
+"""(compile id, graph kind): a tuple, so a compile id is never cut back out of a string."""
+Fingerprints = dict[str, dict[str, dict[str, dict[Any, Any]]]]
+"""job -> rank (str) -> {"graphs": {(compile_id, graph): [distinct hashes]},
+"collectives": {(compile_id, graph): [distinct schedule hashes]},
 "cache": {compile_id: pattern}, "compare_group": {"": group}}."""
-Change = tuple[str, str, str]
+Change = tuple[str, str, GraphKey | str]
 """(rank, part, graph key or compile id): one entry of a rank's fingerprint."""
 
 
@@ -44,7 +47,7 @@ def empty_parts() -> dict[str, dict[str, Any]]:
     return {part: {} for part in PARTS}
 
 
-def _add_distinct(part: dict[str, list[str]], key: str, value: str | None) -> None:
+def _add_distinct(part: dict[GraphKey, list[str]], key: GraphKey, value: str | None) -> None:
     values = part.setdefault(key, [])
     if value and value not in values and len(values) < MAX_GRAPHS_PER_ID:
         values.append(value)
@@ -58,13 +61,14 @@ def observe(fingerprints: Fingerprints, record: Record) -> list[Change]:
     if compile_id is None:
         return []
     rank_name = str(record.rank)
-    rank = fingerprints.setdefault(record.job_name, {}).setdefault(rank_name, empty_parts())
+    job = fingerprints.setdefault(record.job_name, {})
+    rank = job.get(rank_name) or job.setdefault(rank_name, empty_parts())
     changes: list[Change] = []
     if record.compare_group is not None and rank["compare_group"].get("") != record.compare_group:
         rank["compare_group"][""] = record.compare_group
         changes.append((rank_name, "compare_group", ""))
     if record.graph is not None:
-        key = f"{compile_id} {record.graph}"
+        key = (compile_id, record.graph)
         _add_distinct(rank["graphs"], key, record.graph_hash)
         changes.append((rank_name, "graphs", key))
         if record.collective_hash:
@@ -81,19 +85,38 @@ def observe(fingerprints: Fingerprints, record: Record) -> list[Change]:
     return [*changes, (rank_name, "cache", compile_id)]
 
 
-def copy_ranks(ranks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """A copy of one job's fingerprints that later records cannot change (about ten times
+def compile_id_of(key: GraphKey | str) -> str:
+    """The compile id of a fingerprint entry's key (a graph key, or a compile id itself)."""
+    return key[0] if type(key) is tuple else key
+
+
+Classes = list[tuple[tuple[str, ...], dict[str, dict[Any, Any]]]]
+"""A job's fingerprints in short: each distinct fingerprint once, with the ranks that have it
+(the ranks of an SPMD job compile the same things)."""
+
+
+def copy_parts(parts: dict[str, dict[Any, Any]]) -> dict[str, dict[Any, Any]]:
+    """A copy of one rank's fingerprint that later records cannot change (about ten times
     faster than ``copy.deepcopy``: the shape is known, lists of hashes or a pattern)."""
     return {
-        rank: {
-            part: {
-                key: list(value) if type(value) is list else value
-                for key, value in parts.get(part, {}).items()
-            }
-            for part in PARTS
+        part: {
+            key: list(value) if type(value) is list else value
+            for key, value in parts.get(part, {}).items()
         }
-        for rank, parts in ranks.items()
+        for part in PARTS
     }
+
+
+def summary(ranks: dict[str, dict[str, Any]]) -> Classes:
+    """One job's fingerprints as ``Classes``: equal fingerprints copied and sent once."""
+    classes: list[tuple[list[str], dict[str, Any]]] = []
+    for rank, parts in ranks.items():
+        same = next((names for names, seen in classes if seen == parts), None)
+        if same is None:
+            classes.append(([rank], parts))
+        else:
+            same.append(rank)
+    return [(tuple(names), copy_parts(parts)) for names, parts in classes]
 
 
 class Digest:
@@ -101,15 +124,24 @@ class Digest:
 
     A collector numbers each job's changes and answers, per round, every job's number and,
     for the jobs whose number moved since the head last saw it, the entries that changed
-    since then (``NodeCollector.fingerprints_since``; a whole job when the head has nothing
-    of it yet). So a round costs what is new, not ranks x history. A collector that
-    restarted (a new ``epoch``) is read afresh. ``changes`` tells the head which compile ids
-    of which jobs to compare again.
+    since then (``NodeCollector.fingerprints_since``; a whole job, in ``summary`` form, when
+    the head has nothing of it yet). So a round costs what is new, not ranks x history. A
+    collector that restarted (a new ``epoch``) is read afresh. ``changes`` tells the head
+    which compile ids of which jobs to compare again.
+
+    Ranks read whole share one fingerprint object per distinct fingerprint, across
+    collectors (what makes a restarted head's first round cost seconds at 10,240 ranks: it
+    compares each distinct fingerprint once). A change to such a rank goes to a copy,
+    shared by the ranks that had the same fingerprint and changed alike in the round (an
+    SPMD job's ranks stay on one); a copy taken by one rank alone is its own from then on.
     """
 
     def __init__(self) -> None:
-        self._nodes: dict[str, dict[str, Any]] = {}  # node -> epoch, versions, jobs
+        self._nodes: dict[str, dict[str, Any]] = {}  # node -> epoch, versions, jobs, shared
         self._changed: dict[str, set[str] | None] = {}  # job -> compile ids; None: all
+        self._last: dict[str, dict[str, Any]] = {}  # job -> the fingerprint last read whole
+        self._copies: dict[tuple[int, str], tuple[dict, dict, list]] = {}  # this round:
+        # (shared fingerprint, delta) -> (that fingerprint, its changed copy, who took it)
 
     def known(self, node: str) -> tuple[str | None, dict[str, int]]:
         """(epoch, job versions) the head holds for ``node``: what it asks the collector for."""
@@ -122,26 +154,60 @@ class Digest:
         if entry is None or entry["epoch"] != answer["epoch"]:
             for job in entry["jobs"] if entry else ():
                 self._changed[job] = None
-            entry = self._nodes[node] = {"epoch": answer["epoch"], "versions": {}, "jobs": {}}
+            entry = self._nodes[node] = {
+                "epoch": answer["epoch"],
+                "versions": {},
+                "jobs": {},
+                "shared": {},  # job -> its ranks whose fingerprint object is shared
+            }
         for job in set(entry["jobs"]) - set(answer["versions"]):  # forgotten by the collector
             del entry["jobs"][job]
+            entry["shared"].pop(job, None)
             self._changed[job] = None
-        for job, ranks in answer["jobs"].items():
-            entry["jobs"][job] = ranks
+        for job, classes in answer["jobs"].items():
+            entry["jobs"][job] = self._whole(job, classes)
+            entry["shared"][job] = set(entry["jobs"][job])
             self._changed[job] = None
         for job, delta in answer.get("deltas", {}).items():
-            self._apply(entry["jobs"].setdefault(job, {}), job, delta)
+            ranks = entry["jobs"].setdefault(job, {})
+            self._apply(ranks, entry["shared"].setdefault(job, set()), job, delta)
         entry["versions"] = answer["versions"]
 
-    def _apply(self, ranks: dict[str, dict[str, Any]], job: str, delta: dict) -> None:
+    def _whole(self, job: str, classes: Classes) -> dict[str, dict[str, Any]]:
+        """A job read whole: equal fingerprints (from any collector) become one object."""
+        ranks = {}
+        for names, parts in classes:
+            if parts == self._last.get(job):
+                parts = self._last[job]
+            self._last[job] = parts
+            ranks.update(dict.fromkeys(names, parts))
+        return ranks
+
+    def _apply(
+        self, ranks: dict[str, dict[str, Any]], shared: set[str], job: str, delta: dict
+    ) -> None:
         changed = self._changed.setdefault(job, set())
         for rank, parts in delta.items():
-            mine = ranks.setdefault(rank, empty_parts())
+            if parts.get("compare_group"):  # a rank joined a group: its job is judged anew
+                changed = self._changed[job] = None
+            if changed is not None:
+                for kind in PARTS:
+                    changed.update(map(compile_id_of, parts.get(kind, {})))
+            mine = ranks.get(rank)
+            if mine is None:
+                mine = ranks[rank] = empty_parts()
+            elif rank in shared:  # a copy, shared by the ranks that had it and change alike
+                key = (id(mine), repr(parts))  # equal entries in the same order
+                if key in self._copies:
+                    ranks[rank] = self._copies[key][1]
+                    self._copies[key][2].append((shared, rank))
+                    continue
+                copy = ranks[rank] = {kind: dict(mine.get(kind, {})) for kind in PARTS}
+                self._copies[key] = (mine, copy, [(shared, rank)])  # keeps ``mine``'s id
+                mine = copy
             for kind in PARTS:
                 mine.setdefault(kind, {}).update(parts.get(kind, {}))
                 trim_oldest(mine[kind], MAX_COMPILE_IDS)
-                if changed is not None:
-                    changed.update(key.split(" ")[0] for key in parts.get(kind, {}))
 
     def forget(self, node: str) -> None:
         """A node is gone."""
@@ -150,7 +216,14 @@ class Digest:
 
     def changes(self) -> dict[str, set[str] | None]:
         """The jobs changed since the last call: the compile ids to compare again (None: all)."""
+        for _, _, takers in self._copies.values():
+            if len(takers) == 1:  # its own copy: changed in place from now on
+                shared, rank = takers[0]
+                shared.discard(rank)
+        self._copies.clear()
         changed, self._changed = self._changed, {}
+        jobs = self.jobs()
+        self._last = {job: parts for job, parts in self._last.items() if job in jobs}
         return changed
 
     def nodes(self) -> set[str]:
@@ -202,13 +275,94 @@ def counts(findings: list[Finding]) -> dict[tuple[str, str], int]:
     return dict(Counter((finding.job_name, finding.kind) for finding in findings))
 
 
-def _groups(values: dict[str, str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    by_value: dict[str, list[str]] = {}
-    for rank, value in values.items():
-        by_value.setdefault(value, []).append(rank)
-    return tuple(
-        sorted((value, tuple(sorted(ranks, key=int))) for value, ranks in by_value.items())
-    )
+RUN = 3
+"""Consecutive ranks from this many on are named as a range ("0-4095"): a group of a
+10,240-rank job stays a few names long."""
+
+
+def _run(first: int, last: int) -> list[str]:
+    """The names of the consecutive ranks ``first`` to ``last``."""
+    if last - first + 1 >= RUN:
+        return [f"{first}-{last}"]
+    return [str(rank) for rank in range(first, last + 1)]
+
+
+def ranges(ranks: list[int]) -> tuple[str, ...]:
+    """Sorted ranks as names, runs of ``RUN`` or more consecutive ranks as "first-last"."""
+    names: list[str] = []
+    start = 0
+    for end in range(1, len(ranks) + 1):
+        if end == len(ranks) or ranks[end] != ranks[end - 1] + 1:
+            names += _run(ranks[start], ranks[end - 1])
+            start = end
+    return tuple(names)
+
+
+_RANGE = re.compile(r"(-?\d+)(?:-(-?\d+))?")
+
+
+def _bounds(name: str) -> tuple[int, int]:
+    first, last = _RANGE.fullmatch(name).groups()
+    return int(first), int(last or first)
+
+
+def expand(names: tuple[str, ...] | list[str]) -> list[str]:
+    """The ranks a group names (``ranges`` undone)."""
+    return [str(rank) for name in names for rank in range(_bounds(name)[0], _bounds(name)[1] + 1)]
+
+
+def size(names: tuple[str, ...] | list[str]) -> int:
+    """How many ranks a group names, without listing them."""
+    return sum(last - first + 1 for first, last in map(_bounds, names))
+
+
+class _Job:
+    """One job's ranks for ``find``: ranks sharing one fingerprint object are compared once
+    (a class), and each compile id is judged on the classes that hold it."""
+
+    def __init__(self, ranks: dict[str, dict[str, Any]]) -> None:
+        by_object: dict[int, tuple[dict[str, Any], list[int]]] = {}
+        for rank, parts in ranks.items():
+            by_object.setdefault(id(parts), (parts, []))[1].append(int(rank))
+        self.classes = list(by_object.values())
+        self.order = sorted(int(rank) for rank in ranks)  # every rank, for who is missing
+        self.position = {rank: index for index, rank in enumerate(self.order)}
+        self.run_end = list(range(len(self.order)))  # index -> last index of its run
+        for index in range(len(self.order) - 2, -1, -1):
+            if self.order[index + 1] == self.order[index] + 1:
+                self.run_end[index] = self.run_end[index + 1]
+
+    def holders(self, compile_ids: set[str] | None) -> dict[str, list[int]]:
+        """compile id -> the classes that hold it (a graph or a cache pattern), for
+        ``compile_ids`` (None: every compile id)."""
+        keys = None if compile_ids is None else {(c, g) for c in compile_ids for g in GRAPH_KINDS}
+        held: dict[str, list[int]] = {}
+        for index, (parts, _) in enumerate(self.classes):
+            graphs, cache = parts["graphs"].keys(), parts["cache"].keys()
+            found = {key[0] for key in (graphs if keys is None else graphs & keys)}
+            found.update(cache if compile_ids is None else cache & compile_ids)
+            for compile_id in found:
+                held.setdefault(compile_id, []).append(index)
+        return held
+
+    def groups(self, values: dict[int, str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Class -> value, as (value, ranks) pairs sorted by value."""
+        by_value: dict[str, list[int]] = {}
+        for index, value in values.items():
+            by_value.setdefault(value, []).extend(self.classes[index][1])
+        return tuple(sorted((value, ranges(sorted(r))) for value, r in by_value.items()))
+
+    def missing(self, present: list[int]) -> tuple[str, ...]:
+        """The ranks not in ``present`` (sorted), named by run: costs ``present``, not the job."""
+        names: list[str] = []
+        start = 0
+        for stop in [self.position[rank] for rank in present] + [len(self.order)]:
+            while start < stop:  # the runs of the gap before ``stop``
+                end = min(self.run_end[start], stop - 1)
+                names += _run(self.order[start], self.order[end])
+                start = end + 1
+            start = stop + 1
+        return tuple(names)
 
 
 def compare_groups(ranks: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -234,43 +388,59 @@ def find_in_groups(
 def find(
     job_name: str, ranks: dict[str, dict[str, Any]], compile_ids: set[str] | None = None
 ) -> list[Finding]:
-    """Every divergence between the ranks of one job, at ``compile_ids`` (None: all)."""
+    """Every divergence between the ranks of one job, at ``compile_ids`` (None: all).
+
+    Costs the classes holding each compile id (ranks sharing a fingerprint object count
+    once), not ranks x compile ids: 10,240 ranks that each compiled an id of their own are
+    judged in one pass."""
     if len(ranks) < 2:
         return []
-    if compile_ids is None:
-        compile_ids = {key.split(" ")[0] for v in ranks.values() for key in v["graphs"]}
-        compile_ids |= {compile_id for v in ranks.values() for compile_id in v["cache"]}
+    job = _Job(ranks)
+    held = job.holders(compile_ids)
     findings = []
-    for compile_id in sorted(compile_ids):
-        findings += _find_at(job_name, ranks, compile_id)
+    for compile_id in sorted(held):
+        findings += _find_at(job_name, job, compile_id, held[compile_id])
     return findings
 
 
-def _find_at(job_name: str, ranks: dict[str, dict[str, Any]], compile_id: str) -> list[Finding]:
-    findings, present = [], {}
+def _find_at(job_name: str, job: _Job, compile_id: str, holders: list[int]) -> list[Finding]:
+    findings = _values_at(job_name, job, compile_id, holders) if len(holders) > 1 else []
+    present = sorted(rank for i in holders for rank in job.classes[i][1])
+    if len(present) < len(job.order):
+        groups = (("compiled", ranges(present)), ("missing", job.missing(present)))
+        findings.append(Finding(job_name, "compile_ids", compile_id, groups))
+    return findings
+
+
+def _values_at(job_name: str, job: _Job, compile_id: str, holders: list[int]) -> list[Finding]:
+    """Graphs, schedules and cache patterns that differ at ``compile_id`` between classes
+    (one class alone has one of each)."""
+    findings = []
     for graph in GRAPH_KINDS:
-        key = f"{compile_id} {graph}"
-        hashes = {r: ",".join(v["graphs"][key]) for r, v in ranks.items() if key in v["graphs"]}
+        key = (compile_id, graph)
+        hashes = {
+            i: ",".join(job.classes[i][0]["graphs"][key])
+            for i in holders
+            if key in job.classes[i][0]["graphs"]
+        }
         schedules = {
-            r: f"{graph}: " + (" | ".join(ranks[r].get("collectives", {}).get(key, ())) or "none")
-            for r in hashes
+            i: f"{graph}: "
+            + (" | ".join(job.classes[i][0].get("collectives", {}).get(key, ())) or "none")
+            for i in hashes
         }
         if len(set(schedules.values())) > 1:  # may hang, or silently corrupt the values
             findings.append(
-                Finding(job_name, "collective_schedule", compile_id, _groups(schedules))
+                Finding(job_name, "collective_schedule", compile_id, job.groups(schedules))
             )
         elif len(set(hashes.values())) > 1:
-            findings.append(Finding(job_name, "graph_hash", compile_id, _groups(hashes)))
-        present.update(dict.fromkeys(hashes, "compiled"))
+            findings.append(Finding(job_name, "graph_hash", compile_id, job.groups(hashes)))
     patterns = {
-        r: v["cache"][compile_id] or "none" for r, v in ranks.items() if compile_id in v["cache"]
+        i: job.classes[i][0]["cache"][compile_id] or "none"
+        for i in holders
+        if compile_id in job.classes[i][0]["cache"]
     }
     if len(set(patterns.values())) > 1:
-        findings.append(Finding(job_name, "cache_pattern", compile_id, _groups(patterns)))
-    present.update(dict.fromkeys(patterns, "compiled"))
-    if present and len(present) < len(ranks):
-        missing = {r: present.get(r, "missing") for r in ranks}
-        findings.append(Finding(job_name, "compile_ids", compile_id, _groups(missing)))
+        findings.append(Finding(job_name, "cache_pattern", compile_id, job.groups(patterns)))
     return findings
 
 

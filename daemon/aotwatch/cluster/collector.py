@@ -471,8 +471,9 @@ class NodeCollector:
     def fingerprints_since(self, epoch: str | None, versions: dict[str, int]) -> dict[str, Any]:
         """What the head lacks (see ``divergence.Digest``): this instance's epoch, every job's
         version, whole fingerprints of the jobs the head has none of (or is too far behind
-        on), and for the others the entries changed since the head's version (copies: Ray
-        serialises them after this returns, while pushes may add more)."""
+        on: ``divergence.summary``, each distinct fingerprint once), and for the others the
+        entries changed since the head's version (copies: Ray serialises them after this
+        returns, while pushes may add more)."""
         with self._accept_lock:
             jobs, deltas = {}, {}
             for job, version in self._versions.items():
@@ -480,7 +481,7 @@ class NodeCollector:
                 if known == version:
                     continue
                 if known is None or known < self._changes_since.get(job, 0):
-                    jobs[job] = divergence.copy_ranks(self._fingerprints[job])
+                    jobs[job] = divergence.summary(self._fingerprints[job])
                 else:
                     deltas[job] = self._delta(job, known)
             return {

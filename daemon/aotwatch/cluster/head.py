@@ -41,20 +41,21 @@ COMPILE_IDS_SETTLE_S = 10.0
 class _DivergenceCollector:
     """Exposes ``torch_compile_rank_divergences_total`` (once per job, no rank label)."""
 
-    def __init__(self, head: Head) -> None:
-        self.head = head
+    def __init__(self, watch: DivergenceWatch, labels: dict[str, str]) -> None:
+        self.watch = watch
+        self.labels = labels
 
     def describe(self) -> Any:
         """The families without samples: lets the registry filter by ``name[]``."""
         return self._families({})
 
     def collect(self) -> Any:
-        return self._families(self.head.divergence_counts())
+        return self._families(self.watch.divergence_counts())
 
     def _families(self, counts: dict[tuple[str, str], int]) -> Any:
-        yield build_info_family(self.head.config.labels)
-        yield divergence_family(counts, self.head.config.labels)
-        yield straggler_family(self.head.straggler_seconds(), self.head.config.labels)
+        yield build_info_family(self.labels)
+        yield divergence_family(counts, self.labels)
+        yield straggler_family(self.watch.straggler_seconds(), self.labels)
 
 
 class Head:
@@ -65,15 +66,11 @@ class Head:
         self._lock = threading.Lock()
         self._collectors: dict[str, Any] = {}
         self._endpoints: dict[str, dict[str, Any]] = {}
-        self._findings: dict[tuple[str, str, str], divergence.Finding] = {}
-        self._candidates: dict[tuple[str, str, str], float] = {}  # compile_ids, first seen
-        self._digest = divergence.Digest()
-        self._lives: dict[str, divergence.Live] = {}  # node -> its collector's present
-        self._stragglers: dict[str, float] = {}  # job -> longest wait now (0: none)
+        self.watch = DivergenceWatch(config)
         self._stale: set[str] = set()  # nodes whose endpoint to ask again (restarted, silent)
         self._file_sd_targets: list | None = None  # what file_sd lists now
         self._check_lock = threading.Lock()  # one round at a time (the loop, status callers)
-        registry = registry_for(_DivergenceCollector(self))
+        registry = registry_for(_DivergenceCollector(self.watch, config.labels))
         self.server = serve_metrics(
             registry,
             config.collector.address,
@@ -154,23 +151,75 @@ class Head:
         with self._lock:
             collectors = dict(self._collectors)
         refs = {
-            node: c.fingerprints_since.remote(*self._digest.known(node))
+            node: c.fingerprints_since.remote(*self.watch.known(node))
             for node, c in collectors.items()
         }
-        answers = _answers(refs)
+        stale = self.watch.take(_answers(refs), set(collectors), final)
+        with self._lock:
+            self._stale |= stale
+        return self.watch.divergences()
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"node_id": n, **e} for n, e in sorted(self._endpoints.items())]
+
+    def head_endpoint(self) -> dict[str, Any]:
+        return {
+            "ip": scrape_host(self.config.collector.address),
+            "port": self.server.port,
+            "scheme": "https" if self.server.tls else "http",
+        }
+
+    def status(self) -> dict[str, Any]:
+        """Collectors (node, target, healthy, workers) as of now, divergences, file_sd path."""
+        return {
+            "collectors": self.reconcile(),
+            "head": self.head_endpoint(),
+            "file_sd": str(self.file_sd),
+            "divergences": self.watch.divergences(),
+        }
+
+    def shutdown(self) -> None:
+        """Kill every collector, empty file_sd, stop watching (the caller kills the head)."""
+        self._stop.set()
+        with self._lock:
+            for handle in self._collectors.values():
+                ray.kill(handle, no_restart=True)
+            self._collectors.clear()
+            self._endpoints.clear()
+            write_file_sd(self.file_sd, [], None)
+
+
+class DivergenceWatch:
+    """What the head knows of every job's ranks and what it found in them: takes a round of
+    the collectors' answers (``NodeCollector.fingerprints_since``) and judges the compile ids
+    they changed. No Ray here: ``benchmarks/head_scale.py`` drives it as the head does."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._lock = threading.Lock()  # the findings: rounds write, scrapes and status read
+        self._findings: dict[tuple[str, str, str], divergence.Finding] = {}
+        self._candidates: dict[tuple[str, str, str], float] = {}  # compile_ids, first seen
+        self._digest = divergence.Digest()
+        self._lives: dict[str, divergence.Live] = {}  # node -> its collector's present
+        self._stragglers: dict[str, float] = {}  # job -> longest wait now (0: none)
+
+    def known(self, node: str) -> tuple[str | None, dict[str, int]]:
+        """What to ask ``node``'s collector for (see ``divergence.Digest.known``)."""
+        return self._digest.known(node)
+
+    def take(self, answers: dict[str, Any], nodes: set[str], final: bool) -> set[str]:
+        """One round: the answers of the collectors of ``nodes`` that answered; returns the
+        nodes whose endpoint to ask again (restarted, maybe on a new port, or silent)."""
         restarted = {
-            node
-            for node, answer in answers.items()  # maybe on a new port
-            if answer["epoch"] != self._digest.known(node)[0]
+            node for node, answer in answers.items() if answer["epoch"] != self.known(node)[0]
         }
         for node, answer in answers.items():  # a collector that did not answer keeps what
             self._digest.update(node, answer)  # the head last had of it
             self._lives[node] = answer.get("live", {})
-        with self._lock:
-            self._stale |= restarted | (set(collectors) - set(answers))
-        for node in self._digest.nodes() - set(collectors):
+        for node in self._digest.nodes() - nodes:
             self._digest.forget(node)
-        for node in set(self._lives) - set(collectors):
+        for node in set(self._lives) - nodes:
             del self._lives[node]
         attached = {job for live in self._lives.values() for job in live.get("attached", {})}
         jobs = self._digest.jobs() | attached
@@ -200,7 +249,7 @@ class Head:
                     final,
                     compiling.get(job, set()),
                 )
-        return self.divergences()
+        return restarted | (nodes - set(answers))
 
     def straggler_seconds(self) -> dict[str, float]:
         """The longest a rank of each job has been compiling while others wait (0: none)."""
@@ -226,8 +275,8 @@ class Head:
                 if finding.key in self._findings:
                     continue
                 first_seen = self._candidates.setdefault(finding.key, now)
-                missing = set(dict(finding.groups).get("missing", ()))
-                if missing and missing <= compiling:  # still compiling: maybe that frame
+                missing = dict(finding.groups).get("missing", ())
+                if missing and _within(missing, compiling):  # still compiling: maybe that frame
                     self._candidates[finding.key] = first_seen = now
                 settled = now - first_seen >= COMPILE_IDS_SETTLE_S
                 if finding.kind != "compile_ids" or settled or final:
@@ -256,35 +305,11 @@ class Head:
         with self._lock:
             return divergence.counts(list(self._findings.values()))
 
-    def endpoints(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [{"node_id": n, **e} for n, e in sorted(self._endpoints.items())]
 
-    def head_endpoint(self) -> dict[str, Any]:
-        return {
-            "ip": scrape_host(self.config.collector.address),
-            "port": self.server.port,
-            "scheme": "https" if self.server.tls else "http",
-        }
-
-    def status(self) -> dict[str, Any]:
-        """Collectors (node, target, healthy, workers) as of now, divergences, file_sd path."""
-        return {
-            "collectors": self.reconcile(),
-            "head": self.head_endpoint(),
-            "file_sd": str(self.file_sd),
-            "divergences": self.divergences(),
-        }
-
-    def shutdown(self) -> None:
-        """Kill every collector, empty file_sd, stop watching (the caller kills the head)."""
-        self._stop.set()
-        with self._lock:
-            for handle in self._collectors.values():
-                ray.kill(handle, no_restart=True)
-            self._collectors.clear()
-            self._endpoints.clear()
-            write_file_sd(self.file_sd, [], None)
+def _within(names: tuple[str, ...], ranks: set[str]) -> bool:
+    """Whether every rank a finding's group names is in ``ranks`` (counted before listed: a
+    group may name 10,000 ranks)."""
+    return divergence.size(names) <= len(ranks) and set(divergence.expand(names)) <= ranks
 
 
 def _answers(refs: dict[str, Any]) -> dict[str, Any]:
