@@ -10,7 +10,7 @@ import pytest
 
 from aotwatch import cli, report
 from aotwatch.archive import ARCHIVE_FILE
-from aotwatch.config import CollectorConfig, Config
+from aotwatch.config import Config
 from aotwatch.divergence import Finding
 from aotwatch.records import RecordError, encode_record, new_record, printable, to_record
 from test_cli import aotwatch
@@ -120,21 +120,12 @@ def test_status_escapes_what_collectors_and_the_head_report(capsys):
     assert not any(control in out for control in CONTROLS), repr(out)
 
 
-def test_the_head_logs_a_divergence_escaped(tmp_path, caplog):
-    from aotwatch.cluster.head import Head
+def test_the_head_logs_a_divergence_escaped(caplog):
+    from aotwatch.cluster.head import DivergenceWatch
 
-    config = Config(
-        collector=CollectorConfig(
-            address="127.0.0.1", head_port=0, file_sd_path=str(tmp_path / "sd.json")
-        )
-    )
-    head = Head(config)
-    try:
-        with caplog.at_level(logging.WARNING, logger="aotwatch.cluster.head"):
-            head._judge("job", [HOSTILE], None, 0.0, True, set())
-    finally:
-        head._stop.set()
-        head.server.close()
+    watch = DivergenceWatch(Config())
+    with caplog.at_level(logging.WARNING, logger="aotwatch.cluster.head"):
+        watch._judge("job", [HOSTILE], None, 0.0, True, set())
     (line,) = [r.getMessage() for r in caplog.records if "rank divergence" in r.getMessage()]
     assert "0/0\\x1b]52;c;cm0gLXJmIH4K\\x07" in line
     assert not any(control in line for control in CONTROLS), repr(line)
