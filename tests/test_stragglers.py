@@ -12,6 +12,7 @@ import ray
 from aotwatch.cluster.head import ensure_head, stop_daemon
 from aotwatch.config import CollectorConfig
 from aotwatch.metrics import IN_PROGRESS
+from aotwatch.records import new_record
 from cluster_helpers import cluster_config, collector_values, ranked_worker
 from conftest import scrape, wait_for
 
@@ -57,10 +58,12 @@ def test_a_collector_measures_a_compile_by_its_elapsed_time_on_its_own_clocks(no
         {"compile_id": "3/0", "elapsed_s": float("nan"), "device": "cpu"},
     ],
 )
-def test_an_absurd_compile_time_is_refused(node_collector, compiling):
+def test_an_absurd_compile_time_is_refused_and_the_batch_kept(node_collector, compiling):
     collector = node_collector()
-    collector.push(announcing(compiling), [], {})
-    assert collector.fingerprints_since(None, {})["live"] == {"attached": {}, "compiling": {}}
+    record = new_record(job_name="j", rank=1, compile_id="0/0")
+    assert collector.push(announcing(compiling), [record], {}) == 1  # an older worker's too
+    live = collector.fingerprints_since(None, {})["live"]
+    assert live["compiling"] == {} and "1" in live["attached"]["j"]
 
 
 def head_metric(config, name: str) -> list[str]:

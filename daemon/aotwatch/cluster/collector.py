@@ -125,10 +125,6 @@ def worker_problem(worker: Any) -> str | None:
             return f"{key} is out of range"
         if kind is str and not 0 < len(value) <= MAX_ID:
             return f"{key} must have 1..{MAX_ID} characters"
-    if worker.get("compiling") is not None:
-        problem = compiling_problem(worker["compiling"])
-        if problem:
-            return f"compiling: {problem}"
     return label_value_problem(worker["job_name"])
 
 
@@ -155,10 +151,17 @@ def compiling_problem(state: dict[str, Any]) -> str | None:
 def on_this_clock(worker: dict[str, Any]) -> dict[str, Any]:
     """``worker`` with its compile's start on this collector's clocks, from the time the worker
     says it has run: ``since`` (wall clock, the in-progress gauge) and ``began`` (monotonic,
-    the head's straggler wait). Worker clocks that disagree with this one change nothing."""
+    the head's straggler wait). Worker clocks that disagree with this one change nothing; a
+    notice ``compiling_problem`` refuses is dropped, not the worker's batch."""
     state = worker.get("compiling")
     if state is None:
         return worker
+    problem = compiling_problem(state)
+    if problem:  # an older worker's wall-clock ``since``, a broken clock: its records still count
+        log.debug(
+            "aotwatch: ignored a compile notice of worker %s: %s", worker["worker_id"], problem
+        )
+        return {**worker, "compiling": None}
     elapsed = state["elapsed_s"]
     since, began = time.time() - elapsed, time.monotonic() - elapsed
     clocked = {"compile_id": state["compile_id"], "device": state["device"]}
