@@ -20,15 +20,25 @@ SLOW_S = 20.0
 """Rank 1's compile: longer than the head's 10 s settle time for a missing compile id."""
 
 
-@pytest.fixture
-def config(ray_session, tmp_path):
+def started_daemon(tmp_path, straggler_after_s: float):
+    """A head (and its collectors) paging compiles longer than ``straggler_after_s``."""
     collector = CollectorConfig(
-        address="127.0.0.1", port=0, head_port=0, worker_timeout_s=3, straggler_after_s=2
+        address="127.0.0.1",
+        port=0,
+        head_port=0,
+        worker_timeout_s=3,
+        straggler_after_s=straggler_after_s,
     )
     config = cluster_config(
         tmp_path, namespace=f"aotwatch-straggle-{uuid.uuid4().hex[:8]}", collector=collector
     )
     ensure_head(config)
+    return config
+
+
+@pytest.fixture
+def config(ray_session, tmp_path):
+    config = started_daemon(tmp_path, straggler_after_s=2)
     yield config
     stop_daemon(config)
 
@@ -126,13 +136,7 @@ def test_a_slow_rank_is_in_progress_live_and_a_straggler_not_a_missing_compile_i
 @pytest.fixture
 def patient_config(ray_session, tmp_path):
     """Stragglers after 10 s: a 5 s compile is none, a 20 s one is."""
-    collector = CollectorConfig(
-        address="127.0.0.1", port=0, head_port=0, worker_timeout_s=3, straggler_after_s=10
-    )
-    config = cluster_config(
-        tmp_path, namespace=f"aotwatch-clocks-{uuid.uuid4().hex[:8]}", collector=collector
-    )
-    ensure_head(config)
+    config = started_daemon(tmp_path, straggler_after_s=10)
     yield config
     stop_daemon(config)
 
