@@ -21,7 +21,7 @@ JOB = "budget"
 def worker(number: int, job: str = JOB, compiling: str | None = None) -> dict:
     announced = {"worker_id": f"w{number}", "job_name": job, "rank": number}
     if compiling is not None:
-        announced["compiling"] = {"compile_id": compiling, "since": 1e9, "device": "cuda:0"}
+        announced["compiling"] = {"compile_id": compiling, "elapsed_s": 1.0, "device": "cuda:0"}
     return announced
 
 
