@@ -8,7 +8,6 @@ the head merges them per job and compares the ranks.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
@@ -192,7 +191,8 @@ class Digest:
                 changed = self._changed[job] = None
             if changed is not None:
                 for kind in PARTS:
-                    changed.update(map(compile_id_of, parts.get(kind, {})))
+                    if entries := parts.get(kind):
+                        changed.update(map(compile_id_of, entries))
             mine = ranks.get(rank)
             if mine is None:
                 mine = ranks[rank] = empty_parts()
@@ -298,12 +298,12 @@ def ranges(ranks: list[int]) -> tuple[str, ...]:
     return tuple(names)
 
 
-_RANGE = re.compile(r"(-?\d+)(?:-(-?\d+))?")
-
-
 def _bounds(name: str) -> tuple[int, int]:
-    first, last = _RANGE.fullmatch(name).groups()
-    return int(first), int(last or first)
+    """The first and last rank a name of ``ranges`` stands for ("-1" is a rank, "0-7" a run)."""
+    dash = name.find("-", 1)
+    if dash < 0:
+        return int(name), int(name)
+    return int(name[:dash]), int(name[dash + 1 :])
 
 
 def expand(names: tuple[str, ...] | list[str]) -> list[str]:

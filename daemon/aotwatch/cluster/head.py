@@ -309,6 +309,8 @@ class DivergenceWatch:
 def _within(names: tuple[str, ...], ranks: set[str]) -> bool:
     """Whether every rank a finding's group names is in ``ranks`` (counted before listed: a
     group may name 10,000 ranks)."""
+    if not ranks:
+        return False
     return divergence.size(names) <= len(ranks) and set(divergence.expand(names)) <= ranks
 
 
