@@ -176,3 +176,45 @@ def test_the_head_serves_waits_redundant_seconds_and_a_straggler_cause():
     key = ("torch_compile_redundant_seconds_total", (("job_name", "b"), ("scope", "fleet")))
     assert metrics[key] == 20.0
     assert metrics[("torch_compile_wait_rank_seconds_total", (("job_name", "a"),))] == 90.0
+
+
+def test_the_text_report_names_the_waits_the_work_done_twice_and_the_cures(tmp_path):
+    from aotwatch.archive import ARCHIVE_FILE
+    from aotwatch.records import encode_record
+    from test_cli import aotwatch
+
+    first = program("a", 4)
+    first[-1]["durations_s"] = {"total": 30.0}  # rank 3 compiled 20 s longer: 60 rank-s waited
+    later = program("b", 2)
+    for record in later:
+        record["time"] += 60  # job b ran after job a
+    (tmp_path / ARCHIVE_FILE).write_bytes(b"".join(map(encode_record, first + later)))
+    result = aotwatch("report", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.split("compile cost:")[1]
+    assert "a: ranks waited 60 s (0.02 rank-hours) for a slower rank's compile" in out
+    assert "a: 4 ranks compiled the same 1 graphs: 45 s (0.01 rank-hours) done twice" in out
+    assert cost.CURES["job"] in out
+    assert "b: 20 s (0.01 rank-hours) compiling graphs an earlier job had compiled" in out
+    assert cost.CURES["fleet"] in out
+
+
+def test_status_shows_the_cost_the_head_counted(capsys):
+    from aotwatch import cli
+
+    cli._print_status(
+        {
+            "collectors": [],
+            "divergences": [],
+            "cost": {
+                "waits": {"a": 7200.0},
+                "redundant": [["a", "job", 3600.0], ["a", "fleet", 0.0]],
+                "twice": {"a": [1024, 40]},
+            },
+            "file_sd": "f",
+        }
+    )
+    out = capsys.readouterr().out
+    assert "a: ranks waited 7,200 s (2.00 rank-hours) for a slower rank's compile" in out
+    assert "a: 1024 ranks compiled the same 40 graphs: 3,600 s (1.00 rank-hours)" in out
+    assert "earlier job" not in out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aotwatch import divergence
 from aotwatch.lru import LruCache
 from aotwatch.records import GRAPH_KINDS, Record
 
@@ -189,3 +190,48 @@ def _pattern_counts(pattern: str) -> dict[str, dict[str, int]]:
         cache, _, result = item.partition(":")
         counts.setdefault(cache, {})[result] = 1
     return counts
+
+
+class Ledger:
+    """What the reports count from archived records, as the head does live: the work table
+    and the seconds each rank compiled each frame (the waits), ``max_keys`` compiles a job.
+    ``add`` takes the records folded (valid, each once) in the order they are read."""
+
+    def __init__(self, max_keys: int) -> None:
+        self.max_keys = max_keys
+        self.work: Work = {}
+        self._fingerprints: dict[str, Any] = {}
+        self._first: dict[str, float] = {}  # job -> its earliest record's time
+        self._seconds: dict[str, dict[str, dict[str, float]]] = {}  # job -> id -> rank -> s
+
+    def add(self, record: Record) -> None:
+        job = record.job_name
+        self._first[job] = min(self._first.get(job, record.time), record.time)
+        divergence.observe(self._fingerprints, record)
+        fold(self.work, record, self._fingerprints, self.max_keys)
+        seconds = record.durations_s.get("total")
+        if record.graph is None and record.compile_id is not None and seconds:
+            compiles = self._seconds.setdefault(job, {})
+            if record.compile_id in compiles or len(compiles) < self.max_keys:
+                ranks = compiles.setdefault(record.compile_id, {})
+                ranks[str(record.rank)] = min(seconds, MAX_COMPILE_S)
+
+    def redundant(self) -> dict[tuple[str, str], float]:
+        """Seconds done twice per (job, scope), the jobs judged in the order they began."""
+        seen = Seen(self.max_keys)
+        return {
+            (job, scope): seconds
+            for job in sorted(self.work, key=lambda job: (self._first[job], job))
+            for scope, seconds in redundant(job, self.work[job], seen).items()
+        }
+
+    def twice(self) -> dict[str, tuple[int, int]]:
+        """``graphs_twice`` per job."""
+        return {job: graphs_twice(table) for job, table in self.work.items()}
+
+    def waits(self) -> dict[str, float]:
+        """Rank-seconds each job's ranks waited for the slowest rank of each compile."""
+        return {
+            job: sum(archive_wait(ranks) for ranks in compiles.values())
+            for job, compiles in sorted(self._seconds.items())
+        }

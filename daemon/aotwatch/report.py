@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from aotwatch import divergence
+from aotwatch import cost, divergence
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import ARCHIVE_FILE, archive_files, read_archive
 from aotwatch.divergence import Finding
@@ -130,6 +130,36 @@ def prometheus(
     if findings:
         text += family_exposition(divergence_family(divergence.counts(findings), const_labels))
     return text.decode()
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds:,.0f} s ({seconds / 3600:,.2f} rank-hours)"
+
+
+def cost_lines(
+    redundant: dict[tuple[str, str], float],
+    waits: dict[str, float],
+    twice: dict[str, tuple[int, int]],
+) -> list[str]:
+    """``compile cost:`` and, per job, the rank-seconds its ranks waited for a straggler and
+    the compile seconds done twice (``cost.redundant``; ``twice``: ``cost.graphs_twice``),
+    each scope with its cure (escaped: ``printable``). The reports and ``aotwatch status``."""
+    lines = []
+    for job in sorted(set(waits) | {job for job, _ in redundant}):
+        if waits.get(job):
+            lines.append(f"  {job}: ranks waited {_hours(waits[job])} for a slower rank's compile")
+        ranks, graphs = twice.get(job, (0, 0))
+        if redundant.get((job, "job")):
+            lines.append(
+                f"  {job}: {ranks} ranks compiled the same {graphs} graphs: "
+                f"{_hours(redundant[(job, 'job')])} done twice; {cost.CURES['job']}"
+            )
+        if redundant.get((job, "fleet")):
+            lines.append(
+                f"  {job}: {_hours(redundant[(job, 'fleet')])} compiling graphs an earlier job "
+                f"had compiled; {cost.CURES['fleet']}"
+            )
+    return [f"compile cost: {'' if lines else 'none'}".rstrip(), *map(printable, lines)]
 
 
 def divergence_lines(findings: list[Finding] | list[dict[str, Any]]) -> list[str]:

@@ -183,6 +183,7 @@ class Head:
             "head": self.head_endpoint(),
             "file_sd": str(self.file_sd),
             "divergences": self.watch.divergences(),
+            "cost": self.watch.cost(),
         }
 
     def shutdown(self) -> None:
@@ -214,6 +215,7 @@ class DivergenceWatch:
         self._counted: dict[tuple[str, str, str], float] = {}  # see ``cost.waited``
         self._redundant: dict[tuple[str, str], float] = {}  # (job, scope) -> seconds
         self._seen = cost.Seen(config.collector.max_cost_graphs)
+        self._twice: dict[str, tuple[int, int]] = {}  # job -> ``cost.graphs_twice``
 
     def known(self, node: str) -> tuple[str | None, dict[str, int]]:
         """What to ask ``node``'s collector for (see ``divergence.Digest.known``)."""
@@ -248,10 +250,10 @@ class DivergenceWatch:
             list(self._lives.values()), self.config.collector.straggler_after_s
         )
         now = time.monotonic()
-        redundant = self._judge_work(jobs)
+        redundant, twice = self._judge_work(jobs)
         with self._lock:
             self._stragglers = longest
-            self._redundant = redundant
+            self._redundant, self._twice = redundant, twice
             for job, seconds in cost.waited(self._counted, waits).items():
                 self._waited[job] = self._waited.get(job, 0.0) + seconds
             for finding in late:
@@ -271,16 +273,18 @@ class DivergenceWatch:
                 )
         return restarted | (nodes - set(answers))
 
-    def _judge_work(self, jobs: set[str]) -> dict[tuple[str, str], float]:
-        """Every job's redundant compile seconds by scope (see ``cost.redundant``), the jobs
-        in the order the head first saw their graphs."""
-        redundant = {}
+    def _judge_work(self, jobs: set[str]) -> tuple[dict[tuple[str, str], float], dict]:
+        """Every job's redundant compile seconds by scope (see ``cost.redundant``) and its
+        ``cost.graphs_twice``; jobs first seen in one round are judged by name."""
+        redundant, twice = {}, {}
         for job in sorted(jobs):
             tables = [work[job] for work in self._work.values() if job in work]
             if tables:
-                for scope, seconds in cost.redundant(job, cost.merge(tables), self._seen).items():
+                merged = cost.merge(tables)
+                twice[job] = cost.graphs_twice(merged)
+                for scope, seconds in cost.redundant(job, merged, self._seen).items():
                     redundant[(job, scope)] = seconds
-        return redundant
+        return redundant, twice
 
     def wait_seconds(self) -> dict[str, float]:
         """Rank-seconds each job's ranks spent waiting for a straggler's compile so far."""
@@ -291,6 +295,15 @@ class DivergenceWatch:
         """Compile seconds done twice per (job, scope) (see ``cost``)."""
         with self._lock:
             return dict(self._redundant)
+
+    def cost(self) -> dict[str, Any]:
+        """What ``aotwatch status`` shows of the cost (see ``report.cost_lines``)."""
+        with self._lock:
+            return {
+                "waits": dict(self._waited),
+                "redundant": [[job, scope, s] for (job, scope), s in self._redundant.items()],
+                "twice": {job: list(n) for job, n in self._twice.items()},
+            }
 
     def straggler_seconds(self) -> dict[str, float]:
         """The longest a rank of each job has been compiling while others wait (0: none)."""
