@@ -124,6 +124,10 @@ def test_the_cause_of_a_straggler():
     assert cost.cause("1", "0/2", ranks) == "a recompile (0/2) its peers did not make"
     prints, _ = folded(graph("j", 0), frame("j", 0, cache=MISS))
     assert cost.cause("1", "0/0", {**prints["j"], "1": divergence.empty_parts()}) is None
+    prints, _ = folded(
+        graph("j", 0), frame("j", 0, cache=HIT), graph("j", 1), frame("j", 1, cache=HIT)
+    )
+    assert cost.cause("1", "0/0", prints["j"]) is None  # it hit too: slow for another reason
 
 
 def answer(prints, work, live):
@@ -218,3 +222,27 @@ def test_status_shows_the_cost_the_head_counted(capsys):
     assert "a: ranks waited 7,200 s (2.00 rank-hours) for a slower rank's compile" in out
     assert "a: 1024 ranks compiled the same 40 graphs: 3,600 s (1.00 rank-hours)" in out
     assert "earlier job" not in out
+
+
+def test_the_html_report_names_the_cost_of_each_job(tmp_path):
+    from aotwatch.archive import ARCHIVE_FILE
+    from aotwatch.records import encode_record
+    from test_cli import aotwatch
+
+    later = program("b", 2)
+    for record in later:
+        record["time"] += 60
+    slow = [graph("c", 0, graph_hash="cccc"), frame("c", 0, cache=HIT, seconds=1.0)]
+    slow += [graph("c", 1, graph_hash="cccc"), frame("c", 1, seconds=21.0)]  # a miss where 0 hit
+    records = program("a", 4) + later + slow
+    (tmp_path / ARCHIVE_FILE).write_bytes(b"".join(map(encode_record, records)))
+    page = tmp_path / "report.html"
+    result = aotwatch("report", str(tmp_path), "--format", "html", "-o", str(page))
+    assert result.returncode == 0, result.stderr
+    html = page.read_text()
+    assert html.count("<h3>What compiling cost</h3>") == 3
+    why = "rank 1 compiled 0/0 for 21.0 s, 20.0 rank-s waited: a cache miss where its peers hit"
+    assert f"Why slow (★ on the timeline): {why} (fx_graph:hit)" in html
+    assert "why a rank was slow" in html  # the timeline's marks
+    assert "4 ranks compiled the same 1 graphs: 30 s (0.01 rank-hours) done twice" in html
+    assert "20 s (0.01 rank-hours) compiling graphs an earlier job had compiled" in html

@@ -133,13 +133,14 @@ def _report_text(output: str, paths: list[Path], config: Config) -> str:
     from aotwatch import cost, report
 
     limit = config.limits.max_series_per_metric
+    ledger = cost.Ledger(config.collector.max_cost_graphs)
     if output == "html":
         from aotwatch.html_report import Page, render
 
         page = Page()
-        _, findings = report.read_archives(paths, limit, page.add)
-        return render(page, findings, paths)
-    ledger = cost.Ledger(config.collector.max_cost_graphs)
+        _, findings = report.read_archives(paths, limit, lambda r: (page.add(r), ledger.add(r)))
+        costs = report.costs_by_job(ledger.redundant(), ledger.waits(), ledger.twice())
+        return render(page, findings, paths, costs, ledger.causes())
     snapshot, findings = report.read_archives(paths, limit, ledger.add)
     if output == "json":
         return json.dumps(report.as_json(snapshot, findings), indent=2, sort_keys=True) + "\n"

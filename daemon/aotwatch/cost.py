@@ -178,7 +178,8 @@ def cause(rank: str, compile_id: str, ranks: dict[str, dict[str, Any]]) -> str |
             return f"a different {graph} graph ({','.join(mine[key])}; peers: {min(theirs)})"
     patterns = {p["cache"][compile_id] for p in peers.values() if compile_id in p["cache"]}
     hit = [p for p in patterns if p and not compiled(_pattern_counts(p))]
-    if hit:
+    own = ranks.get(rank, {}).get("cache", {}).get(compile_id)  # known once it is done
+    if hit and (own is None or compiled(_pattern_counts(own) if own else {})):
         return f"a cache miss where its peers hit ({min(hit)})"
     return None
 
@@ -202,7 +203,8 @@ class Ledger:
         self.work: Work = {}
         self._fingerprints: dict[str, Any] = {}
         self._first: dict[str, float] = {}  # job -> its earliest record's time
-        self._seconds: dict[str, dict[str, dict[str, float]]] = {}  # job -> id -> rank -> s
+        self._seconds: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}  # job ->
+        # compile id -> rank -> (its seconds, when it ended)
 
     def add(self, record: Record) -> None:
         job = record.job_name
@@ -214,7 +216,7 @@ class Ledger:
             compiles = self._seconds.setdefault(job, {})
             if record.compile_id in compiles or len(compiles) < self.max_keys:
                 ranks = compiles.setdefault(record.compile_id, {})
-                ranks[str(record.rank)] = min(seconds, MAX_COMPILE_S)
+                ranks[str(record.rank)] = (min(seconds, MAX_COMPILE_S), record.time)
 
     def redundant(self) -> dict[tuple[str, str], float]:
         """Seconds done twice per (job, scope), the jobs judged in the order they began."""
@@ -232,6 +234,32 @@ class Ledger:
     def waits(self) -> dict[str, float]:
         """Rank-seconds each job's ranks waited for the slowest rank of each compile."""
         return {
-            job: sum(archive_wait(ranks) for ranks in compiles.values())
+            job: sum(archive_wait(_seconds_of(ranks)) for ranks in compiles.values())
             for job, compiles in sorted(self._seconds.items())
         }
+
+    def causes(self) -> dict[str, list[tuple[str, float, str]]]:
+        """Per job, the slowest rank of each compile that others waited for (or that only
+        it made) and why it compiled, where the fingerprints tell: (rank, when its compile
+        ended, what to say), the longest waits first."""
+        found: dict[str, list[tuple[float, str, float, str]]] = {}
+        for job, compiles in self._seconds.items():
+            ranks = self._fingerprints.get(job, {})
+            for compile_id, by_rank in compiles.items():
+                rank, (seconds, ended) = max(by_rank.items(), key=lambda item: item[1][0])
+                wait = archive_wait(_seconds_of(by_rank))
+                if len(ranks) < 2 or (wait <= 0 and len(by_rank) > 1):
+                    continue
+                because = cause(rank, compile_id, ranks)
+                if because is not None:
+                    said = f"rank {rank} compiled {compile_id} for {seconds:.1f} s"
+                    said += f", {wait:.1f} rank-s waited" if wait > 0 else ""
+                    found.setdefault(job, []).append((wait, rank, ended, f"{said}: {because}"))
+        return {
+            job: [(rank, ended, said) for _, rank, ended, said in sorted(items, reverse=True)]
+            for job, items in found.items()
+        }
+
+
+def _seconds_of(by_rank: dict[str, tuple[float, float]]) -> dict[str, float]:
+    return {rank: seconds for rank, (seconds, _) in by_rank.items()}

@@ -136,30 +136,48 @@ def _hours(seconds: float) -> str:
     return f"{seconds:,.0f} s ({seconds / 3600:,.2f} rank-hours)"
 
 
+def costs_by_job(
+    redundant: dict[tuple[str, str], float],
+    waits: dict[str, float],
+    twice: dict[str, tuple[int, int]],
+) -> dict[str, list[str]]:
+    """Per job, the rank-seconds its ranks waited for a straggler and the compile seconds
+    done twice (``cost.redundant``; ``twice``: ``cost.graphs_twice``), each scope with its
+    cure; jobs with nothing to say are left out."""
+    costs: dict[str, list[str]] = {}
+    for job in sorted(set(waits) | {job for job, _ in redundant}):
+        lines = []
+        if waits.get(job):
+            lines.append(f"ranks waited {_hours(waits[job])} for a slower rank's compile")
+        ranks, graphs = twice.get(job, (0, 0))
+        if redundant.get((job, "job")):
+            lines.append(
+                f"{ranks} ranks compiled the same {graphs} graphs: "
+                f"{_hours(redundant[(job, 'job')])} done twice; {cost.CURES['job']}"
+            )
+        if redundant.get((job, "fleet")):
+            lines.append(
+                f"{_hours(redundant[(job, 'fleet')])} compiling graphs an earlier job had "
+                f"compiled; {cost.CURES['fleet']}"
+            )
+        if lines:
+            costs[job] = lines
+    return costs
+
+
 def cost_lines(
     redundant: dict[tuple[str, str], float],
     waits: dict[str, float],
     twice: dict[str, tuple[int, int]],
 ) -> list[str]:
-    """``compile cost:`` and, per job, the rank-seconds its ranks waited for a straggler and
-    the compile seconds done twice (``cost.redundant``; ``twice``: ``cost.graphs_twice``),
-    each scope with its cure (escaped: ``printable``). The reports and ``aotwatch status``."""
-    lines = []
-    for job in sorted(set(waits) | {job for job, _ in redundant}):
-        if waits.get(job):
-            lines.append(f"  {job}: ranks waited {_hours(waits[job])} for a slower rank's compile")
-        ranks, graphs = twice.get(job, (0, 0))
-        if redundant.get((job, "job")):
-            lines.append(
-                f"  {job}: {ranks} ranks compiled the same {graphs} graphs: "
-                f"{_hours(redundant[(job, 'job')])} done twice; {cost.CURES['job']}"
-            )
-        if redundant.get((job, "fleet")):
-            lines.append(
-                f"  {job}: {_hours(redundant[(job, 'fleet')])} compiling graphs an earlier job "
-                f"had compiled; {cost.CURES['fleet']}"
-            )
-    return [f"compile cost: {'' if lines else 'none'}".rstrip(), *map(printable, lines)]
+    """``compile cost:`` and ``costs_by_job``'s lines, each after its job (escaped:
+    ``printable``): the text report and ``aotwatch status``."""
+    lines = [
+        printable(f"  {job}: {line}")
+        for job, said in costs_by_job(redundant, waits, twice).items()
+        for line in said
+    ]
+    return [f"compile cost: {'' if lines else 'none'}".rstrip(), *lines]
 
 
 def divergence_lines(findings: list[Finding] | list[dict[str, Any]]) -> list[str]:
