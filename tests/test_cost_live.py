@@ -54,7 +54,7 @@ def job(config, job_name: str, ranks: int = 2) -> list:
     return workers
 
 
-def test_waits_work_done_twice_and_the_straggler_cause_live_in_status_and_report(config, capsys):
+def test_waits_work_done_twice_and_the_straggler_cause_live_in_status_and_reports(config, capsys):
     head = ray.get_actor("aotwatch-head", namespace=config.cluster.namespace)
     first = job(config, "ray-test")
     slow = first[1].compile_slowly.remote(SLOW_S, "x * 3")  # a frame only rank 1 compiles
@@ -103,3 +103,12 @@ def test_waits_work_done_twice_and_the_straggler_cause_live_in_status_and_report
     assert "ray-test: 2 ranks compiled the same 1 graphs" in text
     assert "ray-test: ranks waited" in text
     assert "ray-test-2: " in text and "compiling graphs an earlier job had compiled" in text
+
+    page = config.archive.path + "/report.html"
+    html = aotwatch("report", config.archive.path, "--format", "html", "-o", page)
+    assert html.returncode == 0, html.stderr
+    with open(page, encoding="utf-8") as out:
+        text = out.read()
+    assert "ranks compiled the same 1 graphs" in text
+    assert "compiling graphs an earlier job had compiled" in text
+    assert "rank 1 compiled 1/0 for " in text and "a compile id (1/0) only it has" in text
