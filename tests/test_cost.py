@@ -180,6 +180,9 @@ def test_the_head_serves_waits_redundant_seconds_and_a_straggler_cause():
     key = ("torch_compile_redundant_seconds_total", (("job_name", "b"), ("scope", "fleet")))
     assert metrics[key] == 20.0
     assert metrics[("torch_compile_wait_rank_seconds_total", (("job_name", "a"),))] == 90.0
+    quiet = {**both, "epoch": "e2", "jobs": {}, "work": {}}  # nothing new: judged before
+    watch.take({"n1": quiet}, {"n1"}, final=False)
+    assert served(watch) == metrics
 
 
 def test_the_text_report_names_the_waits_the_work_done_twice_and_the_cures(tmp_path):

@@ -250,10 +250,11 @@ class DivergenceWatch:
             list(self._lives.values()), self.config.collector.straggler_after_s
         )
         now = time.monotonic()
-        redundant, twice = self._judge_work(jobs)
+        redundant, twice = self._judge_work(jobs, set(changed))
         with self._lock:
             self._stragglers = longest
-            self._redundant, self._twice = redundant, twice
+            self._redundant = {key: s for key, s in redundant.items() if key[0] in jobs}
+            self._twice = {job: n for job, n in twice.items() if job in jobs}
             for job, seconds in cost.waited(self._counted, waits).items():
                 self._waited[job] = self._waited.get(job, 0.0) + seconds
             for finding in late:
@@ -273,11 +274,16 @@ class DivergenceWatch:
                 )
         return restarted | (nodes - set(answers))
 
-    def _judge_work(self, jobs: set[str]) -> tuple[dict[tuple[str, str], float], dict]:
+    def _judge_work(
+        self, jobs: set[str], changed: set[str]
+    ) -> tuple[dict[tuple[str, str], float], dict]:
         """Every job's redundant compile seconds by scope (see ``cost.redundant``) and its
-        ``cost.graphs_twice``; jobs first seen in one round are judged by name."""
-        redundant, twice = {}, {}
-        for job in sorted(jobs):
+        ``cost.graphs_twice``, judged again for the ``changed`` jobs only (a frame record
+        changes its job's fingerprints); jobs first seen in one round are judged by name."""
+        with self._lock:
+            redundant = {key: s for key, s in self._redundant.items() if key[0] not in changed}
+            twice = {job: n for job, n in self._twice.items() if job not in changed}
+        for job in sorted(jobs & changed):
             tables = [work[job] for work in self._work.values() if job in work]
             if tables:
                 merged = cost.merge(tables)
