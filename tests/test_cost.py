@@ -103,10 +103,18 @@ def test_merge_sums_the_collectors_tables():
 
 def test_waiting_ranks_cost_the_straggler_compile_time_times_how_many_wait():
     counted: dict = {}
-    assert cost.waited(counted, [("j", "1", "0/0", 30.0, 3)]) == {"j": 90.0}
-    assert cost.waited(counted, [("j", "1", "0/0", 35.0, 3)]) == {"j": 15.0}
-    assert cost.waited(counted, []) == {}
+    assert cost.waited(counted, [("j", "1", "0/0", 1.0, 3)], after_s=20) == {}  # first seen
+    assert cost.waited(counted, [("j", "1", "0/0", 10.0, 3)], after_s=20) == {}  # no straggler
+    assert cost.waited(counted, [("j", "1", "0/0", 30.0, 3)], after_s=20) == {"j": 87.0}
+    assert cost.waited(counted, [("j", "1", "0/0", 35.0, 3)], after_s=20) == {"j": 15.0}
+    assert cost.waited(counted, [], after_s=20) == {}
     assert counted == {}  # it finished: forgotten
+
+
+def test_a_wait_counts_from_when_the_rank_was_first_seen_compiling_alone():
+    counted: dict = {}  # all ranks compiled 0/0 for 100 s; rank 1 still compiles after
+    assert cost.waited(counted, [("j", "1", "0/0", 100.0, 3)], after_s=20) == {}
+    assert cost.waited(counted, [("j", "1", "0/0", 102.0, 3)], after_s=20) == {"j": 6.0}
 
 
 def test_archived_waits_are_the_slowest_rank_less_each_rank():
@@ -161,11 +169,15 @@ def test_the_head_serves_waits_redundant_seconds_and_a_straggler_cause():
     # job a: rank 0 hit the cache at 0/0, ranks 2 and 3 missed; rank 1 compiles it for 30 s
     # while the three others wait
     prints, work = folded(graph("a", 0), frame("a", 0, cache=HIT), *program("a", 4)[4:])
-    live = {
-        "attached": {"a": ["0", "1", "2", "3"]},
-        "compiling": {"a": {"1": {"compile_id": "0/0", "for_s": 30.0}}},
-    }
-    watch.take({"n1": answer(prints, work, live)}, {"n1"}, final=False)
+
+    def live(for_s):
+        return {
+            "attached": {"a": ["0", "1", "2", "3"]},
+            "compiling": {"a": {"1": {"compile_id": "0/0", "for_s": for_s}}},
+        }
+
+    watch.take({"n1": answer(prints, work, live(0.5))}, {"n1"}, final=False)
+    watch.take({"n1": {**answer(prints, work, live(30.5)), "jobs": {}}}, {"n1"}, final=False)
     metrics = served(watch)
     assert metrics[("torch_compile_wait_rank_seconds_total", (("job_name", "a"),))] == 90.0
     key = ("torch_compile_redundant_seconds_total", (("job_name", "a"), ("scope", "job")))

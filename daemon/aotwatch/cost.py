@@ -128,20 +128,24 @@ def graphs_twice(table: dict[WorkKey, list[float]]) -> tuple[int, int]:
 
 
 def waited(
-    counted: dict[tuple[str, str, str], float], stragglers: list[tuple[str, str, str, float, int]]
+    counted: dict[tuple[str, str, str], float],
+    alone: list[tuple[str, str, str, float, int]],
+    after_s: float,
 ) -> dict[str, float]:
-    """Rank-seconds spent waiting since the last round, per job: each straggler (job, rank,
-    compile id, how long it has compiled, how many ranks wait) adds its compile time since
-    it was last counted (all of it the first time) times the ranks waiting. ``counted``
-    (how long each straggler had compiled when last counted) keeps only those still
-    compiling."""
+    """Rank-seconds spent waiting since the last round, per job. ``alone``: each rank
+    compiling while others of its job are not (job, rank, compile id, how long it has
+    compiled, how many ranks wait). Once past ``after_s`` (a straggler), it adds the time it
+    compiled since it was last counted, or since the head first saw it compile alone (the
+    others may have compiled too before that), times the ranks waiting. ``counted`` (how
+    long each had compiled when last counted or first seen) keeps only those still alone."""
     added: dict[str, float] = {}
     now = {}
-    for job, rank, compile_id, seconds, waiting in stragglers:
+    for job, rank, compile_id, seconds, waiting in alone:
         key = (job, rank, compile_id)
-        more = max(0.0, seconds - counted.get(key, 0.0))
-        added[job] = added.get(job, 0.0) + more * waiting
-        now[key] = max(seconds, counted.get(key, 0.0))
+        since = now[key] = counted.get(key, seconds)
+        if seconds >= after_s and seconds > since:
+            added[job] = added.get(job, 0.0) + (seconds - since) * waiting
+            now[key] = seconds
     counted.clear()
     counted.update(now)
     return added

@@ -460,7 +460,8 @@ def stragglers(
     """Ranks compiling for ``after_s`` or longer while other attached ranks of their job are
     not: a ``compile_straggler`` finding each (the compile id; the rank with how long, and
     the ranks waiting), the longest such wait per job (0: none; every job with attached
-    ranks), the ranks compiling now per job, and each straggler as a ``Straggler``."""
+    ranks), the ranks compiling now per job, and every rank compiling while others of its
+    job wait, past ``after_s`` or not, as a ``Straggler``."""
     attached: dict[str, set[str]] = {}
     compiling: dict[str, dict[str, dict[str, Any]]] = {}
     for live in lives:
@@ -473,10 +474,11 @@ def stragglers(
         waiting = tuple(sorted(attached.get(job, set()) - set(ranks), key=int))
         for rank, state in sorted(ranks.items()):
             seconds = state["for_s"]
+            if waiting:
+                late.append((job, rank, state["compile_id"], seconds, len(waiting)))
             if not waiting or seconds < after_s:
                 continue
             longest[job] = max(longest.get(job, 0.0), seconds)
             groups = ((f"compiling for {seconds:.0f} s", (rank,)), ("waiting", waiting))
             findings.append(Finding(job, "compile_straggler", state["compile_id"], groups))
-            late.append((job, rank, state["compile_id"], seconds, len(waiting)))
     return findings, longest, {job: set(ranks) for job, ranks in compiling.items()}, late

@@ -678,8 +678,8 @@ WAIT_RANK_SECONDS = Family(
     "torch_compile_wait_rank_seconds",
     "counter",
     "Rank-seconds the ranks of this job spent waiting for a straggler's compile (each "
-    "second a rank compiles past collector.straggler_after_s, times the ranks not compiling): "
-    "GPU time lost.",
+    "second a rank compiled alone, once past collector.straggler_after_s, times the ranks "
+    "not compiling): GPU time lost.",
     ("job_name",),
     unit="seconds",
     action="GPU time lost to one rank's compile: the straggler finding in `aotwatch status` "

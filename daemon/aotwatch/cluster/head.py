@@ -255,7 +255,8 @@ class DivergenceWatch:
             self._stragglers = longest
             self._redundant = {key: s for key, s in redundant.items() if key[0] in jobs}
             self._twice = {job: n for job, n in twice.items() if job in jobs}
-            for job, seconds in cost.waited(self._counted, waits).items():
+            after_s = self.config.collector.straggler_after_s
+            for job, seconds in cost.waited(self._counted, waits, after_s).items():
                 self._waited[job] = self._waited.get(job, 0.0) + seconds
             for finding in late:
                 if finding.key not in self._findings:
