@@ -117,8 +117,28 @@ def test_a_wait_counts_from_when_the_rank_was_first_seen_compiling_alone():
     assert cost.waited(counted, [("j", "1", "0/0", 102.0, 3)], after_s=20) == {"j": 6.0}
 
 
+def ledger(*records) -> cost.Ledger:
+    folded = cost.Ledger(100)
+    for record in map(to_record, records):
+        folded.add(record)
+    return folded
+
+
 def test_archived_waits_are_the_slowest_rank_less_each_rank():
-    assert cost.archive_wait({"0": 1.0, "1": 21.0, "2": 1.0}) == 40.0
+    seconds = {0: 1.0, 1: 21.0, 2: 1.0}
+    assert ledger(*(frame("j", r, seconds=s) for r, s in seconds.items())).waits() == {"j": 40.0}
+
+
+def test_an_archived_recompile_only_one_rank_made_is_named_with_its_reason():
+    recompile = frame("j", 1, "0/1", seconds=30.0)
+    recompile["recompile_reason"] = "tensor 'x' size mismatch at index 0. expected 3, actual 4"
+    found = ledger(frame("j", 0, cache=HIT), frame("j", 1, cache=HIT), recompile).causes()
+    ((rank, _, said),) = found["j"]
+    assert rank == "1"
+    assert said == (
+        "rank 1 compiled 0/1 for 30.0 s: a recompile (0/1) its peers did not make: "
+        "tensor 'x' size mismatch at index 0. expected 3, actual 4"
+    )
 
 
 def test_the_cause_of_a_straggler():

@@ -31,6 +31,9 @@ MAX_COMPILE_S = 86_400.0
 """Most seconds one frame's compile counts for: a record claiming more (hostile, or a clock
 gone wrong) cannot make the fleet's cost any larger than a day a compile."""
 
+MAX_REASON = 200
+"""Characters of a recompile's reason a report's cause quotes."""
+
 SERVED = ("hit",)
 """Cache results that mean the work was not done."""
 
@@ -151,13 +154,6 @@ def waited(
     return added
 
 
-def archive_wait(seconds_by_rank: dict[str, float]) -> float:
-    """Rank-seconds the ranks of one compile waited for its slowest rank, from the archived
-    durations: the slowest rank's time less each rank's own."""
-    slowest = max(seconds_by_rank.values(), default=0.0)
-    return sum(slowest - seconds for seconds in seconds_by_rank.values())
-
-
 def _holds(parts: dict[str, Any], compile_id: str) -> bool:
     return compile_id in parts.get("cache", {}) or any(
         (compile_id, g) in parts.get("graphs", {}) for g in GRAPH_KINDS
@@ -207,8 +203,7 @@ class Ledger:
         self.work: Work = {}
         self._fingerprints: dict[str, Any] = {}
         self._first: dict[str, float] = {}  # job -> its earliest record's time
-        self._seconds: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}  # job ->
-        # compile id -> rank -> (its seconds, when it ended)
+        self._compiles: dict[str, dict[str, _Compile]] = {}  # job -> compile id -> ...
 
     def add(self, record: Record) -> None:
         job = record.job_name
@@ -217,10 +212,15 @@ class Ledger:
         fold(self.work, record, self._fingerprints, self.max_keys)
         seconds = record.durations_s.get("total")
         if record.graph is None and record.compile_id is not None and seconds:
-            compiles = self._seconds.setdefault(job, {})
+            compiles = self._compiles.setdefault(job, {})
             if record.compile_id in compiles or len(compiles) < self.max_keys:
-                ranks = compiles.setdefault(record.compile_id, {})
-                ranks[str(record.rank)] = (min(seconds, MAX_COMPILE_S), record.time)
+                seconds = min(seconds, MAX_COMPILE_S)
+                entry = compiles.setdefault(record.compile_id, _Compile())
+                entry.ranks += 1
+                entry.seconds += seconds
+                if seconds > entry.slowest:
+                    entry.slowest, entry.rank, entry.ended = seconds, str(record.rank), record.time
+                    entry.reason = (record.recompile_reason or "")[:MAX_REASON]
 
     def redundant(self) -> dict[tuple[str, str], float]:
         """Seconds done twice per (job, scope), the jobs judged in the order they began."""
@@ -238,8 +238,8 @@ class Ledger:
     def waits(self) -> dict[str, float]:
         """Rank-seconds each job's ranks waited for the slowest rank of each compile."""
         return {
-            job: sum(archive_wait(_seconds_of(ranks)) for ranks in compiles.values())
-            for job, compiles in sorted(self._seconds.items())
+            job: sum(entry.wait for entry in compiles.values())
+            for job, compiles in sorted(self._compiles.items())
         }
 
     def causes(self) -> dict[str, list[tuple[str, float, str]]]:
@@ -247,23 +247,39 @@ class Ledger:
         it made) and why it compiled, where the fingerprints tell: (rank, when its compile
         ended, what to say), the longest waits first."""
         found: dict[str, list[tuple[float, str, float, str]]] = {}
-        for job, compiles in self._seconds.items():
+        for job, compiles in self._compiles.items():
             ranks = self._fingerprints.get(job, {})
-            for compile_id, by_rank in compiles.items():
-                rank, (seconds, ended) = max(by_rank.items(), key=lambda item: item[1][0])
-                wait = archive_wait(_seconds_of(by_rank))
-                if len(ranks) < 2 or (wait <= 0 and len(by_rank) > 1):
+            for compile_id, entry in compiles.items():
+                if len(ranks) < 2 or (entry.wait <= 0 and entry.ranks > 1):
                     continue
-                because = cause(rank, compile_id, ranks)
-                if because is not None:
-                    said = f"rank {rank} compiled {compile_id} for {seconds:.1f} s"
-                    said += f", {wait:.1f} rank-s waited" if wait > 0 else ""
-                    found.setdefault(job, []).append((wait, rank, ended, f"{said}: {because}"))
+                because = cause(entry.rank, compile_id, ranks)
+                if because is None:
+                    continue
+                if because.startswith("a recompile") and entry.reason:
+                    because += f": {entry.reason}"
+                said = f"rank {entry.rank} compiled {compile_id} for {entry.slowest:.1f} s"
+                said += f", {entry.wait:.1f} rank-s waited" if entry.wait > 0 else ""
+                found.setdefault(job, []).append(
+                    (entry.wait, entry.rank, entry.ended, f"{said}: {because}")
+                )
         return {
             job: [(rank, ended, said) for _, rank, ended, said in sorted(items, reverse=True)]
             for job, items in found.items()
         }
 
 
-def _seconds_of(by_rank: dict[str, tuple[float, float]]) -> dict[str, float]:
-    return {rank: seconds for rank, (seconds, _) in by_rank.items()}
+class _Compile:
+    """One compile id of a job in the archives: how many ranks compiled it, their seconds,
+    and its slowest rank's (seconds, rank, when it ended, recompile reason)."""
+
+    __slots__ = ("ranks", "seconds", "slowest", "rank", "ended", "reason")
+
+    def __init__(self) -> None:
+        self.ranks, self.seconds, self.slowest = 0, 0.0, 0.0
+        self.rank, self.ended, self.reason = "", 0.0, ""
+
+    @property
+    def wait(self) -> float:
+        """Rank-seconds its ranks waited for the slowest, from the archived durations (no
+        clock compared): the slowest rank's seconds less each rank's."""
+        return self.ranks * self.slowest - self.seconds
