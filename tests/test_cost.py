@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -236,6 +237,14 @@ def test_the_text_report_names_the_waits_the_work_done_twice_and_the_cures(tmp_p
     assert cost.CURES["job"] in out
     assert "b: 20 s (0.01 rank-hours) compiling graphs an earlier job had compiled" in out
     assert cost.CURES["fleet"] in out
+    exposition = aotwatch("report", str(tmp_path), "--format", "prometheus").stdout
+    assert 'torch_compile_redundant_seconds_total{job_name="a",scope="job"} 45.0' in exposition
+    assert 'torch_compile_redundant_seconds_total{job_name="b",scope="fleet"} 20.0' in exposition
+    assert 'torch_compile_wait_rank_seconds_total{job_name="a"} 60.0' in exposition
+    counts = json.loads(aotwatch("report", str(tmp_path), "--format", "json").stdout)
+    assert counts["torch_compile_wait_rank_seconds"] == [
+        {"labels": {"job_name": "a"}, "value": 60.0}
+    ]
 
 
 def test_status_shows_the_cost_the_head_counted(capsys):

@@ -143,9 +143,10 @@ def _report_text(output: str, paths: list[Path], config: Config) -> str:
         return render(page, findings, paths, costs, ledger.causes())
     snapshot, findings = report.read_archives(paths, limit, ledger.add)
     if output == "json":
-        return json.dumps(report.as_json(snapshot, findings), indent=2, sort_keys=True) + "\n"
+        result = report.as_json(snapshot, findings, report.cost_values(ledger))
+        return json.dumps(result, indent=2, sort_keys=True) + "\n"
     if output == "prometheus":
-        return report.prometheus(snapshot, config.labels, findings)
+        return report.prometheus(snapshot, config.labels, findings, report.cost_values(ledger))
     lines = [report.table(snapshot), "", *report.divergence_lines(findings)]
     costs = report.cost_lines(ledger.redundant(), ledger.waits(), ledger.twice())
     return "\n".join([*lines, *costs]) + "\n"
