@@ -66,9 +66,7 @@ def fold(work: Work, record: Record, fingerprints: dict[str, Any], max_keys: int
         return False
     if not compiled(record.cache):
         return False
-    graphs = fingerprints.get(record.job_name, {}).get(str(record.rank), {}).get("graphs", {})
-    hashes = {h for g in GRAPH_KINDS for h in graphs.get((record.compile_id, g), ())}
-    key = (record.compile_id, tuple(sorted(hashes)))
+    key = work_key(record, fingerprints)
     table = work.setdefault(record.job_name, {})
     if key not in table and len(table) >= max_keys:
         return False
@@ -76,6 +74,15 @@ def fold(work: Work, record: Record, fingerprints: dict[str, Any], max_keys: int
     entry[0] += 1
     entry[1] += min(seconds, MAX_COMPILE_S)
     return True
+
+
+def work_key(record: Record, fingerprints: dict[str, Any]) -> WorkKey:
+    """A frame record's compile id and its rank's graph hashes there, as ``fold`` keys them
+    (a rank that compiled the same compile id again after ``torch._dynamo.reset()`` made
+    other graphs under another key; the same graphs again count as another compile)."""
+    graphs = fingerprints.get(record.job_name, {}).get(str(record.rank), {}).get("graphs", {})
+    hashes = {h for g in GRAPH_KINDS for h in graphs.get((record.compile_id, g), ())}
+    return record.compile_id, tuple(sorted(hashes))
 
 
 def merge(tables: list[dict[WorkKey, list[float]]]) -> dict[WorkKey, list[float]]:
@@ -203,7 +210,7 @@ class Ledger:
         self.work: Work = {}
         self._fingerprints: dict[str, Any] = {}
         self._first: dict[str, float] = {}  # job -> its earliest record's time
-        self._compiles: dict[str, dict[str, _Compile]] = {}  # job -> compile id -> ...
+        self._compiles: dict[str, dict[WorkKey, _Compile]] = {}  # job -> ``work_key`` -> ...
 
     def add(self, record: Record) -> None:
         job = record.job_name
@@ -213,9 +220,10 @@ class Ledger:
         seconds = record.durations_s.get("total")
         if record.graph is None and record.compile_id is not None and seconds:
             compiles = self._compiles.setdefault(job, {})
-            if record.compile_id in compiles or len(compiles) < self.max_keys:
+            key = work_key(record, self._fingerprints)
+            if key in compiles or len(compiles) < self.max_keys:
                 seconds = min(seconds, MAX_COMPILE_S)
-                entry = compiles.setdefault(record.compile_id, _Compile())
+                entry = compiles.setdefault(key, _Compile())
                 entry.ranks += 1
                 entry.seconds += seconds
                 if seconds > entry.slowest:
@@ -249,7 +257,7 @@ class Ledger:
         found: dict[str, list[tuple[float, str, float, str]]] = {}
         for job, compiles in self._compiles.items():
             ranks = self._fingerprints.get(job, {})
-            for compile_id, entry in compiles.items():
+            for (compile_id, _), entry in compiles.items():
                 if len(ranks) < 2 or (entry.wait <= 0 and entry.ranks > 1):
                     continue
                 because = cause(entry.rank, compile_id, ranks)
