@@ -57,6 +57,8 @@ def collector_state(first_rank: int, ids: int) -> types.SimpleNamespace:
         _fingerprints={},
         _changes={},
         _changes_since={},
+        _work={},
+        config=Config(),
     )
     for method in (NodeCollector._delta, NodeCollector._live):
         setattr(state, method.__name__, types.MethodType(method, state))

@@ -413,6 +413,8 @@ def compile_overview() -> dict:
     compiling = sel("torch_compile_in_progress_since_timestamp_seconds", RANK)
     limit = sel("torch_compile_recompile_limit", RANK, 'limit="per_frame"')
     worst = sel("torch_compile_worst_frame_compiles", RANK)
+    waited = sel("torch_compile_wait_rank_seconds_total", HEAD)
+    redundant = sel("torch_compile_redundant_seconds_total", HEAD)
     windowed_lookups = f"sum by (cache) (rate({lookups}{WINDOW}))"
     windowed_hits = f"sum by (cache) (rate({hits}{WINDOW}))"
     cumulative = "Cumulative, as the collectors export it."
@@ -480,6 +482,20 @@ def compile_overview() -> dict:
             target(
                 or_zero(f"max by ({PER_RANK}, compile_id) (time() - {compiling})", "compile_id"),
                 f"{RANK_LEGEND} · {{{{compile_id}}}}",
+            ),
+        ),
+        timeseries(
+            "What compiling cost: GPU time waited and compiles done twice",
+            "s",
+            "Rank-seconds ranks spent waiting for a straggler's compile (GPU time lost), and "
+            "compile seconds done twice by scope: job (ranks of the job compiled the same "
+            "graph: compile once and share, or warm the cache before the job), fleet (an "
+            "earlier job compiled it: a shared TORCHINDUCTOR_CACHE_DIR or remote cache would "
+            "have served it). Cumulative, from the head ('none': nothing yet).",
+            target(or_zero(total(waited, "job_name"), "job_name"), "waited · {{job_name}}"),
+            target(
+                or_zero(total(redundant, "job_name, scope"), "scope"),
+                "done twice ({{scope}}) · {{job_name}}",
             ),
         ),
         timeseries(

@@ -212,6 +212,8 @@ TOPICS = {
         ("torch_compile_in_progress_since_timestamp_seconds", {"rank", "device", "compile_id"}),
         ("torch_compile_worst_frame_compiles", {"rank", "device"}),
         ("torch_compile_frame_failures_total", set()),
+        ("torch_compile_wait_rank_seconds_total", {"job_name"}),
+        ("torch_compile_redundant_seconds_total", {"job_name", "scope"}),
     ],
     "aotwatch-aot-metadata": [
         ("torch_compile_graphs_total", {"graph", "rank", "device"}),

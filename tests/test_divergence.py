@@ -171,7 +171,7 @@ def test_a_rank_compiling_long_while_others_wait_is_a_straggler():
             "compiling": {"k": {"0": {"compile_id": "0/0", "for_s": 1e9}}},
         },
     ]
-    findings, longest, compiling = divergence.stragglers(lives, after_s=20)
+    findings, longest, compiling, _ = divergence.stragglers(lives, after_s=20)
     assert [(f.job_name, f.kind, f.compile_id, f.groups) for f in findings] == [
         ("j", "compile_straggler", "3/0", (("compiling for 30 s", ("1",)), ("waiting", ("0", "2"))))
     ]

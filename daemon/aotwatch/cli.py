@@ -130,21 +130,26 @@ def _write_perfetto(paths: list[Path], output: str | None) -> int:
 
 
 def _report_text(output: str, paths: list[Path], config: Config) -> str:
-    from aotwatch import report
+    from aotwatch import cost, report
 
     limit = config.limits.max_series_per_metric
+    ledger = cost.Ledger(config.collector.max_cost_graphs)
     if output == "html":
         from aotwatch.html_report import Page, render
 
         page = Page()
-        _, findings = report.read_archives(paths, limit, page.add)
-        return render(page, findings, paths)
-    snapshot, findings = report.read_archives(paths, limit)
+        _, findings = report.read_archives(paths, limit, lambda r: (page.add(r), ledger.add(r)))
+        costs = report.costs_by_job(ledger.redundant(), ledger.waits(), ledger.twice())
+        return render(page, findings, paths, costs, ledger.causes())
+    snapshot, findings = report.read_archives(paths, limit, ledger.add)
     if output == "json":
-        return json.dumps(report.as_json(snapshot, findings), indent=2, sort_keys=True) + "\n"
+        result = report.as_json(snapshot, findings, report.cost_values(ledger))
+        return json.dumps(result, indent=2, sort_keys=True) + "\n"
     if output == "prometheus":
-        return report.prometheus(snapshot, config.labels, findings)
-    return "\n".join([report.table(snapshot), "", *report.divergence_lines(findings)]) + "\n"
+        return report.prometheus(snapshot, config.labels, findings, report.cost_values(ledger))
+    lines = [report.table(snapshot), "", *report.divergence_lines(findings)]
+    costs = report.cost_lines(ledger.redundant(), ledger.waits(), ledger.twice())
+    return "\n".join([*lines, *costs]) + "\n"
 
 
 def _check_web_configs(config: Config) -> None:
@@ -251,6 +256,13 @@ def _print_status(status: dict) -> None:
     print(f"divergences: {len(status['divergences']) or 'none'}")
     for f in status["divergences"]:
         print(printable(f"  {f['job_name']} {f['kind']} at {f['compile_id']}: {f['groups']}"))
+    if "cost" in status:  # a head before issue 22 answers none
+        from aotwatch.report import cost_lines
+
+        known = status["cost"]
+        redundant = {(job, scope): s for job, scope, s in known["redundant"]}
+        twice = {job: tuple(counts) for job, counts in known["twice"].items()}
+        print("\n".join(cost_lines(redundant, known["waits"], twice)))
     print(f"file_sd: {status['file_sd']}")
 
 

@@ -336,6 +336,12 @@ class CollectorConfig(Section):
     straggler (the head's finding and torch_compile_straggler_seconds). NCCL's watchdog
     kills a collective after 10 minutes by default (Ray Train: 30)."""
 
+    max_cost_graphs: int = field(default=10_000, metadata=between(1, 1_000_000))
+    """Graphs (compile id and graph hashes) whose compile seconds a collector counts per job,
+    and graph hashes the head remembers to tell a graph an earlier job compiled: bounds
+    torch_compile_redundant_seconds's memory (later graphs of a job are not counted; a hash
+    forgotten counts as new)."""
+
     file_sd_path: str | None = field(default=None, metadata=length(1, 4096))
     """Where the head writes the Prometheus file_sd JSON; null: <archive dir>/file_sd.json."""
 

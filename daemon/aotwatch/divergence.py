@@ -450,13 +450,18 @@ Live = dict[str, dict[str, Any]]
 collector's monotonic clock, never across two machines' wall clocks)."""
 
 
+Straggler = tuple[str, str, str, float, int]
+"""(job, rank, compile id, seconds it has compiled, how many ranks wait for it)."""
+
+
 def stragglers(
     lives: list[Live], after_s: float
-) -> tuple[list[Finding], dict[str, float], dict[str, set[str]]]:
+) -> tuple[list[Finding], dict[str, float], dict[str, set[str]], list[Straggler]]:
     """Ranks compiling for ``after_s`` or longer while other attached ranks of their job are
     not: a ``compile_straggler`` finding each (the compile id; the rank with how long, and
     the ranks waiting), the longest such wait per job (0: none; every job with attached
-    ranks), and the ranks compiling now per job."""
+    ranks), the ranks compiling now per job, and every rank compiling while others of its
+    job wait, past ``after_s`` or not, as a ``Straggler``."""
     attached: dict[str, set[str]] = {}
     compiling: dict[str, dict[str, dict[str, Any]]] = {}
     for live in lives:
@@ -464,14 +469,16 @@ def stragglers(
             attached.setdefault(job, set()).update(ranks)
         for job, ranks in live.get("compiling", {}).items():
             compiling.setdefault(job, {}).update(ranks)
-    findings, longest = [], dict.fromkeys(attached, 0.0)
+    findings, longest, late = [], dict.fromkeys(attached, 0.0), []
     for job, ranks in compiling.items():
         waiting = tuple(sorted(attached.get(job, set()) - set(ranks), key=int))
         for rank, state in sorted(ranks.items()):
             seconds = state["for_s"]
+            if waiting:
+                late.append((job, rank, state["compile_id"], seconds, len(waiting)))
             if not waiting or seconds < after_s:
                 continue
             longest[job] = max(longest.get(job, 0.0), seconds)
             groups = ((f"compiling for {seconds:.0f} s", (rank,)), ("waiting", waiting))
             findings.append(Finding(job, "compile_straggler", state["compile_id"], groups))
-    return findings, longest, {job: set(ranks) for job, ranks in compiling.items()}
+    return findings, longest, {job: set(ranks) for job, ranks in compiling.items()}, late

@@ -378,8 +378,10 @@ def _when(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat()
 
 
-def timeline_figure(view: JobView) -> Any:
-    """Every compile per rank as a bar from its start to its end, coloured by kind."""
+def timeline_figure(view: JobView, causes: list[tuple[str, float, str]] = ()) -> Any:
+    """Every compile per rank as a bar from its start to its end, coloured by kind; a mark
+    where a slow rank's compile ended, saying why it compiled (``causes``, the first
+    MAX_FINDINGS)."""
     import plotly.graph_objects as go
 
     figure = go.Figure()
@@ -410,6 +412,19 @@ def timeline_figure(view: JobView) -> Any:
                 x=[_when(c.start + c.seconds) for c in breaks],
                 marker={"symbol": "x", "size": 11, "color": "#222"},
                 hovertext=[f"{c.graph_breaks} graph break(s)<br>{c.text}" for c in breaks],
+                hoverinfo="text",
+            )
+        )
+    shown_causes = [c for c in causes if int(c[0]) in view.ranks][:MAX_FINDINGS]
+    if shown_causes:
+        figure.add_trace(
+            go.Scatter(
+                name="why a rank was slow",
+                mode="markers",
+                y=[f"rank {rank}" for rank, _, _ in shown_causes],
+                x=[_when(ended) for _, ended, _ in shown_causes],
+                marker={"symbol": "star", "size": 13, "color": "#d62728"},
+                hovertext=[html.escape(said) for _, _, said in shown_causes],
                 hoverinfo="text",
             )
         )
@@ -446,9 +461,16 @@ def phase_figure(view: JobView) -> Any:
     return figure
 
 
-def render(page: Page, findings: list[Finding], sources: list[Path]) -> str:
-    """The page for the records folded into ``page`` (read from ``sources``) and their
-    ``findings``."""
+def render(
+    page: Page,
+    findings: list[Finding],
+    sources: list[Path],
+    costs: dict[str, list[str]] | None = None,
+    causes: dict[str, list[tuple[str, float, str]]] | None = None,
+) -> str:
+    """The page for the records folded into ``page`` (read from ``sources``), their
+    ``findings``, what compiling cost each job (``report.costs_by_job``) and why its slow
+    ranks compiled (``cost.Ledger.causes``, marked on the timeline)."""
     import jinja2
     import plotly.offline
 
@@ -462,13 +484,15 @@ def render(page: Page, findings: list[Finding], sources: list[Path]) -> str:
             "advice": advice(view),
             "ranks": sorted(view.ranks),
             "slowest": view.seconds_by_rank.most_common(1)[0] if view.seconds_by_rank else None,
-            "timeline": timeline_figure(view).to_html(
+            "timeline": timeline_figure(view, (causes or {}).get(view.name, [])).to_html(
                 full_html=False, include_plotlyjs=False, div_id=f"timeline-{index}"
             ),
             "phases": phase_figure(view).to_html(
                 full_html=False, include_plotlyjs=False, div_id=f"phases-{index}"
             ),
             "findings": view.findings[:MAX_FINDINGS],
+            "costs": (costs or {}).get(view.name, []),
+            "causes": [said for _, _, said in (causes or {}).get(view.name, [])][:MAX_FINDINGS],
             "recompiles": _top(view.recompiles),
             "graph_breaks": _top(view.graph_breaks),
             "bypasses": _top(view.bypasses),

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from aotwatch import categories, divergence
+from aotwatch import categories, cost, divergence
 from aotwatch.records import (
     CACHE_RESULTS,
     CACHES,
@@ -674,6 +674,34 @@ STRAGGLER_SECONDS = Family(
 )
 """Served by the head, once per job."""
 
+WAIT_RANK_SECONDS = Family(
+    "torch_compile_wait_rank_seconds",
+    "counter",
+    "Rank-seconds the ranks of this job spent waiting for a straggler's compile (each "
+    "second a rank compiled alone, once past collector.straggler_after_s, times the ranks "
+    "not compiling): GPU time lost.",
+    ("job_name",),
+    unit="seconds",
+    action="GPU time lost to one rank's compile: the straggler finding in `aotwatch status` "
+    "says why that rank compiles (a cache miss, a recompile, a different graph); warm its "
+    "cache or fix what it alone compiles.",
+)
+"""Served by the head, once per job."""
+
+REDUNDANT_SECONDS = Family(
+    "torch_compile_redundant_seconds",
+    "counter",
+    "Compile seconds done twice: by ranks of this job compiling the same graph beyond one "
+    "rank's share (scope job), or on graphs an earlier job had compiled (scope fleet), "
+    "not served by a cache.",
+    ("job_name", "scope"),
+    values={"scope": cost.SCOPES},
+    unit="seconds",
+    action="scope job: compile once and share the result, or warm the cache before the job; "
+    "scope fleet: put TORCHINDUCTOR_CACHE_DIR on shared storage or use the remote cache.",
+)
+"""Served by the head, once per job and scope."""
+
 BUILD_INFO = Family(
     "aotwatch_build_info",
     "gauge",
@@ -682,7 +710,7 @@ BUILD_INFO = Family(
     action="Mixed versions across collectors or workers explain rejected records.",
 )
 
-HEAD_FAMILIES = (RANK_DIVERGENCES, STRAGGLER_SECONDS)
+HEAD_FAMILIES = (RANK_DIVERGENCES, STRAGGLER_SECONDS, WAIT_RANK_SECONDS, REDUNDANT_SECONDS)
 """The families the head serves (per job), not the collectors."""
 ALL_FAMILIES = (BUILD_INFO, *FAMILIES, *HEAD_FAMILIES)
 BY_NAME = {family.name: family for family in FAMILIES}

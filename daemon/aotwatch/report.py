@@ -8,13 +8,25 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from aotwatch import divergence
+from aotwatch import cost, divergence
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import ARCHIVE_FILE, archive_files, read_archive
 from aotwatch.divergence import Finding
-from aotwatch.export.collector import divergence_family, exposition, family_exposition
+from aotwatch.export.collector import (
+    divergence_family,
+    exposition,
+    family_exposition,
+    head_family,
+)
 from aotwatch.liveness import Liveness
-from aotwatch.metrics import BY_NAME, RANK_DIVERGENCES, RANK_LABELS
+from aotwatch.metrics import (
+    BY_NAME,
+    RANK_DIVERGENCES,
+    RANK_LABELS,
+    REDUNDANT_SECONDS,
+    WAIT_RANK_SECONDS,
+    Family,
+)
 from aotwatch.records import Record, RecordError, printable
 
 
@@ -88,11 +100,19 @@ def archives_at(path: str | os.PathLike) -> list[Path]:
 
 
 def as_json(
-    snapshot: Snapshot, findings: list[Finding] | None = None
+    snapshot: Snapshot,
+    findings: list[Finding] | None = None,
+    costs: list[tuple[Family, dict[tuple[str, ...], float]]] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every metric with, per label set, its value (or histogram buckets, sum and count);
-    with ``findings``, also their count per job and kind and the findings themselves."""
+    with ``findings``, also their count per job and kind and the findings themselves; with
+    ``costs`` (``cost_values``), the head's cost families."""
     result: dict[str, list[dict[str, Any]]] = {}
+    for family, values in costs or ():
+        result[family.name] = [
+            {"labels": dict(zip(family.labels, labels, strict=True)), "value": value}
+            for labels, value in sorted(values.items())
+        ]
     if findings is not None:
         result[RANK_DIVERGENCES.name] = [
             {"labels": {"job_name": job, "kind": kind}, "value": count}
@@ -119,17 +139,77 @@ def as_json(
     return result
 
 
+def cost_values(ledger: cost.Ledger) -> list[tuple[Family, dict[tuple[str, ...], float]]]:
+    """The head's cost families as the archives give them (``cost.Ledger``; waits from the
+    durations), the label sets above 0 only."""
+    waits = {(job,): seconds for job, seconds in ledger.waits().items() if seconds > 0}
+    redundant = {key: seconds for key, seconds in ledger.redundant().items() if seconds > 0}
+    families = ((WAIT_RANK_SECONDS, waits), (REDUNDANT_SECONDS, redundant))
+    return [(family, values) for family, values in families if values]
+
+
 def prometheus(
     snapshot: Snapshot,
     const_labels: Mapping[str, str] | None = None,
     findings: list[Finding] | None = None,
+    costs: list[tuple[Family, dict[tuple[str, ...], float]]] | None = None,
 ) -> str:
     """Exactly what the live exporters serve: the collectors' for this snapshot and, when
-    there are ``findings``, the head's count of them."""
+    there are ``findings``, the head's count of them, and its ``costs`` (``cost_values``)."""
     text = exposition(snapshot, const_labels)
     if findings:
         text += family_exposition(divergence_family(divergence.counts(findings), const_labels))
+    for family, values in costs or ():
+        text += family_exposition(head_family(family, values, const_labels or {}))
     return text.decode()
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds:,.0f} s ({seconds / 3600:,.2f} rank-hours)"
+
+
+def costs_by_job(
+    redundant: dict[tuple[str, str], float],
+    waits: dict[str, float],
+    twice: dict[str, tuple[int, int]],
+) -> dict[str, list[str]]:
+    """Per job, the rank-seconds its ranks waited for a straggler and the compile seconds
+    done twice (``cost.redundant``; ``twice``: ``cost.graphs_twice``), each scope with its
+    cure; jobs with nothing to say are left out."""
+    costs: dict[str, list[str]] = {}
+    for job in sorted(set(waits) | {job for job, _ in redundant}):
+        lines = []
+        if waits.get(job):
+            lines.append(f"ranks waited {_hours(waits[job])} for a slower rank's compile")
+        ranks, graphs = twice.get(job, (0, 0))
+        if redundant.get((job, "job")):
+            lines.append(
+                f"{ranks} ranks compiled the same {graphs} graphs: "
+                f"{_hours(redundant[(job, 'job')])} done twice; {cost.CURES['job']}"
+            )
+        if redundant.get((job, "fleet")):
+            lines.append(
+                f"{_hours(redundant[(job, 'fleet')])} compiling graphs an earlier job had "
+                f"compiled; {cost.CURES['fleet']}"
+            )
+        if lines:
+            costs[job] = lines
+    return costs
+
+
+def cost_lines(
+    redundant: dict[tuple[str, str], float],
+    waits: dict[str, float],
+    twice: dict[str, tuple[int, int]],
+) -> list[str]:
+    """``compile cost:`` and ``costs_by_job``'s lines, each after its job (escaped:
+    ``printable``): the text report and ``aotwatch status``."""
+    lines = [
+        printable(f"  {job}: {line}")
+        for job, said in costs_by_job(redundant, waits, twice).items()
+        for line in said
+    ]
+    return [f"compile cost: {'' if lines else 'none'}".rstrip(), *lines]
 
 
 def divergence_lines(findings: list[Finding] | list[dict[str, Any]]) -> list[str]:

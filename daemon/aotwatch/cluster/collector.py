@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aotwatch import divergence
+from aotwatch import cost, divergence
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import (
     ARCHIVE_FILE,
@@ -194,6 +194,7 @@ class NodeCollector:
         self.jobs = JobLife(config.collector.worker_timeout_s, config.collector.job_retention_s)
         directory = collector_directory(config, node_id)
         self._fingerprints: divergence.Fingerprints = {}
+        self._work: cost.Work = {}  # job -> the compile seconds of graphs compiled here
         self._epoch = uuid.uuid4().hex  # this instance: a head re-reads a restarted collector
         self._versions: dict[str, int] = {}  # job -> how often its fingerprints changed
         self._changes: dict[str, OrderedDict[divergence.Change, int]] = {}  # job -> entry ->
@@ -282,6 +283,7 @@ class NodeCollector:
 
     def _observe(self, record: Record) -> None:
         changes = divergence.observe(self._fingerprints, record)
+        cost.fold(self._work, record, self._fingerprints, self.config.collector.max_cost_graphs)
         if not changes:
             return
         job = record.job_name
@@ -420,6 +422,7 @@ class NodeCollector:
                 for job_name in forgotten:
                     self.sink.forget_job(job_name)
                     self._fingerprints.pop(job_name, None)
+                    self._work.pop(job_name, None)
                     self._versions.pop(job_name, None)
                     self._changes.pop(job_name, None)
                     self._changes_since.pop(job_name, None)
@@ -476,7 +479,7 @@ class NodeCollector:
         version, whole fingerprints of the jobs the head has none of (or is too far behind
         on: ``divergence.summary``, each distinct fingerprint once), and for the others the
         entries changed since the head's version (copies: Ray serialises them after this
-        returns, while pushes may add more)."""
+        returns, while pushes may add more); ``work``: the ``cost.Work`` of those jobs."""
         with self._accept_lock:
             jobs, deltas = {}, {}
             for job, version in self._versions.items():
@@ -492,6 +495,10 @@ class NodeCollector:
                 "versions": dict(self._versions),
                 "jobs": jobs,
                 "deltas": deltas,
+                "work": {
+                    job: {key: list(entry) for key, entry in self._work.get(job, {}).items()}
+                    for job in [*jobs, *deltas]
+                },
                 "live": self._live(),
             }
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import ray
 
-from aotwatch import divergence
+from aotwatch import cost, divergence
 from aotwatch.cluster.collector import HEAD_NAME, scrape_host
 from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
 from aotwatch.cluster.placement import alive_nodes, daemon_actor_options, ensure_collector
@@ -20,10 +21,12 @@ from aotwatch.config import Config
 from aotwatch.export.collector import (
     build_info_family,
     divergence_family,
+    head_family,
     registry_for,
     straggler_family,
 )
 from aotwatch.export.server import serve_metrics
+from aotwatch.metrics import REDUNDANT_SECONDS, WAIT_RANK_SECONDS
 from aotwatch.records import printable
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,9 @@ class _DivergenceCollector:
         yield build_info_family(self.labels)
         yield divergence_family(counts, self.labels)
         yield straggler_family(self.watch.straggler_seconds(), self.labels)
+        waits = {(job,): seconds for job, seconds in self.watch.wait_seconds().items()}
+        yield head_family(WAIT_RANK_SECONDS, waits, self.labels)
+        yield head_family(REDUNDANT_SECONDS, self.watch.redundant_seconds(), self.labels)
 
 
 class Head:
@@ -177,6 +183,7 @@ class Head:
             "head": self.head_endpoint(),
             "file_sd": str(self.file_sd),
             "divergences": self.watch.divergences(),
+            "cost": self.watch.cost(),
         }
 
     def shutdown(self) -> None:
@@ -203,6 +210,12 @@ class DivergenceWatch:
         self._digest = divergence.Digest()
         self._lives: dict[str, divergence.Live] = {}  # node -> its collector's present
         self._stragglers: dict[str, float] = {}  # job -> longest wait now (0: none)
+        self._work: dict[str, cost.Work] = {}  # node -> its collector's work per job
+        self._waited: dict[str, float] = {}  # job -> rank-seconds spent waiting so far
+        self._counted: dict[tuple[str, str, str], float] = {}  # see ``cost.waited``
+        self._redundant: dict[tuple[str, str], float] = {}  # (job, scope) -> seconds
+        self._seen = cost.Seen(config.collector.max_cost_graphs)
+        self._twice: dict[str, tuple[int, int]] = {}  # job -> ``cost.graphs_twice``
 
     def known(self, node: str) -> tuple[str | None, dict[str, int]]:
         """What to ask ``node``'s collector for (see ``divergence.Digest.known``)."""
@@ -217,10 +230,14 @@ class DivergenceWatch:
         for node, answer in answers.items():  # a collector that did not answer keeps what
             self._digest.update(node, answer)  # the head last had of it
             self._lives[node] = answer.get("live", {})
+            work = {} if node in restarted else self._work.get(node, {})
+            work.update(answer.get("work", {}))
+            self._work[node] = {job: work[job] for job in answer["versions"] if job in work}
         for node in self._digest.nodes() - nodes:
             self._digest.forget(node)
-        for node in set(self._lives) - nodes:
-            del self._lives[node]
+        for table in (self._lives, self._work):
+            for node in set(table) - nodes:
+                del table[node]
         attached = {job for live in self._lives.values() for job in live.get("attached", {})}
         jobs = self._digest.jobs() | attached
         self._forget_jobs_but(jobs)
@@ -229,14 +246,21 @@ class DivergenceWatch:
             for job, _, compile_id, _ in self._candidates:  # still settling: look again
                 if changed.get(job, set()) is not None:
                     changed.setdefault(job, set()).add(compile_id)
-        late, longest, compiling = divergence.stragglers(
+        late, longest, compiling, waits = divergence.stragglers(
             list(self._lives.values()), self.config.collector.straggler_after_s
         )
         now = time.monotonic()
+        redundant, twice = self._judge_work(jobs, set(changed))
         with self._lock:
             self._stragglers = longest
+            self._redundant = {key: s for key, s in redundant.items() if key[0] in jobs}
+            self._twice = {job: n for job, n in twice.items() if job in jobs}
+            after_s = self.config.collector.straggler_after_s
+            for job, seconds in cost.waited(self._counted, waits, after_s).items():
+                self._waited[job] = self._waited.get(job, 0.0) + seconds
             for finding in late:
                 if finding.key not in self._findings:
+                    finding = _with_cause(finding, self._digest.ranks(finding.job_name))
                     self._findings[finding.key] = finding
                     log.warning("aotwatch: compile straggler: %s", printable(finding.describe()))
         for job, compile_ids in changed.items():
@@ -250,6 +274,43 @@ class DivergenceWatch:
                     compiling.get(job, set()),
                 )
         return restarted | (nodes - set(answers))
+
+    def _judge_work(
+        self, jobs: set[str], changed: set[str]
+    ) -> tuple[dict[tuple[str, str], float], dict]:
+        """Every job's redundant compile seconds by scope (see ``cost.redundant``) and its
+        ``cost.graphs_twice``, judged again for the ``changed`` jobs only (a frame record
+        changes its job's fingerprints); jobs first seen in one round are judged by name."""
+        with self._lock:
+            redundant = {key: s for key, s in self._redundant.items() if key[0] not in changed}
+            twice = {job: n for job, n in self._twice.items() if job not in changed}
+        for job in sorted(jobs & changed):
+            tables = [work[job] for work in self._work.values() if job in work]
+            if tables:
+                merged = cost.merge(tables)
+                twice[job] = cost.graphs_twice(merged)
+                for scope, seconds in cost.redundant(job, merged, self._seen).items():
+                    redundant[(job, scope)] = seconds
+        return redundant, twice
+
+    def wait_seconds(self) -> dict[str, float]:
+        """Rank-seconds each job's ranks spent waiting for a straggler's compile so far."""
+        with self._lock:
+            return dict(self._waited)
+
+    def redundant_seconds(self) -> dict[tuple[str, str], float]:
+        """Compile seconds done twice per (job, scope) (see ``cost``)."""
+        with self._lock:
+            return dict(self._redundant)
+
+    def cost(self) -> dict[str, Any]:
+        """What ``aotwatch status`` shows of the cost (see ``report.cost_lines``)."""
+        with self._lock:
+            return {
+                "waits": dict(self._waited),
+                "redundant": [[job, scope, s] for (job, scope), s in self._redundant.items()],
+                "twice": {job: list(n) for job, n in self._twice.items()},
+            }
 
     def straggler_seconds(self) -> dict[str, float]:
         """The longest a rank of each job has been compiling while others wait (0: none)."""
@@ -296,6 +357,7 @@ class DivergenceWatch:
             for table in (self._findings, self._candidates):
                 for key in [key for key in table if key[0] not in jobs]:
                     del table[key]
+            self._waited = {job: s for job, s in self._waited.items() if job in jobs}
 
     def divergences(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -304,6 +366,15 @@ class DivergenceWatch:
     def divergence_counts(self) -> dict[tuple[str, str], int]:
         with self._lock:
             return divergence.counts(list(self._findings.values()))
+
+
+def _with_cause(finding: divergence.Finding, ranks: dict[str, Any]) -> divergence.Finding:
+    """A straggler finding with why its rank compiles while its peers wait, where known."""
+    rank = finding.groups[0][1][0]
+    because = cost.cause(rank, finding.compile_id, ranks)
+    if because is None:
+        return finding
+    return replace(finding, groups=(*finding.groups, (f"because {because}", (rank,))))
 
 
 def _within(names: tuple[str, ...], ranks: set[str]) -> bool:

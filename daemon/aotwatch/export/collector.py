@@ -15,7 +15,13 @@ from prometheus_client.core import (
 )
 
 from aotwatch.aggregate import Snapshot
-from aotwatch.metrics import BUILD_INFO, FAMILIES, RANK_DIVERGENCES, STRAGGLER_SECONDS
+from aotwatch.metrics import (
+    BUILD_INFO,
+    FAMILIES,
+    RANK_DIVERGENCES,
+    STRAGGLER_SECONDS,
+    Family,
+)
 
 _FAMILY_TYPES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
 
@@ -68,6 +74,17 @@ def straggler_family(
     for job, value in sorted(seconds.items()):
         family.add_metric((job, *const.values()), value)
     return family
+
+
+def head_family(
+    family: Family, values: Mapping[tuple[str, ...], float], const_labels: Mapping[str, str]
+) -> CounterMetricFamily | GaugeMetricFamily:
+    """One of the head's families (``HEAD_FAMILIES``): a value per label set of its own."""
+    const = dict(const_labels)
+    metric = _FAMILY_TYPES[family.kind](family.name, family.help, labels=(*family.labels, *const))
+    for labels, value in sorted(values.items()):
+        metric.add_metric((*labels, *const.values()), value)
+    return metric
 
 
 class _Fixed:
