@@ -768,9 +768,11 @@ def contract() -> str:
         "# Metrics",
         "",
         "Generated from `daemon/aotwatch/metrics.py` by `python -m aotwatch.metrics > "
-        "docs/metrics.md`; a test fails when this file is stale. Collectors serve every family "
-        "but `torch_compile_rank_divergences` (the head's); the `labels:` of a config are added "
-        "to every series and may not use the label names below.",
+        "docs/metrics.md`; a test fails when this file is stale. The head serves "
+        + ", ".join(f"`{family.name}`" for family in HEAD_FAMILIES)
+        + "; collectors serve every other family (both serve `aotwatch_build_info`). The "
+        "`labels:` of a config "
+        "are added to every series and may not use the label names below.",
         "",
         "**Kept per.** A family kept *per rank* has one series per rank (what a person acts "
         "on for one rank). A family kept *per job on a node* sums, on each collector, the "
