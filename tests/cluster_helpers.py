@@ -128,6 +128,26 @@ class Worker:
             model(x).sum().backward()
         return steps
 
+    def join_gloo(self, address: str, rank: int, world_size: int) -> None:
+        """Join a gloo process group (CPU collectives), every collective bounded by 60 s."""
+        import datetime
+
+        import torch.distributed as dist
+
+        timeout = datetime.timedelta(seconds=60)
+        dist.init_process_group(
+            "gloo", init_method=address, rank=rank, world_size=world_size, timeout=timeout
+        )
+
+    def all_reduce(self) -> float:
+        """One all_reduce over the process group: returns when every rank has reached it."""
+        import torch
+        import torch.distributed as dist
+
+        total = torch.ones(1)
+        dist.all_reduce(total)
+        return float(total)
+
     def shift_clock(self, seconds: float) -> None:
         """This process's wall clock runs ``seconds`` ahead (behind, if negative) of the
         machine's, as on a node whose clock is off; its monotonic clock is untouched."""

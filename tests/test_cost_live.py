@@ -1,5 +1,6 @@
-"""What compiling costs, live and archived: a real local Ray cluster, two ranked workers
-pushing to the node's collector, the head counting; then a second job of the same program."""
+"""What compiling costs, live and archived: a real local Ray cluster, a 2-rank gloo job whose
+workers push to the node's collector (rank 0 waits in an all_reduce while rank 1 compiles), the
+head counting; then a second job of the same program."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from aotwatch.cluster.head import ensure_head, stop_daemon
 from aotwatch.config import CollectorConfig
 from cluster_helpers import cluster_config, ranked_worker
 from conftest import scrape, wait_for
+from prometheus_server import free_port
 from test_cli import aotwatch
 
 SLOW_S = 8.0
@@ -47,9 +49,13 @@ def head_values(config, name: str) -> dict[str, float]:
 
 
 def job(config, job_name: str, ranks: int = 2) -> list:
+    """A job of ``ranks`` workers in one gloo process group, each compiling the same graph."""
     workers = [ranked_worker(rank, ranks) for rank in range(ranks)]
     job_config = dataclasses.replace(config, job_name=job_name)
     ray.get([w.attach.remote(job_config) for w in workers], timeout=120)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    joined = [w.join_gloo.remote(address, rank, ranks) for rank, w in enumerate(workers)]
+    ray.get(joined, timeout=90)
     ray.get([w.compile_fn.remote("x * 2") for w in workers], timeout=120)  # the same graph
     return workers
 
@@ -58,12 +64,14 @@ def test_waits_work_done_twice_and_the_straggler_cause_live_in_status_and_report
     head = ray.get_actor("aotwatch-head", namespace=config.cluster.namespace)
     first = job(config, "ray-test")
     slow = first[1].compile_slowly.remote(SLOW_S, "x * 3")  # a frame only rank 1 compiles
+    reduced = [worker.all_reduce.remote() for worker in first]  # rank 0 waits in it for rank 1
     wait = 'job_name="ray-test"'
     waited = wait_for(
         lambda: head_values(config, "torch_compile_wait_rank_seconds_total").get(wait),
         timeout=SLOW_S,
     )
     ray.get(slow, timeout=120)
+    assert ray.get(reduced, timeout=90) == [2.0, 2.0]
     assert all(ray.get([w.flush.remote() for w in first], timeout=60))
     time.sleep(3)  # a round after the compile ended: the wait is counted whole
     waits = head_values(config, "torch_compile_wait_rank_seconds_total")
