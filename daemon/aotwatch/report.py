@@ -13,7 +13,6 @@ from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import ARCHIVE_FILE, archive_files, read_archive
 from aotwatch.divergence import Finding
 from aotwatch.export.collector import (
-    divergence_family,
     exposition,
     family_exposition,
     head_family,
@@ -158,9 +157,10 @@ def prometheus(
     there are ``findings``, the head's count of them, and its ``costs`` (``cost_values``)."""
     text = exposition(snapshot, const_labels)
     if findings:
-        text += family_exposition(divergence_family(divergence.counts(findings), const_labels))
+        counts = divergence.counts(findings)
+        text += family_exposition(head_family(RANK_DIVERGENCES, counts, const_labels))
     for family, values in costs or ():
-        text += family_exposition(head_family(family, values, const_labels or {}))
+        text += family_exposition(head_family(family, values, const_labels))
     return text.decode()
 
 

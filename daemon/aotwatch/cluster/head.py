@@ -20,13 +20,16 @@ from aotwatch.cluster.placement import alive_nodes, daemon_actor_options, ensure
 from aotwatch.config import Config
 from aotwatch.export.collector import (
     build_info_family,
-    divergence_family,
     head_family,
     registry_for,
-    straggler_family,
 )
 from aotwatch.export.server import serve_metrics
-from aotwatch.metrics import REDUNDANT_SECONDS, WAIT_RANK_SECONDS
+from aotwatch.metrics import (
+    RANK_DIVERGENCES,
+    REDUNDANT_SECONDS,
+    STRAGGLER_SECONDS,
+    WAIT_RANK_SECONDS,
+)
 from aotwatch.records import printable
 
 log = logging.getLogger(__name__)
@@ -57,8 +60,9 @@ class _DivergenceCollector:
 
     def _families(self, counts: dict[tuple[str, str], int]) -> Any:
         yield build_info_family(self.labels)
-        yield divergence_family(counts, self.labels)
-        yield straggler_family(self.watch.straggler_seconds(), self.labels)
+        yield head_family(RANK_DIVERGENCES, counts, self.labels)
+        stragglers = {(job,): seconds for job, seconds in self.watch.straggler_seconds().items()}
+        yield head_family(STRAGGLER_SECONDS, stragglers, self.labels)
         waits = {(job,): seconds for job, seconds in self.watch.wait_seconds().items()}
         yield head_family(WAIT_RANK_SECONDS, waits, self.labels)
         yield head_family(REDUNDANT_SECONDS, self.watch.redundant_seconds(), self.labels)

@@ -18,8 +18,6 @@ from aotwatch.aggregate import Snapshot
 from aotwatch.metrics import (
     BUILD_INFO,
     FAMILIES,
-    RANK_DIVERGENCES,
-    STRAGGLER_SECONDS,
     Family,
 )
 
@@ -52,35 +50,13 @@ def build_info_family(const_labels: Mapping[str, str] | None = None) -> GaugeMet
     return family
 
 
-def divergence_family(
-    counts: Mapping[tuple[str, str], int], const_labels: Mapping[str, str] | None = None
-) -> CounterMetricFamily:
-    """``torch_compile_rank_divergences_total``: findings per (job, kind), as the head serves."""
-    const = dict(const_labels or {})
-    names = (*RANK_DIVERGENCES.labels, *const)
-    family = CounterMetricFamily(RANK_DIVERGENCES.name, RANK_DIVERGENCES.help, labels=names)
-    for (job, kind), count in sorted(counts.items()):
-        family.add_metric((job, kind, *const.values()), count)
-    return family
-
-
-def straggler_family(
-    seconds: Mapping[str, float], const_labels: Mapping[str, str] | None = None
-) -> GaugeMetricFamily:
-    """``torch_compile_straggler_seconds``: the longest wait per job, as the head serves."""
-    const = dict(const_labels or {})
-    names = (*STRAGGLER_SECONDS.labels, *const)
-    family = GaugeMetricFamily(STRAGGLER_SECONDS.name, STRAGGLER_SECONDS.help, labels=names)
-    for job, value in sorted(seconds.items()):
-        family.add_metric((job, *const.values()), value)
-    return family
-
-
 def head_family(
-    family: Family, values: Mapping[tuple[str, ...], float], const_labels: Mapping[str, str]
+    family: Family,
+    values: Mapping[tuple[str, ...], float],
+    const_labels: Mapping[str, str] | None = None,
 ) -> CounterMetricFamily | GaugeMetricFamily:
     """One of the head's families (``HEAD_FAMILIES``): a value per label set of its own."""
-    const = dict(const_labels)
+    const = dict(const_labels or {})
     metric = _FAMILY_TYPES[family.kind](family.name, family.help, labels=(*family.labels, *const))
     for labels, value in sorted(values.items()):
         metric.add_metric((*labels, *const.values()), value)
