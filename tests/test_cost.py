@@ -248,9 +248,9 @@ def test_the_text_report_names_the_waits_the_work_done_twice_and_the_cures(tmp_p
 
 
 def test_status_shows_the_cost_the_head_counted(capsys):
-    from aotwatch import cli
+    from aotwatch.cluster import serve
 
-    cli._print_status(
+    serve.print_status(
         {
             "collectors": [],
             "divergences": [],

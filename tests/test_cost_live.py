@@ -11,7 +11,7 @@ import uuid
 import pytest
 import ray
 
-from aotwatch import cli
+from aotwatch.cluster import serve
 from aotwatch.cluster.head import ensure_head, stop_daemon
 from aotwatch.config import CollectorConfig
 from cluster_helpers import cluster_config, ranked_worker
@@ -98,7 +98,7 @@ def test_waits_work_done_twice_and_the_straggler_cause_live_in_status_and_report
         == 0.0
     )  # counted once, in the fleet scope
 
-    cli._print_status(ray.get(head.status.remote(), timeout=60))
+    serve.print_status(ray.get(head.status.remote(), timeout=60))
     status = capsys.readouterr().out
     assert "because a compile id (1/0) only it has" in status
     assert "ray-test: ranks waited" in status

@@ -23,7 +23,7 @@ import ray  # noqa: F401 - puts the psutil that Ray bundles on sys.path
 # isort: split
 import psutil
 
-from aotwatch.cli import SERVE_CLEANUP_TIMEOUT_S
+from aotwatch.cluster.serve import SERVE_CLEANUP_TIMEOUT_S
 from conftest import wait_for
 
 EXIT_WITHIN_S = 15.0

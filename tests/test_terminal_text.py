@@ -8,8 +8,9 @@ import logging
 
 import pytest
 
-from aotwatch import cli, report
+from aotwatch import report
 from aotwatch.archive import ARCHIVE_FILE
+from aotwatch.cluster import serve
 from aotwatch.config import Config
 from aotwatch.divergence import Finding
 from aotwatch.records import RecordError, encode_record, new_record, printable, to_record
@@ -99,7 +100,7 @@ def test_divergence_lines_and_the_run_summary_escape(capsys):
 
 
 def test_status_escapes_what_collectors_and_the_head_report(capsys):
-    cli._print_status(
+    serve.print_status(
         {
             "collectors": [
                 {

@@ -6,10 +6,8 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import socket
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -233,159 +231,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return driver.run_job(job, linger=args.linger, verbose=args.verbose)
 
 
-def _print_status(status: dict) -> None:
-    from aotwatch.records import printable
-
-    print("collectors:")
-    for c in status["collectors"]:
-        target = f"{c.get('ip')}:{c.get('port')}" if "port" in c else "-"
-        health = "healthy" if c.get("healthy") else "unreachable"
-        print(
-            printable(f"  node {c['node_id'][:12]}  {c.get('hostname', '?')}  {target}  {health}")
-        )
-    jobs: dict[str, list] = {}
-    for c in status["collectors"]:
-        for w in c.get("workers", []):
-            jobs.setdefault(w["job_name"], []).append(w)
-    print("jobs:" if jobs else "jobs: none attached")
-    for name, workers in sorted(jobs.items()):
-        ranks = ",".join(
-            str(w.get("rank", "?")) for w in sorted(workers, key=lambda w: str(w.get("rank")))
-        )
-        print(printable(f"  {name}: {len(workers)} workers attached (ranks {ranks})"))
-    print(f"divergences: {len(status['divergences']) or 'none'}")
-    for f in status["divergences"]:
-        print(printable(f"  {f['job_name']} {f['kind']} at {f['compile_id']}: {f['groups']}"))
-    if "cost" in status:  # a head before issue 22 answers none
-        from aotwatch.report import cost_lines
-
-        known = status["cost"]
-        redundant = {(job, scope): s for job, scope, s in known["redundant"]}
-        twice = {job: tuple(counts) for job, counts in known["twice"].items()}
-        print("\n".join(cost_lines(redundant, known["waits"], twice)))
-    print(f"file_sd: {status['file_sd']}")
-
-
 def _cluster_config(args: argparse.Namespace) -> Config:
     config = _load_checked(args.config)
     address = args.address or config.cluster.address or "auto"
     return dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, address=address))
 
 
-SERVE_CLEANUP_TIMEOUT_S = 5.0
-"""How long ``serve`` waits, once stopped, for its collectors to be removed and Ray to let go;
-past it (a cluster that is gone or does not answer) it says so and exits 1 without waiting."""
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else repr(err)
-
-
-def _watch_status(head: object, interval: float, stop: threading.Event, where: str) -> None:
-    """Print the head's status every ``interval`` seconds until ``stop``; say once when the
-    cluster stops answering (and when it answers again) instead of failing."""
-    import ray
-
-    from aotwatch.cluster import driver
-
-    answering = True
-    while not stop.is_set():
-        try:
-            status = ray.get(head.status.remote(), timeout=driver.TIMEOUT_S)
-        except Exception as err:  # noqa: BLE001 - a cluster that is gone or busy: keep waiting
-            if answering and not stop.is_set():
-                print(
-                    f"aotwatch: the Ray cluster at {where} did not answer ({_first_line(err)}); "
-                    "still waiting, Ctrl-C stops",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            answering = False
-        else:
-            if stop.is_set():
-                break
-            if not answering:
-                print(f"aotwatch: the Ray cluster at {where} answers again", file=sys.stderr)
-            answering = True
-            _print_status(status)
-            sys.stdout.flush()
-        stop.wait(interval)
-
-
-def _stop_serving(config: Config, watcher: threading.Thread, where: str) -> int:
-    """Remove the collectors and leave Ray within SERVE_CLEANUP_TIMEOUT_S. Returns the exit
-    status, or ends the process (os._exit: Ray's own atexit shutdown would block as long)."""
-    import ray
-
-    from aotwatch.cluster.head import stop_daemon
-
-    failure: list[str] = []
-
-    def cleanup() -> None:
-        try:
-            watcher.join()  # no status call in flight while Ray shuts down
-            stop_daemon(config)
-        except Exception as err:  # noqa: BLE001 - reported below
-            failure.append(_first_line(err))
-        finally:
-            ray.shutdown()
-
-    thread = threading.Thread(target=cleanup, name="aotwatch-stop", daemon=True)
-    thread.start()
-    thread.join(SERVE_CLEANUP_TIMEOUT_S)
-    if thread.is_alive():
-        print(
-            f"aotwatch: could not stop the collectors within {SERVE_CLEANUP_TIMEOUT_S:g} s: "
-            f"the Ray cluster at {where} did not answer",
-            file=sys.stderr,
-        )
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
-    if failure:
-        print(f"aotwatch: could not stop the collectors: {failure[0]}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM, then remove the collectors: exit 0, or 1 with one line on
-    stderr when they could not be removed (a cluster that is gone takes SERVE_CLEANUP_TIMEOUT_S
-    at most). A cluster that stops answering meanwhile is reported once; serve keeps waiting
-    (Ray itself ends a driver whose GCS stays unreachable, after its reconnect timeout)."""
     try:
         config = _cluster_config(args)
     except ConfigError as err:
         return _fail(str(err))
-    import ray
+    from aotwatch.cluster import serve
 
-    from aotwatch.cluster import driver
-
-    ray_log = None if args.verbose else driver.quiet_ray(config, "serve")
-    head = driver.start(config, job_runtime_env=False, ray_log=ray_log)
-    where = ray.get_runtime_context().gcs_address or config.cluster.address
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    print(f"aotwatch: serving on the cluster at {config.cluster.address}; Ctrl-C stops", flush=True)
-    watcher = threading.Thread(
-        target=_watch_status,
-        args=(head, args.interval, stop, where),
-        name="aotwatch-status",
-        daemon=True,
-    )
-    watcher.start()
-    try:
-        while not stop.wait(1.0):  # the main thread never blocks on Ray: signals act at once
-            pass
-        print("aotwatch: stopping the collectors", flush=True)
-    finally:
-        stop.set()
-        code = _stop_serving(config, watcher, where)
-        if ray_log is not None:
-            ray_log.close()
-    return code
+    return serve.serve(config, interval=args.interval, verbose=args.verbose)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -395,7 +254,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _fail(str(err))
     import ray
 
-    from aotwatch.cluster import driver
+    from aotwatch.cluster import driver, serve
 
     driver.connect(config)
     try:
@@ -405,7 +264,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         ray.shutdown()
         return 1
     try:
-        _print_status(ray.get(head.status.remote(), timeout=driver.TIMEOUT_S))
+        serve.print_status(ray.get(head.status.remote(), timeout=driver.TIMEOUT_S))
         return 0
     finally:
         ray.shutdown()
