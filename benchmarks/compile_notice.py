@@ -39,10 +39,10 @@ def notices_per_step(steps: int) -> int:
     """Start notices during ``steps`` training steps of an already compiled model."""
     import torch
 
-    import aotwatch.local
+    import aotwatch.process
 
     session_calls = []
-    sink = aotwatch.local.current().sink
+    sink = aotwatch.process.current().sink
     original = sink.compiling
     sink.compiling = lambda state: (session_calls.append(state), original(state))[1]
     model = torch.compile(torch.nn.Linear(16, 16), backend="aot_eager")

@@ -119,7 +119,7 @@ def _local_target() -> tuple[object, object, object]:
     import torch
 
     import aotwatch
-    import aotwatch.local
+    import aotwatch.process
     from aotwatch.config import Config, ExportConfig
 
     torch.set_num_threads(1)  # the step measures this process, not the CPU the attacker takes
@@ -138,7 +138,7 @@ def _local_target() -> tuple[object, object, object]:
 
     for _ in range(300):  # compile and warm up
         step()
-    return aotwatch.local.current().server, aotwatch.detach, step
+    return aotwatch.process.current().server, aotwatch.detach, step
 
 
 def child(kind: str, web_config: str | None = None) -> None:

@@ -72,9 +72,9 @@ class Trainer:
         return times
 
     def pending(self) -> int:
-        import aotwatch.local
+        import aotwatch.process
 
-        return aotwatch.local.current().sink.pending()
+        return aotwatch.process.current().sink.pending()
 
 
 def main() -> None:

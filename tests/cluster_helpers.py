@@ -164,9 +164,9 @@ class Worker:
     def state(self) -> dict:
         import sys
 
-        import aotwatch.local
+        import aotwatch.process
 
-        attachment = aotwatch.local.current()
+        attachment = aotwatch.process.current()
         sink = attachment.sink if attachment else None
         return {
             "attached": attachment is not None,
@@ -176,9 +176,9 @@ class Worker:
         }
 
     def flush(self) -> bool:
-        import aotwatch.local
+        import aotwatch.process
 
-        return aotwatch.local.current().sink.flush(timeout=30)
+        return aotwatch.process.current().sink.flush(timeout=30)
 
     def detach(self) -> None:
         import aotwatch

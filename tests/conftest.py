@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 import aotwatch  # noqa: E402
 from aotwatch.config import ArchiveConfig, Config, ExportConfig  # noqa: E402
-from aotwatch.local import Attachment  # noqa: E402
+from aotwatch.process import Attachment  # noqa: E402
 
 
 def scrape(url: str) -> str:

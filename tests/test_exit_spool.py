@@ -51,7 +51,7 @@ def worker_id_of(worker) -> str:
     """The id the attached worker's pusher announces (its spool file is named after it)."""
     return ray.get(
         worker.__ray_call__.remote(
-            lambda self: __import__("aotwatch.local").local.current().sink.worker["worker_id"]
+            lambda self: __import__("aotwatch.process").process.current().sink.worker["worker_id"]
         ),
         timeout=30,
     )

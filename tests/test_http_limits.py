@@ -270,8 +270,8 @@ CHILD = textwrap.dedent(
     import json, os, resource, sys, threading, time
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     from aotwatch.config import Config, ExportConfig
-    from aotwatch.local import _local_sink
-    sink, server = _local_sink(Config(export=ExportConfig(address="127.0.0.1", port=0)))
+    from aotwatch.local import local_sink
+    sink, server = local_sink(Config(export=ExportConfig(address="127.0.0.1", port=0)))
     print(json.dumps({"port": server.port, "cap": server.server.cap}), flush=True)
     errors, hog = [], []
 

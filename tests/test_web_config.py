@@ -29,7 +29,7 @@ from aotwatch.export import auth as auth_module
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import MetricsServer, serve_metrics
 from aotwatch.export.webconfig import load_web_config
-from aotwatch.local import current
+from aotwatch.process import current
 from aotwatch.sink import LocalSink
 from conftest import wait_for
 from test_config import laughs

@@ -85,9 +85,9 @@ def _attach() -> None:
     import dataclasses
     import logging
 
-    import aotwatch
     from aotwatch.config import ArchiveConfig, config_from_env
     from aotwatch.export.server import ExportError
+    from aotwatch.process import attach
 
     log = logging.getLogger("aotwatch")
     try:
@@ -95,11 +95,11 @@ def _attach() -> None:
         archive = ArchiveConfig(path=str(process_archive(trace_root(os.environ[TRACE_ENV]))))
         config = dataclasses.replace(config, archive=archive)
         try:
-            aotwatch.attach(config)
+            attach(config)
         except ExportError as err:
             log.warning("aotwatch: %s; records still go to %s", err, archive.path)
             export = dataclasses.replace(config.export, enabled=False)
-            aotwatch.attach(dataclasses.replace(config, export=export))
+            attach(dataclasses.replace(config, export=export))
     except Exception as err:  # noqa: BLE001 - never break the user's compile
         print(f"aotwatch: not capturing in pid {os.getpid()}: {err}", file=sys.stderr)
 

@@ -1,110 +1,23 @@
 """The three ways onto Ray workers: a runtime_env setup hook, existing actors, explicit attach.
 
-All three end in ``aotwatch.attach()`` inside the worker process, which finds
-the collector of its node by node id and pushes its records there.
+All three end in ``aotwatch.attach()`` inside the worker process, which finds the collector of
+its node by node id and pushes its records there (``cluster.workers``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import ray
 
-from aotwatch.cluster.collector import spool_directory
-from aotwatch.cluster.push import RecordPusher
-from aotwatch.config import CONFIG_ENV, Config, config_from_env
+from aotwatch.cluster.workers import runtime_env
+from aotwatch.config import Config, config_from_env
 from aotwatch.first_compile import attach_at_first_compile
 
-log = logging.getLogger(__name__)
-
-SETUP_HOOK = "aotwatch.cluster.attach.worker_process_setup"
-"""Give this as ``runtime_env={"worker_process_setup_hook": SETUP_HOOK}``."""
-
-
-def in_ray_worker() -> bool:
-    """Whether this process is a Ray worker or driver connected to a cluster."""
-    return "ray" in sys.modules and ray.is_initialized()
-
-
-PROBE_TIMEOUT_S = 3.0
-"""How long attach waits for the configured cluster's address to answer."""
-
-
-class ClusterUnreachable(ConnectionError):
-    """The Ray cluster (or this node's collector) cannot be reached: capture stays local."""
-
-
-def join_cluster(config: Config) -> None:
-    """Connect this process to ``cluster.address`` as a Ray driver, or raise ClusterUnreachable.
-
-    The address is probed first, so an unreachable cluster costs seconds, not Ray's minutes of
-    connection retries.
-    """
-    address = config.cluster.address
-    try:
-        if address != "auto":
-            host, _, port = address.removeprefix("ray://").rpartition(":")
-            probe = (host.strip("[]"), int(port))  # [::1]:6379 too
-            socket.create_connection(probe, timeout=PROBE_TIMEOUT_S).close()
-        ray.init(
-            address=address,
-            namespace=config.cluster.namespace,
-            logging_level="WARNING",
-            log_to_driver=False,
-        )
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ClusterUnreachable(f"Ray cluster {address!r} unreachable: {err}") from None
-
-
-def cluster_sink(config: Config) -> RecordPusher:
-    """A sink that pushes to this node's collector (created there if the head has not yet).
-
-    Outside a Ray worker it first joins ``cluster.address``. Raises ClusterUnreachable.
-    """
-    from aotwatch.cluster.placement import ensure_collector
-
-    joined = not in_ray_worker()
-    if joined:
-        join_cluster(config)
-    try:
-        node_id = ray.get_runtime_context().get_node_id()
-        collector = ensure_collector(node_id, config)
-    except Exception as err:  # noqa: BLE001 - whatever Ray raises, training goes on
-        if joined:
-            ray.shutdown()  # capture goes local: leave no half-used connection behind
-        raise ClusterUnreachable(f"no collector for this node: {err}") from None
-    worker = {
-        "job_name": config.job_name,
-        "node_id": node_id,
-        "hostname": socket.gethostname(),
-        "pid": os.getpid(),
-    }
-    heartbeat_s = config.collector.worker_timeout_s / 3  # two may be lost before it expires
-    return RecordPusher(collector, worker, config.push, heartbeat_s, _spool(config, node_id))
-
-
-def _spool(config: Config, node_id: str) -> Path | None:
-    """This node's spool (shared with its collector), or None when it is unsafe or unwritable."""
-    try:
-        return spool_directory(config, node_id)
-    except OSError as err:
-        log.warning("aotwatch: no spool for records undelivered at exit: %s", err)
-        return None
-
-
-def runtime_env(config: Config, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A runtime_env that attaches aotwatch to every worker process of a Ray job."""
-    env = dict(base or {})
-    env["worker_process_setup_hook"] = SETUP_HOOK
-    env["env_vars"] = {**env.get("env_vars", {}), CONFIG_ENV: json.dumps(config.to_dict())}
-    return env
+__all__ = ["attach_actors", "runtime_env", "worker_process_setup"]
 
 
 def worker_process_setup() -> None:
