@@ -12,11 +12,7 @@ from aotwatch import cost, divergence
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import ARCHIVE_FILE, archive_files, read_archive
 from aotwatch.divergence import Finding
-from aotwatch.export.collector import (
-    exposition,
-    family_exposition,
-    head_family,
-)
+from aotwatch.export.collector import exposition, family_exposition, render
 from aotwatch.liveness import Liveness
 from aotwatch.metrics import (
     BY_NAME,
@@ -173,9 +169,9 @@ def prometheus(
     text = exposition(snapshot, const_labels)
     if findings:
         counts = divergence.counts(findings)
-        text += family_exposition(head_family(RANK_DIVERGENCES, counts, const_labels))
+        text += family_exposition(render(RANK_DIVERGENCES, counts, const_labels))
     for family, values in costs or ():
-        text += family_exposition(head_family(family, values, const_labels))
+        text += family_exposition(render(family, values, const_labels))
     return text.decode()
 
 

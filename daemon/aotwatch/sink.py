@@ -1,4 +1,4 @@
-"""The in-process sink of local mode and of every collector: a locked Aggregate and
+"""The record sink of local mode and of every collector: a locked Aggregate and
 optionally an archive, written before anything is folded."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _checked(obj: Any) -> tuple[Record, bytes] | RecordError:
         return err
 
 
-class LocalSink:
+class RecordSink:
     """Validates records, appends the new ones to the archive, then folds them, under one
     lock.
 

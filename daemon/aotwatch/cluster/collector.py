@@ -51,7 +51,7 @@ from aotwatch.records import (
     label_value_problem,
     parse_json,
 )
-from aotwatch.sink import LocalSink
+from aotwatch.sink import RecordSink
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class NodeCollector:
         self._lock = threading.Lock()  # the attached workers and the life of jobs
         self._accept_lock = threading.Lock()  # pushes, the spool thread and the head's reads
         limits = config.limits
-        self.sink = LocalSink(
+        self.sink = RecordSink(
             limits.max_series_per_metric, strict=True, per_rank=limits.per_rank_detail
         )
         self.liveness = Liveness(

@@ -17,7 +17,7 @@ from aotwatch.archive import ArchiveWriter, UnsafePath, read_json_lines, set_asi
 from aotwatch.lru import LruCache
 from aotwatch.metrics import CAPTURE_ERRORS, RECORDS_DROPPED, RECORDS_REJECTED
 from aotwatch.records import MAX_ID, MAX_NUMBER, RecordError, label_value_problem
-from aotwatch.sink import LocalSink
+from aotwatch.sink import RecordSink
 
 COUNTS_FILE = "counts.jsonl"
 KINDS = {"dropped": (RECORDS_DROPPED, "reason"), "capture_errors": (CAPTURE_ERRORS, "stage")}
@@ -36,7 +36,7 @@ class CountsLedger:
     """Turns workers' running totals into counter increments, persisted (see module doc)."""
 
     def __init__(
-        self, directory: str | os.PathLike, sink: LocalSink, skip: set[str] = frozenset()
+        self, directory: str | os.PathLike, sink: RecordSink, skip: set[str] = frozenset()
     ) -> None:
         """Rebuild the totals from ``counts.jsonl``, but for the jobs in ``skip`` (finished
         jobs, whose series a restarted collector no longer shows)."""
