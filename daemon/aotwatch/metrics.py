@@ -114,6 +114,8 @@ class Family:
     """Allowed values of the labels whose values are bounded (others: free text, a job)."""
     action: str = ""
     """What a user should do when it moves (docs/metrics.md)."""
+    fed_by: str = ""
+    """The record fields its fold reads, or the code that sets it (docs/metrics.md)."""
     records: Literal["graph", "frame", "any", "none"] = "none"
     """Which records fold into it; ``none``: aotwatch sets it itself."""
     fold: Fold | None = None
@@ -253,6 +255,7 @@ FRAMES = _rank_family(
     "Frames that Dynamo compiled (successful or not).",
     records="frame",
     fold=_once,
+    fed_by="every frame record, once",
     action="Rises with every compile; a rank that keeps rising after warm-up is "
     "recompiling: see torch_compile_recompiles_total.",
 )
@@ -265,6 +268,7 @@ FRAME_FAILURES = _rank_family(
     values={"fail_type": categories.FAIL_TYPES},
     records="frame",
     fold=_failures,
+    fed_by="`Record.fail_category` (else `fail_type`, `fail_reason` through `categories`)",
     action="A failed frame runs eagerly (slow) or stops training: read the failure in "
     "`aotwatch report` and fix the unsupported code or the backend error.",
 )
@@ -277,6 +281,7 @@ GRAPHS = _rank_family(
     values={"graph": GRAPH_KINDS},
     records="graph",
     fold=lambda record: (((record.graph,), 1),),
+    fed_by="`Record.graph`",
     action="Should stop rising after warm-up; growth means recompiles or graph breaks.",
 )
 
@@ -289,6 +294,7 @@ GRAPH_NODES = _rank_family(
     records="graph",
     buckets=NODE_BUCKETS,
     fold=lambda record: () if record.nodes is None else (((record.graph,), record.nodes),),
+    fed_by="`Record.graph`, `Record.nodes`",
     action="Many tiny graphs mean graph breaks; huge ones mean long compiles.",
     kept="node",
 )
@@ -301,6 +307,7 @@ COMPILE_SECONDS = _rank_family(
     records="any",
     fold=lambda record: (((), sum(record.durations_s.get(phase, 0.0) for phase in TOP_PHASES)),),
     unit="seconds",
+    fed_by="`Record.durations_s` (phases `total` and `backward`)",
     action="A rank that compiles much longer than the others holds them in collectives: "
     "a cold cache on its node or recompiles of its own (see the reports).",
 )
@@ -316,6 +323,7 @@ DURATION_SECONDS = _rank_family(
     buckets=DURATION_BUCKETS,
     unit="seconds",
     kept="node",
+    fed_by="`Record.durations_s` (phase `total`)",
     action="A p95 far above the p50 means a few frames dominate compile time: "
     "`aotwatch report` names them.",
 )
@@ -331,6 +339,7 @@ PHASE_SECONDS = _rank_family(
     fold=_durations,
     unit="seconds",
     kept="node",
+    fed_by="`Record.durations_s`",
     action="The phase that dominates is where to look: a warm cache (Inductor, "
     "AOTAutograd) removes most of inductor and aot_autograd.",
 )
@@ -343,6 +352,7 @@ GRAPH_BREAKS = _rank_family(
     values={"reason": "a graph-break registry id (gbNNNN) or a category"},
     records="frame",
     fold=_graph_breaks,
+    fed_by="`Record.graph_breaks` (each one's category)",
     action="Each break splits a graph: fix the top reasons (`aotwatch report` has "
     "their text), or mark the code with torch._dynamo.disable.",
 )
@@ -355,6 +365,7 @@ RECOMPILES = _rank_family(
     values={"reason": categories.RECOMPILE_CATEGORIES},
     records="frame",
     fold=_recompiles,
+    fed_by="`Record.recompile_category` (else `recompile_reason` through `categories`)",
     action="shape: mark dynamic dimensions (torch._dynamo.mark_dynamic); others: keep "
     "guarded values stable between steps.",
 )
@@ -367,6 +378,7 @@ CACHE_LOOKUPS = _rank_family(
     values={"cache": (*CACHES, categories.OTHER), "result": (*CACHE_RESULTS, categories.OTHER)},
     records="any",
     fold=_cache_lookups,
+    fed_by="`Record.cache`",
     action="Misses on a restarted job mean a cold or unshared cache: point "
     "TORCHINDUCTOR_CACHE_DIR at shared storage; bypasses name what cannot be cached.",
 )
@@ -377,6 +389,7 @@ GRAPH_INPUTS = _rank_family(
     "Graph inputs seen by AOTAutograd.",
     records="graph",
     fold=lambda record: (((), record.inputs.get("total", 0)),),
+    fed_by="`Record.inputs` (`total`)",
     action="The denominator of the mutation ratios.",
     kept="node",
 )
@@ -389,6 +402,7 @@ INPUT_MUTATIONS = _rank_family(
     values={"kind": MUTATION_KINDS},
     records="graph",
     fold=_counts("inputs", MUTATION_KINDS),
+    fed_by="`Record.inputs`",
     action="Mutations of inputs cost copies or epilogues; metadata and storage "
     "mutations are the expensive ones: prefer out-of-place ops on inputs.",
     kept="node",
@@ -402,6 +416,7 @@ MUTATED_INPUTS = _rank_family(
     values={"placement": PLACEMENTS},
     records="graph",
     fold=_counts("mutation_placement", PLACEMENTS),
+    fed_by="`Record.mutation_placement`",
     action="out_of_graph mutations run in Python after every call: make them "
     "in-graph (functional) where you can.",
     kept="node",
@@ -415,6 +430,7 @@ GRAPH_OUTPUTS = _rank_family(
     values={"output_type": FREE},
     records="graph",
     fold=lambda record: [((kind,), count) for kind, count in record.outputs.items()],
+    fed_by="`Record.outputs`",
     action="Outputs that alias inputs or intermediates are regenerated at runtime: "
     "return fresh tensors from compiled regions where you can.",
     kept="node",
@@ -426,6 +442,7 @@ INTERMEDIATE_BASES = _rank_family(
     "Intermediate bases (outputs aliasing one intermediate) summed over graphs.",
     records="graph",
     fold=lambda record: (((), record.intermediate_bases),),
+    fed_by="`Record.intermediate_bases`",
     action="Each one is an extra output and a view replay: avoid returning several views "
     "of one intermediate.",
     kept="node",
@@ -439,6 +456,7 @@ EFFECT_TOKENS = _rank_family(
     values={"direction": TOKEN_DIRECTIONS},
     records="graph",
     fold=_counts("tokens", TOKEN_DIRECTIONS),
+    fed_by="`Record.tokens`",
     action="Tokens order side-effecting ops (prints, custom effectful ops); they "
     "serialise those ops.",
     kept="node",
@@ -460,6 +478,7 @@ SUBCLASS_TENSORS = _rank_family(
         for role, by_type in record.subclasses.items()
         for kind, count in by_type.items()
     ],
+    fed_by="`Record.subclasses`",
     action="Each subclass is flattened into its inner tensors at every call, and a "
     "subclass tangent the backward did not expect costs a recompile or a copy: check "
     "that DTensor placements and Float8 scaling stay the same between steps.",
@@ -478,6 +497,7 @@ SAVED_FOR_BACKWARD = _rank_family(
         (("tensors",), record.tensors_saved_for_backward or 0),
         (("symints",), record.symints_saved_for_backward),
     ),
+    fed_by="`Record.tensors_saved_for_backward`, `Record.symints_saved_for_backward`",
     action="Activation memory: many saved tensors per graph are what activation "
     "checkpointing (torch.utils.checkpoint) or a memory budget "
     "(torch._functorch.config.activation_memory_budget) trades for recompute.",
@@ -492,6 +512,7 @@ SAVED_FOR_BACKWARD_BYTES = _rank_family(
     records="graph",
     fold=lambda record: (((), record.bytes_saved_for_backward or 0),),
     unit="bytes",
+    fed_by="`Record.bytes_saved_for_backward`",
     action="The activation memory compiled regions hold between forward and backward: "
     "when it dominates peak memory, checkpoint (torch.utils.checkpoint) or lower "
     "torch._functorch.config.activation_memory_budget to recompute instead.",
@@ -505,6 +526,7 @@ STATIC_INPUTS = _rank_family(
     "may keep in place instead of copying.",
     records="graph",
     fold=lambda record: (((), record.static_inputs),),
+    fed_by="`Record.static_inputs`",
     action="Under CUDA graphs (mode='reduce-overhead') every other input is copied into "
     "the graph at each call: inputs that are really fixed should be parameters or "
     "buffers (or marked with torch._dynamo.mark_static_address).",
@@ -517,6 +539,7 @@ DONATED_BUFFERS = _rank_family(
     "Saved tensors whose memory the backward may reuse (AOTAutograd's donated buffers).",
     records="graph",
     fold=lambda record: (((), record.donated_buffers),),
+    fed_by="`Record.donated_buffers`",
     action="Higher is better for peak memory; zero on a large model means the backward "
     "keeps every saved tensor alive to its end (check torch._functorch.config.donated_buffer).",
     kept="node",
@@ -531,6 +554,7 @@ TANGENT_LAYOUT_COUNTS = _rank_family(
     values={"layout": (*TANGENT_LAYOUTS, categories.OTHER)},
     records="graph",
     fold=lambda record: [((layout,), count) for layout, count in record.tangent_layouts.items()],
+    fed_by="`Record.tangent_layouts`",
     action="A gradient that arrives in another layout than expected is copied into it "
     "in every backward: gradients usually arrive contiguous, so strided or channels_last "
     "tangents cost a copy each step unless the model is channels_last throughout; return "
@@ -545,6 +569,7 @@ RNG_FUNCTIONALIZED_GRAPHS = _rank_family(
     "state is an explicit input and offset output.",
     records="graph",
     fold=lambda record: (((), int(record.rng_functionalized)),),
+    fed_by="`Record.rng_functionalized`",
     action="Functionalized RNG makes recomputation (activation checkpointing) and CUDA "
     "graphs replay the same random numbers; zero with dropout under checkpointing on "
     "CUDA means torch._functorch.config.functionalize_rng_ops is off.",
@@ -559,6 +584,7 @@ AOT_AUTOGRAD_CACHE_BYPASSES = _rank_family(
     values={"reason": categories.CACHE_BYPASS_CATEGORIES},
     records="any",
     fold=lambda record: [((bypass["category"],), 1) for bypass in record.cache_bypasses],
+    fed_by="`Record.cache_bypasses` (each one's category)",
     action="A bypassed graph compiles from scratch in every process: unsupported_op "
     "names a function the cache cannot hash (`aotwatch report` has torch's text), "
     "fx_graph_cache_disabled and freezing are settings (torch._inductor.config).",
@@ -575,6 +601,7 @@ RECOMPILE_LIMIT = _rank_family(
     records="frame",
     latest=True,
     fold=lambda record: [((name,), value) for name, value in record.recompile_limits.items()],
+    fed_by="`Record.recompile_limits`",
     action="The denominator of the recompile headroom: "
     'torch_compile_recompile_limit{limit="per_frame"} - '
     "torch_compile_worst_frame_compiles.",
@@ -588,6 +615,7 @@ WORST_FRAME_COMPILES = _rank_family(
     records="frame",
     latest=True,
     fold=lambda record: [((), n) for n in (frame_compiles(record.compile_id),) if n],
+    fed_by="`Record.compile_id` (`frame_compiles`)",
     action="Headroom (the per-frame limit minus this) of 1 or 0: the frame recompiles "
     "every step (see torch_compile_recompiles_total and their reasons in `aotwatch "
     "report`); mark the changing dimension dynamic or stop the guarded value from "
@@ -603,6 +631,7 @@ LAST_COMPILE_TIMESTAMP_SECONDS = _rank_family(
     live=True,
     fold=lambda record: (((), record.time),),
     unit="seconds",
+    fed_by="`Record.time`",
     action="A rank whose compiles keep coming long after the others stopped is "
     "recompiling, or compiling what the others are not.",
 )
@@ -615,6 +644,7 @@ IN_PROGRESS = _rank_family(
     ["compile_id"],
     values={"compile_id": "a compile id, F/A (one series per compiling rank)"},
     unit="seconds",
+    fed_by="`Liveness.apply`: the compile each attached worker says it is in",
     action="A rank compiling for minutes while the others wait in a collective is what "
     "the NCCL watchdog kills: time() minus this is how long; a cold cache on its node "
     "or a recompile on this rank alone are the usual causes.",
@@ -628,6 +658,7 @@ JOBS = Family(
     "collector.job_retention_s.",
     ("state",),
     values={"state": ("running", "finished")},
+    fed_by="`Aggregate.snapshot`: the jobs with series",
     action="finished jobs leave after collector.job_retention_s; a growing count means "
     "the retention is longer than the jobs come.",
 )
@@ -637,6 +668,7 @@ WORKERS_ATTACHED = Family(
     "gauge",
     "Worker processes currently attached to this collector.",
     JOB_LABELS,
+    fed_by="`Liveness.apply`: the workers attached",
     action="Fewer than the job's ranks: workers that never attached or stopped pushing.",
 )
 """Set by ``liveness``: workers attached now, per job."""
@@ -648,6 +680,7 @@ WORKERS_REFUSED = Family(
     "the bound they met.",
     ("reason",),
     values={"reason": WORKER_REFUSALS},
+    fed_by="the collector: why `Liveness.admit` refused a worker",
     action="Their ranks show no in-progress compile or attached worker: raise the "
     "limits.<reason> key, or look for workers restarting under new ids "
     "(worker_id_reused: one id announced by two jobs; max_series_per_metric also bounds the "
@@ -661,6 +694,7 @@ RECORDS_RECEIVED = Family(
     JOB_LABELS,
     records="any",
     fold=lambda record: (((), 1),),
+    fed_by="every record folded, once",
     action="Flat during a compile-heavy phase means capture is off or not reaching the collector.",
 )
 
@@ -670,6 +704,8 @@ RECORDS_DROPPED = Family(
     "Compile records lost on the way, by reason.",
     ("job_name", "reason"),
     values={"reason": "queue_full, buffer_full, unencodable, archive_write"},
+    fed_by="the workers' drop counts (`cluster.worker_counts`); `RecordSink` when an archive "
+    "write fails",
     action="queue_full or buffer_full: the collector is slow or away; raise "
     "push.queue_size / push.buffer_size or look at the collector.",
 )
@@ -683,6 +719,8 @@ RECORDS_REJECTED = Family(
         "reason": "not_an_object, schema_version, missing_field, unknown_field, "
         "wrong_type, too_large, not_json, not_utf8, bad_worker, unsafe_file"
     },
+    fed_by="`RecordError.reason`: `Aggregate.add`, `RecordSink`, the collector's replay and "
+    "spool, `cluster.worker_counts`",
     action="A version mismatch between workers and collectors, or a client that is not "
     "aotwatch: check aotwatch_build_info.",
 )
@@ -692,6 +730,8 @@ CAPTURE_ERRORS = Family(
     "counter",
     "Failures inside the capture hooks (swallowed, never raised into training).",
     ("job_name", "stage"),
+    fed_by="the workers' capture-error counts (`cluster.worker_counts`); "
+    "`RecordSink.capture_error`",
     action="Capture missed something: report it with the torch version "
     "(aotwatch_build_info); training is not affected.",
 )
@@ -701,6 +741,7 @@ SERIES_DROPPED = Family(
     "counter",
     "Label sets refused by the per-metric cardinality cap.",
     ("metric",),
+    fed_by="`Aggregate.refuse`: what a family's series cap refused",
     action="Raise limits.max_series_per_metric, or shorten collector.job_retention_s.",
 )
 
@@ -749,6 +790,7 @@ RANK_DIVERGENCES = Family(
     "Compiles that differ across the ranks of a job, by kind.",
     ("job_name", "kind"),
     values={"kind": divergence.KINDS},
+    fed_by="`DivergenceWatch.divergence_counts` (the head)",
     action="Ranks that compile different graphs hang in collectives: see the head's log "
     "or `aotwatch report` for the ranks and compile ids.",
 )
@@ -761,6 +803,7 @@ STRAGGLER_SECONDS = Family(
     "for it), once past collector.straggler_after_s; 0 when no rank is.",
     ("job_name",),
     unit="seconds",
+    fed_by="`DivergenceWatch.straggler_seconds` (the head)",
     action="Above 0, a rank holds the others in a collective: the head's log and `aotwatch "
     "status` name the rank and compile id. Act before the NCCL watchdog (10 minutes by "
     "default) kills the job: warm that node's compile cache, or fix what recompiles there.",
@@ -775,6 +818,7 @@ WAIT_RANK_SECONDS = Family(
     "not compiling): GPU time lost.",
     ("job_name",),
     unit="seconds",
+    fed_by="`DivergenceWatch.wait_seconds` (the head)",
     action="GPU time lost to one rank's compile: the straggler finding in `aotwatch status` "
     "says why that rank compiles (a cache miss, a recompile, a different graph); warm its "
     "cache or fix what it alone compiles.",
@@ -790,6 +834,7 @@ REDUNDANT_SECONDS = Family(
     ("job_name", "scope"),
     values={"scope": cost.SCOPES},
     unit="seconds",
+    fed_by="`DivergenceWatch.redundant_seconds` (the head)",
     action="scope job: compile once and share the result, or warm the cache before the job; "
     "scope fleet: put TORCHINDUCTOR_CACHE_DIR on shared storage or use the remote cache.",
 )
@@ -800,12 +845,30 @@ BUILD_INFO = Family(
     "gauge",
     "What is running: aotwatch, torch, ray and Python versions.",
     BUILD_INFO_LABELS,
+    fed_by="`export.collector.build_info`: the installed versions",
     action="Mixed versions across collectors or workers explain rejected records.",
 )
 
 HEAD_FAMILIES = (RANK_DIVERGENCES, STRAGGLER_SECONDS, WAIT_RANK_SECONDS, REDUNDANT_SECONDS)
 """The families the head serves (per job), not the collectors."""
-ALL_FAMILIES = (BUILD_INFO, *FAMILIES, *HEAD_FAMILIES)
+
+
+def _checked(families: tuple[Family, ...]) -> tuple[Family, ...]:
+    """The table, refused at import as prometheus_client refuses a metric when it is built:
+    a duplicate or malformed name, or a unit the name does not end in; and a row that does
+    not say what feeds it."""
+    names = [family.name for family in families]
+    for family in families:
+        if names.count(family.name) > 1 or not _NAME.fullmatch(family.name):
+            raise ValueError(f"metric table: {family.name!r} is a duplicate or malformed")
+        if family.unit and not family.name.endswith(f"_{family.unit}"):
+            raise ValueError(f"metric table: {family.name} does not end in its unit")
+        if not family.fed_by:
+            raise ValueError(f"metric table: {family.name} does not say what feeds it")
+    return families
+
+
+ALL_FAMILIES = _checked((BUILD_INFO, *FAMILIES, *HEAD_FAMILIES))
 BY_NAME = {family.name: family for family in FAMILIES}
 PER_JOB = frozenset(family.name for family in FAMILIES if family.per_job)
 """The families whose first label is the job: a job's series leave with it."""
@@ -855,6 +918,11 @@ def _values_text(family: Family, label: str) -> str:
     return values if isinstance(values, str) else ", ".join(f"`{v}`" for v in values)
 
 
+def _anchor(family: Family) -> str:
+    """The anchor GitHub gives the family's heading in docs/metrics.md."""
+    return re.sub(r"[^a-z0-9_ -]", "", ", ".join(family.samples())).replace(" ", "-")
+
+
 def contract() -> str:
     """docs/metrics.md: the metric contract, generated from the table."""
     lines = [
@@ -874,6 +942,13 @@ def contract() -> str:
         "differs). `limits.per_rank_detail: true` keeps every family per rank; local mode "
         "(one rank) and `aotwatch report` (rebuilt from the archives) always do.",
         "",
+        "| family | type | fed by |",
+        "| --- | --- | --- |",
+        *(
+            f"| [`{family.name}`](#{_anchor(family)}) | {family.kind} | {family.fed_by} |"
+            for family in ALL_FAMILIES
+        ),
+        "",
     ]
     for family in ALL_FAMILIES:
         folded = {
@@ -886,7 +961,7 @@ def contract() -> str:
             f"## `{', '.join(family.samples())}`",
             "",
             f"{family.kind}{f' ({family.unit})' if family.unit else ''}: {family.help} "
-            f"Set from {folded}. Kept {_kept_text(family)}.",
+            f"Set from {folded}: {family.fed_by}. Kept {_kept_text(family)}.",
             "",
             "| label | values |",
             "| --- | --- |",
