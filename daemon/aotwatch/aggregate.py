@@ -243,13 +243,13 @@ class Aggregate:
             rank = (*job, str(record.rank), record.device)
             for name, fold, update, by_rank, labeller in self._folds[record.graph is None]:
                 prefix = rank if by_rank else job
-                for own, amount in fold(record):
-                    labels = labeller(prefix, own)
-                    if update is None:  # a counter: summed over the batch
-                        key = (name, labels)
+                if update is None:  # a counter: summed over the batch
+                    for own, amount in fold(record):
+                        key = (name, labeller(prefix, own) if own else prefix)
                         counts[key] = counts.get(key, 0) + amount
-                    else:
-                        update(name, labels, amount)
+                else:
+                    for own, amount in fold(record):
+                        update(name, labeller(prefix, own) if own else prefix, amount)
             self._seen_ids.put(record.record_id, None)  # only once folded: validation made it safe
         for (name, labels), amount in counts.items():
             self._inc(name, labels, amount)

@@ -147,11 +147,23 @@ class Family:
 
     def labeller(self) -> Callable[[Labels, Labels], Labels]:
         """How the fold loop makes a label set of the job's or the rank's labels and the
-        values its ``fold`` gave of the family's own, each bounded by ``values`` (see
-        ``_bound``)."""
-        bounds = [_bound(self.values.get(label)) for label in self.own]
-        if not bounds:
-            return lambda prefix, own: prefix
+        values its ``fold`` gave of the family's own (when it has some), each bounded by
+        ``values`` (see ``_bound``)."""
+        allowed = [self.values.get(label) for label in self.own]
+        other = categories.OTHER
+        if all(isinstance(values, tuple) for values in allowed):  # the usual: fast paths
+            kept = [frozenset(values) for values in allowed]
+            if len(kept) == 1:
+                (one,) = kept
+                return lambda prefix, own: (*prefix, a if (a := own[0]) in one else other)
+            if len(kept) == 2:
+                one, two = kept
+                return lambda prefix, own: (
+                    *prefix,
+                    a if (a := own[0]) in one else other,
+                    b if (b := own[1]) in two else other,
+                )
+        bounds = [_bound(values) for values in allowed]
         if not any(bounds):
             return lambda prefix, own: prefix + own
         if len(bounds) == 1:
