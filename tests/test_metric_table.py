@@ -64,6 +64,17 @@ def test_the_table_refuses_what_prometheus_client_would(change):
         _checked((metrics.FRAMES, row))
 
 
+def test_label_values_are_given_and_read_by_name():
+    dropped = metrics.RECORDS_DROPPED
+    labels = dropped.label_set(reason="queue_full", job_name="j")
+    assert labels == ("j", "queue_full")
+    assert dropped.named(labels) == {"job_name": "j", "reason": "queue_full"}
+    with pytest.raises(KeyError):
+        dropped.label_set(job_name="j", reasn="queue_full")
+    with pytest.raises(KeyError):
+        dropped.label_set(job_name="j", reason="queue_full", stage="x")
+
+
 @pytest.mark.parametrize("label", BUILD_INFO.labels)
 def test_build_info_labels_are_reserved(tmp_path, label):
     path = tmp_path / "job.yaml"

@@ -80,7 +80,7 @@ Labels = tuple[str, ...]
 Folded = Sequence[tuple[Labels, float]]
 Fold = Callable[[Record], Folded]
 """A record -> (values of the family's own labels, amount) pairs: the fold loop prepends the
-job or rank labels and bounds the values by ``Family.values`` (``Family.bounder``)."""
+job or rank labels and bounds the values by ``Family.values`` (``Family.labeller``)."""
 FREE = "a bounded name (lower case, digits, _; others become other)"
 """The allowed values of a label whose values come from torch rather than a fixed list."""
 
@@ -142,8 +142,9 @@ class Family:
     @property
     def own(self) -> tuple[str, ...]:
         """Its labels after the job's or the rank's: those its ``fold`` gives values of."""
-        prefix = RANK_LABELS if self.labels[:3] == RANK_LABELS else self.labels[:1]
-        return self.labels[len(prefix) :] if self.per_job else self.labels
+        if self.labels[: len(RANK_LABELS)] == RANK_LABELS:
+            return self.labels[len(RANK_LABELS) :]
+        return self.labels[len(JOB_LABELS) :] if self.per_job else self.labels
 
     def labeller(self) -> Callable[[Labels, Labels], Labels]:
         """How the fold loop makes a label set of the job's or the rank's labels and the
@@ -176,7 +177,10 @@ class Family:
         )
 
     def label_set(self, **values: str) -> Labels:
-        """Its label values, given by name, in the order of its labels."""
+        """Its label values, given by name, in the order of its labels; KeyError for a name
+        missing or not its own."""
+        if len(values) != len(self.labels):
+            raise KeyError(f"{self.name} has labels {self.labels}, not {tuple(values)}")
         return tuple(values[label] for label in self.labels)
 
     def named(self, labels: Labels, per_rank: bool = True) -> dict[str, str]:
