@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aotwatch import categories
+from aotwatch import categories, metrics
 from aotwatch.aggregate import Aggregate
 from aotwatch.records import new_record
 
@@ -194,7 +194,7 @@ def test_forgetting_a_job_removes_its_series_and_only_its():
     aggregate = Aggregate()
     _run_job(aggregate, "old")
     _run_job(aggregate, "new")
-    aggregate.inc("aotwatch_records_rejected", ("not_json",))
+    aggregate.inc(metrics.RECORDS_REJECTED, reason="not_json")
     kept = _job_series(aggregate, "new")
     aggregate.finish_job("old")
     assert aggregate.snapshot().values["aotwatch_jobs"] == {("running",): 1, ("finished",): 1}

@@ -171,9 +171,9 @@ def answer(prints, work, live):
 
 
 def served(watch) -> dict:
-    from aotwatch.cluster.head import _DivergenceCollector
+    from aotwatch.cluster.head import HeadCollector
 
-    text = family_exposition(*_DivergenceCollector(watch, {}).collect()).decode()
+    text = family_exposition(*HeadCollector(watch, {}).collect()).decode()
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)

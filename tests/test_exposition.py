@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from aotwatch import metrics
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.export.collector import exposition
 from aotwatch.liveness import Liveness
@@ -105,9 +106,9 @@ def golden_aggregate() -> Aggregate:
     for record in fixed_records():
         aggregate.add(record)
     aggregate.add({"schema": 0})
-    aggregate.inc("aotwatch_capture_errors", ("golden", "graph_metadata"))
-    aggregate.inc("aotwatch_records_dropped", ("golden", "archive_write"))
-    aggregate.inc("aotwatch_workers_refused", ("max_workers_per_collector",))
+    aggregate.inc(metrics.CAPTURE_ERRORS, job_name="golden", stage="graph_metadata")
+    aggregate.inc(metrics.RECORDS_DROPPED, job_name="golden", reason="archive_write")
+    aggregate.inc(metrics.WORKERS_REFUSED, reason="max_workers_per_collector")
     return aggregate
 
 

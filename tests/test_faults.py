@@ -93,7 +93,7 @@ def test_a_worker_killed_mid_compile_keeps_counters_and_loses_its_gauges(ray_ses
         )
         assert not ray.wait([compiling], timeout=0)[0], "killed after its compile, not during"
         assert collector_values(collector, "aotwatch_workers_attached") == {("ray-test",): 2}
-        in_progress = lambda: collector_values(collector, IN_PROGRESS)  # noqa: E731
+        in_progress = lambda: collector_values(collector, IN_PROGRESS.name)  # noqa: E731
         wait_for(lambda: any(key[1] == "1" for key in in_progress()), timeout=30)
         mid_compile = counter_samples(scrape(url))
         os.kill(victim_pid, signal.SIGKILL)

@@ -31,7 +31,7 @@ from test_job_archives import compiles, worker
 def in_progress(*compiling: tuple[str, str, float]) -> Snapshot:
     """A snapshot with ranks compiling: (rank, compile id, since)."""
     values = {(("demo", rank, "cpu", compile_id)): since for rank, compile_id, since in compiling}
-    return Snapshot({IN_PROGRESS: values}, {})
+    return Snapshot({IN_PROGRESS.name: values}, {})
 
 
 def test_compiles_in_progress_name_the_frame_the_ranks_and_how_long():

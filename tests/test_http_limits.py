@@ -30,14 +30,15 @@ from aotwatch.export.auth import BasicAuth, Busy
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import connection_cap, serve_metrics
 from aotwatch.export.unfinished import Unfinished
-from aotwatch.sink import LocalSink
+from aotwatch.metrics import FRAMES, RECORDS_REJECTED
+from aotwatch.sink import RecordSink
 from conftest import scrape, wait_for
 
 DAEMON = Path(__file__).resolve().parents[1] / "daemon"
 
 
-def _registry(sink: LocalSink | None = None):
-    return registry_for(AggregateCollector((sink or LocalSink(100)).snapshot, {}))
+def _registry(sink: RecordSink | None = None):
+    return registry_for(AggregateCollector((sink or RecordSink(100)).snapshot, {}))
 
 
 def _get(
@@ -457,9 +458,9 @@ def test_a_flood_of_wrong_passwords_from_one_address_never_refuses_a_verified_sc
 
 
 def test_metrics_can_be_filtered_by_name():
-    sink = LocalSink(100)
-    sink.inc("aotwatch_records_rejected", ("not_json",))
-    sink.inc("torch_compile_frames", ("job", "0", "cpu"))
+    sink = RecordSink(100)
+    sink.inc(RECORDS_REJECTED, reason="not_json")
+    sink.inc(FRAMES, job_name="job", rank="0", device="cpu")
     metrics = serve_metrics(_registry(sink), "127.0.0.1", 0)
     try:
         url = f"http://127.0.0.1:{metrics.port}/metrics"

@@ -3,6 +3,8 @@ the labels a fold can produce all follow from it."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +12,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from aotwatch import metrics
 from aotwatch.aggregate import Aggregate
 from aotwatch.config import ConfigError, load_config
 from aotwatch.export.collector import exposition
-from aotwatch.metrics import ALL_FAMILIES, BUILD_INFO, BY_NAME, contract
+from aotwatch.metrics import ALL_FAMILIES, BUILD_INFO, BY_NAME, SAMPLE_NAMES, _checked, contract
 from test_properties import valid_records
 
 CONTRACT = Path(__file__).parents[1] / "docs" / "metrics.md"
@@ -30,6 +33,46 @@ def test_docs_metrics_md_is_generated_from_the_table():
     for family in ALL_FAMILIES:  # every family has a section that says what to do
         assert f"## `{family.samples()[0]}" in generated
         assert family.action, family.name
+
+
+def test_no_metric_name_is_written_outside_the_table():
+    """Code names a family by its constant: a misspelled one fails at import."""
+    names = {family.name for family in ALL_FAMILIES} | SAMPLE_NAMES
+    quoted = re.compile("[\"']({})[\"']".format("|".join(sorted(names, key=len, reverse=True))))
+    daemon = Path(metrics.__file__).parent
+    written = [
+        f"{path.relative_to(daemon)}: {match.group(1)}"
+        for path in sorted(daemon.rglob("*.py"))
+        if path.name != "metrics.py"
+        for match in quoted.finditer(path.read_text())
+    ]
+    assert written == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"name": "torch_compile_frames"},  # a duplicate
+        {"name": "torch-compile"},
+        {"name": "torch_compile_seconds_total", "unit": "bytes"},
+        {"fed_by": ""},
+    ],
+)
+def test_the_table_refuses_what_prometheus_client_would(change):
+    row = dataclasses.replace(metrics.GRAPHS, **change)
+    with pytest.raises(ValueError, match="metric table"):
+        _checked((metrics.FRAMES, row))
+
+
+def test_label_values_are_given_and_read_by_name():
+    dropped = metrics.RECORDS_DROPPED
+    labels = dropped.label_set(reason="queue_full", job_name="j")
+    assert labels == ("j", "queue_full")
+    assert dropped.named(labels) == {"job_name": "j", "reason": "queue_full"}
+    with pytest.raises(KeyError):
+        dropped.label_set(job_name="j", reasn="queue_full")
+    with pytest.raises(KeyError):
+        dropped.label_set(job_name="j", reason="queue_full", stage="x")
 
 
 @pytest.mark.parametrize("label", BUILD_INFO.labels)

@@ -106,13 +106,13 @@ def test_in_progress_series_are_capped_and_the_refused_counted(node_collector):
         collector.push(worker(number, compiling=f"{number}/0"), [], None)
     for number in range(20):  # announced again: counted once per label set
         collector.push(worker(number, compiling=f"{number}/0"), [], None)
-    shown = served(collector, IN_PROGRESS)
+    shown = served(collector, IN_PROGRESS.name)
     assert len(shown) == 5
-    assert served(collector, "aotwatch_series_dropped") == {(IN_PROGRESS,): 15}
+    assert served(collector, "aotwatch_series_dropped") == {(IN_PROGRESS.name,): 15}
     # a rank that ends its compile makes room for another's
     collector.push(worker(0), [], None)
     collector.push(worker(7, compiling="7/0"), [], None)
-    ranks = {labels[1] for labels in served(collector, IN_PROGRESS)}
+    ranks = {labels[1] for labels in served(collector, IN_PROGRESS.name)}
     assert len(ranks) == 5 and "7" in ranks and "0" not in ranks
 
 
@@ -120,10 +120,10 @@ def test_a_compiling_worker_that_leaves_frees_its_series(node_collector):
     collector = node_collector(limits=LimitsConfig(max_series_per_metric=1))
     collector.push(worker(0, compiling="0/0"), [], None)
     collector.push(worker(1, compiling="0/0"), [], None)
-    assert [labels[1] for labels in served(collector, IN_PROGRESS)] == ["0"]
+    assert [labels[1] for labels in served(collector, IN_PROGRESS.name)] == ["0"]
     collector.goodbye(worker(0))
     collector.push(worker(1, compiling="0/0"), [], None)
-    assert [labels[1] for labels in served(collector, IN_PROGRESS)] == ["1"]
+    assert [labels[1] for labels in served(collector, IN_PROGRESS.name)] == ["1"]
 
 
 # -- workers per collector --------------------------------------------------------------------

@@ -54,7 +54,7 @@ def test_a_collector_measures_a_compile_by_its_elapsed_time_on_its_own_clocks(no
     live = collector.fingerprints_since(None, {})["live"]
     assert live["compiling"]["j"]["1"]["compile_id"] == "3/0"
     assert 25.0 <= live["compiling"]["j"]["1"]["for_s"] < 35
-    ((key, since),) = collector.snapshot().values[IN_PROGRESS].items()
+    ((key, since),) = collector.snapshot().values[IN_PROGRESS.name].items()
     assert key == ("j", "1", "cpu", "3/0")
     assert time.time() - 35 < since <= time.time() - 25  # began 25 s ago, on this clock
 
@@ -102,7 +102,7 @@ def test_a_slow_rank_is_in_progress_live_and_a_straggler_not_a_missing_compile_i
 
     in_progress = wait_for(  # rank 0's own notices may still be on their way: rank 1 only
         lambda: (
-            (values := collector_values(collector, IN_PROGRESS))
+            (values := collector_values(collector, IN_PROGRESS.name))
             and all(key[1] == "1" for key in values)
             and values
         ),
@@ -118,7 +118,7 @@ def test_a_slow_rank_is_in_progress_live_and_a_straggler_not_a_missing_compile_i
 
     ray.get(slow, timeout=120)
     assert all(ray.get([w.flush.remote() for w in ranks], timeout=60))
-    wait_for(lambda: not collector_values(collector, IN_PROGRESS), timeout=10)
+    wait_for(lambda: not collector_values(collector, IN_PROGRESS.name), timeout=10)
     wait_for(lambda: straggler_seconds(config) == 0, timeout=10)
     findings = ray.get(head.check_divergences.remote(final=True), timeout=60)
     kinds = sorted((f["kind"], f["compile_id"]) for f in findings)

@@ -30,7 +30,7 @@ from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import MetricsServer, serve_metrics
 from aotwatch.export.webconfig import load_web_config
 from aotwatch.process import current
-from aotwatch.sink import LocalSink
+from aotwatch.sink import RecordSink
 from conftest import wait_for
 from test_config import laughs
 
@@ -92,7 +92,7 @@ def serve():
     servers: list[MetricsServer] = []
 
     def start(web_config: Path | None, **limits) -> MetricsServer:
-        registry = registry_for(AggregateCollector(LocalSink(100).snapshot, {}))
+        registry = registry_for(AggregateCollector(RecordSink(100).snapshot, {}))
         servers.append(
             serve_metrics(
                 registry, "127.0.0.1", 0, web_config=web_config, limits=LimitsConfig(**limits)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from aotwatch.cluster.worker_counts import COUNTS_FILE, CountsLedger
-from aotwatch.sink import LocalSink
+from aotwatch.sink import RecordSink
 
 
-def values(sink: LocalSink, metric: str) -> dict:
+def values(sink: RecordSink, metric: str) -> dict:
     return sink.snapshot().values.get(metric, {})
 
 
 def test_resent_and_reordered_totals_add_only_their_growth(tmp_path):
-    sink = LocalSink(100)
+    sink = RecordSink(100)
     ledger = CountsLedger(tmp_path, sink)
     ledger.add("w1", "job", {"dropped": {"queue_full": 2}})
     ledger.add("w1", "job", {"dropped": {"queue_full": 5}, "capture_errors": {"post_compile": 1}})
@@ -23,13 +23,13 @@ def test_resent_and_reordered_totals_add_only_their_growth(tmp_path):
 
 
 def test_a_restarted_collector_rebuilds_the_same_totals_from_its_file(tmp_path):
-    first = LocalSink(100)
+    first = RecordSink(100)
     ledger = CountsLedger(tmp_path, first)
     ledger.add("w1", "job", {"dropped": {"buffer_full": 100}})
     ledger.add("w1", "job", {"dropped": {"buffer_full": 300}})
     with open(tmp_path / COUNTS_FILE, "a") as file:
         file.write('{"worker_id": "w1", "job_na')  # torn by a crash mid-write
-    second = LocalSink(100)
+    second = RecordSink(100)
     restarted = CountsLedger(tmp_path, second)
     assert values(second, "aotwatch_records_dropped") == {("job", "buffer_full"): 300}
     restarted.add("w1", "job", {"dropped": {"buffer_full": 300}})  # resent after the restart
@@ -38,7 +38,7 @@ def test_a_restarted_collector_rebuilds_the_same_totals_from_its_file(tmp_path):
 
 
 def test_malformed_totals_are_ignored(tmp_path):
-    sink = LocalSink(100)
+    sink = RecordSink(100)
     ledger = CountsLedger(tmp_path, sink)
     for totals in (
         None,

@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aotwatch.lru import LruCache
-from aotwatch.metrics import BY_NAME, FOLDED, PER_JOB, Family, Labels
+from aotwatch.metrics import (
+    BY_NAME,
+    FOLDED,
+    JOBS,
+    PER_JOB,
+    RANK_LABELS,
+    RECORDS_REJECTED,
+    SERIES_DROPPED,
+    Family,
+    Labels,
+)
 from aotwatch.records import Record, RecordError, to_record
 
 REFUSED_MEMORY = 100_000
@@ -86,9 +96,15 @@ class Aggregate:
         self._jobs: dict[str, bool] = {}  # job -> finished
         self._evictable: set[str] = set()  # families that may hold a finished job's series
         self._refused = LruCache(REFUSED_MEMORY)  # hashes of (family, labels) counted
-        self._folds = {  # is a frame record -> (family, its fold, how it updates, per rank)
+        self._folds = {  # is a frame record -> (family, fold, how it updates, by rank, labeller)
             is_frame: [
-                (f.name, f.fold, self._update(f), len(f.labels_kept(per_rank)) == len(f.labels))
+                (
+                    f.name,
+                    f.fold,
+                    self._update(f),
+                    f.labels_kept(per_rank)[: len(RANK_LABELS)] == RANK_LABELS,
+                    f.labeller(),
+                )
                 for f in FOLDED[kind]
             ]
             for is_frame, kind in ((False, "graph"), (True, "frame"))
@@ -97,8 +113,8 @@ class Aggregate:
     def _update(self, family: Family) -> Any:
         """How a family takes a folded value; None for a counter (see ``fold_batch``)."""
         if family.kind == "histogram":
-            return self.observe
-        return self.set_latest if family.latest else None
+            return self._observe
+        return self._set_latest if family.latest else None
 
     # -- jobs ------------------------------------------------------------
 
@@ -123,7 +139,7 @@ class Aggregate:
     def _admit(self, table: dict[Labels, Any], metric: str, labels: Labels) -> bool:
         if labels in table or len(table) < self.max_series_per_metric:
             return True
-        if metric == "aotwatch_series_dropped":  # one label set per family: bounded already
+        if metric == SERIES_DROPPED.name:  # one label set per family: bounded already
             return True
         if (
             metric in PER_JOB
@@ -131,16 +147,19 @@ class Aggregate:
             and self._evict_finished(table, metric)
         ):
             return True
-        self.refuse(metric, labels)
+        self._refuse(metric, labels)
         return False
 
-    def refuse(self, metric: str, labels: Labels) -> None:
-        """Count a label set that ``metric``'s cap refused in ``aotwatch_series_dropped_total``,
+    def refuse(self, family: Family, labels: Labels) -> None:
+        """Count a label set that ``family``'s cap refused in ``aotwatch_series_dropped_total``,
         once per label set (also for a family kept outside: ``liveness``'s)."""
+        self._refuse(family.name, labels)
+
+    def _refuse(self, metric: str, labels: Labels) -> None:
         refused = hash((metric, labels))
         if self._refused.get(refused) is None:
             self._refused.put(refused, True)
-            self.inc("aotwatch_series_dropped", (metric,))
+            self.inc(SERIES_DROPPED, metric=metric)
 
     def _evict_finished(self, table: dict[Labels, Any], metric: str) -> bool:
         """Drop one series of a finished job from a full family; False if it holds none."""
@@ -152,7 +171,11 @@ class Aggregate:
             self._evictable.discard(metric)  # until another job finishes
         return False
 
-    def inc(self, metric: str, labels: Labels, amount: float = 1) -> None:
+    def inc(self, family: Family, amount: float = 1, **labels: str) -> None:
+        """Add ``amount`` (>= 0) to one of aotwatch's own counters, its labels given by name."""
+        self._inc(family.name, family.label_set(**labels), amount)
+
+    def _inc(self, metric: str, labels: Labels, amount: float) -> None:
         """Add ``amount`` (>= 0) to a counter, created at zero (so zero series exist too)."""
         table = self._values.get(metric)
         if table is None:
@@ -164,18 +187,18 @@ class Aggregate:
         elif amount >= 0 and self._admit(table, metric, labels):
             table[labels] = amount
 
-    def set_gauge(self, metric: str, labels: Labels, value: float) -> None:
+    def _set_gauge(self, metric: str, labels: Labels, value: float) -> None:
         table = self._values.setdefault(metric, {})
         if self._admit(table, metric, labels):
             table[labels] = value
 
-    def set_latest(self, metric: str, labels: Labels, value: float) -> None:
+    def _set_latest(self, metric: str, labels: Labels, value: float) -> None:
         """Set a gauge to ``value`` unless it holds a larger one (a timestamp)."""
         current = self._values.get(metric, {}).get(labels)
         if current is None or value > current:
-            self.set_gauge(metric, labels, value)
+            self._set_gauge(metric, labels, value)
 
-    def observe(self, metric: str, labels: Labels, value: float) -> None:
+    def _observe(self, metric: str, labels: Labels, value: float) -> None:
         table = self._histograms.setdefault(metric, {})
         histogram = table.get(labels)
         if histogram is None:
@@ -191,7 +214,7 @@ class Aggregate:
         try:
             record = to_record(obj)
         except RecordError as err:
-            self.inc("aotwatch_records_rejected", (err.reason,))
+            self.inc(RECORDS_REJECTED, reason=err.reason)
             return False
         if self.has_seen(record.record_id):
             return False
@@ -208,33 +231,38 @@ class Aggregate:
 
     def fold_batch(self, records: list[Record]) -> None:
         """Fold validated records not seen before: every family of the table
-        (``metrics.FAMILIES``) that takes their kind of record, by the row's own ``fold``.
-        A batch's counter increments are summed first and applied once per label set."""
+        (``metrics.FAMILIES``) that takes their kind of record, by the row's own ``fold``: its
+        values of the family's own labels, bounded by the row's ``values``, after the job's or
+        the rank's. A batch's counter increments are summed first and applied once per label
+        set."""
         counts: dict[tuple[str, Labels], float] = {}
         for record in records:
             if record.job_name not in self._jobs and len(self._jobs) < self.max_series_per_metric:
                 self._jobs[record.job_name] = False  # as many jobs as a family has series
             job = (record.job_name,)
             rank = (*job, str(record.rank), record.device)
-            for name, fold, update, by_rank in self._folds[record.graph is None]:
+            for name, fold, update, by_rank, labeller in self._folds[record.graph is None]:
+                prefix = rank if by_rank else job
                 if update is None:  # a counter: summed over the batch
-                    for labels, amount in fold(record, rank if by_rank else job):
-                        key = (name, labels)
+                    for own, amount in fold(record):
+                        key = (name, labeller(prefix, own) if own else prefix)
                         counts[key] = counts.get(key, 0) + amount
                 else:
-                    for labels, amount in fold(record, rank if by_rank else job):
-                        update(name, labels, amount)
+                    for own, amount in fold(record):
+                        update(name, labeller(prefix, own) if own else prefix, amount)
             self._seen_ids.put(record.record_id, None)  # only once folded: validation made it safe
         for (name, labels), amount in counts.items():
-            self.inc(name, labels, amount)
+            self._inc(name, labels, amount)
 
     def snapshot(self) -> Snapshot:
         """A copy that later updates cannot change."""
         finished = sum(self._jobs.values())
-        jobs = {("running",): len(self._jobs) - finished, ("finished",): finished}
+        jobs = {
+            JOBS.label_set(state="running"): len(self._jobs) - finished,
+            JOBS.label_set(state="finished"): finished,
+        }
         return Snapshot(
-            {metric: dict(table) for metric, table in self._values.items()}
-            | {"aotwatch_jobs": jobs},
+            {metric: dict(table) for metric, table in self._values.items()} | {JOBS.name: jobs},
             {
                 metric: {labels: h.copy() for labels, h in table.items()}
                 for metric, table in self._histograms.items()

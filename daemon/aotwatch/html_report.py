@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from aotwatch.divergence import Finding
-from aotwatch.metrics import BY_NAME, RANK_DIVERGENCES
+from aotwatch.metrics import (
+    AOT_AUTOGRAD_CACHE_BYPASSES,
+    CACHE_LOOKUPS,
+    FRAME_FAILURES,
+    GRAPH_BREAKS,
+    RANK_DIVERGENCES,
+    RECOMPILES,
+    Family,
+)
 from aotwatch.records import CACHE_RESULTS, PHASES, Record
 
 MAX_JOBS = 20
@@ -345,22 +353,22 @@ def advice(view: JobView) -> list[dict[str, str]]:
         title = f"cross-rank divergences: {len(view.findings)} ({_counts(kinds)})"
         items.append({"title": title, "advice": RANK_DIVERGENCES.action})
     for title, tally, family in (
-        ("failed compiles", view.failures, "torch_compile_frame_failures"),
-        ("recompiles", view.recompiles, "torch_compile_recompiles"),
-        ("graph breaks", view.graph_breaks, "torch_compile_graph_breaks"),
-        ("AOTAutogradCache bypasses", view.bypasses, "torch_compile_aot_autograd_cache_bypasses"),
+        ("failed compiles", view.failures, FRAME_FAILURES),
+        ("recompiles", view.recompiles, RECOMPILES),
+        ("graph breaks", view.graph_breaks, GRAPH_BREAKS),
+        ("AOTAutogradCache bypasses", view.bypasses, AOT_AUTOGRAD_CACHE_BYPASSES),
     ):
         if tally:
             items.append(_item(f"{title}: {tally.total} ({_counts(tally.by_category)})", family))
     misses = sum(results.get("miss", 0) for results in view.cache.values())
     hits = sum(results.get("hit", 0) for results in view.cache.values())
     if misses and not hits:
-        items.append(_item(f"cache misses: {misses}, no hits", "torch_compile_cache_lookups"))
+        items.append(_item(f"cache misses: {misses}, no hits", CACHE_LOOKUPS))
     return items
 
 
-def _item(title: str, family: str) -> dict[str, str]:
-    return {"title": title, "advice": BY_NAME[family].action}
+def _item(title: str, family: Family) -> dict[str, str]:
+    return {"title": title, "advice": family.action}
 
 
 def _counts(counter: Counter) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aotwatch.aggregate import Snapshot
-from aotwatch.metrics import IN_PROGRESS, LIVE, WORKERS_ATTACHED
+from aotwatch.metrics import IN_PROGRESS, LIVE, WORKERS_ATTACHED, Family, Labels
 
 Worker = dict[str, Any]
 """A worker's announcement: ``worker_id``, ``job_name``, ``rank`` and where it runs."""
@@ -38,7 +38,7 @@ class Liveness:
         max_jobs: int,
         max_workers: int | None = None,
         max_compiling: int | None = None,
-        refuse: Callable[[str, tuple[str, ...]], None] | None = None,
+        refuse: Callable[[Family, Labels], None] | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.max_per_job = max_per_job
@@ -95,7 +95,10 @@ class Liveness:
             self._compiling.add(worker_id)
             return state
         if self._refuse is not None:
-            self._refuse(IN_PROGRESS, (job, str(rank), state["device"], state["compile_id"]))
+            labels = IN_PROGRESS.label_set(
+                job_name=job, rank=str(rank), device=state["device"], compile_id=state["compile_id"]
+            )
+            self._refuse(IN_PROGRESS, labels)
         return None
 
     def leave(self, worker_id: str) -> str | None:
@@ -133,15 +136,30 @@ class Liveness:
     def apply(self, snapshot: Snapshot) -> Snapshot:
         """``snapshot`` as it is now: workers attached per job, live families cut to the
         ranks of attached workers (all ranks where workers never leave: local mode)."""
-        snapshot.values[WORKERS_ATTACHED] = {(job,): n for job, n in self._per_job.items()}
-        snapshot.values[IN_PROGRESS] = {
-            (w["job_name"], str(w["rank"]), c["device"], c["compile_id"]): c["since"]
+        snapshot.values[WORKERS_ATTACHED.name] = {
+            WORKERS_ATTACHED.label_set(job_name=job): n for job, n in self._per_job.items()
+        }
+        snapshot.values[IN_PROGRESS.name] = {
+            IN_PROGRESS.label_set(
+                job_name=w["job_name"],
+                rank=str(w["rank"]),
+                device=c["device"],
+                compile_id=c["compile_id"],
+            ): c["since"]
             for w in self._workers.values()
             if (c := w.get("compiling"))
         }
         if self.timeout_s is not None:
             ranks = {(w["job_name"], str(w["rank"])) for w in self._workers.values()}
-            for name in LIVE:
-                table = snapshot.values.get(name, {})
-                snapshot.values[name] = {k: v for k, v in table.items() if k[:2] in ranks}
+            for family in LIVE:
+                table = snapshot.values.get(family.name, {})
+                snapshot.values[family.name] = {
+                    labels: value
+                    for labels, value in table.items()
+                    if _job_and_rank(family.named(labels, snapshot.per_rank)) in ranks
+                }
         return snapshot
+
+
+def _job_and_rank(named: dict[str, str]) -> tuple[str, str]:
+    return named["job_name"], named["rank"]

@@ -8,7 +8,7 @@ from aotwatch.config import Config, ConfigError
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import MetricsServer, serve_metrics
 from aotwatch.liveness import LOCAL_WORKER, Liveness
-from aotwatch.sink import LocalSink
+from aotwatch.sink import RecordSink
 
 
 def export_port(config: Config) -> int:
@@ -24,13 +24,13 @@ def export_port(config: Config) -> int:
     return port + offset
 
 
-def local_sink(config: Config) -> tuple[LocalSink, MetricsServer | None]:
+def local_sink(config: Config) -> tuple[RecordSink, MetricsServer | None]:
     """Aggregate here and serve /metrics; the archive is opened once the port is bound, so
     a port in use leaves no archive behind."""
     limits = config.limits
     liveness = Liveness(None, limits.max_workers_per_job, limits.max_series_per_metric)
     liveness.seen({"worker_id": LOCAL_WORKER, **identity(config.job_name)})  # never leaves
-    sink = LocalSink(limits.max_series_per_metric, liveness=liveness)
+    sink = RecordSink(limits.max_series_per_metric, liveness=liveness)
     server = None
     if config.export.enabled:
         collector = AggregateCollector(sink.snapshot, config.labels)

@@ -24,7 +24,7 @@ class Attachment:
     """What ``attach()`` set up; ``detach()`` takes it down."""
 
     config: Config
-    sink: Any  # LocalSink, or in a Ray worker a cluster.push.RecordPusher
+    sink: Any  # RecordSink, or in a Ray worker a cluster.push.RecordPusher
     server: MetricsServer | None
 
     @property

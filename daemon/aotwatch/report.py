@@ -12,16 +12,23 @@ from aotwatch import cost, divergence
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import ARCHIVE_FILE, archive_files, read_archive
 from aotwatch.divergence import Finding
-from aotwatch.export.collector import (
-    exposition,
-    family_exposition,
-    head_family,
-)
+from aotwatch.export.collector import exposition, family_exposition, render
 from aotwatch.liveness import Liveness
 from aotwatch.metrics import (
     BY_NAME,
+    CACHE_LOOKUPS,
+    COMPILE_SECONDS,
+    EFFECT_TOKENS,
+    FRAME_FAILURES,
+    FRAMES,
+    GRAPH_BREAKS,
+    GRAPH_OUTPUTS,
+    GRAPHS,
+    MUTATED_INPUTS,
     RANK_DIVERGENCES,
     RANK_LABELS,
+    RECOMPILES,
+    RECORDS_REJECTED,
     REDUNDANT_SECONDS,
     WAIT_RANK_SECONDS,
     Family,
@@ -44,7 +51,7 @@ def read_archives(
     for path in paths:
         for item in read_archive(path):
             if isinstance(item, RecordError):
-                aggregate.inc("aotwatch_records_rejected", (item.reason,))
+                aggregate.inc(RECORDS_REJECTED, reason=item.reason)
             elif aggregate.add(item):
                 divergence.observe(fingerprints, item)
                 if also is not None:
@@ -109,26 +116,26 @@ def as_json(
     result: dict[str, list[dict[str, Any]]] = {}
     for family, values in costs or ():
         result[family.name] = [
-            {"labels": dict(zip(family.labels, labels, strict=True)), "value": value}
+            {"labels": family.named(labels), "value": value}
             for labels, value in sorted(values.items())
         ]
     if findings is not None:
         result[RANK_DIVERGENCES.name] = [
-            {"labels": {"job_name": job, "kind": kind}, "value": count}
-            for (job, kind), count in sorted(divergence.counts(findings).items())
+            {"labels": RANK_DIVERGENCES.named(labels), "value": count}
+            for labels, count in sorted(divergence.counts(findings).items())
         ]
         result["findings"] = [finding.to_dict() for finding in findings]
     for name, table in sorted(snapshot.values.items()):
-        names = BY_NAME[name].labels
+        family = BY_NAME[name]
         result[name] = [
-            {"labels": dict(zip(names, labels, strict=True)), "value": value}
+            {"labels": family.named(labels, snapshot.per_rank), "value": value}
             for labels, value in sorted(table.items())
         ]
     for name, table in sorted(snapshot.histograms.items()):
-        names = BY_NAME[name].labels
+        family = BY_NAME[name]
         result[name] = [
             {
-                "labels": dict(zip(names, labels, strict=True)),
+                "labels": family.named(labels, snapshot.per_rank),
                 "buckets": dict(histogram.cumulative()),
                 "sum": histogram.sum,
                 "count": histogram.count,
@@ -141,7 +148,11 @@ def as_json(
 def cost_values(ledger: cost.Ledger) -> list[tuple[Family, dict[tuple[str, ...], float]]]:
     """The head's cost families as the archives give them (``cost.Ledger``; waits from the
     durations), the label sets above 0 only."""
-    waits = {(job,): seconds for job, seconds in ledger.waits().items() if seconds > 0}
+    waits = {
+        WAIT_RANK_SECONDS.label_set(job_name=job): seconds
+        for job, seconds in ledger.waits().items()
+        if seconds > 0
+    }
     redundant = {key: seconds for key, seconds in ledger.redundant().items() if seconds > 0}
     families = ((WAIT_RANK_SECONDS, waits), (REDUNDANT_SECONDS, redundant))
     return [(family, values) for family, values in families if values]
@@ -158,9 +169,9 @@ def prometheus(
     text = exposition(snapshot, const_labels)
     if findings:
         counts = divergence.counts(findings)
-        text += family_exposition(head_family(RANK_DIVERGENCES, counts, const_labels))
+        text += family_exposition(render(RANK_DIVERGENCES, counts, const_labels))
     for family, values in costs or ():
-        text += family_exposition(head_family(family, values, const_labels))
+        text += family_exposition(render(family, values, const_labels))
     return text.decode()
 
 
@@ -224,51 +235,57 @@ def divergence_lines(findings: list[Finding] | list[dict[str, Any]]) -> list[str
     return lines
 
 
-def _total(snapshot: Snapshot, metric: str, rank: tuple[str, ...], **match: str) -> float:
-    names = BY_NAME[metric].labels
-    total = 0.0
-    for labels, value in snapshot.values.get(metric, {}).items():
-        named = dict(zip(names, labels, strict=True))
-        if labels[: len(rank)] == rank and all(named.get(k) == v for k, v in match.items()):
-            total += value
-    return total
+def _named(snapshot: Snapshot, family: Family) -> list[tuple[dict[str, str], float]]:
+    """``family``'s series in ``snapshot``, their labels by name."""
+    table = snapshot.values.get(family.name, {})
+    return [(family.named(labels, snapshot.per_rank), value) for labels, value in table.items()]
+
+
+def _rank(named: dict[str, str]) -> tuple[str, ...]:
+    return tuple(named[label] for label in RANK_LABELS)
+
+
+def _total(snapshot: Snapshot, family: Family, rank: tuple[str, ...], **match: str) -> float:
+    return sum(
+        value
+        for named, value in _named(snapshot, family)
+        if _rank(named) == rank and all(named.get(k) == v for k, v in match.items())
+    )
 
 
 _COLUMNS = (
-    ("frames", lambda s, r: _total(s, "torch_compile_frames", r)),
+    ("frames", lambda s, r: _total(s, FRAMES, r)),
     (
         "graphs f/b/i",
         lambda s, r: "/".join(
-            f"{_total(s, 'torch_compile_graphs', r, graph=g):.0f}"
-            for g in ("forward", "backward", "inference")
+            f"{_total(s, GRAPHS, r, graph=g):.0f}" for g in ("forward", "backward", "inference")
         ),
     ),
-    ("compile s", lambda s, r: f"{_total(s, 'torch_compile_seconds', r):.2f}"),
-    ("breaks", lambda s, r: _total(s, "torch_compile_graph_breaks", r)),
-    ("recompiles", lambda s, r: _total(s, "torch_compile_recompiles", r)),
+    ("compile s", lambda s, r: f"{_total(s, COMPILE_SECONDS, r):.2f}"),
+    ("breaks", lambda s, r: _total(s, GRAPH_BREAKS, r)),
+    ("recompiles", lambda s, r: _total(s, RECOMPILES, r)),
     (
         "cache hit/miss",
         lambda s, r: "{:.0f}/{:.0f}".format(
-            _total(s, "torch_compile_cache_lookups", r, result="hit"),
-            _total(s, "torch_compile_cache_lookups", r, result="miss"),
+            _total(s, CACHE_LOOKUPS, r, result="hit"),
+            _total(s, CACHE_LOOKUPS, r, result="miss"),
         ),
     ),
-    ("mutated inputs", lambda s, r: _total(s, "torch_compile_mutated_inputs", r)),
+    ("mutated inputs", lambda s, r: _total(s, MUTATED_INPUTS, r)),
     (
         "aliased outputs",
         lambda s, r: (
-            _total(s, "torch_compile_graph_outputs", r)
-            - _total(s, "torch_compile_graph_outputs", r, output_type="non_alias")
+            _total(s, GRAPH_OUTPUTS, r) - _total(s, GRAPH_OUTPUTS, r, output_type="non_alias")
         ),
     ),
     (
         "tokens f/b",
         lambda s, r: "{:.0f}/{:.0f}".format(
-            _total(s, "torch_compile_effect_tokens", r, direction="forward"),
-            _total(s, "torch_compile_effect_tokens", r, direction="backward"),
+            _total(s, EFFECT_TOKENS, r, direction="forward"),
+            _total(s, EFFECT_TOKENS, r, direction="backward"),
         ),
     ),
-    ("failures", lambda s, r: _total(s, "torch_compile_frame_failures", r)),
+    ("failures", lambda s, r: _total(s, FRAME_FAILURES, r)),
 )
 
 
@@ -276,8 +293,7 @@ def table(snapshot: Snapshot) -> str:
     """One row per (job, rank, device): what compiling cost and what it found (escaped:
     ``printable``)."""
     ranks = sorted(
-        {labels[: len(RANK_LABELS)] for labels in snapshot.values.get("torch_compile_frames", {})}
-        | {labels[: len(RANK_LABELS)] for labels in snapshot.values.get("torch_compile_graphs", {})}
+        {_rank(named) for family in (FRAMES, GRAPHS) for named, _ in _named(snapshot, family)}
     )
     header = [*RANK_LABELS, *(name for name, _ in _COLUMNS)]
     rows = [header]

@@ -1,4 +1,4 @@
-"""The in-process sink of local mode and of every collector: a locked Aggregate and
+"""The record sink of local mode and of every collector: a locked Aggregate and
 optionally an archive, written before anything is folded."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import RecordArchive
 from aotwatch.capture.identity import rank_and_world_size
 from aotwatch.liveness import LOCAL_WORKER, Liveness
+from aotwatch.metrics import CAPTURE_ERRORS, RECORDS_DROPPED, RECORDS_REJECTED, Family, Labels
 from aotwatch.records import Record, RecordError, decode_lines, record_line
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def _checked(obj: Any) -> tuple[Record, bytes] | RecordError:
         return err
 
 
-class LocalSink:
+class RecordSink:
     """Validates records, appends the new ones to the archive, then folds them, under one
     lock.
 
@@ -72,10 +73,11 @@ class LocalSink:
                         raise
                     log.warning("aotwatch: cannot append to %s", self.archive.path, exc_info=True)
                     for record in accepted:
-                        labels = (record.job_name, "archive_write")
-                        self.aggregate.inc("aotwatch_records_dropped", labels)
+                        self.aggregate.inc(
+                            RECORDS_DROPPED, job_name=record.job_name, reason="archive_write"
+                        )
             for reason in rejected:
-                self.aggregate.inc("aotwatch_records_rejected", (reason,))
+                self.aggregate.inc(RECORDS_REJECTED, reason=reason)
             self.aggregate.fold_batch(accepted)
             return accepted
 
@@ -97,18 +99,18 @@ class LocalSink:
                 lines.append(line)
         return accepted, lines, rejected
 
-    def inc(self, metric: str, labels: tuple[str, ...], amount: float = 1) -> None:
-        """Add to one of aotwatch's own counters."""
+    def inc(self, family: Family, amount: float = 1, **labels: str) -> None:
+        """Add to one of aotwatch's own counters, its labels given by name."""
         with self._lock:
-            self.aggregate.inc(metric, labels, amount)
+            self.aggregate.inc(family, amount, **labels)
 
-    def refuse(self, metric: str, labels: tuple[str, ...]) -> None:
-        """Count a label set refused by ``metric``'s cap (see ``Aggregate.refuse``)."""
+    def refuse(self, family: Family, labels: Labels) -> None:
+        """Count a label set refused by ``family``'s cap (see ``Aggregate.refuse``)."""
         with self._lock:
-            self.aggregate.refuse(metric, labels)
+            self.aggregate.refuse(family, labels)
 
     def capture_error(self, job_name: str, stage: str) -> None:
-        self.inc("aotwatch_capture_errors", (job_name, stage))
+        self.inc(CAPTURE_ERRORS, job_name=job_name, stage=stage)
 
     def finish_job(self, job_name: str, finished: bool = True) -> None:
         with self._lock:

@@ -42,6 +42,7 @@ from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import serve_metrics
 from aotwatch.liveness import Liveness
 from aotwatch.lru import LruCache, trim_oldest
+from aotwatch.metrics import RECORDS_REJECTED, WORKERS_REFUSED
 from aotwatch.records import (
     MAX_ID,
     MAX_NUMBER,
@@ -50,7 +51,7 @@ from aotwatch.records import (
     label_value_problem,
     parse_json,
 )
-from aotwatch.sink import LocalSink
+from aotwatch.sink import RecordSink
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class NodeCollector:
         self._lock = threading.Lock()  # the attached workers and the life of jobs
         self._accept_lock = threading.Lock()  # pushes, the spool thread and the head's reads
         limits = config.limits
-        self.sink = LocalSink(
+        self.sink = RecordSink(
             limits.max_series_per_metric, strict=True, per_rank=limits.per_rank_detail
         )
         self.liveness = Liveness(
@@ -236,7 +237,7 @@ class NodeCollector:
         try:
             for item in read_records(path, private=True):
                 if isinstance(item, RecordError):  # a torn, corrupt or hostile line: skipped
-                    self.sink.inc("aotwatch_records_rejected", (item.reason,))
+                    self.sink.inc(RECORDS_REJECTED, reason=item.reason)
                 elif self.sink.aggregate.add(item):
                     self._observe(item)
                     self.jobs.known(item.job_name)
@@ -248,7 +249,7 @@ class NodeCollector:
     def _unsafe(self, path: Path, problem: UnsafePath) -> None:
         """Skip a file that is not aotwatch's own (see ``archive.open_private``): counted,
         logged once, moved out of the way of the next start and of the next write."""
-        self.sink.inc("aotwatch_records_rejected", ("unsafe_file",))
+        self.sink.inc(RECORDS_REJECTED, reason="unsafe_file")
         set_aside(path, problem)
 
     # -- called by workers (cluster.push) ------------------------------------------------
@@ -262,7 +263,7 @@ class NodeCollector:
         if problem is not None:
             log.debug("aotwatch: refused a batch: worker %s", problem)
             size = records.count(b"\n") if isinstance(records, bytes) else len(records)
-            self.sink.inc("aotwatch_records_rejected", ("bad_worker",), size)
+            self.sink.inc(RECORDS_REJECTED, size, reason="bad_worker")
             return 0
         self._seen(on_this_clock(worker))
         return self._accept(worker, records, counts)
@@ -319,7 +320,7 @@ class NodeCollector:
                     worker["job_name"],
                     reason,
                 )
-                self.sink.inc("aotwatch_workers_refused", (reason,))
+                self.sink.inc(WORKERS_REFUSED, reason=reason)
 
     def _forget(self, worker_id: str) -> None:
         """Stop tracking a worker (lock held)."""
@@ -367,12 +368,13 @@ class NodeCollector:
             header = None
         worker = header.get("worker") if isinstance(header, dict) else None
         if worker_problem(worker) is not None:
-            self.sink.inc("aotwatch_records_rejected", ("bad_worker",), 1 + sum(1 for _ in lines))
+            rejected = 1 + sum(1 for _ in lines)
+            self.sink.inc(RECORDS_REJECTED, rejected, reason="bad_worker")
             return 0
         accepted, batch = 0, []
         for line in lines:
             if isinstance(line, RecordError):
-                self.sink.inc("aotwatch_records_rejected", (line.reason,))
+                self.sink.inc(RECORDS_REJECTED, reason=line.reason)
                 continue
             batch.append(line)
             if len(batch) == SPOOL_BATCH:

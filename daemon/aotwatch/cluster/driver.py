@@ -21,7 +21,16 @@ from aotwatch.cluster.job_archives import job_slug
 from aotwatch.cluster.workers import runtime_env
 from aotwatch.config import Config
 from aotwatch.jobs import JobConfig, run_command, run_trainer
-from aotwatch.metrics import BY_NAME, IN_PROGRESS, PER_JOB
+from aotwatch.metrics import (
+    BY_NAME,
+    COMPILE_SECONDS,
+    GRAPH_BREAKS,
+    GRAPHS,
+    IN_PROGRESS,
+    RECOMPILES,
+    WORKERS_ATTACHED,
+    Family,
+)
 from aotwatch.progress import Progress, RayLogFile
 
 PROGRESS_S = 2.0
@@ -71,28 +80,34 @@ def merged_snapshot(config: Config, job_name: str | None = None, detail: bool = 
     for snapshot in snapshots:
         for metric, table in snapshot.values.items():
             for labels, value in table.items():
-                if job_name is None or labels[0] == job_name or metric not in PER_JOB:
+                if _of_job(metric, labels, job_name, snapshot.per_rank):
                     target = merged.values.setdefault(metric, {})
                     target[labels] = target.get(labels, 0) + value
         for metric, table in snapshot.histograms.items():
             for labels, histogram in table.items():
-                if job_name is None or labels[0] == job_name or metric not in PER_JOB:
+                if _of_job(metric, labels, job_name, snapshot.per_rank):
                     merged.histograms.setdefault(metric, {})[labels] = histogram
     return merged
+
+
+def _of_job(metric: str, labels: tuple[str, ...], job_name: str | None, per_rank: bool) -> bool:
+    """Whether a series belongs in a snapshot of ``job_name`` (any series when None): one of
+    that job, or of a family without a job label."""
+    named = BY_NAME[metric].named(labels, per_rank)
+    return job_name is None or named.get("job_name", job_name) == job_name
 
 
 def progress_counts(snapshot: Snapshot) -> tuple[int, int, str]:
     """Workers attached, AOT graphs captured, and the line of counts that shows them."""
 
-    def total(metric: str) -> float:
-        return sum(snapshot.values.get(metric, {}).values())
+    def total(family: Family) -> float:
+        return sum(snapshot.values.get(family.name, {}).values())
 
-    seconds = total("torch_compile_seconds")
-    workers, graphs = int(total("aotwatch_workers_attached")), int(total("torch_compile_graphs"))
+    seconds = total(COMPILE_SECONDS)
+    workers, graphs = int(total(WORKERS_ATTACHED)), int(total(GRAPHS))
     line = (
         f"workers attached {workers}, graphs captured {graphs}, compile {seconds:.1f} s, "
-        f"recompiles {total('torch_compile_recompiles'):.0f}, "
-        f"graph breaks {total('torch_compile_graph_breaks'):.0f}"
+        f"recompiles {total(RECOMPILES):.0f}, graph breaks {total(GRAPH_BREAKS):.0f}"
     )
     return workers, graphs, line
 
@@ -106,11 +121,10 @@ def compiles_in_progress(snapshot: Snapshot, now: float) -> str:
     """The compile that most ranks are in (the longest running among as many), from the
     collectors' live notices: ``frame 0/0 on 2 ranks for 32 s``, and how many others; "" when
     no rank is compiling."""
-    labels = BY_NAME[IN_PROGRESS].labels
-    rank_at, id_at = labels.index("rank"), labels.index("compile_id")
     began: dict[str, dict[str, float]] = {}  # compile id -> rank -> when it began
-    for key, since in snapshot.values.get(IN_PROGRESS, {}).items():
-        began.setdefault(key[id_at], {})[key[rank_at]] = since
+    for labels, since in snapshot.values.get(IN_PROGRESS.name, {}).items():
+        named = IN_PROGRESS.named(labels)
+        began.setdefault(named["compile_id"], {})[named["rank"]] = since
     if not began:
         return ""
     compile_id, ranks = max(began.items(), key=lambda item: (len(item[1]), -min(item[1].values())))

@@ -18,17 +18,15 @@ from aotwatch.cluster.collector import HEAD_NAME, scrape_host
 from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
 from aotwatch.cluster.placement import alive_nodes, daemon_actor_options, ensure_collector
 from aotwatch.config import Config
-from aotwatch.export.collector import (
-    build_info_family,
-    head_family,
-    registry_for,
-)
+from aotwatch.export.collector import build_info_family, registry_for, render
 from aotwatch.export.server import serve_metrics
 from aotwatch.metrics import (
+    HEAD_FAMILIES,
     RANK_DIVERGENCES,
     REDUNDANT_SECONDS,
     STRAGGLER_SECONDS,
     WAIT_RANK_SECONDS,
+    Family,
 )
 from aotwatch.records import printable
 
@@ -44,28 +42,35 @@ COMPILE_IDS_SETTLE_S = 10.0
 (ranks compile the same frame at slightly different times)."""
 
 
-class _DivergenceCollector:
-    """Exposes ``torch_compile_rank_divergences_total`` (once per job, no rank label)."""
+class HeadCollector:
+    """Exposes the head's build info and its families (``metrics.HEAD_FAMILIES``: once per
+    job, no rank label), each read from the watch."""
 
     def __init__(self, watch: DivergenceWatch, labels: dict[str, str]) -> None:
-        self.watch = watch
         self.labels = labels
+        self._readers = {  # family name -> its series now
+            RANK_DIVERGENCES.name: watch.divergence_counts,
+            STRAGGLER_SECONDS.name: lambda: _per_job(STRAGGLER_SECONDS, watch.straggler_seconds()),
+            WAIT_RANK_SECONDS.name: lambda: _per_job(WAIT_RANK_SECONDS, watch.wait_seconds()),
+            REDUNDANT_SECONDS.name: watch.redundant_seconds,
+        }
+        assert set(self._readers) == {family.name for family in HEAD_FAMILIES}
 
     def describe(self) -> Any:
         """The families without samples: lets the registry filter by ``name[]``."""
-        return self._families({})
+        return self._families(live=False)
 
     def collect(self) -> Any:
-        return self._families(self.watch.divergence_counts())
+        return self._families(live=True)
 
-    def _families(self, counts: dict[tuple[str, str], int]) -> Any:
+    def _families(self, live: bool) -> Any:
         yield build_info_family(self.labels)
-        yield head_family(RANK_DIVERGENCES, counts, self.labels)
-        stragglers = {(job,): seconds for job, seconds in self.watch.straggler_seconds().items()}
-        yield head_family(STRAGGLER_SECONDS, stragglers, self.labels)
-        waits = {(job,): seconds for job, seconds in self.watch.wait_seconds().items()}
-        yield head_family(WAIT_RANK_SECONDS, waits, self.labels)
-        yield head_family(REDUNDANT_SECONDS, self.watch.redundant_seconds(), self.labels)
+        for family in HEAD_FAMILIES:
+            yield render(family, self._readers[family.name]() if live else {}, self.labels)
+
+
+def _per_job(family: Family, seconds: dict[str, float]) -> dict[tuple[str, ...], float]:
+    return {family.label_set(job_name=job): value for job, value in seconds.items()}
 
 
 class Head:
@@ -80,7 +85,7 @@ class Head:
         self._stale: set[str] = set()  # nodes whose endpoint to ask again (restarted, silent)
         self._file_sd_targets: list | None = None  # what file_sd lists now
         self._check_lock = threading.Lock()  # one round at a time (the loop, status callers)
-        registry = registry_for(_DivergenceCollector(self.watch, config.labels))
+        registry = registry_for(HeadCollector(self.watch, config.labels))
         self.server = serve_metrics(
             registry,
             config.collector.address,

@@ -15,12 +15,14 @@ from typing import Any
 
 from aotwatch.archive import ArchiveWriter, UnsafePath, read_json_lines, set_aside
 from aotwatch.lru import LruCache
+from aotwatch.metrics import CAPTURE_ERRORS, RECORDS_DROPPED, RECORDS_REJECTED
 from aotwatch.records import MAX_ID, MAX_NUMBER, RecordError, label_value_problem
-from aotwatch.sink import LocalSink
+from aotwatch.sink import RecordSink
 
 COUNTS_FILE = "counts.jsonl"
-KINDS = {"dropped": "aotwatch_records_dropped", "capture_errors": "aotwatch_capture_errors"}
-"""What a worker counts -> the family it adds to (labels: job_name and the reason/stage)."""
+KINDS = {"dropped": (RECORDS_DROPPED, "reason"), "capture_errors": (CAPTURE_ERRORS, "stage")}
+"""What a worker counts -> the family it adds to and the label its counts are by (besides
+job_name)."""
 MAX_LABELS = 64
 """Reasons or stages per kind that one worker may report (aotwatch's own are a handful)."""
 MAX_WORKERS = 100_000
@@ -34,7 +36,7 @@ class CountsLedger:
     """Turns workers' running totals into counter increments, persisted (see module doc)."""
 
     def __init__(
-        self, directory: str | os.PathLike, sink: LocalSink, skip: set[str] = frozenset()
+        self, directory: str | os.PathLike, sink: RecordSink, skip: set[str] = frozenset()
     ) -> None:
         """Rebuild the totals from ``counts.jsonl``, but for the jobs in ``skip`` (finished
         jobs, whose series a restarted collector no longer shows)."""
@@ -45,19 +47,19 @@ class CountsLedger:
             try:
                 self._replay(path, skip)
             except UnsafePath as problem:  # not aotwatch's own: a fresh file replaces it
-                sink.inc("aotwatch_records_rejected", ("unsafe_file",))
+                sink.inc(RECORDS_REJECTED, reason="unsafe_file")
                 set_aside(path, problem)
         self._writer = ArchiveWriter(directory, COUNTS_FILE)
 
     def _replay(self, path: Path, skip: set[str]) -> None:
         for entry in read_json_lines(path, private=True):
             if isinstance(entry, RecordError):  # a torn, corrupt or hostile line
-                self.sink.inc("aotwatch_records_rejected", (entry.reason,))
+                self.sink.inc(RECORDS_REJECTED, reason=entry.reason)
             elif _valid_entry(entry):
                 if entry["job_name"] not in skip:
                     self._apply(entry["worker_id"], entry["job_name"], entry["totals"])
             else:
-                self.sink.inc("aotwatch_records_rejected", ("wrong_type",))
+                self.sink.inc(RECORDS_REJECTED, reason="wrong_type")
 
     def add(self, worker_id: str, job_name: str, totals: Any) -> None:
         """Apply what ``totals`` ({kind: {label: count}}) adds to this worker's last ones,
@@ -82,11 +84,12 @@ class CountsLedger:
     def _apply(self, worker_id: str, job_name: str, totals: Totals) -> None:
         known = self._known.pop(worker_id, {})
         for kind, counts in totals.items():
+            family, by = KINDS[kind]
             applied = known.setdefault(kind, {})
             for label, count in counts.items():
                 growth = count - applied.get(label, 0)
                 if growth > 0:
-                    self.sink.inc(KINDS[kind], (job_name, label), growth)
+                    self.sink.inc(family, growth, job_name=job_name, **{by: label})
                     applied[label] = count
         self._known.put(worker_id, known)
 

@@ -14,14 +14,14 @@ from prometheus_client.core import (
     Metric,
 )
 
-from aotwatch.aggregate import Snapshot
-from aotwatch.metrics import (
-    BUILD_INFO,
-    FAMILIES,
-    Family,
-)
+from aotwatch.aggregate import Histogram, Snapshot
+from aotwatch.metrics import BUILD_INFO, FAMILIES, Family, Labels
 
-_FAMILY_TYPES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+_METRIC_TYPES = {
+    "counter": CounterMetricFamily,
+    "gauge": GaugeMetricFamily,
+    "histogram": HistogramMetricFamily,
+}
 
 
 def _version(distribution: str) -> str:
@@ -42,25 +42,30 @@ def build_info() -> dict[str, str]:
     return dict(zip(BUILD_INFO.labels, versions, strict=True))
 
 
-def build_info_family(const_labels: Mapping[str, str] | None = None) -> GaugeMetricFamily:
-    """``aotwatch_build_info``: 1, labelled with what is running."""
-    info, const = build_info(), dict(const_labels or {})
-    family = GaugeMetricFamily(BUILD_INFO.name, BUILD_INFO.help, labels=(*info, *const))
-    family.add_metric((*info.values(), *const.values()), 1)
-    return family
-
-
-def head_family(
+def render(
     family: Family,
-    values: Mapping[tuple[str, ...], float],
+    series: Mapping[Labels, float | Histogram],
     const_labels: Mapping[str, str] | None = None,
-) -> CounterMetricFamily | GaugeMetricFamily:
-    """One of the head's families (``HEAD_FAMILIES``): a value per label set of its own."""
+    labels: Labels | None = None,
+) -> Metric:
+    """``family`` with its ``series`` (label values -> value, or a Histogram), as
+    prometheus_client builds it (which checks the name and unit): every family aotwatch
+    serves is rendered here. ``labels``: its label names when not its own (kept per node),
+    followed by those of ``const_labels``."""
     const = dict(const_labels or {})
-    metric = _FAMILY_TYPES[family.kind](family.name, family.help, labels=(*family.labels, *const))
-    for labels, value in sorted(values.items()):
-        metric.add_metric((*labels, *const.values()), value)
+    names = (*(family.labels if labels is None else labels), *const)
+    metric = _METRIC_TYPES[family.kind](family.name, family.help, labels=names, unit=family.unit)
+    for values, value in sorted(series.items()):
+        if isinstance(value, Histogram):
+            metric.add_metric((*values, *const.values()), value.cumulative(), value.sum)
+        else:
+            metric.add_metric((*values, *const.values()), value)
     return metric
+
+
+def build_info_family(const_labels: Mapping[str, str] | None = None) -> Metric:
+    """``aotwatch_build_info``: 1, labelled with what is running."""
+    return render(BUILD_INFO, {BUILD_INFO.label_set(**build_info()): 1}, const_labels)
 
 
 class _Fixed:
@@ -88,8 +93,6 @@ class AggregateCollector:
     ) -> None:
         self._snapshot = snapshot
         self._const_labels = dict(const_labels or {})
-        self._const_names = tuple(self._const_labels)
-        self._const_values = tuple(self._const_labels.values())
         self._build_info = build_info_family(self._const_labels)
 
     def describe(self) -> Iterator[Metric]:
@@ -102,18 +105,10 @@ class AggregateCollector:
     def _families(self, snapshot: Snapshot) -> Iterator[Metric]:
         yield self._build_info
         for family in FAMILIES:
-            names = (*family.labels_kept(snapshot.per_rank), *self._const_names)
-            if family.kind == "histogram":
-                metric = HistogramMetricFamily(family.name, family.help, labels=names)
-                for labels, histogram in sorted(snapshot.histograms.get(family.name, {}).items()):
-                    metric.add_metric(
-                        (*labels, *self._const_values), histogram.cumulative(), histogram.sum
-                    )
-            else:
-                metric = _FAMILY_TYPES[family.kind](family.name, family.help, labels=names)
-                for labels, value in sorted(snapshot.values.get(family.name, {}).items()):
-                    metric.add_metric((*labels, *self._const_values), value)
-            yield metric
+            tables = snapshot.histograms if family.kind == "histogram" else snapshot.values
+            series = tables.get(family.name, {})
+            labels = family.labels_kept(snapshot.per_rank)
+            yield render(family, series, self._const_labels, labels)
 
 
 def registry_for(collector: AggregateCollector) -> CollectorRegistry:
