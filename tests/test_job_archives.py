@@ -17,7 +17,7 @@ from aotwatch import divergence
 from aotwatch.archive import ARCHIVE_FILE
 from aotwatch.cluster.collector import NodeCollector
 from aotwatch.cluster.job_archives import JOB_FILE, JobArchives, job_slug
-from aotwatch.cluster.push import write_spool
+from aotwatch.cluster.spool import write_spool
 from aotwatch.config import CollectorConfig
 from aotwatch.records import new_record, to_record
 from cluster_helpers import lines

@@ -91,7 +91,7 @@ def straggler_seconds(config) -> float:
 def test_a_slow_rank_is_in_progress_live_and_a_straggler_not_a_missing_compile_id(config):
     head = ray.get_actor("aotwatch-head", namespace=config.cluster.namespace)
     node_id = ray.get_runtime_context().get_node_id()
-    from aotwatch.cluster.collector import collector_name
+    from aotwatch.cluster.paths import collector_name
 
     collector = ray.get_actor(collector_name(node_id), namespace=config.cluster.namespace)
     ranks = [ranked_worker(rank) for rank in range(2)]

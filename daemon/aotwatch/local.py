@@ -11,13 +11,14 @@ from typing import Any
 
 from aotwatch.archive import ArchiveWriter
 from aotwatch.capture import hooks
-from aotwatch.capture.identity import identity, local_rank
+from aotwatch.capture.identity import local_rank, rank_and_world_size
 from aotwatch.capture.session import CaptureSession
 from aotwatch.config import Config, ConfigError, load_config
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import MetricsServer, serve_metrics
 from aotwatch.liveness import LOCAL_WORKER, Liveness
 from aotwatch.sink import LocalSink
+from aotwatch.wire import Worker
 
 log = logging.getLogger("aotwatch")
 
@@ -95,7 +96,7 @@ def _local_sink(config: Config) -> tuple[LocalSink, MetricsServer | None]:
     a port in use leaves no archive behind."""
     limits = config.limits
     liveness = Liveness(None, limits.max_workers_per_job, limits.max_series_per_metric)
-    liveness.seen({"worker_id": LOCAL_WORKER, **identity(config.job_name)})  # never leaves
+    liveness.seen(Worker(LOCAL_WORKER, config.job_name, rank_and_world_size()[0]))  # never leaves
     sink = LocalSink(limits.max_series_per_metric, liveness=liveness)
     server = None
     if config.export.enabled:

@@ -13,6 +13,7 @@ from aotwatch.archive import RecordArchive
 from aotwatch.capture.identity import rank_and_world_size
 from aotwatch.liveness import LOCAL_WORKER, Liveness
 from aotwatch.records import Record, RecordError, decode_lines, record_line
+from aotwatch.wire import Compiling
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +124,9 @@ class LocalSink:
         if self.archive is not None:
             self.archive.close()
 
-    def compiling(self, state: dict[str, Any] | None) -> None:
-        """This process began a compile (``state``: compile_id, since, device) or ended one
-        (None): shown while it lasts (local mode)."""
+    def compiling(self, state: Compiling | None) -> None:
+        """This process began a compile (``state``) or ended one (None): shown while it lasts
+        (local mode)."""
         if self.liveness is not None:
             rank = rank_and_world_size()[0]
             with self._lock:

@@ -22,6 +22,7 @@ from aotwatch.capture.identity import identity
 from aotwatch.capture.metadata import read_metadata, saved_for_backward
 from aotwatch.lru import LruCache
 from aotwatch.records import clip_text, new_record
+from aotwatch.wire import Compiling
 
 log = logging.getLogger("aotwatch.capture")
 
@@ -40,7 +41,7 @@ class Sink(Protocol):
 
     def capture_error(self, job_name: str, stage: str) -> None: ...
 
-    def compiling(self, state: dict[str, Any] | None) -> None: ...
+    def compiling(self, state: Compiling | None) -> None: ...
 
 
 class CaptureSession:
@@ -96,8 +97,8 @@ class CaptureSession:
 
     def compile_started(self, compile_id: str) -> None:
         """Dynamo began a compile (a frame, or a lazy backward): say so now, not at its end."""
-        state = {"compile_id": compile_id, "since": time.time(), "device": self._last_device}
-        self.sink.compiling(state)
+        now = time.time(), time.monotonic()
+        self.sink.compiling(Compiling(compile_id, self._last_device, *now))
 
     def compile_ended(self) -> None:
         self.sink.compiling(None)

@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 
-from aotwatch.cluster.collector import spool_directory
+from aotwatch.cluster.paths import spool_directory
 from aotwatch.cluster.push import RecordPusher
 from aotwatch.config import CONFIG_ENV, Config, config_from_env
 from aotwatch.first_compile import attach_at_first_compile

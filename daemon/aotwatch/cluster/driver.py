@@ -16,9 +16,9 @@ from aotwatch import report
 from aotwatch.aggregate import Snapshot
 from aotwatch.archive import private_directory
 from aotwatch.cluster.attach import runtime_env
-from aotwatch.cluster.collector import HEAD_NAME, archive_root, collector_name
 from aotwatch.cluster.head import ensure_head, stop_daemon
 from aotwatch.cluster.job_archives import job_slug
+from aotwatch.cluster.paths import HEAD_NAME, archive_root, collector_name
 from aotwatch.config import Config
 from aotwatch.jobs import JobConfig, run_command, run_trainer
 from aotwatch.metrics import BY_NAME, IN_PROGRESS, PER_JOB

@@ -14,8 +14,9 @@ from typing import Any
 import ray
 
 from aotwatch import cost, divergence
-from aotwatch.cluster.collector import HEAD_NAME, scrape_host
+from aotwatch.cluster.collector import scrape_host
 from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
+from aotwatch.cluster.paths import HEAD_NAME
 from aotwatch.cluster.placement import alive_nodes, daemon_actor_options, ensure_collector
 from aotwatch.config import Config
 from aotwatch.export.collector import (
