@@ -27,6 +27,7 @@ from aotwatch.records import (
     TANGENT_LAYOUTS,
     TOKEN_DIRECTIONS,
     Record,
+    parse_compile_id,
 )
 
 RANK_LABELS = ("job_name", "rank", "device")
@@ -191,15 +192,10 @@ def _cache_lookups(record: Record, rank: Labels) -> Folded:
     ]
 
 
-_FRAME_COMPILE = re.compile(r"(\d+)/(\d+)")
-
-
-def frame_compiles(compile_id: str | None) -> int | None:
-    """How many times a frame had compiled once ``compile_id`` ("F/A": frame F's compile A;
-    restarts "F/A_R" count once) was made; None for compiled autograd ("!F/A") or another
-    shape."""
-    match = _FRAME_COMPILE.match(compile_id or "")
-    return int(match.group(2)) + 1 if match else None
+def _frame_compiles(record: Record, rank: Labels) -> Folded:
+    compile_id = parse_compile_id(record.compile_id)
+    compiles = compile_id and compile_id.frame_compiles
+    return [(rank, compiles)] if compiles else []
 
 
 def _counts(field_name: str, names: tuple[str, ...]) -> Fold:
@@ -543,7 +539,7 @@ FAMILIES: tuple[Family, ...] = (
         "reaches the per-frame recompile limit, the next recompile of that frame runs eagerly.",
         records="frame",
         latest=True,
-        fold=lambda record, rank: [(rank, n) for n in (frame_compiles(record.compile_id),) if n],
+        fold=_frame_compiles,
         action="Headroom (the per-frame limit minus this) of 1 or 0: the frame recompiles "
         "every step (see torch_compile_recompiles_total and their reasons in `aotwatch "
         "report`); mark the changing dimension dynamic or stop the guarded value from "

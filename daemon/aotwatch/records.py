@@ -10,10 +10,12 @@ fields the metrics are folded from.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta
@@ -178,6 +180,46 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     fail_type: Text | None = None
     fail_category: Text | None = None
     fail_reason: Text | None = None
+
+
+class CompileId(NamedTuple):
+    """torch's ``CompileId`` as a record's ``compile_id`` says it: "F/A" is frame F's compile
+    A, "F/A_R" its attempt R (dynamo restarted the analysis), "!C" or "!C/F/A" compiled
+    autograd's graph C. ``str`` gives the text back; records keep the text."""
+
+    frame: int | None
+    compile: int | None
+    attempt: int | None = None
+    autograd: int | None = None
+
+    def __str__(self) -> str:
+        frame = "" if self.frame is None else f"{self.frame}/{self.compile}"
+        attempt = "" if self.attempt is None else f"_{self.attempt}"
+        if self.autograd is None:
+            return frame + attempt
+        return f"!{self.autograd}{'/' if frame else ''}{frame}{attempt}"
+
+    @property
+    def frame_compiles(self) -> int | None:
+        """How many times the frame had compiled once this was made (the attempts of one
+        compile count once); None for compiled autograd."""
+        return None if self.autograd is not None or self.compile is None else self.compile + 1
+
+
+_COMPILE_ID = re.compile(
+    r"(?:!(?P<autograd>\d+))?(?:(?(autograd)/)(?P<frame>\d+)/(?P<compile>\d+))?(?:_(?P<attempt>\d+))?"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_compile_id(text: str | None) -> CompileId | None:
+    """``text`` (a record's ``compile_id``) as a CompileId, or None when it is none or not
+    torch's shape. Each distinct text is parsed once while it is in use."""
+    match = _COMPILE_ID.fullmatch(text or "")
+    if match is None or (match["autograd"] is None and match["frame"] is None):
+        return None
+    parts = match.groupdict()
+    return CompileId(**{name: None if v is None else int(v) for name, v in parts.items()})
 
 
 REQUIRED_FIELDS = tuple(f.name for f in msgspec.structs.fields(Record) if f.required)
