@@ -169,7 +169,7 @@ def _failures(record: Record, rank: Labels) -> Folded:
 def _graph_breaks(record: Record, rank: Labels) -> Folded:
     return [
         ((*rank, category if categories.is_graph_break_category(category) else categories.OTHER), 1)
-        for category in (graph_break["category"] for graph_break in record.graph_breaks)
+        for category in (graph_break.category for graph_break in record.graph_breaks)
     ]
 
 
@@ -507,7 +507,7 @@ FAMILIES: tuple[Family, ...] = (
         values={"reason": categories.CACHE_BYPASS_CATEGORIES},
         records="any",
         fold=lambda record, rank: [
-            ((*rank, bounded(bypass["category"], categories.CACHE_BYPASS_CATEGORIES)), 1)
+            ((*rank, bounded(bypass.category, categories.CACHE_BYPASS_CATEGORIES)), 1)
             for bypass in record.cache_bypasses
         ],
         action="A bypassed graph compiles from scratch in every process: unsupported_op "

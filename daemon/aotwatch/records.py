@@ -105,6 +105,25 @@ Fields = Annotated[dict[Id, Scalar], Meta(max_length=MAX_ITEMS)]
 """A small mapping of names to JSON scalars (a frame, a graph break)."""
 
 
+class GraphBreak(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One graph break of a frame."""
+
+    reason: Text | None = None
+    category: Text
+    """A graph-break registry id (gbNNNN) or a category (``categories.graph_break_category``)."""
+    user_frame: Text | None = None
+    """``file:line`` of the user's code where the frame begins."""
+
+
+class CacheBypass(msgspec.Struct, forbid_unknown_fields=True):
+    """One AOTAutogradCache bypass."""
+
+    category: Text
+    """Bounded (``categories.CACHE_BYPASS_CATEGORIES``)."""
+    reason: Text | None = None
+    """torch's text."""
+
+
 def _zeros(*names: str) -> Any:
     return msgspec.field(default_factory=lambda: dict.fromkeys(names, 0))
 
@@ -165,13 +184,12 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     cache: Annotated[dict[Id, Counts], Meta(max_length=MAX_ITEMS)] = msgspec.field(
         default_factory=dict
     )
-    graph_breaks: Annotated[list[Fields], Meta(max_length=MAX_ITEMS)] = msgspec.field(
+    graph_breaks: Annotated[list[GraphBreak], Meta(max_length=MAX_ITEMS)] = msgspec.field(
         default_factory=list
     )
-    cache_bypasses: Annotated[list[Fields], Meta(max_length=MAX_ITEMS)] = msgspec.field(
+    cache_bypasses: Annotated[list[CacheBypass], Meta(max_length=MAX_ITEMS)] = msgspec.field(
         default_factory=list
     )
-    """AOTAutogradCache bypasses: ``category`` (bounded) and ``reason`` (torch's text)."""
     recompile_limits: Counts = msgspec.field(default_factory=dict)
     """A frame's: torch's ``recompile_limit`` (``per_frame``) and ``accumulated_recompile_limit``
     (``accumulated``) when it compiled."""
@@ -338,7 +356,7 @@ def _refusal(obj: Any, err: msgspec.ValidationError) -> RecordError:
 
 def _check(record: Record) -> Record:
     """What the declaration cannot say: the schema version, a record id, printable labels and
-    ``shown_text``, a category on every graph break and cache bypass."""
+    ``shown_text``."""
     if record.schema != SCHEMA_VERSION:
         raise RecordError("schema_version", f"schema {record.schema}")
     if not record.record_id:
@@ -354,10 +372,6 @@ def _check(record: Record) -> Record:
         raise RecordError(
             "wrong_type", "a compile id, hash, collective or cache name is not printable"
         )
-    for name in ("graph_breaks", "cache_bypasses"):
-        for entry in getattr(record, name):
-            if type(entry.get("category")) is not str:
-                raise RecordError("wrong_type", f"a {name} entry has no category")
     return record
 
 
@@ -419,8 +433,8 @@ def _decoded(line: bytes) -> tuple[Record, bytes] | RecordError:
 
 
 def as_dict(record: Record) -> dict[str, Any]:
-    """A record as the plain dict capture made (nested values are shared, not copied)."""
-    return msgspec.structs.asdict(record)
+    """A record as the plain dict capture made (a copy)."""
+    return msgspec.to_builtins(record)
 
 
 def encode_record(record: Record | dict[str, Any]) -> bytes:
