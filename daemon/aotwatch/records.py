@@ -1,11 +1,10 @@
 """The CompileRecord schema, declared once as ``Record``: every field with its type and bounds.
 
-One record per AOT graph (``graph`` = forward, backward or inference) or per
-compiled frame (``graph`` is None). Capture builds records as plain dicts
-(``new_record``); they cross processes as JSON lines, the archive's own format, and are
-validated into ``Record`` structs by msgspec from this one declaration (``decode_line``,
-``to_record``). ``record_id`` makes re-delivery idempotent. docs/metrics.md lists the
-fields the metrics are folded from.
+One record per AOT graph (``graph`` = forward, backward or inference) or per compiled frame
+(``graph`` is None). Capture builds ``Record`` structs (``make_record``); they cross
+processes as JSON lines, the archive's own format, and are validated by msgspec from this
+one declaration wherever they arrive (``decode_line``, ``record_line``). ``record_id`` makes
+re-delivery idempotent. docs/metrics.md lists the fields the metrics are folded from.
 """
 
 from __future__ import annotations
@@ -261,8 +260,14 @@ def empty_record() -> dict[str, Any]:
     return msgspec.structs.asdict(Record(**_NEW_IDENTITY))
 
 
+def make_record(**fields: Any) -> Record:
+    """A fresh record with a new id and the current time, and ``fields`` (not validated
+    here: see ``record_line``)."""
+    return Record(**{**_NEW_IDENTITY, "record_id": uuid.uuid4().hex, "time": time.time(), **fields})
+
+
 def new_record(**fields: Any) -> dict[str, Any]:
-    """A fresh record with a new id and the current time, updated with ``fields``."""
+    """A fresh record as a plain dict (as JSON has it), updated with ``fields``."""
     record = empty_record()
     record["record_id"] = uuid.uuid4().hex
     record["time"] = time.time()
@@ -382,7 +387,10 @@ def to_record(obj: Any) -> Record:
 
 
 def record_line(obj: Any) -> tuple[Record, bytes]:
-    """A record dict validated, and its archive line."""
+    """A record (a dict, or a Record made in this process) validated, and its archive line."""
+    if type(obj) is Record:  # made by capture: msgspec validates what it decodes, not structs
+        line = encode_record(obj)
+        return decode_line(line), line
     try:
         record = _check(msgspec.convert(obj, Record))
     except msgspec.ValidationError as err:

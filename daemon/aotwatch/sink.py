@@ -51,7 +51,7 @@ class LocalSink:
         self.liveness = liveness
         self._lock = threading.Lock()
 
-    def record(self, record: dict[str, Any]) -> bool:
+    def record(self, record: Record | dict[str, Any]) -> bool:
         """Archive and fold ``record``; False if it was a duplicate or malformed."""
         return bool(self.record_batch([record]))
 

@@ -28,7 +28,7 @@ import ray
 from aotwatch.capture.identity import rank_and_world_size
 from aotwatch.cluster.spool import write_spool
 from aotwatch.config import PushConfig
-from aotwatch.records import RecordError, encode_record
+from aotwatch.records import Record, RecordError, encode_record
 from aotwatch.wire import CompileNotice, Compiling, SpoolHeader, Totals, Worker, to_wire
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ bounded memory, and a call still in flight is never counted as dropped."""
 
 @dataclass(eq=False)  # compared by identity: removing one must not compare record lists
 class _Batch:
-    records: list[dict]
+    records: list[Record]
     lines: bytes | None = None  # the records as JSON lines, encoded when first sent
     counts: Totals | None = None  # the totals when sent
     counts_version: int = 0
@@ -111,7 +111,7 @@ class RecordPusher:
 
     # -- the Sink protocol: called from compiling threads ---------------------------------
 
-    def record(self, record: dict[str, Any]) -> None:
+    def record(self, record: Record) -> None:
         with self._lock:
             self.captured += 1
             if len(self._queue) >= self.config.queue_size:
@@ -205,7 +205,7 @@ class RecordPusher:
             except Exception:  # noqa: BLE001 - no collector handle right now: next round
                 return
 
-    def _encode(self, records: list[dict]) -> bytes:
+    def _encode(self, records: list[Record]) -> bytes:
         """``records`` as JSON lines; one that cannot be encoded is counted as dropped."""
         lines = []
         for record in records:
