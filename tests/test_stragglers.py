@@ -51,9 +51,9 @@ def test_a_collector_measures_a_compile_by_its_elapsed_time_on_its_own_clocks(no
     collector = node_collector()
     state = {"compile_id": "3/0", "elapsed_s": 25.0, "device": "cpu"}
     assert collector.push(announcing(state), [], {}) == 0
-    live = collector.fingerprints_since(None, {})["live"]
-    assert live["compiling"]["j"]["1"]["compile_id"] == "3/0"
-    assert 25.0 <= live["compiling"]["j"]["1"]["for_s"] < 35
+    live = collector.fingerprints_since(None, {}).live
+    assert live.compiling["j"]["1"].compile_id == "3/0"
+    assert 25.0 <= live.compiling["j"]["1"].for_s < 35
     ((key, since),) = collector.snapshot().values[IN_PROGRESS].items()
     assert key == ("j", "1", "cpu", "3/0")
     assert time.time() - 35 < since <= time.time() - 25  # began 25 s ago, on this clock
@@ -72,8 +72,8 @@ def test_an_absurd_compile_time_is_refused_and_the_batch_kept(node_collector, co
     collector = node_collector()
     record = new_record(job_name="j", rank=1, compile_id="0/0")
     assert collector.push(announcing(compiling), [record], {}) == 1  # an older worker's too
-    live = collector.fingerprints_since(None, {})["live"]
-    assert live["compiling"] == {} and "1" in live["attached"]["j"]
+    live = collector.fingerprints_since(None, {}).live
+    assert live.compiling == {} and "1" in live.attached["j"]
 
 
 def head_metric(config, name: str) -> list[str]:

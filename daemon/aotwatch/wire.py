@@ -2,7 +2,8 @@
 
 A worker announces itself with every push (``Worker``, with the compile it is in,
 ``CompileNotice``) and sends its running drop and capture-error totals (``Totals``); at exit
-it may leave a spool file whose first line is a ``SpoolHeader``. Messages travel as plain
+it may leave a spool file whose first line is a ``SpoolHeader``. A collector answers the
+head's rounds with an ``Answer``. Messages travel as plain
 builtins (Ray pickles them, a spool file holds JSON: ``to_wire``) and are validated into
 these Structs by msgspec where they arrive (``decode``); one refused is counted and
 skipped by the receiver. ``Compiling`` is a compile in progress on the clocks of
@@ -109,6 +110,38 @@ class SpoolHeader(msgspec.Struct, forbid_unknown_fields=True):
 
     def problem(self) -> str | None:
         return self.worker.problem()
+
+
+class Running(msgspec.Struct):
+    """A rank's compile in progress, as its collector tells the head."""
+
+    compile_id: str
+    for_s: float
+    """How long it has run, on the collector's monotonic clock (never across two machines'
+    wall clocks)."""
+
+
+class Live(msgspec.Struct):
+    """A collector's present: the ranks (as strings) attached now per job, and per job the
+    ranks compiling now."""
+
+    attached: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    compiling: dict[str, dict[str, Running]] = msgspec.field(default_factory=dict)
+
+
+class Answer(msgspec.Struct):
+    """A collector's answer to the head's round (``NodeCollector.fingerprints_since``; the
+    head's ``divergence.Digest`` takes it): the collector's instance and every job's version,
+    whole fingerprints (``jobs``: ``divergence.summary`` form) or the entries changed since
+    the head's version (``deltas``), ``cost.Work`` of those jobs, and its present. Between
+    aotwatch's own actors: Ray pickles it, nobody else sends one."""
+
+    epoch: str
+    versions: dict[str, int]
+    jobs: dict[str, Any] = msgspec.field(default_factory=dict)
+    deltas: dict[str, Any] = msgspec.field(default_factory=dict)
+    work: dict[str, Any] = msgspec.field(default_factory=dict)
+    live: Live = msgspec.field(default_factory=Live)
 
 
 def decode(kind: type[T], message: Any) -> T:

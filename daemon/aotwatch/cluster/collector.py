@@ -42,8 +42,11 @@ from aotwatch.lru import LruCache, trim_oldest
 from aotwatch.records import Record, RecordError
 from aotwatch.sink import LocalSink
 from aotwatch.wire import (
+    Answer,
     CompileNotice,
     Compiling,
+    Live,
+    Running,
     SpoolHeader,
     WireError,
     Worker,
@@ -365,7 +368,7 @@ class NodeCollector:
         self.sink.close()
         self.counts.close()
 
-    def fingerprints_since(self, epoch: str | None, versions: dict[str, int]) -> dict[str, Any]:
+    def fingerprints_since(self, epoch: str | None, versions: dict[str, int]) -> Answer:
         """What the head lacks (see ``divergence.Digest``): this instance's epoch, every job's
         version, whole fingerprints of the jobs the head has none of (or is too far behind
         on: ``divergence.summary``, each distinct fingerprint once), and for the others the
@@ -381,29 +384,22 @@ class NodeCollector:
                     jobs[job] = divergence.summary(self._fingerprints[job])
                 else:
                     deltas[job] = self._delta(job, known)
-            return {
-                "epoch": self._epoch,
-                "versions": dict(self._versions),
-                "jobs": jobs,
-                "deltas": deltas,
-                "work": {
-                    job: {key: list(entry) for key, entry in self._work.get(job, {}).items()}
-                    for job in [*jobs, *deltas]
-                },
-                "live": self._live(),
+            work = {
+                job: {key: list(entry) for key, entry in self._work.get(job, {}).items()}
+                for job in [*jobs, *deltas]
             }
+            return Answer(self._epoch, dict(self._versions), jobs, deltas, work, self._live())
 
-    def _live(self) -> divergence.Live:
+    def _live(self) -> Live:
         """The ranks attached now per job, and those compiling (for how long, what)."""
-        live: divergence.Live = {"attached": {}, "compiling": {}}
+        live = Live()
         with self._lock:
             for attached in self.liveness.workers():
                 job, rank = attached.worker.job_name, str(attached.worker.rank)
-                live["attached"].setdefault(job, []).append(rank)
+                live.attached.setdefault(job, []).append(rank)
                 if state := attached.compiling:
-                    elapsed = time.monotonic() - state.began
-                    running = {"compile_id": state.compile_id, "for_s": elapsed}
-                    live["compiling"].setdefault(job, {})[rank] = running
+                    running = Running(state.compile_id, time.monotonic() - state.began)
+                    live.compiling.setdefault(job, {})[rank] = running
         return live
 
     def _delta(self, job: str, since: int) -> dict[str, dict[str, dict[str, Any]]]:
