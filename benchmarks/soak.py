@@ -30,7 +30,7 @@ import ray_env  # noqa: F401 - sets Ray's environment before Ray is imported
 
 import ray
 
-from aotwatch.cluster.collector import collector_directory
+from aotwatch.cluster.paths import collector_directory
 from aotwatch.cluster.placement import ensure_collector
 from aotwatch.config import (
     ArchiveConfig,

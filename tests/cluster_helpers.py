@@ -209,8 +209,8 @@ def total(handle, metric: str) -> float:
 def start_daemon(tmp_path: Path, prefix: str, **changes) -> tuple[Config, object, str]:
     """A head and this node's collector in a namespace of their own: (config, collector
     handle, node id)."""
-    from aotwatch.cluster.collector import collector_name
     from aotwatch.cluster.head import ensure_head
+    from aotwatch.cluster.paths import collector_name
 
     config = cluster_config(tmp_path, namespace=f"{prefix}-{uuid.uuid4().hex[:8]}", **changes)
     ensure_head(config)

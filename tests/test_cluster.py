@@ -8,9 +8,9 @@ import pytest
 import ray
 
 from aotwatch.cluster.attach import attach_actors
-from aotwatch.cluster.collector import collector_name
 from aotwatch.cluster.file_sd import file_sd_path
 from aotwatch.cluster.head import ensure_head, stop_daemon
+from aotwatch.cluster.paths import collector_name
 from cluster_helpers import (
     Worker,
     actor_pid,

@@ -12,8 +12,8 @@ import pytest
 import ray
 
 from aotwatch.cluster.attach import runtime_env
-from aotwatch.cluster.collector import collector_name
 from aotwatch.cluster.head import ensure_head, stop_daemon
+from aotwatch.cluster.paths import collector_name
 from cluster_helpers import WORKER_ENV, Worker, cluster_config, total
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
 from aotwatch import cost, divergence
 from aotwatch.config import Config
 from aotwatch.export.collector import family_exposition
 from aotwatch.records import new_record, to_record
+from aotwatch.wire import Answer, Live, Running
 
 MISS = {"fx_graph": {"miss": 1}}
 HIT = {"fx_graph": {"hit": 1}}
@@ -159,15 +161,9 @@ def test_the_cause_of_a_straggler():
     assert cost.cause("1", "0/0", prints["j"]) is None  # it hit too: slow for another reason
 
 
-def answer(prints, work, live):
-    return {
-        "epoch": "e1",
-        "versions": dict.fromkeys(prints, 1),
-        "jobs": {job: divergence.summary(ranks) for job, ranks in prints.items()},
-        "deltas": {},
-        "work": work,
-        "live": live,
-    }
+def answer(prints, work, live, epoch="e1"):
+    jobs = {job: divergence.summary(ranks) for job, ranks in prints.items()}
+    return Answer(epoch, dict.fromkeys(prints, 1), jobs, work=work, live=live)
 
 
 def served(watch) -> dict:
@@ -192,13 +188,11 @@ def test_the_head_serves_waits_redundant_seconds_and_a_straggler_cause():
     prints, work = folded(graph("a", 0), frame("a", 0, cache=HIT), *program("a", 4)[4:])
 
     def live(for_s):
-        return {
-            "attached": {"a": ["0", "1", "2", "3"]},
-            "compiling": {"a": {"1": {"compile_id": "0/0", "for_s": for_s}}},
-        }
+        return Live({"a": ["0", "1", "2", "3"]}, {"a": {"1": Running("0/0", for_s)}})
 
     watch.take({"n1": answer(prints, work, live(0.5))}, {"n1"}, final=False)
-    watch.take({"n1": {**answer(prints, work, live(30.5)), "jobs": {}}}, {"n1"}, final=False)
+    later = msgspec.structs.replace(answer(prints, work, live(30.5)), jobs={})
+    watch.take({"n1": later}, {"n1"}, final=False)
     metrics = served(watch)
     assert metrics[("torch_compile_wait_rank_seconds_total", (("job_name", "a"),))] == 90.0
     key = ("torch_compile_redundant_seconds_total", (("job_name", "a"), ("scope", "job")))
@@ -207,13 +201,13 @@ def test_the_head_serves_waits_redundant_seconds_and_a_straggler_cause():
     assert straggler["groups"]["because a cache miss where its peers hit (fx_graph:hit)"] == ["1"]
     # job b, the same program after job a: its compiles count in the fleet scope
     prints_b, work_b = folded(*program("b", 2))
-    both = answer({**prints, **prints_b}, {**work, **work_b}, {"attached": {}, "compiling": {}})
-    watch.take({"n1": {**both, "epoch": "e2"}}, {"n1"}, final=False)
+    both = answer({**prints, **prints_b}, {**work, **work_b}, Live(), epoch="e2")
+    watch.take({"n1": both}, {"n1"}, final=False)
     metrics = served(watch)
     key = ("torch_compile_redundant_seconds_total", (("job_name", "b"), ("scope", "fleet")))
     assert metrics[key] == 20.0
     assert metrics[("torch_compile_wait_rank_seconds_total", (("job_name", "a"),))] == 90.0
-    quiet = {**both, "epoch": "e2", "jobs": {}, "work": {}}  # nothing new: judged before
+    quiet = msgspec.structs.replace(both, jobs={}, work={})  # nothing new: judged before
     watch.take({"n1": quiet}, {"n1"}, final=False)
     assert served(watch) == metrics
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from aotwatch.archive import ARCHIVE_FILE, ArchiveWriter
-from aotwatch.cluster.collector import SPOOL_SUFFIX, collector_directory
 from aotwatch.cluster.job_archives import JOB_FILE, job_slug
-from aotwatch.cluster.push import write_spool
+from aotwatch.cluster.paths import collector_directory
+from aotwatch.cluster.spool import SPOOL_SUFFIX, write_spool
 from aotwatch.cluster.worker_counts import COUNTS_FILE
 from cluster_helpers import NODE, config_at, lines
 from test_cli import aotwatch
@@ -240,14 +240,14 @@ def test_a_fifo_for_a_job_file_neither_blocks_nor_stops_the_start(node_collector
 KILLED_WRITER = """
 import os, sys, time
 from pathlib import Path
-from aotwatch.cluster import push
+from aotwatch.cluster import spool
 
 def stuck(fd):  # the worker is killed here, in the middle of spooling
     print("writing", flush=True)
     time.sleep(3600)
 
-push.os.fsync = stuck
-push.write_spool(Path(sys.argv[1]), "killed", {"worker": {}}, b"")
+spool.os.fsync = stuck
+spool.write_spool(Path(sys.argv[1]), "killed", {"worker": {}}, b"")
 """
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aotwatch import divergence
 from aotwatch.records import new_record, to_record
+from aotwatch.wire import Answer, Live, Running
 
 
 def fingerprints(*records):
@@ -56,7 +57,7 @@ def test_a_different_cache_pattern():
 def answer(epoch: str, prints: dict, versions: dict | None = None) -> dict:
     """What a collector's ``fingerprints_since`` returns for a head that has nothing yet."""
     jobs = {job: divergence.summary(ranks) for job, ranks in prints.items()}
-    return {"epoch": epoch, "versions": versions or dict.fromkeys(prints, 1), "jobs": jobs}
+    return Answer(epoch, versions or dict.fromkeys(prints, 1), jobs)
 
 
 def test_the_digest_merges_collectors_and_takes_only_what_changed():
@@ -70,13 +71,11 @@ def test_the_digest_merges_collectors_and_takes_only_what_changed():
     assert divergence.find("j", a["j"]) == []  # one rank alone never diverges
     assert digest.known("node-a") == ("e1", {"j": 1})
     # Nothing new: nothing to compare again, the picture unchanged.
-    digest.update("node-a", {"epoch": "e1", "versions": {"j": 1}, "jobs": {}})
+    digest.update("node-a", Answer("e1", {"j": 1}))
     assert digest.changes() == {}
     # A delta: one entry of rank 0; only its compile id is compared again.
     delta = {"0": {"graphs": {("1/0", "forward"): ["cccc"]}, "cache": {}}}
-    digest.update(
-        "node-a", {"epoch": "e1", "versions": {"j": 2}, "jobs": {}, "deltas": {"j": delta}}
-    )
+    digest.update("node-a", Answer("e1", {"j": 2}, deltas={"j": delta}))
     assert digest.changes() == {"j": {"1/0"}}
     assert digest.ranks("j")["0"]["graphs"] == {
         ("0/0", "forward"): ["aaaa"],
@@ -85,10 +84,10 @@ def test_the_digest_merges_collectors_and_takes_only_what_changed():
     found = divergence.find("j", digest.ranks("j"), {"1/0"})
     assert [(f.kind, f.compile_id) for f in found] == [("compile_ids", "1/0")]  # rank 1 lacks it
     # The collector restarted (a new epoch) and holds nothing yet: its ranks leave.
-    digest.update("node-a", {"epoch": "e3", "versions": {}, "jobs": {}})
+    digest.update("node-a", Answer("e3", {}))
     assert set(digest.ranks("j")) == {"1"} and digest.changes() == {"j": None}
     # The job was forgotten by its last collector, then the node left.
-    digest.update("node-b", {"epoch": "e2", "versions": {}, "jobs": {}})
+    digest.update("node-b", Answer("e2", {}))
     assert digest.jobs() == set()
     digest.forget("node-b")
     assert digest.nodes() == {"node-a"}
@@ -155,21 +154,15 @@ def test_a_collective_only_one_rank_issues():
 def test_the_digest_carries_collective_schedules_to_the_head():
     prints = fingerprints(collective_graph(0, "sum"), collective_graph(1, "max"))
     digest = divergence.Digest()
-    answer = {"epoch": "e", "versions": {"j": 2}, "jobs": {}, "deltas": {"j": prints["j"]}}
+    answer = Answer("e", {"j": 2}, deltas={"j": prints["j"]})
     digest.update("node", answer)
     assert kinds({"j": digest.ranks("j")}) == [("collective_schedule", "0/0")]
 
 
 def test_a_rank_compiling_long_while_others_wait_is_a_straggler():
     lives = [
-        {
-            "attached": {"j": ["0", "1"]},
-            "compiling": {"j": {"1": {"compile_id": "3/0", "for_s": 30.4}}},
-        },
-        {
-            "attached": {"j": ["2"], "k": ["0"]},
-            "compiling": {"k": {"0": {"compile_id": "0/0", "for_s": 1e9}}},
-        },
+        Live({"j": ["0", "1"]}, {"j": {"1": Running("3/0", 30.4)}}),
+        Live({"j": ["2"], "k": ["0"]}, {"k": {"0": Running("0/0", 1e9)}}),
     ]
     findings, longest, compiling, _ = divergence.stragglers(lives, after_s=20)
     assert [(f.job_name, f.kind, f.compile_id, f.groups) for f in findings] == [
@@ -214,7 +207,7 @@ def test_the_compare_group_reaches_the_head_in_a_delta():
     changes = divergence.observe(collector_prints, to_record(staged(1, graph_hash="b", stage="1")))
     assert (changes[0][0], changes[0][1]) == ("1", "compare_group")
     delta = {"1": collector_prints["j"]["1"]}
-    digest.update("node", {"epoch": "e", "versions": {"j": 2}, "jobs": {}, "deltas": {"j": delta}})
+    digest.update("node", Answer("e", {"j": 2}, deltas={"j": delta}))
     assert set(divergence.compare_groups(digest.ranks("j"))) == {"0", "1"}
     assert divergence.find_in_groups("j", digest.ranks("j")) == []
 
@@ -229,7 +222,7 @@ def test_a_compile_id_with_a_space_is_compared_whole():
     (finding,) = divergence.find("j", prints["j"])
     assert (finding.kind, finding.compile_id) == ("graph_hash", compile_id)
     digest = divergence.Digest()
-    digest.update("node", {"epoch": "e", "versions": {"j": 1}, "jobs": {}, "deltas": prints})
+    digest.update("node", Answer("e", {"j": 1}, deltas=prints))
     assert digest.changes() == {"j": {compile_id}}
 
 
@@ -241,7 +234,7 @@ def test_ranks_that_change_alike_keep_one_fingerprint_and_one_that_changes_alone
 
     def change(version: int, *ranks: str, key=("1/0", "forward"), value="bbbb") -> None:
         delta = {rank: {"graphs": {key: [value]}} for rank in ranks}
-        answer = {"epoch": "e", "versions": {"j": version}, "jobs": {}, "deltas": {"j": delta}}
+        answer = Answer("e", {"j": version}, deltas={"j": delta})
         digest.update("node", answer)
         digest.changes()
 
@@ -259,7 +252,7 @@ def test_ranks_that_change_alike_keep_one_fingerprint_and_one_that_changes_alone
         "0": {"graphs": {("4/0", "forward"): ["x"]}},
         "2": {"graphs": {("4/0", "forward"): ["y"]}},
     }
-    digest.update("node", {"epoch": "e", "versions": {"j": 5}, "jobs": {}, "deltas": {"j": delta}})
+    digest.update("node", Answer("e", {"j": 5}, deltas={"j": delta}))
     found = divergence.find("j", digest.ranks("j"), {"4/0"})  # 0 and 2 changed unlike
     assert [(f.kind, dict(f.groups)) for f in found] == [
         ("graph_hash", {"x": ("0",), "y": ("2",)}),

@@ -20,9 +20,10 @@ import uuid
 import ray
 
 from aotwatch.archive import private_directory
-from aotwatch.cluster.collector import SPOOL_SUFFIX, spool_directory
 from aotwatch.cluster.head import stop_daemon
-from aotwatch.cluster.push import MAX_CALLS, RecordPusher, write_spool
+from aotwatch.cluster.paths import spool_directory
+from aotwatch.cluster.push import MAX_CALLS, RecordPusher
+from aotwatch.cluster.spool import SPOOL_SUFFIX, write_spool
 from aotwatch.config import PushConfig
 from aotwatch.records import new_record
 from cluster_helpers import (
@@ -51,7 +52,7 @@ def worker_id_of(worker) -> str:
     """The id the attached worker's pusher announces (its spool file is named after it)."""
     return ray.get(
         worker.__ray_call__.remote(
-            lambda self: __import__("aotwatch.process").process.current().sink.worker["worker_id"]
+            lambda self: __import__("aotwatch.process").process.current().sink.worker.worker_id
         ),
         timeout=30,
     )
@@ -90,7 +91,7 @@ def test_records_undelivered_at_exit_are_spooled_and_taken_in(ray_session, tmp_p
         header, records = read_spool(files[0])
         assert header["worker"]["worker_id"] == worker_id
         assert header["worker"]["job_name"] == JOB
-        assert header["counts"] == {}  # nothing dropped, no capture error
+        assert header["counts"] is None  # nothing dropped, no capture error
         assert len(records) == unacknowledged
         assert len({record["record_id"] for record in records}) == unacknowledged
         ray.kill(worker)  # its process exits: only the spool holds what it did not deliver
@@ -220,14 +221,14 @@ def test_the_exit_warning_names_the_records_spooled_and_where(ray_session, tmp_p
         with caplog.at_level(logging.WARNING, logger="aotwatch"):
             pusher.close()
 
-        path = spool / f"{pusher.worker['worker_id']}{SPOOL_SUFFIX}"
+        path = spool / f"{pusher.worker.worker_id}{SPOOL_SUFFIX}"
         warnings = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
         assert warnings == [
             f"aotwatch: 5 records not delivered within 1 s at exit; spooled to {path} "
             "for the collector"
         ]
         header, spooled_records = read_spool(path)
-        assert header["worker"]["worker_id"] == pusher.worker["worker_id"]
+        assert header["worker"]["worker_id"] == pusher.worker.worker_id
         assert header["counts"] == {"dropped": {"queue_full": 2}, "capture_errors": {}}
         assert [r["record_id"] for r in spooled_records] == [r["record_id"] for r in records[:5]]
     finally:

@@ -20,6 +20,7 @@ from aotwatch.export.collector import exposition
 from aotwatch.liveness import Liveness
 from aotwatch.metrics import FAMILIES
 from aotwatch.records import empty_record, new_record
+from aotwatch.wire import Compiling, Worker
 from conftest import scrape
 from programs import PROGRAMS
 
@@ -116,9 +117,8 @@ def golden_snapshot() -> Snapshot:
     """The golden aggregate as a collector shows it, with two workers of the job attached."""
     liveness = Liveness(timeout_s=60, max_per_job=8, max_jobs=8)
     for rank in (0, 1):
-        liveness.seen({"worker_id": f"w{rank}", "job_name": "golden", "rank": rank})
-    compiling = {"compile_id": "3/0", "since": 1_700_000_100.0, "device": "cuda:1"}
-    liveness.compiling("w1", compiling, 1)
+        liveness.seen(Worker(f"w{rank}", "golden", rank))
+    liveness.compiling("w1", Compiling("3/0", "cuda:1", since=1_700_000_100.0, began=0.0), 1)
     return liveness.apply(golden_aggregate().snapshot())
 
 

@@ -21,13 +21,15 @@ import pytest
 
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import ARCHIVE_FILE, UnsafePath
-from aotwatch.cluster.collector import NodeCollector, collector_directory
+from aotwatch.cluster.collector import NodeCollector
 from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
 from aotwatch.cluster.job_archives import JOB_FILE, JOBS_DIR, job_slug
+from aotwatch.cluster.paths import collector_directory
 from aotwatch.cluster.worker_counts import COUNTS_FILE
 from aotwatch.config import LimitsConfig
 from aotwatch.liveness import Liveness
 from aotwatch.records import new_record
+from aotwatch.wire import Worker
 from cluster_helpers import NODE, config_at
 from conftest import scrape
 from test_cli import aotwatch
@@ -197,10 +199,10 @@ def test_attached_workers_are_bounded_in_number_and_memory():
     before = tracemalloc.get_traced_memory()[0]
     for i in range(10_000):
         hostname = f"{i:05d}" + "h" * 250
-        worker = {"worker_id": f"w{i}", "job_name": "j", "rank": i, "hostname": hostname}
+        worker = Worker(f"w{i}", "j", i, hostname=hostname)
         assert liveness.seen(worker) is (i < 1024)
     for i in range(10):
-        liveness.seen({"worker_id": f"other-{i}", "job_name": f"job-{i}", "rank": 0})
+        liveness.seen(Worker(f"other-{i}", f"job-{i}", 0))
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     attached = liveness.apply(Snapshot({}, {})).values["aotwatch_workers_attached"]

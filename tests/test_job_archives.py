@@ -17,7 +17,7 @@ from aotwatch import divergence
 from aotwatch.archive import ARCHIVE_FILE
 from aotwatch.cluster.collector import NodeCollector
 from aotwatch.cluster.job_archives import JOB_FILE, JobArchives, job_slug
-from aotwatch.cluster.push import write_spool
+from aotwatch.cluster.spool import write_spool
 from aotwatch.config import CollectorConfig
 from aotwatch.records import new_record, to_record
 from cluster_helpers import lines
@@ -151,13 +151,13 @@ def test_the_head_is_sent_only_what_changed_since_it_last_asked(node_collector):
         collector.push(worker("big", rank), graphs("big", rank, range(50)), {})
     first = collector.fingerprints_since(*digest.known("n"))
     digest.update("n", first)
-    assert set(first["jobs"]) == {"big"} and not first.get("deltas")
+    assert set(first.jobs) == {"big"} and not first.deltas
     assert digest.changes() == {"big": None}  # read whole: compare everything
-    assert collector.fingerprints_since(*digest.known("n"))["deltas"] == {}  # nothing new
+    assert collector.fingerprints_since(*digest.known("n")).deltas == {}  # nothing new
     collector.push(worker("big", 2), graphs("big", 2, range(99, 100)), {})
     second = collector.fingerprints_since(*digest.known("n"))
-    assert second["jobs"] == {}
-    assert second["deltas"] == {
+    assert second.jobs == {}
+    assert second.deltas == {
         "big": {
             "2": {
                 "graphs": {("99/0", "forward"): [f"{99:016x}"]},
@@ -170,6 +170,6 @@ def test_the_head_is_sent_only_what_changed_since_it_last_asked(node_collector):
     # 255 bytes against 1,880 (the whole job: its 4 equal ranks sent once, see summary)
     assert len(pickle.dumps(second)) < len(pickle.dumps(first)) / 5
     digest.update("n", second)
-    whole = collector.fingerprints_since(None, {})["jobs"]["big"]
+    whole = collector.fingerprints_since(None, {}).jobs["big"]
     assert digest.ranks("big") == {rank: parts for ranks, parts in whole for rank in ranks}
     assert digest.changes() == {"big": {"99/0"}}  # then only the new compile id

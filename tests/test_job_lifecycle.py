@@ -12,7 +12,7 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
-from aotwatch.cluster.collector import HEAD_NAME, collector_name
+from aotwatch.cluster.paths import HEAD_NAME, collector_name
 from cluster_helpers import Worker, actor_pid, cluster_config, ranked_worker, start_serve
 from conftest import scrape, wait_for
 

@@ -53,7 +53,14 @@ ACCEPTED_TYPES = {
     "time": (int, float),
 }
 """The required fields and the JSON types each takes, written down apart from the schema."""
-REASONS = {"not_an_object", "schema_version", "missing_field", "wrong_type", "too_large"}
+REASONS = {
+    "not_an_object",
+    "schema_version",
+    "missing_field",
+    "unknown_field",
+    "wrong_type",
+    "too_large",
+}
 
 QUICK = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -144,7 +144,7 @@ def test_workers_per_collector_are_bounded_across_jobs(node_collector):
     # one leaves: the next worker announcing itself takes its place
     collector.goodbye(worker(0, job="job-0"))
     collector.push(worker(5, job="job-1"), [], None)
-    assert {w["worker_id"] for w in collector._live_workers()} == {"w1", "w2", "w5"}
+    assert {a.worker.worker_id for a in collector._live_workers()} == {"w1", "w2", "w5"}
 
 
 def test_a_worker_past_the_per_job_bound_is_counted_with_its_reason(node_collector):

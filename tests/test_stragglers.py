@@ -51,9 +51,9 @@ def test_a_collector_measures_a_compile_by_its_elapsed_time_on_its_own_clocks(no
     collector = node_collector()
     state = {"compile_id": "3/0", "elapsed_s": 25.0, "device": "cpu"}
     assert collector.push(announcing(state), [], {}) == 0
-    live = collector.fingerprints_since(None, {})["live"]
-    assert live["compiling"]["j"]["1"]["compile_id"] == "3/0"
-    assert 25.0 <= live["compiling"]["j"]["1"]["for_s"] < 35
+    live = collector.fingerprints_since(None, {}).live
+    assert live.compiling["j"]["1"].compile_id == "3/0"
+    assert 25.0 <= live.compiling["j"]["1"].for_s < 35
     ((key, since),) = collector.snapshot().values[IN_PROGRESS.name].items()
     assert key == ("j", "1", "cpu", "3/0")
     assert time.time() - 35 < since <= time.time() - 25  # began 25 s ago, on this clock
@@ -72,8 +72,8 @@ def test_an_absurd_compile_time_is_refused_and_the_batch_kept(node_collector, co
     collector = node_collector()
     record = new_record(job_name="j", rank=1, compile_id="0/0")
     assert collector.push(announcing(compiling), [record], {}) == 1  # an older worker's too
-    live = collector.fingerprints_since(None, {})["live"]
-    assert live["compiling"] == {} and "1" in live["attached"]["j"]
+    live = collector.fingerprints_since(None, {}).live
+    assert live.compiling == {} and "1" in live.attached["j"]
 
 
 def head_metric(config, name: str) -> list[str]:
@@ -91,7 +91,7 @@ def straggler_seconds(config) -> float:
 def test_a_slow_rank_is_in_progress_live_and_a_straggler_not_a_missing_compile_id(config):
     head = ray.get_actor("aotwatch-head", namespace=config.cluster.namespace)
     node_id = ray.get_runtime_context().get_node_id()
-    from aotwatch.cluster.collector import collector_name
+    from aotwatch.cluster.paths import collector_name
 
     collector = ray.get_actor(collector_name(node_id), namespace=config.cluster.namespace)
     ranks = [ranked_worker(rank) for rank in range(2)]

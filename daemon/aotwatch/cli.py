@@ -75,7 +75,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ConfigError as err:
         return _fail(str(err))
     if args.job is not None:
-        from aotwatch.cluster.collector import archive_root
+        from aotwatch.cluster.paths import archive_root
 
         root = Path(args.path) if args.path else archive_root(config)
         paths = report.job_archives(root, args.job)
@@ -200,7 +200,7 @@ def _check_archive_root(config: Config) -> None:
     """A local cluster's collector and head keep their files on this machine: an archive
     directory that another user controls fails here (UnsafePath), not in a collector."""
     from aotwatch.archive import private_directory
-    from aotwatch.cluster.collector import archive_root
+    from aotwatch.cluster.paths import archive_root
 
     private_directory(archive_root(config), 0o711)
 

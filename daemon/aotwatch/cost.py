@@ -22,7 +22,7 @@ from typing import Any
 
 from aotwatch import divergence
 from aotwatch.lru import LruCache
-from aotwatch.records import GRAPH_KINDS, Record
+from aotwatch.records import GRAPH_KINDS, Record, parse_compile_id
 
 SCOPES = ("job", "fleet")
 """Where compile work was done twice (see the module's docstring)."""
@@ -170,11 +170,10 @@ def _holds(parts: dict[str, Any], compile_id: str) -> bool:
 def cause(rank: str, compile_id: str, ranks: dict[str, dict[str, Any]]) -> str | None:
     """Why ``rank`` compiles ``compile_id`` while its peers wait, from the job's fingerprints
     (``divergence``'s), or None when they do not tell."""
-    from aotwatch.metrics import frame_compiles  # metrics declares its families from SCOPES
-
     peers = {r: parts for r, parts in ranks.items() if r != rank and _holds(parts, compile_id)}
     if not peers:
-        if (frame_compiles(compile_id) or 0) > 1:
+        parsed = parse_compile_id(compile_id)
+        if parsed and (parsed.frame_compiles or 0) > 1:
             return f"a recompile ({compile_id}) its peers did not make"
         return f"a compile id ({compile_id}) only it has"
     mine = ranks.get(rank, {}).get("graphs", {})

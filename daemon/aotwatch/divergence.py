@@ -14,6 +14,7 @@ from typing import Any
 
 from aotwatch.lru import trim_oldest
 from aotwatch.records import GRAPH_KINDS, Record
+from aotwatch.wire import Answer, Live, Running
 
 KINDS = ("graph_hash", "collective_schedule", "compile_ids", "cache_pattern", "compile_straggler")
 """What a finding says differs between ranks."""
@@ -147,30 +148,30 @@ class Digest:
         entry = self._nodes.get(node)
         return (entry["epoch"], entry["versions"]) if entry else (None, {})
 
-    def update(self, node: str, answer: dict[str, Any]) -> None:
+    def update(self, node: str, answer: Answer) -> None:
         """Take a collector's answer."""
         entry = self._nodes.get(node)
-        if entry is None or entry["epoch"] != answer["epoch"]:
+        if entry is None or entry["epoch"] != answer.epoch:
             for job in entry["jobs"] if entry else ():
                 self._changed[job] = None
             entry = self._nodes[node] = {
-                "epoch": answer["epoch"],
+                "epoch": answer.epoch,
                 "versions": {},
                 "jobs": {},
                 "shared": {},  # job -> its ranks whose fingerprint object is shared
             }
-        for job in set(entry["jobs"]) - set(answer["versions"]):  # forgotten by the collector
+        for job in set(entry["jobs"]) - set(answer.versions):  # forgotten by the collector
             del entry["jobs"][job]
             entry["shared"].pop(job, None)
             self._changed[job] = None
-        for job, classes in answer["jobs"].items():
+        for job, classes in answer.jobs.items():
             entry["jobs"][job] = self._whole(job, classes)
             entry["shared"][job] = set(entry["jobs"][job])
             self._changed[job] = None
-        for job, delta in answer.get("deltas", {}).items():
+        for job, delta in answer.deltas.items():
             ranks = entry["jobs"].setdefault(job, {})
             self._apply(ranks, entry["shared"].setdefault(job, set()), job, delta)
-        entry["versions"] = answer["versions"]
+        entry["versions"] = answer.versions
 
     def _whole(self, job: str, classes: Classes) -> dict[str, dict[str, Any]]:
         """A job read whole: equal fingerprints (from any collector) become one object."""
@@ -444,12 +445,6 @@ def _values_at(job_name: str, job: _Job, compile_id: str, holders: list[int]) ->
     return findings
 
 
-Live = dict[str, dict[str, Any]]
-"""A collector's present: {"attached": {job: [ranks]}, "compiling": {job: {rank: {"compile_id",
-"for_s"}}}} (ranks as strings; ``for_s``: how long the compile has run, measured on the
-collector's monotonic clock, never across two machines' wall clocks)."""
-
-
 Straggler = tuple[str, str, str, float, int]
 """(job, rank, compile id, seconds it has compiled, how many ranks wait for it)."""
 
@@ -463,22 +458,22 @@ def stragglers(
     ranks), the ranks compiling now per job, and every rank compiling while others of its
     job wait, past ``after_s`` or not, as a ``Straggler``."""
     attached: dict[str, set[str]] = {}
-    compiling: dict[str, dict[str, dict[str, Any]]] = {}
+    compiling: dict[str, dict[str, Running]] = {}
     for live in lives:
-        for job, ranks in live.get("attached", {}).items():
+        for job, ranks in live.attached.items():
             attached.setdefault(job, set()).update(ranks)
-        for job, ranks in live.get("compiling", {}).items():
+        for job, ranks in live.compiling.items():
             compiling.setdefault(job, {}).update(ranks)
     findings, longest, late = [], dict.fromkeys(attached, 0.0), []
     for job, ranks in compiling.items():
         waiting = tuple(sorted(attached.get(job, set()) - set(ranks), key=int))
         for rank, state in sorted(ranks.items()):
-            seconds = state["for_s"]
+            seconds = state.for_s
             if waiting:
-                late.append((job, rank, state["compile_id"], seconds, len(waiting)))
+                late.append((job, rank, state.compile_id, seconds, len(waiting)))
             if not waiting or seconds < after_s:
                 continue
             longest[job] = max(longest.get(job, 0.0), seconds)
             groups = ((f"compiling for {seconds:.0f} s", (rank,)), ("waiting", waiting))
-            findings.append(Finding(job, "compile_straggler", state["compile_id"], groups))
+            findings.append(Finding(job, "compile_straggler", state.compile_id, groups))
     return findings, longest, {job: set(ranks) for job, ranks in compiling.items()}, late

@@ -133,7 +133,7 @@ class JobView:
                 for result in CACHE_RESULTS:  # the columns of the page's cache table
                     counts[result] += results.get(result, 0)
         for bypass in record.cache_bypasses:
-            self.bypasses.add(bypass["category"], bypass.get("reason") or "")
+            self.bypasses.add(bypass.category, bypass.reason or "")
         if record.graph is None:
             self._add_frame(record)
         else:
@@ -146,7 +146,7 @@ class JobView:
         for phase in PHASES:
             phases[phase] += record.durations_s.get(phase, 0.0)
         for graph_break in record.graph_breaks:
-            self.graph_breaks.add(graph_break["category"], graph_break.get("reason") or "")
+            self.graph_breaks.add(graph_break.category, graph_break.reason or "")
         if record.recompile_reason:
             self.recompiles.add(record.recompile_category or "other", record.recompile_reason)
         if record.fail_type:

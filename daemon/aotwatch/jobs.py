@@ -144,7 +144,7 @@ def run_trainer(job: JobConfig) -> Any:
 
 
 def _storage_path(job: JobConfig) -> str:
-    from aotwatch.cluster.collector import archive_root
+    from aotwatch.cluster.paths import archive_root
 
     return str(archive_root(job.config) / "train")
 

@@ -4,7 +4,7 @@ Counters are history and stay; three things are about the present. ``aotwatch_wo
 counts the workers attached per job, the families marked ``live`` in the metric table
 (a rank's last-compile timestamp) show only ranks whose worker is attached, and
 ``torch_compile_in_progress_since_timestamp_seconds`` shows the attached workers that say
-they are compiling (their announcement's ``compiling``: compile id, since, device). Local mode has
+they are compiling (``wire.Compiling``: compile id, device, since). Local mode has
 one worker that never leaves; a collector's leave at goodbye or after ``timeout_s`` of
 silence. Not thread-safe: its owner locks.
 """
@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+
+import msgspec
 
 from aotwatch.aggregate import Snapshot
 from aotwatch.metrics import IN_PROGRESS, LIVE, WORKERS_ATTACHED, Family, Labels
-
-Worker = dict[str, Any]
-"""A worker's announcement: ``worker_id``, ``job_name``, ``rank`` and where it runs."""
+from aotwatch.wire import Compiling, Worker
 
 LOCAL_WORKER = "this process"
 """The worker id of local mode's one worker: the process that captures and serves."""
+
+
+class Attached(msgspec.Struct):
+    """A worker tracked: its last announcement, the compile shown for it, when last heard."""
+
+    worker: Worker
+    compiling: Compiling | None
+    last_seen: float
 
 
 class Liveness:
@@ -46,21 +53,22 @@ class Liveness:
         self.max_workers = max_workers
         self.max_compiling = max_compiling
         self._refuse = refuse
-        self._workers: dict[str, Worker] = {}  # worker id -> announcement + last_seen
+        self._workers: dict[str, Attached] = {}  # by worker id
         self._per_job: dict[str, int] = {}
         self._compiling: set[str] = set()  # ids of the workers shown compiling
 
-    def seen(self, worker: Worker) -> bool:
+    def seen(self, worker: Worker, compiling: Compiling | None = None) -> bool:
         """Note ``worker`` alive now; False when it is not tracked (see ``admit``)."""
-        return self.admit(worker) is None
+        return self.admit(worker, compiling) is None
 
-    def admit(self, worker: Worker) -> str | None:
-        """Note ``worker`` alive now; None when it is tracked, else why it is not: a cap is
+    def admit(self, worker: Worker, compiling: Compiling | None = None) -> str | None:
+        """Note ``worker`` alive now, ``compiling`` or not; None when it is tracked, else why
+        it is not: a cap is
         full (``max_workers_per_job``, ``max_series_per_metric`` jobs,
         ``max_workers_per_collector``) or its id belongs to another job
         (``worker_id_reused``)."""
-        job = worker["job_name"]
-        known = self._workers.get(worker["worker_id"])
+        job = worker.job_name
+        known = self._workers.get(worker.worker_id)
         if known is None:
             per_job = self._per_job.get(job, 0)
             if per_job >= self.max_per_job:
@@ -70,19 +78,15 @@ class Liveness:
             if self.max_workers is not None and len(self._workers) >= self.max_workers:
                 return "max_workers_per_collector"
             self._per_job[job] = per_job + 1
-        elif known["job_name"] != job:
+        elif known.worker.job_name != job:
             return "worker_id_reused"
-        state = self._shown(worker["worker_id"], job, worker["rank"], worker.get("compiling"))
-        self._workers[worker["worker_id"]] = {
-            **worker,
-            "compiling": state,
-            "last_seen": time.monotonic(),
-        }
+        state = self._shown(worker.worker_id, job, worker.rank, compiling)
+        self._workers[worker.worker_id] = Attached(worker, state, time.monotonic())
         return None
 
     def _shown(
-        self, worker_id: str, job: str, rank: int, state: dict[str, Any] | None
-    ) -> dict[str, Any] | None:
+        self, worker_id: str, job: str, rank: int, state: Compiling | None
+    ) -> Compiling | None:
         """``state`` if the worker's compile may be shown, else None (refused and told)."""
         if not state:
             self._compiling.discard(worker_id)
@@ -96,7 +100,7 @@ class Liveness:
             return state
         if self._refuse is not None:
             labels = IN_PROGRESS.label_set(
-                job_name=job, rank=str(rank), device=state["device"], compile_id=state["compile_id"]
+                job_name=job, rank=str(rank), device=state.device, compile_id=state.compile_id
             )
             self._refuse(IN_PROGRESS, labels)
         return None
@@ -107,7 +111,7 @@ class Liveness:
         if worker is None:
             return None
         self._compiling.discard(worker_id)
-        job = worker["job_name"]
+        job = worker.worker.job_name
         self._per_job[job] -= 1
         if self._per_job[job]:
             return None
@@ -119,18 +123,17 @@ class Liveness:
         if self.timeout_s is None:
             return []
         deadline = time.monotonic() - self.timeout_s
-        silent = [w for w, info in self._workers.items() if info["last_seen"] < deadline]
+        silent = [w for w, info in self._workers.items() if info.last_seen < deadline]
         return [job for job in map(self.leave, silent) if job is not None]
 
-    def compiling(self, worker_id: str, state: dict[str, Any] | None, rank: int) -> None:
-        """A worker (of ``rank`` now) began a compile (``state``: compile_id, since, device)
-        or ended one (None)."""
-        worker = self._workers.get(worker_id)
-        if worker is not None:
-            state = self._shown(worker_id, worker["job_name"], rank, state)
-            worker.update(compiling=state, rank=rank)
+    def compiling(self, worker_id: str, state: Compiling | None, rank: int) -> None:
+        """A worker (of ``rank`` now) began a compile (``state``) or ended one (None)."""
+        attached = self._workers.get(worker_id)
+        if attached is not None:
+            attached.compiling = self._shown(worker_id, attached.worker.job_name, rank, state)
+            attached.worker.rank = rank
 
-    def workers(self) -> list[Worker]:
+    def workers(self) -> list[Attached]:
         return list(self._workers.values())
 
     def apply(self, snapshot: Snapshot) -> Snapshot:
@@ -141,16 +144,16 @@ class Liveness:
         }
         snapshot.values[IN_PROGRESS.name] = {
             IN_PROGRESS.label_set(
-                job_name=w["job_name"],
-                rank=str(w["rank"]),
-                device=c["device"],
-                compile_id=c["compile_id"],
-            ): c["since"]
-            for w in self._workers.values()
-            if (c := w.get("compiling"))
+                job_name=a.worker.job_name,
+                rank=str(a.worker.rank),
+                device=c.device,
+                compile_id=c.compile_id,
+            ): c.since
+            for a in self._workers.values()
+            if (c := a.compiling)
         }
         if self.timeout_s is not None:
-            ranks = {(w["job_name"], str(w["rank"])) for w in self._workers.values()}
+            ranks = {(a.worker.job_name, str(a.worker.rank)) for a in self._workers.values()}
             for family in LIVE:
                 table = snapshot.values.get(family.name, {})
                 snapshot.values[family.name] = {

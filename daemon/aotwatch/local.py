@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from aotwatch.archive import ArchiveWriter
-from aotwatch.capture.identity import identity, local_rank
+from aotwatch.capture.identity import local_rank, rank_and_world_size
 from aotwatch.config import Config, ConfigError
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import MetricsServer, serve_metrics
 from aotwatch.liveness import LOCAL_WORKER, Liveness
 from aotwatch.sink import RecordSink
+from aotwatch.wire import Worker
 
 
 def export_port(config: Config) -> int:
@@ -29,7 +30,7 @@ def local_sink(config: Config) -> tuple[RecordSink, MetricsServer | None]:
     a port in use leaves no archive behind."""
     limits = config.limits
     liveness = Liveness(None, limits.max_workers_per_job, limits.max_series_per_metric)
-    liveness.seen({"worker_id": LOCAL_WORKER, **identity(config.job_name)})  # never leaves
+    liveness.seen(Worker(LOCAL_WORKER, config.job_name, rank_and_world_size()[0]))  # never leaves
     sink = RecordSink(limits.max_series_per_metric, liveness=liveness)
     server = None
     if config.export.enabled:

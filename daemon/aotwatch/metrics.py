@@ -27,6 +27,7 @@ from aotwatch.records import (
     TANGENT_LAYOUTS,
     TOKEN_DIRECTIONS,
     Record,
+    parse_compile_id,
 )
 
 RANK_LABELS = ("job_name", "rank", "device")
@@ -221,7 +222,7 @@ def _failures(record: Record) -> Folded:
 def _graph_breaks(record: Record) -> Folded:
     return [
         ((category if categories.is_graph_break_category(category) else categories.OTHER,), 1)
-        for category in (graph_break["category"] for graph_break in record.graph_breaks)
+        for category in (graph_break.category for graph_break in record.graph_breaks)
     ]
 
 
@@ -244,15 +245,10 @@ def _cache_lookups(record: Record) -> Folded:
     ]
 
 
-_FRAME_COMPILE = re.compile(r"(\d+)/(\d+)")
-
-
-def frame_compiles(compile_id: str | None) -> int | None:
-    """How many times a frame had compiled once ``compile_id`` ("F/A": frame F's compile A;
-    restarts "F/A_R" count once) was made; None for compiled autograd ("!F/A") or another
-    shape."""
-    match = _FRAME_COMPILE.match(compile_id or "")
-    return int(match.group(2)) + 1 if match else None
+def _frame_compiles(record: Record) -> Folded:
+    compile_id = parse_compile_id(record.compile_id)
+    compiles = compile_id and compile_id.frame_compiles
+    return [((), compiles)] if compiles else []
 
 
 def _counts(field_name: str, names: tuple[str, ...]) -> Fold:
@@ -599,7 +595,7 @@ AOT_AUTOGRAD_CACHE_BYPASSES = _rank_family(
     ["reason"],
     values={"reason": categories.CACHE_BYPASS_CATEGORIES},
     records="any",
-    fold=lambda record: [((bypass["category"],), 1) for bypass in record.cache_bypasses],
+    fold=lambda record: [((bypass.category,), 1) for bypass in record.cache_bypasses],
     fed_by="`Record.cache_bypasses` (each one's category)",
     action="A bypassed graph compiles from scratch in every process: unsupported_op "
     "names a function the cache cannot hash (`aotwatch report` has torch's text), "
@@ -630,8 +626,8 @@ WORST_FRAME_COMPILES = _rank_family(
     "reaches the per-frame recompile limit, the next recompile of that frame runs eagerly.",
     records="frame",
     latest=True,
-    fold=lambda record: [((), n) for n in (frame_compiles(record.compile_id),) if n],
-    fed_by="`Record.compile_id` (`frame_compiles`)",
+    fold=_frame_compiles,
+    fed_by="`Record.compile_id` (`CompileId.frame_compiles`)",
     action="Headroom (the per-frame limit minus this) of 1 or 0: the frame recompiles "
     "every step (see torch_compile_recompiles_total and their reasons in `aotwatch "
     "report`); mark the changing dimension dynamic or stop the guarded value from "

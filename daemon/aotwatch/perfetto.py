@@ -38,6 +38,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+import msgspec
+
 from aotwatch.aggregate import DEDUPE_WINDOW
 from aotwatch.archive import read_archive
 from aotwatch.lru import LruCache
@@ -224,7 +226,8 @@ class TraceWriter:
             name = f"recompile: {rec.recompile_category or 'other'}"
             self._instant(at, start, name, rec, {"reason": rec.recompile_reason})
         for graph_break in rec.graph_breaks:
-            self._instant(at, end, f"graph break: {graph_break['category']}", rec, graph_break)
+            name = f"graph break: {graph_break.category}"
+            self._instant(at, end, name, rec, msgspec.structs.asdict(graph_break))
         self._failure(at, end, rec)
         self._cache_events(at, end, rec)
 
@@ -257,7 +260,8 @@ class TraceWriter:
             if results.get("miss"):
                 self._instant(at, ts, f"cache miss: {cache}", record, results)
         for bypass in record.cache_bypasses:
-            self._instant(at, ts, f"cache bypass: {bypass['category']}", record, bypass)
+            name = f"cache bypass: {bypass.category}"
+            self._instant(at, ts, name, record, msgspec.structs.asdict(bypass))
 
     def _graph_made(self, at: _At, ts: int, record: Record) -> None:
         args = {

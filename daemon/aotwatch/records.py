@@ -1,19 +1,20 @@
 """The CompileRecord schema, declared once as ``Record``: every field with its type and bounds.
 
-One record per AOT graph (``graph`` = forward, backward or inference) or per
-compiled frame (``graph`` is None). Capture builds records as plain dicts
-(``new_record``); they cross processes as JSON lines, the archive's own format, and are
-validated into ``Record`` structs by msgspec from this one declaration (``decode_line``,
-``to_record``). ``record_id`` makes re-delivery idempotent. docs/metrics.md lists the
-fields the metrics are folded from.
+One record per AOT graph (``graph`` = forward, backward or inference) or per compiled frame
+(``graph`` is None). Capture builds ``Record`` structs (``make_record``); they cross
+processes as JSON lines, the archive's own format, and are validated by msgspec from this
+one declaration wherever they arrive (``decode_line``, ``record_line``). ``record_id`` makes
+re-delivery idempotent. docs/metrics.md lists the fields the metrics are folded from.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta
@@ -103,6 +104,25 @@ Fields = Annotated[dict[Id, Scalar], Meta(max_length=MAX_ITEMS)]
 """A small mapping of names to JSON scalars (a frame, a graph break)."""
 
 
+class GraphBreak(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One graph break of a frame."""
+
+    reason: Text | None = None
+    category: Text
+    """A graph-break registry id (gbNNNN) or a category (``categories.graph_break_category``)."""
+    user_frame: Text | None = None
+    """``file:line`` of the user's code where the frame begins."""
+
+
+class CacheBypass(msgspec.Struct, forbid_unknown_fields=True):
+    """One AOTAutogradCache bypass."""
+
+    category: Text
+    """Bounded (``categories.CACHE_BYPASS_CATEGORIES``)."""
+    reason: Text | None = None
+    """torch's text."""
+
+
 def _zeros(*names: str) -> Any:
     return msgspec.field(default_factory=lambda: dict.fromkeys(names, 0))
 
@@ -163,13 +183,12 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     cache: Annotated[dict[Id, Counts], Meta(max_length=MAX_ITEMS)] = msgspec.field(
         default_factory=dict
     )
-    graph_breaks: Annotated[list[Fields], Meta(max_length=MAX_ITEMS)] = msgspec.field(
+    graph_breaks: Annotated[list[GraphBreak], Meta(max_length=MAX_ITEMS)] = msgspec.field(
         default_factory=list
     )
-    cache_bypasses: Annotated[list[Fields], Meta(max_length=MAX_ITEMS)] = msgspec.field(
+    cache_bypasses: Annotated[list[CacheBypass], Meta(max_length=MAX_ITEMS)] = msgspec.field(
         default_factory=list
     )
-    """AOTAutogradCache bypasses: ``category`` (bounded) and ``reason`` (torch's text)."""
     recompile_limits: Counts = msgspec.field(default_factory=dict)
     """A frame's: torch's ``recompile_limit`` (``per_frame``) and ``accumulated_recompile_limit``
     (``accumulated``) when it compiled."""
@@ -178,6 +197,46 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
     fail_type: Text | None = None
     fail_category: Text | None = None
     fail_reason: Text | None = None
+
+
+class CompileId(NamedTuple):
+    """torch's ``CompileId`` as a record's ``compile_id`` says it: "F/A" is frame F's compile
+    A, "F/A_R" its attempt R (dynamo restarted the analysis), "!C" or "!C/F/A" compiled
+    autograd's graph C. ``str`` gives the text back; records keep the text."""
+
+    frame: int | None
+    compile: int | None
+    attempt: int | None = None
+    autograd: int | None = None
+
+    def __str__(self) -> str:
+        frame = "" if self.frame is None else f"{self.frame}/{self.compile}"
+        attempt = "" if self.attempt is None else f"_{self.attempt}"
+        if self.autograd is None:
+            return frame + attempt
+        return f"!{self.autograd}{'/' if frame else ''}{frame}{attempt}"
+
+    @property
+    def frame_compiles(self) -> int | None:
+        """How many times the frame had compiled once this was made (the attempts of one
+        compile count once); None for compiled autograd."""
+        return None if self.autograd is not None or self.compile is None else self.compile + 1
+
+
+_COMPILE_ID = re.compile(
+    r"(?:!(?P<autograd>\d+))?(?:(?(autograd)/)(?P<frame>\d+)/(?P<compile>\d+))?(?:_(?P<attempt>\d+))?"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_compile_id(text: str | None) -> CompileId | None:
+    """``text`` (a record's ``compile_id``) as a CompileId, or None when it is none or not
+    torch's shape. Each distinct text is parsed once while it is in use."""
+    match = _COMPILE_ID.fullmatch(text or "")
+    if match is None or (match["autograd"] is None and match["frame"] is None):
+        return None
+    parts = match.groupdict()
+    return CompileId(**{name: None if v is None else int(v) for name, v in parts.items()})
 
 
 REQUIRED_FIELDS = tuple(f.name for f in msgspec.structs.fields(Record) if f.required)
@@ -201,8 +260,14 @@ def empty_record() -> dict[str, Any]:
     return msgspec.structs.asdict(Record(**_NEW_IDENTITY))
 
 
+def make_record(**fields: Any) -> Record:
+    """A fresh record with a new id and the current time, and ``fields`` (not validated
+    here: see ``record_line``)."""
+    return Record(**{**_NEW_IDENTITY, "record_id": uuid.uuid4().hex, "time": time.time(), **fields})
+
+
 def new_record(**fields: Any) -> dict[str, Any]:
-    """A fresh record with a new id and the current time, updated with ``fields``."""
+    """A fresh record as a plain dict (as JSON has it), updated with ``fields``."""
     record = empty_record()
     record["record_id"] = uuid.uuid4().hex
     record["time"] = time.time()
@@ -296,7 +361,7 @@ def _refusal(obj: Any, err: msgspec.ValidationError) -> RecordError:
 
 def _check(record: Record) -> Record:
     """What the declaration cannot say: the schema version, a record id, printable labels and
-    ``shown_text``, a category on every graph break and cache bypass."""
+    ``shown_text``."""
     if record.schema != SCHEMA_VERSION:
         raise RecordError("schema_version", f"schema {record.schema}")
     if not record.record_id:
@@ -312,10 +377,6 @@ def _check(record: Record) -> Record:
         raise RecordError(
             "wrong_type", "a compile id, hash, collective or cache name is not printable"
         )
-    for name in ("graph_breaks", "cache_bypasses"):
-        for entry in getattr(record, name):
-            if type(entry.get("category")) is not str:
-                raise RecordError("wrong_type", f"a {name} entry has no category")
     return record
 
 
@@ -326,7 +387,10 @@ def to_record(obj: Any) -> Record:
 
 
 def record_line(obj: Any) -> tuple[Record, bytes]:
-    """A record dict validated, and its archive line."""
+    """A record (a dict, or a Record made in this process) validated, and its archive line."""
+    if type(obj) is Record:  # made by capture: msgspec validates what it decodes, not structs
+        line = encode_record(obj)
+        return decode_line(line), line
     try:
         record = _check(msgspec.convert(obj, Record))
     except msgspec.ValidationError as err:
@@ -377,8 +441,8 @@ def _decoded(line: bytes) -> tuple[Record, bytes] | RecordError:
 
 
 def as_dict(record: Record) -> dict[str, Any]:
-    """A record as the plain dict capture made (nested values are shared, not copied)."""
-    return msgspec.structs.asdict(record)
+    """A record as the plain dict capture made (a copy)."""
+    return msgspec.to_builtins(record)
 
 
 def encode_record(record: Record | dict[str, Any]) -> bytes:

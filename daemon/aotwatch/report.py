@@ -34,6 +34,7 @@ from aotwatch.metrics import (
     Family,
 )
 from aotwatch.records import Record, RecordError, printable
+from aotwatch.wire import Worker
 
 
 def read_archives(
@@ -57,7 +58,7 @@ def read_archives(
                 if also is not None:
                     also(item)
                 worker_id = f"{item.hostname} {item.pid}"
-                workers.seen({"worker_id": worker_id, "job_name": item.job_name, "rank": item.rank})
+                workers.seen(Worker(worker_id, item.job_name, item.rank))
     findings = [
         finding
         for job, ranks in sorted(fingerprints.items())

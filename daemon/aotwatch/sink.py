@@ -14,6 +14,7 @@ from aotwatch.capture.identity import rank_and_world_size
 from aotwatch.liveness import LOCAL_WORKER, Liveness
 from aotwatch.metrics import CAPTURE_ERRORS, RECORDS_DROPPED, RECORDS_REJECTED, Family, Labels
 from aotwatch.records import Record, RecordError, decode_lines, record_line
+from aotwatch.wire import Compiling
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class RecordSink:
         self.liveness = liveness
         self._lock = threading.Lock()
 
-    def record(self, record: dict[str, Any]) -> bool:
+    def record(self, record: Record | dict[str, Any]) -> bool:
         """Archive and fold ``record``; False if it was a duplicate or malformed."""
         return bool(self.record_batch([record]))
 
@@ -125,9 +126,9 @@ class RecordSink:
         if self.archive is not None:
             self.archive.close()
 
-    def compiling(self, state: dict[str, Any] | None) -> None:
-        """This process began a compile (``state``: compile_id, since, device) or ended one
-        (None): shown while it lasts (local mode)."""
+    def compiling(self, state: Compiling | None) -> None:
+        """This process began a compile (``state``) or ended one (None): shown while it lasts
+        (local mode)."""
         if self.liveness is not None:
             rank = rank_and_world_size()[0]
             with self._lock:

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from aotwatch import categories
-from aotwatch.records import PHASE_FIELDS_US, RECOMPILE_LIMITS, clip_text
+from aotwatch.records import PHASE_FIELDS_US, RECOMPILE_LIMITS, GraphBreak, clip_text
 
 _COMPARED_VALUE = re.compile(
     r"""(==|!=)(\s*)"""
@@ -104,11 +104,11 @@ def frame_fields(metrics: Any, graph_break_reasons: list[str]) -> dict[str, Any]
             "line": line,
         },
         "graph_breaks": [
-            {
-                "reason": clip_text(redact_values(reason)),
-                "category": categories.graph_break_category(reason),
-                "user_frame": user_frame,
-            }
+            GraphBreak(
+                reason=clip_text(redact_values(reason)),
+                category=categories.graph_break_category(reason),
+                user_frame=user_frame,
+            )
             for reason in graph_break_reasons
         ],
         "recompile_limits": recompile_limits(),

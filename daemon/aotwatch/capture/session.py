@@ -21,7 +21,8 @@ from aotwatch.capture import compile_metrics, graphs
 from aotwatch.capture.identity import identity
 from aotwatch.capture.metadata import read_metadata, saved_for_backward
 from aotwatch.lru import LruCache
-from aotwatch.records import clip_text, new_record
+from aotwatch.records import CacheBypass, Record, clip_text, make_record
+from aotwatch.wire import Compiling
 
 log = logging.getLogger("aotwatch.capture")
 
@@ -36,11 +37,11 @@ _MAX_BYPASSES = 64
 class Sink(Protocol):
     """Where records go: the local aggregate, an archive, a queue to a collector."""
 
-    def record(self, record: dict[str, Any]) -> None: ...
+    def record(self, record: Record) -> None: ...
 
     def capture_error(self, job_name: str, stage: str) -> None: ...
 
-    def compiling(self, state: dict[str, Any] | None) -> None: ...
+    def compiling(self, state: Compiling | None) -> None: ...
 
 
 class CaptureSession:
@@ -96,8 +97,8 @@ class CaptureSession:
 
     def compile_started(self, compile_id: str) -> None:
         """Dynamo began a compile (a frame, or a lazy backward): say so now, not at its end."""
-        state = {"compile_id": compile_id, "since": time.time(), "device": self._last_device}
-        self.sink.compiling(state)
+        now = time.time(), time.monotonic()
+        self.sink.compiling(Compiling(compile_id, self._last_device, *now))
 
     def compile_ended(self) -> None:
         self.sink.compiling(None)
@@ -135,14 +136,12 @@ class CaptureSession:
     def cache_bypassed(self, error: BaseException) -> None:
         """AOTAutogradCache will not cache a graph: why (torch's exception), categorised."""
         cause = type(error.__cause__).__name__ if error.__cause__ is not None else ""
-        entry = {
-            "category": categories.cache_bypass_category(str(error), type(error).__name__, cause),
-            "reason": clip_text(str(error)),
-        }
+        category = categories.cache_bypass_category(str(error), type(error).__name__, cause)
+        entry = CacheBypass(category, clip_text(str(error)))
         with self._lock:
             self._bypasses = [*self._bypasses[-(_MAX_BYPASSES - 1) :], entry]
 
-    def _take_bypasses(self) -> list[dict[str, str | None]]:
+    def _take_bypasses(self) -> list[CacheBypass]:
         with self._lock:
             taken, self._bypasses = self._bypasses, []
         return taken
@@ -151,12 +150,12 @@ class CaptureSession:
 
     def _emit(self, compile_id: str | None, kind: str | None, **fields: Any) -> None:
         who = identity(self.job_name, self.compare_group_env)
-        record = new_record(**who, compile_id=compile_id, graph=kind, **fields)
+        record = make_record(**who, compile_id=compile_id, graph=kind, **fields)
         if kind is not None:
             with self._lock:
                 if compile_id is not None:
-                    self._frame_devices.put(compile_id, record["device"])
-                self._last_device = record["device"]
+                    self._frame_devices.put(compile_id, record.device)
+                self._last_device = record.device
         self.sink.record(record)
 
     def _digest(self, aot_id: Any, kind: str) -> graphs.GraphDigest:

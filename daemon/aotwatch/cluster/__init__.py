@@ -1,4 +1,5 @@
 """aotwatch on a Ray cluster: per-node collectors, the head, the push path, attach modes.
 
-Everything under this package imports Ray; nothing outside it does.
+Ray is imported only under this package (``paths`` and ``spool``, shared by workers and
+collectors, need none of it).
 """

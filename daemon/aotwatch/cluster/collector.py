@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -28,38 +26,37 @@ from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import (
     ARCHIVE_FILE,
     UnsafePath,
-    open_private,
-    private_directory,
-    read_lines,
     read_records,
     set_aside,
 )
 from aotwatch.cluster.job_archives import JobArchives
 from aotwatch.cluster.job_life import JobLife
+from aotwatch.cluster.paths import collector_directory, spool_directory
+from aotwatch.cluster.spool import read_spool, remove_abandoned, spooled
 from aotwatch.cluster.worker_counts import CountsLedger
 from aotwatch.config import Config
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import serve_metrics
-from aotwatch.liveness import Liveness
+from aotwatch.liveness import Attached, Liveness
 from aotwatch.lru import LruCache, trim_oldest
 from aotwatch.metrics import RECORDS_REJECTED, WORKERS_REFUSED
-from aotwatch.records import (
-    MAX_ID,
-    MAX_NUMBER,
-    Record,
-    RecordError,
-    label_value_problem,
-    parse_json,
-)
+from aotwatch.records import Record, RecordError
 from aotwatch.sink import RecordSink
+from aotwatch.wire import (
+    Answer,
+    CompileNotice,
+    Compiling,
+    Live,
+    Running,
+    SpoolHeader,
+    WireError,
+    Worker,
+    decode,
+    to_wire,
+)
 
 log = logging.getLogger(__name__)
 
-HEAD_NAME = "aotwatch-head"
-SPOOL_DIR = "spool"
-SPOOL_SUFFIX = ".jsonl"
-PARTIAL_SUFFIX = ".partial"
-"""A spool file being written (``.<worker id>.partial``), renamed once whole."""
 SPOOL_BATCH = 500
 """Spooled records taken in per archive write."""
 PRUNE_S = 10.0
@@ -73,100 +70,20 @@ HOUSEKEEPING_S = 2.0
 """How often a collector looks for spooled files and advances the life of its jobs."""
 
 
-def collector_name(node_id: str) -> str:
-    """The Ray actor name of a node's collector."""
-    return f"aotwatch-collector-{node_id}"
-
-
-def archive_root(config: Config) -> Path:
-    """Where collectors keep their archives and the head its file_sd file."""
-    return Path(config.archive.path or os.path.join(tempfile.gettempdir(), "aotwatch"))
-
-
-def collector_directory(config: Config, node_id: str) -> Path:
-    """A node's collector directory: its archive, its counts and the workers' spool.
-
-    The root is private to this user (0711: Prometheus, as another user, may read file_sd
-    in it by name); everything below it is 0700. UnsafePath when someone else controls it.
-    """
-    collectors = private_directory(archive_root(config), 0o711) / "collectors"
-    return private_directory(private_directory(collectors) / node_id)
-
-
-def spool_directory(config: Config, node_id: str) -> Path:
-    """Where a worker leaves, at exit, what its collector did not acknowledge in time."""
-    return private_directory(collector_directory(config, node_id) / SPOOL_DIR)
-
-
-WORKER_FIELDS = {
-    "worker_id": str,
-    "job_name": str,
-    "rank": int,
-    "world_size": int,
-    "node_id": str,
-    "hostname": str,
-    "pid": int,
-    "compiling": dict,
-}
-"""What a worker announces with every push (cluster.push), and the types of each."""
-REQUIRED_WORKER_FIELDS = ("worker_id", "job_name", "rank")
-
-
-def worker_problem(worker: Any) -> str | None:
-    """Why ``worker`` is not a worker announcement, or None."""
-    if type(worker) is not dict or not worker.keys() <= WORKER_FIELDS.keys():
-        return f"expected a mapping with keys among {', '.join(WORKER_FIELDS)}"
-    for key, kind in WORKER_FIELDS.items():
-        value = worker.get(key)
-        if value is None and key not in REQUIRED_WORKER_FIELDS:
-            continue
-        if type(value) is not kind:
-            return f"{key} is {type(value).__name__}"
-        if kind is int and not 0 <= value <= MAX_NUMBER:
-            return f"{key} is out of range"
-        if kind is str and not 0 < len(value) <= MAX_ID:
-            return f"{key} must have 1..{MAX_ID} characters"
-    return label_value_problem(worker["job_name"])
-
-
-MAX_COMPILE_S = 7 * 86_400.0
-"""The longest a compile may say it has run: beyond it, a broken clock or a forged value."""
-
-
-def compiling_problem(state: dict[str, Any]) -> str | None:
-    """Why a worker's ``compiling`` (compile_id, elapsed_s, device) cannot be shown, or None.
-    ``elapsed_s`` is how long the compile has run on the worker's monotonic clock: a
-    worker's wall-clock ``since`` is refused (see ``on_this_clock``)."""
-    if state.keys() != {"compile_id", "elapsed_s", "device"}:
-        return "expected compile_id, elapsed_s and device"
-    compile_id, elapsed, device = state["compile_id"], state["elapsed_s"], state["device"]
-    if type(compile_id) is not str or not 0 < len(compile_id) <= MAX_ID:
-        return "compile_id is not a short string"
-    if type(elapsed) not in (int, float) or not 0 <= elapsed <= MAX_COMPILE_S:
-        return f"elapsed_s is not 0..{MAX_COMPILE_S:.0f} s"
-    if type(device) is not str:
-        return "device is not a string"
-    return label_value_problem(compile_id) or label_value_problem(device)
-
-
-def on_this_clock(worker: dict[str, Any]) -> dict[str, Any]:
-    """``worker`` with its compile's start on this collector's clocks, from the time the worker
-    says it has run: ``since`` (wall clock, the in-progress gauge) and ``began`` (monotonic,
-    the head's straggler wait). Worker clocks that disagree with this one change nothing; a
-    notice ``compiling_problem`` refuses is dropped, not the worker's batch."""
-    state = worker.get("compiling")
-    if state is None:
-        return worker
-    problem = compiling_problem(state)
-    if problem:  # an older worker's wall-clock ``since``, a broken clock: its records still count
-        log.debug(
-            "aotwatch: ignored a compile notice of worker %s: %s", worker["worker_id"], problem
-        )
-        return {**worker, "compiling": None}
-    elapsed = state["elapsed_s"]
+def on_this_clock(worker: Worker) -> Compiling | None:
+    """The compile ``worker`` says it is in, begun on this collector's clocks by the time the
+    worker says it has run (worker clocks that disagree with this one change nothing); None
+    when it is in none, or when its notice is refused (dropped, not the worker's batch)."""
+    if worker.compiling is None:
+        return None
+    try:
+        notice = decode(CompileNotice, worker.compiling)
+    except WireError as problem:  # an older worker's wall-clock ``since``, a broken clock
+        log.debug("aotwatch: ignored a compile notice of worker %s: %s", worker.worker_id, problem)
+        return None
+    elapsed = notice.elapsed_s
     since, began = time.time() - elapsed, time.monotonic() - elapsed
-    clocked = {"compile_id": state["compile_id"], "device": state["device"]}
-    return {**worker, "compiling": {**clocked, "since": since, "began": began}}
+    return Compiling(notice.compile_id, notice.device, since, began)
 
 
 class NodeCollector:
@@ -258,17 +175,18 @@ class NodeCollector:
         """Accept a batch (JSON lines, as ``cluster.push`` sends them, or record dicts) and
         the worker's running drop and capture-error totals, both persisted before this
         returns; OSError (the worker keeps the batch and sends it again) when they cannot
-        be. A batch from a malformed worker is rejected whole."""
-        problem = worker_problem(worker)
-        if problem is not None:
+        be. A batch from a malformed worker (see ``wire.Worker``) is rejected whole."""
+        try:
+            announced = decode(Worker, worker)
+        except WireError as problem:
             log.debug("aotwatch: refused a batch: worker %s", problem)
             size = records.count(b"\n") if isinstance(records, bytes) else len(records)
             self.sink.inc(RECORDS_REJECTED, size, reason="bad_worker")
             return 0
-        self._seen(on_this_clock(worker))
-        return self._accept(worker, records, counts)
+        self._seen(announced)
+        return self._accept(announced, records, counts)
 
-    def _accept(self, worker: dict[str, Any], records: bytes | list[Any], counts: Any) -> int:
+    def _accept(self, worker: Worker, records: bytes | list[Any], counts: Any) -> int:
         with self._accept_lock:
             accepted = self.sink.record_batch(records)
             for record in accepted:
@@ -279,7 +197,7 @@ class NodeCollector:
                 if finished:  # it ends again, and its archive is marked again when it finishes
                     self.sink.finish_job(job_name, finished=False)
             if counts:
-                self.counts.add(worker["worker_id"], worker["job_name"], counts)
+                self.counts.add(worker.worker_id, worker.job_name, counts)
             return len(accepted)
 
     def _observe(self, record: Record) -> None:
@@ -298,26 +216,25 @@ class NodeCollector:
 
     def goodbye(self, worker: Any) -> None:
         """A worker is exiting: its gauges go now rather than at its timeout."""
-        if worker_problem(worker) is None:
-            with self._lock:
-                self._forget(worker["worker_id"])
+        with contextlib.suppress(WireError), self._lock:
+            self._forget(decode(Worker, worker).worker_id)
 
-    def _seen(self, worker: dict[str, Any]) -> None:
+    def _seen(self, worker: Worker) -> None:
         """Note the worker alive; at most ``limits.max_workers_per_job`` per job,
         ``limits.max_series_per_metric`` jobs and ``limits.max_workers_per_collector`` in all
         are tracked. A worker refused is logged and counted once (by id, within
         REFUSED_WORKERS); its records are still accepted."""
         with self._lock:
-            reason = self.liveness.admit(worker)
+            reason = self.liveness.admit(worker, on_this_clock(worker))
             if reason is None:
-                if self.jobs.running(worker["job_name"]):
-                    self.sink.finish_job(worker["job_name"], finished=False)
-            elif self._refused_workers.get(worker["worker_id"]) is None:
-                self._refused_workers.put(worker["worker_id"], reason)
+                if self.jobs.running(worker.job_name):
+                    self.sink.finish_job(worker.job_name, finished=False)
+            elif self._refused_workers.get(worker.worker_id) is None:
+                self._refused_workers.put(worker.worker_id, reason)
                 log.warning(
                     "aotwatch: worker %s of job %s not tracked: %s reached",
-                    worker["worker_id"],
-                    worker["job_name"],
+                    worker.worker_id,
+                    worker.job_name,
                     reason,
                 )
                 self.sink.inc(WORKERS_REFUSED, reason=reason)
@@ -328,7 +245,7 @@ class NodeCollector:
         if job is not None:
             self.jobs.idle(job)
 
-    def _live_workers(self) -> list[dict[str, Any]]:
+    def _live_workers(self) -> list[Attached]:
         with self._lock:
             for job in self.liveness.expire():
                 self.jobs.idle(job)
@@ -337,39 +254,32 @@ class NodeCollector:
     # -- the spool: what workers could not deliver before they exited --------------------
 
     def drain_spool(self) -> int:
-        """Accept every spooled file (see ``cluster.push``) and delete it; one that cannot be
+        """Accept every spooled file (see ``cluster.spool``) and delete it; one that cannot be
         archived now stays for the next round; one that is not aotwatch's own is skipped
         (``_unsafe``). Then remove what workers killed while spooling left. Returns the
         records accepted."""
         accepted = 0
-        for path in sorted(self.spool.glob(f"*{SPOOL_SUFFIX}")):
+        for path in spooled(self.spool):
             try:
                 accepted += self._drain_file(path)
             except OSError:
                 log.warning("aotwatch: cannot take in %s yet", path, exc_info=True)
-        self._remove_abandoned()
+        remove_abandoned(self.spool)
         return accepted
 
     def _drain_file(self, path: Path) -> int:
         try:
-            lines = read_lines(path, private=True)
+            header, lines = read_spool(path)
         except UnsafePath as problem:
             self._unsafe(path, problem)
             return 0
-        accepted = self._take_in(lines)
+        accepted = self._take_in(header, lines)
         path.unlink()
         return accepted
 
-    def _take_in(self, lines: Iterator[bytes | RecordError]) -> int:
-        first = next(lines, None)
-        try:
-            header = parse_json(first) if isinstance(first, bytes) else None
-        except RecordError:
-            header = None
-        worker = header.get("worker") if isinstance(header, dict) else None
-        if worker_problem(worker) is not None:
-            rejected = 1 + sum(1 for _ in lines)
-            self.sink.inc(RECORDS_REJECTED, rejected, reason="bad_worker")
+    def _take_in(self, header: SpoolHeader | None, lines: Iterator[bytes | RecordError]) -> int:
+        if header is None:
+            self.sink.inc(RECORDS_REJECTED, 1 + sum(1 for _ in lines), reason="bad_worker")
             return 0
         accepted, batch = 0, []
         for line in lines:
@@ -378,26 +288,9 @@ class NodeCollector:
                 continue
             batch.append(line)
             if len(batch) == SPOOL_BATCH:
-                accepted += self._accept(worker, b"".join(batch), None)
+                accepted += self._accept(header.worker, b"".join(batch), None)
                 batch = []
-        return accepted + self._accept(worker, b"".join(batch), header.get("counts"))
-
-    def _remove_abandoned(self) -> None:
-        """Remove the partial spool files of workers that died writing them: a live writer
-        holds a lock on its file (see ``cluster.push.write_spool``)."""
-        for path in self.spool.glob(f".*{PARTIAL_SUFFIX}"):
-            try:
-                fd = open_private(path, os.O_RDONLY)
-            except OSError:  # renamed into place meanwhile, or not aotwatch's: left alone
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: it lives
-                path.unlink()
-                log.info("aotwatch: removed %s, left by a worker that died writing it", path)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+        return accepted + self._accept(header.worker, b"".join(batch), header.counts)
 
     # -- housekeeping: the spool and the life of jobs ----------------------------------
 
@@ -466,7 +359,7 @@ class NodeCollector:
             "scheme": "https" if self.server.tls else "http",
             "ready": self._ready,
             "replayed": self.replayed,
-            "workers": self._live_workers(),
+            "workers": [to_wire(attached.worker) for attached in self._live_workers()],
         }
 
     def close(self) -> None:
@@ -476,7 +369,7 @@ class NodeCollector:
         self.sink.close()
         self.counts.close()
 
-    def fingerprints_since(self, epoch: str | None, versions: dict[str, int]) -> dict[str, Any]:
+    def fingerprints_since(self, epoch: str | None, versions: dict[str, int]) -> Answer:
         """What the head lacks (see ``divergence.Digest``): this instance's epoch, every job's
         version, whole fingerprints of the jobs the head has none of (or is too far behind
         on: ``divergence.summary``, each distinct fingerprint once), and for the others the
@@ -492,29 +385,22 @@ class NodeCollector:
                     jobs[job] = divergence.summary(self._fingerprints[job])
                 else:
                     deltas[job] = self._delta(job, known)
-            return {
-                "epoch": self._epoch,
-                "versions": dict(self._versions),
-                "jobs": jobs,
-                "deltas": deltas,
-                "work": {
-                    job: {key: list(entry) for key, entry in self._work.get(job, {}).items()}
-                    for job in [*jobs, *deltas]
-                },
-                "live": self._live(),
+            work = {
+                job: {key: list(entry) for key, entry in self._work.get(job, {}).items()}
+                for job in [*jobs, *deltas]
             }
+            return Answer(self._epoch, dict(self._versions), jobs, deltas, work, self._live())
 
-    def _live(self) -> divergence.Live:
+    def _live(self) -> Live:
         """The ranks attached now per job, and those compiling (for how long, what)."""
-        live: divergence.Live = {"attached": {}, "compiling": {}}
+        live = Live()
         with self._lock:
-            for worker in self.liveness.workers():
-                job, rank = worker["job_name"], str(worker["rank"])
-                live["attached"].setdefault(job, []).append(rank)
-                if state := worker.get("compiling"):
-                    elapsed = time.monotonic() - state["began"]
-                    running = {"compile_id": state["compile_id"], "for_s": elapsed}
-                    live["compiling"].setdefault(job, {})[rank] = running
+            for attached in self.liveness.workers():
+                job, rank = attached.worker.job_name, str(attached.worker.rank)
+                live.attached.setdefault(job, []).append(rank)
+                if state := attached.compiling:
+                    running = Running(state.compile_id, time.monotonic() - state.began)
+                    live.compiling.setdefault(job, {})[rank] = running
         return live
 
     def _delta(self, job: str, since: int) -> dict[str, dict[str, dict[str, Any]]]:

@@ -15,9 +15,9 @@ import ray
 from aotwatch import report
 from aotwatch.aggregate import Snapshot
 from aotwatch.archive import private_directory
-from aotwatch.cluster.collector import HEAD_NAME, archive_root, collector_name
 from aotwatch.cluster.head import ensure_head, stop_daemon
 from aotwatch.cluster.job_archives import job_slug
+from aotwatch.cluster.paths import HEAD_NAME, archive_root, collector_name
 from aotwatch.cluster.workers import runtime_env
 from aotwatch.config import Config
 from aotwatch.jobs import JobConfig, run_command, run_trainer

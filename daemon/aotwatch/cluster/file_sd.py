@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aotwatch.archive import private_directory
-from aotwatch.cluster.collector import archive_root
+from aotwatch.cluster.paths import archive_root
 from aotwatch.config import Config
 
 

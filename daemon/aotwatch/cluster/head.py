@@ -14,8 +14,9 @@ from typing import Any
 import ray
 
 from aotwatch import cost, divergence
-from aotwatch.cluster.collector import HEAD_NAME, scrape_host
+from aotwatch.cluster.collector import scrape_host
 from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
+from aotwatch.cluster.paths import HEAD_NAME
 from aotwatch.cluster.placement import alive_nodes, daemon_actor_options, ensure_collector
 from aotwatch.config import Config
 from aotwatch.export.collector import build_info_family, registry_for, render
@@ -29,6 +30,7 @@ from aotwatch.metrics import (
     Family,
 )
 from aotwatch.records import printable
+from aotwatch.wire import Answer, Live
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +219,7 @@ class DivergenceWatch:
         self._findings: dict[tuple[str, str, str], divergence.Finding] = {}
         self._candidates: dict[tuple[str, str, str], float] = {}  # compile_ids, first seen
         self._digest = divergence.Digest()
-        self._lives: dict[str, divergence.Live] = {}  # node -> its collector's present
+        self._lives: dict[str, Live] = {}  # node -> its collector's present
         self._stragglers: dict[str, float] = {}  # job -> longest wait now (0: none)
         self._work: dict[str, cost.Work] = {}  # node -> its collector's work per job
         self._waited: dict[str, float] = {}  # job -> rank-seconds spent waiting so far
@@ -230,24 +232,24 @@ class DivergenceWatch:
         """What to ask ``node``'s collector for (see ``divergence.Digest.known``)."""
         return self._digest.known(node)
 
-    def take(self, answers: dict[str, Any], nodes: set[str], final: bool) -> set[str]:
+    def take(self, answers: dict[str, Answer], nodes: set[str], final: bool) -> set[str]:
         """One round: the answers of the collectors of ``nodes`` that answered; returns the
         nodes whose endpoint to ask again (restarted, maybe on a new port, or silent)."""
         restarted = {
-            node for node, answer in answers.items() if answer["epoch"] != self.known(node)[0]
+            node for node, answer in answers.items() if answer.epoch != self.known(node)[0]
         }
         for node, answer in answers.items():  # a collector that did not answer keeps what
             self._digest.update(node, answer)  # the head last had of it
-            self._lives[node] = answer.get("live", {})
+            self._lives[node] = answer.live
             work = {} if node in restarted else self._work.get(node, {})
-            work.update(answer.get("work", {}))
-            self._work[node] = {job: work[job] for job in answer["versions"] if job in work}
+            work.update(answer.work)
+            self._work[node] = {job: work[job] for job in answer.versions if job in work}
         for node in self._digest.nodes() - nodes:
             self._digest.forget(node)
         for table in (self._lives, self._work):
             for node in set(table) - nodes:
                 del table[node]
-        attached = {job for live in self._lives.values() for job in live.get("attached", {})}
+        attached = {job for live in self._lives.values() for job in live.attached}
         jobs = self._digest.jobs() | attached
         self._forget_jobs_but(jobs)
         changed = self._digest.changes()

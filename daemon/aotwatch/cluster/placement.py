@@ -8,7 +8,8 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from aotwatch.cluster.collector import NodeCollector, collector_name
+from aotwatch.cluster.collector import NodeCollector
+from aotwatch.cluster.paths import collector_name
 from aotwatch.config import Config
 
 _CollectorActor = ray.remote(NodeCollector)

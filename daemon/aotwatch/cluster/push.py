@@ -14,9 +14,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import fcntl
 import logging
-import os
 import threading
 import time
 import uuid
@@ -24,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import ray
 
-from aotwatch.archive import open_private
 from aotwatch.capture.identity import rank_and_world_size
-from aotwatch.cluster.collector import PARTIAL_SUFFIX, SPOOL_SUFFIX
+from aotwatch.cluster.spool import write_spool
 from aotwatch.config import PushConfig
-from aotwatch.records import RecordError, encode_record, to_json
+from aotwatch.records import Record, RecordError, encode_record
+from aotwatch.wire import CompileNotice, Compiling, SpoolHeader, Totals, Worker, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +43,9 @@ bounded memory, and a call still in flight is never counted as dropped."""
 
 @dataclass(eq=False)  # compared by identity: removing one must not compare record lists
 class _Batch:
-    records: list[dict]
+    records: list[Record]
     lines: bytes | None = None  # the records as JSON lines, encoded when first sent
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # the totals when sent
+    counts: Totals | None = None  # the totals when sent
     counts_version: int = 0
     ref: Any = None
     attempts: int = 0
@@ -69,10 +68,10 @@ class _Counts:
         getattr(self, kind)[label] += amount
         self.version += 1
 
-    def totals(self) -> dict[str, dict[str, int]]:
+    def totals(self) -> Totals | None:
         if not self.version:
-            return {}
-        return {"dropped": dict(self.dropped), "capture_errors": dict(self.capture_errors)}
+            return None
+        return Totals(dict(self.dropped), dict(self.capture_errors))
 
 
 class RecordPusher:
@@ -81,19 +80,20 @@ class RecordPusher:
     def __init__(
         self,
         collector: Any,
-        worker: dict[str, Any],
+        where: dict[str, Any],
         config: PushConfig,
         heartbeat_s: float,
         spool: Path | None = None,
     ) -> None:
-        """``heartbeat_s``: the longest silence before an empty batch tells the collector this
-        worker is alive (well under the collector's worker timeout). ``spool``: where what
-        is still unacknowledged after ``config.exit_timeout_s`` at exit is left for the
-        collector (None: it is lost, and logged)."""
+        """``where``: the ``wire.Worker`` fields that say where this worker runs (job_name,
+        node_id, hostname, pid). ``heartbeat_s``: the longest silence before an empty batch
+        tells the collector this worker is alive (well under the collector's worker timeout).
+        ``spool``: where what is still unacknowledged after ``config.exit_timeout_s`` at exit
+        is left for the collector (None: it is lost, and logged)."""
         self._collector = collector  # the named actor's handle stays valid across its restarts
         self.spool = spool
         self.heartbeat_s = heartbeat_s
-        self.worker = {**worker, "worker_id": uuid.uuid4().hex}
+        self.worker = Worker(**{"rank": 0, **where, "worker_id": uuid.uuid4().hex})
         self.config = config
         self._queue: collections.deque = collections.deque()
         self._counts = _Counts()
@@ -103,7 +103,7 @@ class RecordPusher:
         self._unacknowledged = 0  # records in _batches
         self.captured = 0  # records handed over by capture: delivered, waiting or dropped
         self._state_changed = False  # ``compiling`` changed since the last batch was made
-        self._compile: tuple[str, str, float] | None = None  # id, device, monotonic start
+        self._compile: Compiling | None = None
         self._closing = self._closed = False
         self._thread = threading.Thread(target=self._run, name="aotwatch-push", daemon=True)
         self._thread.start()
@@ -111,7 +111,7 @@ class RecordPusher:
 
     # -- the Sink protocol: called from compiling threads ---------------------------------
 
-    def record(self, record: dict[str, Any]) -> None:
+    def record(self, record: Record) -> None:
         with self._lock:
             self.captured += 1
             if len(self._queue) >= self.config.queue_size:
@@ -125,12 +125,11 @@ class RecordPusher:
         with self._lock:
             self._counts.add("capture_errors", stage)
 
-    def compiling(self, state: dict[str, Any] | None) -> None:
+    def compiling(self, state: Compiling | None) -> None:
         """A compile began (``state``) or ended (None): sent at once, with or without records."""
-        with self._lock:  # a new dict: one already handed to Ray is never changed
-            began = time.monotonic()
-            self._compile = None if state is None else (state["compile_id"], state["device"], began)
-            self.worker = {**self.worker, "compiling": self._compiling_now()}
+        with self._lock:  # a new struct: one already handed to Ray is never changed
+            self._compile = state
+            self.worker = msgspec.structs.replace(self.worker, compiling=self._compiling_now())
             self._state_changed = True
         self._wake.set()
 
@@ -138,11 +137,11 @@ class RecordPusher:
         """The compile in progress as the collector is told it (lock held): how long it has
         run on this process's monotonic clock, never since when (another machine cannot
         subtract this one's wall clock from its own)."""
-        if self._compile is None:
+        state = self._compile
+        if state is None:
             return None
-        compile_id, device, began = self._compile
-        elapsed = round(time.monotonic() - began, 3)
-        return {"compile_id": compile_id, "elapsed_s": elapsed, "device": device}
+        elapsed = round(time.monotonic() - state.began, 3)
+        return to_wire(CompileNotice(state.compile_id, elapsed, state.device))
 
     # -- the background thread ------------------------------------------------------------
 
@@ -194,21 +193,19 @@ class RecordPusher:
                 batch.counts, batch.counts_version = self._counts.totals(), self._counts.version
                 self._counts.sent = max(self._counts.sent, self._counts.version)
             rank, world_size = rank_and_world_size()
-            with self._lock:  # a new dict, as ``compiling`` makes one
-                worker = self.worker = {
-                    **self.worker,
-                    "rank": rank,
-                    "world_size": world_size,
-                    "compiling": self._compiling_now(),
-                }
+            with self._lock:  # a new struct, as ``compiling`` makes one
+                worker = self.worker = msgspec.structs.replace(
+                    self.worker, rank=rank, world_size=world_size, compiling=self._compiling_now()
+                )
             if batch.lines is None:
                 batch.lines = self._encode(batch.records)
+            counts = None if batch.counts is None else to_wire(batch.counts)
             try:
-                batch.ref = self._collector.push.remote(worker, batch.lines, batch.counts)
+                batch.ref = self._collector.push.remote(to_wire(worker), batch.lines, counts)
             except Exception:  # noqa: BLE001 - no collector handle right now: next round
                 return
 
-    def _encode(self, records: list[dict]) -> bytes:
+    def _encode(self, records: list[Record]) -> bytes:
         """``records`` as JSON lines; one that cannot be encoded is counted as dropped."""
         lines = []
         for record in records:
@@ -313,7 +310,7 @@ class RecordPusher:
         if not delivered:
             self._spool_undelivered()
         with contextlib.suppress(Exception):  # the collector may be gone already
-            ray.get(self._collector.goodbye.remote(self.worker), timeout=2)
+            ray.get(self._collector.goodbye.remote(to_wire(self.worker)), timeout=2)
         atexit.unregister(self.close)
 
     def _spool_undelivered(self) -> None:
@@ -326,13 +323,14 @@ class RecordPusher:
         encoded = [b.lines if b.lines is not None else self._encode(b.records) for b in batches]
         lines = b"".join(encoded) + self._encode(queued)
         with self._lock:
-            header = {"worker": self.worker, "counts": self._counts.totals()}
+            totals = self._counts.totals()
+            header = SpoolHeader(self.worker, None if totals is None else to_wire(totals))
         within = f"within {self.config.exit_timeout_s} s at exit"
         if self.spool is None:
             log.warning("aotwatch: %d records not delivered %s, and no spool", len(records), within)
             return
         try:
-            path = write_spool(self.spool, self.worker["worker_id"], header, lines)
+            path = write_spool(self.spool, self.worker.worker_id, header, lines)
         except OSError as err:
             log.warning(
                 "aotwatch: %d records not delivered %s and lost: cannot spool them: %s",
@@ -347,34 +345,3 @@ class RecordPusher:
             within,
             path,
         )
-
-
-def write_spool(directory: Path, worker_id: str, header: dict, lines: bytes) -> Path:
-    """``directory/<worker_id>.jsonl``: the header line, then the records' lines. Written
-    under a temporary name, locked until it is renamed (a collector removes a temporary file
-    nobody holds: its writer died), so a collector never reads half a file."""
-    path = directory / f"{worker_id}{SPOOL_SUFFIX}"
-    partial = directory / f".{worker_id}{PARTIAL_SUFFIX}"
-    fd = _create_locked(partial)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write((to_json(header) + "\n").encode() + lines)
-            stream.flush()
-            os.fsync(stream.fileno())
-            os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
-    return path
-
-
-def _create_locked(path: Path) -> int:
-    """A new file at ``path``, locked; made again when a collector removed it before the lock
-    was taken (it took it for a dead worker's)."""
-    while True:
-        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if os.fstat(fd).st_nlink:
-            return fd
-        os.close(fd)

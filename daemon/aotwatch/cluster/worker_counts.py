@@ -16,20 +16,17 @@ from typing import Any
 from aotwatch.archive import ArchiveWriter, UnsafePath, read_json_lines, set_aside
 from aotwatch.lru import LruCache
 from aotwatch.metrics import CAPTURE_ERRORS, RECORDS_DROPPED, RECORDS_REJECTED
-from aotwatch.records import MAX_ID, MAX_NUMBER, RecordError, label_value_problem
+from aotwatch.records import RecordError
 from aotwatch.sink import RecordSink
+from aotwatch.wire import CountsEntry, Totals, WireError, decode, to_wire
 
 COUNTS_FILE = "counts.jsonl"
 KINDS = {"dropped": (RECORDS_DROPPED, "reason"), "capture_errors": (CAPTURE_ERRORS, "stage")}
-"""What a worker counts -> the family it adds to and the label its counts are by (besides
-job_name)."""
-MAX_LABELS = 64
-"""Reasons or stages per kind that one worker may report (aotwatch's own are a handful)."""
+"""What a worker counts (a field of ``wire.Totals``) -> the family it adds to and the label its
+counts are by (besides job_name)."""
 MAX_WORKERS = 100_000
 """Workers whose totals are remembered; the least recently heard from are forgotten first
 (one forgotten and then heard from again would have its totals added again)."""
-
-Totals = dict[str, dict[str, int]]
 
 
 class CountsLedger:
@@ -55,20 +52,27 @@ class CountsLedger:
         for entry in read_json_lines(path, private=True):
             if isinstance(entry, RecordError):  # a torn, corrupt or hostile line
                 self.sink.inc(RECORDS_REJECTED, reason=entry.reason)
-            elif _valid_entry(entry):
-                if entry["job_name"] not in skip:
-                    self._apply(entry["worker_id"], entry["job_name"], entry["totals"])
-            else:
+                continue
+            try:
+                entry = decode(CountsEntry, entry)
+            except WireError:
                 self.sink.inc(RECORDS_REJECTED, reason="wrong_type")
+                continue
+            if entry.job_name not in skip:
+                self._apply(entry.worker_id, entry.job_name, entry.totals)
 
     def add(self, worker_id: str, job_name: str, totals: Any) -> None:
-        """Apply what ``totals`` ({kind: {label: count}}) adds to this worker's last ones,
-        persisted first: OSError, with nothing applied, when the write fails."""
+        """Apply what ``totals`` (a ``wire.Totals`` as builtins; ignored when refused) adds
+        to this worker's last ones, persisted first: OSError, with nothing applied, when the
+        write fails."""
         entry = {"worker_id": worker_id, "job_name": job_name, "totals": totals}
-        if not _valid_entry(entry) or not self._grew(worker_id, totals):
+        try:
+            entry = decode(CountsEntry, entry)
+        except WireError:
             return
-        self._writer.append(entry)
-        self._apply(worker_id, job_name, totals)
+        if self._grew(worker_id, entry.totals):
+            self._writer.append(to_wire(entry))
+            self._apply(worker_id, job_name, entry.totals)
 
     def close(self) -> None:
         self._writer.close()
@@ -77,53 +81,17 @@ class CountsLedger:
         known = self._known.get(worker_id, {})
         return any(
             count > known.get(kind, {}).get(label, 0)
-            for kind, counts in totals.items()
-            for label, count in counts.items()
+            for kind in KINDS
+            for label, count in getattr(totals, kind).items()
         )
 
     def _apply(self, worker_id: str, job_name: str, totals: Totals) -> None:
         known = self._known.pop(worker_id, {})
-        for kind, counts in totals.items():
-            family, by = KINDS[kind]
+        for kind, (family, by) in KINDS.items():
             applied = known.setdefault(kind, {})
-            for label, count in counts.items():
+            for label, count in getattr(totals, kind).items():
                 growth = count - applied.get(label, 0)
                 if growth > 0:
                     self.sink.inc(family, growth, job_name=job_name, **{by: label})
                     applied[label] = count
         self._known.put(worker_id, known)
-
-
-def _valid_entry(entry: Any) -> bool:
-    """A dict of a worker id, a job name and totals, each in shape."""
-    return (
-        isinstance(entry, dict)
-        and _valid_names(entry.get("worker_id"), entry.get("job_name"))
-        and _valid_totals(entry.get("totals"))
-    )
-
-
-def _valid_names(worker_id: Any, job_name: Any) -> bool:
-    return (
-        isinstance(worker_id, str)
-        and isinstance(job_name, str)
-        and len(worker_id) <= MAX_ID
-        and label_value_problem(job_name) is None
-    )
-
-
-def _valid_totals(totals: Any) -> bool:
-    """Known kinds, at most MAX_LABELS labels each, of bounded length, with bounded counts."""
-    return isinstance(totals, dict) and all(
-        kind in KINDS
-        and isinstance(counts, dict)
-        and len(counts) <= MAX_LABELS
-        and all(
-            isinstance(label, str)
-            and label_value_problem(label) is None
-            and type(count) is int
-            and 0 <= count <= MAX_NUMBER
-            for label, count in counts.items()
-        )
-        for kind, counts in totals.items()
-    )

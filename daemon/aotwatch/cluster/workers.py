@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from aotwatch.cluster.collector import spool_directory
+from aotwatch.cluster.paths import spool_directory
 from aotwatch.cluster.push import RecordPusher
 from aotwatch.config import CONFIG_ENV, Config
 
