@@ -16,6 +16,8 @@ from aotwatch.cluster.collector import collector_name
 from aotwatch.cluster.head import ensure_head, stop_daemon
 from cluster_helpers import WORKER_ENV, Worker, cluster_config, total
 
+pytestmark = pytest.mark.ray
+
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
