@@ -104,6 +104,8 @@ def no_process_starts():
     import multiprocessing.process
     import subprocess
 
+    import ray  # imported once, whether or not the test imports it
+
     popen_init, process_start = subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start
 
     def guarded_popen(self, *args, **kwargs):
@@ -121,10 +123,7 @@ def no_process_starts():
         patches.enter_context(
             mock.patch.object(multiprocessing.process.BaseProcess, "start", guarded_start)
         )
-        if "ray" in sys.modules:
-            patches.enter_context(
-                mock.patch.object(sys.modules["ray"], "init", lambda *a, **k: refuse("ray.init"))
-            )
+        patches.enter_context(mock.patch.object(ray, "init", lambda *a, **k: refuse("ray.init")))
         yield
 
 
