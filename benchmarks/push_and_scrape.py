@@ -1,6 +1,6 @@
 """The push path and the collector: enqueue cost, ingest rate, scrape time, memory.
 
-    python benchmarks/push_and_scrape.py
+    python benchmarks/push_and_scrape.py [--records 100000] [--scrapes 8x500,1000x3]
 
 - enqueue: ``RecordPusher.record`` on the calling (training) thread, per record;
 - ingest: records/s into a real collector actor, batches of 100, calls in flight;
@@ -14,6 +14,7 @@ Targets (issue 3): enqueue <= 20 us; ingest >= 100k records/s; scrape <= 50 ms a
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -102,7 +103,7 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def ray_benchmarks() -> None:
+def ray_benchmarks(count: int) -> None:
     import ray
 
     from aotwatch.cluster.placement import ensure_collector
@@ -117,7 +118,7 @@ def ray_benchmarks() -> None:
     collector = ensure_collector(ray.get_runtime_context().get_node_id(), config)
     pid = ray.get(collector.__ray_call__.remote(lambda self: os.getpid()), timeout=60)
 
-    records = [graph_record(0, i) for i in range(100_000)]
+    records = [graph_record(0, i) for i in range(count)]
     push = PushConfig(queue_size=1_000_000, buffer_size=1_000_000)
     pusher = RecordPusher(collector, dict(WORKER), push, heartbeat_s=5.0)
     chunk_us = []
@@ -128,34 +129,34 @@ def ray_benchmarks() -> None:
         chunk_us.append((time.perf_counter() - begin) / 1000 * 1e6)
     print(
         f"enqueue: median {statistics.median(chunk_us):.2f} us/record "
-        f"(max chunk {max(chunk_us):.2f} us), 100k records"
+        f"(max chunk {max(chunk_us):.2f} us), {count:,} records"
     )
     begin = time.perf_counter()
     assert pusher.flush(timeout=120), "the pusher did not drain"
     drained = time.perf_counter() - begin
     print(
-        f"push path: the last of 100k records acknowledged {drained:.1f} s after the enqueue "
+        f"push path: the last of {count:,} records acknowledged {drained:.1f} s after the enqueue "
         f"ended (at most {MAX_CALLS} calls in flight)"
     )
     pusher.close()
 
-    print(f"collector RSS after the pusher's 100k records: {rss_mb(pid):.0f} MB")
-    ingested = 100_000
+    print(f"collector RSS after the pusher's {count:,} records: {rss_mb(pid):.0f} MB")
+    ingested = count
     for _ in range(3):
         batches = [  # JSON lines, as workers send them (encoded on the worker, not timed here)
             b"".join(encode_record(graph_record(1, i)) for i in range(j, j + 100))
-            for j in range(0, 100_000, 100)
+            for j in range(0, count, 100)
         ]
         begin = time.perf_counter()
         ray.get([collector.push.remote(WORKER, batch, {}) for batch in batches], timeout=600)
-        rate = 100_000 / (time.perf_counter() - begin)
-        ingested += 100_000
+        rate = count / (time.perf_counter() - begin)
+        ingested += count
         print(
-            f"ingest: 100k records in batches of 100: {rate:,.0f} records/s; after "
-            f"{ingested // 1000}k records the collector's RSS is {rss_mb(pid):.0f} MB"
+            f"ingest: {count:,} records in batches of 100: {rate:,.0f} records/s; after "
+            f"{ingested:,} records the collector's RSS is {rss_mb(pid):.0f} MB"
         )
     ray.kill(collector, no_restart=True)
-    ray_ceiling()
+    ray_ceiling(count)
     ray.shutdown()
 
 
@@ -166,29 +167,36 @@ class NoOpCollector:
         return 0
 
 
-def ray_ceiling() -> None:
+def ray_ceiling(count: int) -> None:
     """Records/s into an actor that does nothing, batches of 100: the ceiling Ray sets on
     ingest, for batches of JSON lines (what workers send) and of record dicts."""
     import ray
 
     actor = ray.remote(num_cpus=0)(NoOpCollector).remote()
     ray.get(actor.push.remote(WORKER, b"", {}), timeout=60)
-    dicts = [[graph_record(2, i) for i in range(j, j + 100)] for j in range(0, 100_000, 100)]
+    dicts = [[graph_record(2, i) for i in range(j, j + 100)] for j in range(0, count, 100)]
     lines = [b"".join(map(encode_record, batch)) for batch in dicts]
     for name, batches in (("JSON lines", lines), ("record dicts", dicts)):
         begin = time.perf_counter()
         ray.get([actor.push.remote(WORKER, batch, {}) for batch in batches], timeout=600)
-        rate = 100_000 / (time.perf_counter() - begin)
+        rate = count / (time.perf_counter() - begin)
         print(f"ceiling: an actor that does nothing takes {rate:,.0f} records/s as {name}")
     ray.kill(actor)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000, help="records a round")
+    parser.add_argument(
+        "--scrapes", default="8x500,1000x3", help="scraped sizes, RANKSxGRAPHS, comma-separated"
+    )
+    args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-    for ranks, graphs in ((8, 500), (1000, 3)):
+    for size in args.scrapes.split(","):
+        ranks, graphs = map(int, size.split("x"))
         ms, size = scrape_ms(ranks, graphs)
         print(f"scrape: {ranks} ranks x {graphs} graphs: median {ms:.1f} ms, {size / 1e3:.0f} kB")
-    ray_benchmarks()
+    ray_benchmarks(args.records)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Install everything the tests need on a fresh Debian or Ubuntu machine (as root), then run them.
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k config`.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k config`. With `--fast` first, only
+# the fast tier runs: the tests marked neither ray, subprocess nor browser (pyproject.toml), so
+# neither Prometheus nor Chromium is installed.
 # Run from a virtualenv, it installs into that one; otherwise into .venv/ here, made once with
 # the python3 on PATH (Debian's and Ubuntu's own refuses pip outside a virtualenv: PEP 668).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+tier=()
+if [ "${1:-}" = --fast ]; then
+  shift
+  tier=(-m "not (ray or subprocess or browser)")
+fi
 
 apt_install() {
   apt-get update -qq
@@ -26,11 +34,11 @@ python3 -m pip install --quiet --disable-pip-version-check torch==2.13.0
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 # Debian's prometheus: promtool checks the exposition and the rules; the server runs the
 # end-to-end test of the dashboards and alerts. Debian's chromium opens the HTML report.
-if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1 \
-  || ! command -v chromium >/dev/null 2>&1; then
+if [ ${#tier[@]} -eq 0 ] && { ! command -v promtool >/dev/null 2>&1 \
+  || ! command -v prometheus >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; }; then
   apt_install prometheus chromium
 fi
 
 ruff check .
 ruff format --check .
-python3 -m pytest "$@"
+python3 -m pytest "${tier[@]}" "$@"

@@ -140,9 +140,20 @@ class Browser:
             deviceScaleFactor=1,
             mobile=False,
         )
-        time.sleep(0.5)  # plotly re-lays out on resize
+        self.wait_until_painted_at(1280, height)
         data = self.call("Page.captureScreenshot", format="png")["data"]
         path.write_bytes(base64.b64decode(data))
+
+    def wait_until_painted_at(self, width: int, height: int) -> None:
+        """Wait until the page has the viewport ``width`` x ``height`` and has laid out and
+        painted a frame at that size (two animation frames later)."""
+        painted = "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+        deadline = time.monotonic() + TIMEOUT_S
+        while self.evaluate("[innerWidth, innerHeight]") != [width, height]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the page never took the size {width}x{height}")
+            time.sleep(0.05)
+        self.call("Runtime.evaluate", expression=painted, awaitPromise=True)
 
     def close(self) -> None:
         try:

@@ -221,7 +221,7 @@ def start_daemon(tmp_path: Path, prefix: str, **changes) -> tuple[Config, object
 
 def collector_pid(collector) -> int:
     """The collector's process id, once it answers (it may be restarting)."""
-    from conftest import wait_for
+    from helpers import wait_for
 
     def pid():
         try:

@@ -1,13 +1,14 @@
 """Shared fixtures: a private Inductor cache, a live capture serving /metrics, a Ray session
-per module, scrape helpers."""
+per module; the test tiers and their guard. Helpers live in helpers.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
+from unittest import mock
 
 # Before torch or Ray start: caches and Ray's session files live in directories of this run's
 # own; Ray binds loopback, asks for no token and reports no usage.
@@ -24,25 +25,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import aotwatch  # noqa: E402
-from aotwatch.config import ArchiveConfig, Config, ExportConfig  # noqa: E402
 from aotwatch.process import Attachment  # noqa: E402
-
-
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
-
-
-def test_config(tmp_path: Path, **changes) -> Config:
-    """A config that serves on a free loopback port and archives into ``tmp_path``."""
-    return Config(
-        export=ExportConfig(address="127.0.0.1", port=0),
-        archive=ArchiveConfig(path=str(tmp_path / "archive")),
-        **changes,
-    )
-
-
-test_config.__test__ = False  # a helper, not a test
+from helpers import test_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +70,68 @@ def capture(tmp_path: Path) -> Attachment:
     torch._dynamo.reset()
 
 
-def wait_for(condition, timeout: float = 30, interval: float = 0.1, message: str = ""):
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    import time
+# -- tiers -------------------------------------------------------------------------------------
+# A test that starts Ray, a child process or a browser says so with its marker (pyproject.toml);
+# `scripts/test.sh --fast` runs the others. The guard below holds the fast tier to it.
+SLOW_MARKERS = ("ray", "subprocess", "browser")
+OWN_CODE = (str(Path(__file__).parent), str(Path(aotwatch.__file__).parent))
+"""Where a process start counts as the test's own (torch's C++ builds and Ray's do not)."""
+SPAWNERS = (f"{os.sep}subprocess.py", f"{os.sep}multiprocessing{os.sep}")
+"""Frames of the standard library's (and torch's) process starters, looked through."""
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout} s waiting for {message or condition}")
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "ray_session" in item.fixturenames:
+            item.add_marker(pytest.mark.ray)
+
+
+def spawned_by_own_code() -> bool:
+    """Whether the code that started the process being started is the tests' or aotwatch's."""
+    frame = sys._getframe(2)
+    while frame is not None and any(s in frame.f_code.co_filename for s in SPAWNERS):
+        frame = frame.f_back
+    return frame is not None and frame.f_code.co_filename.startswith(OWN_CODE)
+
+
+def refuse(what: str):
+    pytest.fail(f"{what} in a test without a {'/'.join(SLOW_MARKERS)} marker", pytrace=True)
+
+
+@contextlib.contextmanager
+def no_process_starts():
+    """Starting Ray, or a process from the tests' or aotwatch's code, fails the test."""
+    import multiprocessing.process
+    import subprocess
+
+    import ray  # imported once, whether or not the test imports it
+
+    popen_init, process_start = subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start
+
+    def guarded_popen(self, *args, **kwargs):
+        if spawned_by_own_code():
+            refuse(f"subprocess.Popen({args[0] if args else kwargs.get('args')!r})")
+        popen_init(self, *args, **kwargs)
+
+    def guarded_start(self):
+        if spawned_by_own_code():
+            refuse("multiprocessing's Process.start()")
+        process_start(self)
+
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch.object(subprocess.Popen, "__init__", guarded_popen))
+        patches.enter_context(
+            mock.patch.object(multiprocessing.process.BaseProcess, "start", guarded_start)
+        )
+        patches.enter_context(mock.patch.object(ray, "init", lambda *a, **k: refuse("ray.init")))
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A test of the fast tier (no slow marker) runs, fixtures included, without process
+    starts."""
+    if any(item.get_closest_marker(name) for name in SLOW_MARKERS):
+        return (yield)
+    with no_process_starts():
+        return (yield)

@@ -58,6 +58,7 @@ def metric_names(expr: str) -> set[str]:
     return {name for name in names if name.lower() not in PROMQL_WORDS}
 
 
+@pytest.mark.subprocess
 def test_rules_pass_promtool_check():
     result = promtool("check", "rules", RULES.name)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -66,18 +67,21 @@ def test_rules_pass_promtool_check():
     assert f"SUCCESS: {rule_count} rules found" in result.stdout
 
 
+@pytest.mark.subprocess
 def test_rule_unit_tests_pass():
     result = promtool("test", "rules", RULE_TESTS.name)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
+@pytest.mark.subprocess
 def test_example_config_passes_promtool():
     result = promtool("check", "config", CONFIG.name)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 1 rule files found" in result.stdout
 
 
+@pytest.mark.subprocess
 def test_example_config_reads_a_file_sd_file_written_by_the_head(tmp_path: Path):
     """promtool validates the targets and labels of a file_sd file the head wrote."""
     sd_file = tmp_path / "file_sd.json"

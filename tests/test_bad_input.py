@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import aotwatch
-from test_config import laughs
+from helpers import aotwatch, laughs
+
+pytestmark = pytest.mark.subprocess
 
 Writer = Callable[[Path], None]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aotwatch.export.collector import exposition
-from conftest import scrape
+from helpers import scrape
 from programs import PROGRAMS, Truth, observed, run_with_truth, truth_backend
 
 # What each program exists to show: the truth must carry it, or the comparison proves nothing.
@@ -147,7 +147,7 @@ def test_lazy_backward_is_recorded_without_the_optional_hook(tmp_path, monkeypat
     """Older torch (2.11) has no _AutogradBackwardCompiler: CompilationMetrics still suffice."""
     import aotwatch
     from aotwatch.capture import hooks
-    from conftest import test_config
+    from helpers import test_config
 
     optional = "_AutogradBackwardCompiler._prepare_lazy_backward_context"
     monkeypatch.setattr(hooks, "HOOKS", tuple(h for h in hooks.HOOKS if h.attr != optional))

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,31 +12,17 @@ import torch
 
 from aotwatch.archive import read_archive
 from aotwatch.records import as_dict
-from conftest import scrape
+from helpers import aotwatch, scrape, write_script
 from programs import PROGRAMS
 
+pytestmark = pytest.mark.subprocess
+
 TESTS = Path(__file__).parent
-
-
-def aotwatch(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
-    return subprocess.run(
-        [sys.executable, "-m", "aotwatch.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-    )
 
 
 def trace(archive: Path, *command: str) -> subprocess.CompletedProcess:
     """``aotwatch trace`` of ``command`` on any free port, archiving to ``archive``."""
     return aotwatch("trace", "--port", "0", "--archive", str(archive), "--", *command)
-
-
-def write_script(path: Path, body: str) -> Path:
-    path.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n{body}")
-    return path
 
 
 def test_trace_records_every_graph_and_prints_a_summary(tmp_path):

@@ -21,8 +21,10 @@ from cluster_helpers import (
     start_serve,
     total,
 )
-from conftest import scrape, wait_for
+from helpers import scrape, wait_for
 from programs import observed, truth_of
+
+pytestmark = [pytest.mark.ray, pytest.mark.subprocess]
 
 
 @pytest.fixture
@@ -130,7 +132,7 @@ def test_divergent_ranks_are_found(config):
 
 
 def test_status_lists_collectors_workers_and_divergences(config, tmp_path):
-    from test_cli import aotwatch
+    from helpers import aotwatch
 
     worker = Worker.remote()
     ray.get(worker.attach.remote(config), timeout=120)

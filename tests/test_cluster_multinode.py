@@ -19,7 +19,9 @@ from cluster_helpers import (
     collector_values,
     read_file_sd,
 )
-from conftest import scrape, wait_for
+from helpers import scrape, wait_for
+
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from aotwatch.cluster.head import ensure_head, stop_daemon
 from aotwatch.cluster.paths import collector_name
 from cluster_helpers import WORKER_ENV, Worker, cluster_config, total
 
+pytestmark = pytest.mark.ray
+
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):

@@ -19,7 +19,9 @@ from cluster_helpers import (
     actor_pid,
     cluster_config,
 )
-from conftest import scrape
+from helpers import scrape
+
+pytestmark = pytest.mark.ray
 
 CAP = 200
 """max_series_per_metric of the collector under test."""

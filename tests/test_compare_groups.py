@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import pytest
 import ray
 
 from aotwatch import divergence
@@ -18,8 +19,9 @@ from aotwatch.cluster.head import ensure_head, stop_daemon
 from aotwatch.config import CaptureConfig
 from aotwatch.records import MAX_ID, new_record, to_record
 from cluster_helpers import WORKER_ENV, Worker, cluster_config
-from test_cli import aotwatch
-from test_launchers import TIMEOUT_S, report_json
+from helpers import TRACE_TIMEOUT_S, aotwatch, report_json
+
+pytestmark = [pytest.mark.ray, pytest.mark.subprocess]
 
 SCRIPT = Path(__file__).parent / "staged_train.py"
 
@@ -42,7 +44,7 @@ def staged_job(tmp_path: Path, *options: str):
     command = ["torchrun", "--standalone", "--nproc-per-node", "4", str(SCRIPT), *options]
     result = aotwatch(
         "trace", "--port", "0", "--config", str(config), "--archive", str(archive), "--",
-        *command, timeout=TIMEOUT_S,
+        *command, timeout=TRACE_TIMEOUT_S,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return archive, result

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import aotwatch
-from conftest import test_config
+from helpers import test_config
 
 
 def failing_backend(gm, example_inputs):

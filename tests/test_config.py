@@ -21,6 +21,7 @@ from aotwatch.config import (
     load_config,
 )
 from aotwatch.records import MAX_LABEL, RecordError, new_record, to_record
+from helpers import laughs
 
 DEFAULT_FILE = Path(__file__).resolve().parents[1] / "config" / "aotwatch.yaml"
 
@@ -341,14 +342,6 @@ def test_config_and_records_agree_on_label_values(value, valid):
     assert accepts(lambda: to_record(new_record(job_name=value, device=value))) is valid
     assert accepts(lambda: Config(job_name=value)) is valid
     assert accepts(lambda: Config(labels={"team": value})) is valid
-
-
-def laughs(levels: int) -> str:
-    """A YAML list of 9**levels strings in a few hundred bytes: every list holds nine aliases of
-    the one before (a billion laughs at 9 levels)."""
-    items = ["&l0 [" + ",".join("x" * 9) + "]"]
-    items += [f"&l{n} [" + ",".join([f"*l{n - 1}"] * 9) + "]" for n in range(1, levels)]
-    return "[" + ", ".join(items) + "]"
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import msgspec
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aotwatch import cost, divergence
@@ -212,10 +213,11 @@ def test_the_head_serves_waits_redundant_seconds_and_a_straggler_cause():
     assert served(watch) == metrics
 
 
+@pytest.mark.subprocess
 def test_the_text_report_names_the_waits_the_work_done_twice_and_the_cures(tmp_path):
     from aotwatch.archive import ARCHIVE_FILE
     from aotwatch.records import encode_record
-    from test_cli import aotwatch
+    from helpers import aotwatch
 
     first = program("a", 4)
     first[-1]["durations_s"] = {"total": 30.0}  # rank 3 compiled 20 s longer: 60 rank-s waited
@@ -262,10 +264,11 @@ def test_status_shows_the_cost_the_head_counted(capsys):
     assert "earlier job" not in out
 
 
+@pytest.mark.subprocess
 def test_the_html_report_names_the_cost_of_each_job(tmp_path):
     from aotwatch.archive import ARCHIVE_FILE
     from aotwatch.records import encode_record
-    from test_cli import aotwatch
+    from helpers import aotwatch
 
     later = program("b", 2)
     for record in later:

@@ -15,9 +15,10 @@ from aotwatch.cluster import serve
 from aotwatch.cluster.head import ensure_head, stop_daemon
 from aotwatch.config import CollectorConfig
 from cluster_helpers import cluster_config, ranked_worker
-from conftest import scrape, wait_for
+from helpers import aotwatch, scrape, wait_for
 from prometheus_server import free_port
-from test_cli import aotwatch
+
+pytestmark = [pytest.mark.ray, pytest.mark.subprocess]
 
 SLOW_S = 8.0
 """Rank 1's compile of a frame only it has, past ``straggler_after_s``."""

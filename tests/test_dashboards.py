@@ -15,9 +15,9 @@ from aotwatch.export.collector import AggregateCollector, build_info, registry_f
 from aotwatch.export.server import serve_metrics
 from aotwatch.metrics import FAMILIES, HEAD_FAMILIES
 from aotwatch.records import new_record
-from conftest import wait_for
+from golden_records import fixed_records, golden_aggregate
+from helpers import wait_for
 from prometheus_server import PrometheusServer, PromQLError
-from test_exposition import fixed_records, golden_aggregate
 
 GENERATE = Path(__file__).resolve().parents[1] / "dashboards" / "generate.py"
 _spec = importlib.util.spec_from_file_location("aotwatch_dashboards_generate", GENERATE)
@@ -335,6 +335,7 @@ def prometheus(tmp_path_factory):
             exporter.close()
 
 
+@pytest.mark.subprocess
 def test_every_query_parses(prometheus):
     server, _ = prometheus
     errors = []
@@ -347,6 +348,7 @@ def test_every_query_parses(prometheus):
     assert errors == []
 
 
+@pytest.mark.subprocess
 def test_a_bad_query_is_refused(prometheus):
     server, _ = prometheus
     with pytest.raises(PromQLError) as raised:
@@ -354,6 +356,7 @@ def test_a_bad_query_is_refused(prometheus):
     assert raised.value.error_type == "bad_data"
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_panel_returns_data(prometheus, scenario):
     """With Grafana's queries (range, or instant for tables) on one collector's data."""
@@ -378,6 +381,7 @@ def test_every_panel_returns_data(prometheus, scenario):
     assert empty == []
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("uid", UIDS)
 def test_variables_find_values(prometheus, uid):
     server, _ = prometheus

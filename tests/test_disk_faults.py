@@ -25,9 +25,8 @@ from aotwatch.cluster.paths import collector_directory
 from aotwatch.cluster.spool import SPOOL_SUFFIX, write_spool
 from aotwatch.cluster.worker_counts import COUNTS_FILE
 from cluster_helpers import NODE, config_at, lines
-from test_cli import aotwatch
-from test_hostile_disk_and_pushes import WORKER, fill, job_directory, metric, records
-from test_job_archives import finish_all
+from collector_helpers import WORKER, fill, finish_all, job_directory, metric, records
+from helpers import aotwatch
 
 PAGE = 4096
 
@@ -61,6 +60,7 @@ def archived_lines(path: Path) -> list[bytes]:
 # -- a write the disk cuts short -----------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_a_write_cut_short_by_a_full_disk_is_undone_and_raised(tmpfs):
     disk = tmpfs("64k")
     writer = ArchiveWriter(disk / "archive")
@@ -78,6 +78,7 @@ def test_a_write_cut_short_by_a_full_disk_is_undone_and_raised(tmpfs):
     assert writer.path.read_bytes() == b'{"first": 1}\n' + batch
 
 
+@pytest.mark.subprocess
 def test_a_disk_filling_mid_batch_loses_no_acknowledged_record_and_tears_no_line(
     node_collector, tmpfs
 ):
@@ -251,6 +252,7 @@ spool.write_spool(Path(sys.argv[1]), "killed", {"worker": {}}, b"")
 """
 
 
+@pytest.mark.subprocess
 def test_a_partial_spool_file_of_a_killed_worker_is_removed_and_a_live_ones_kept(node_collector):
     # Before: ``.<worker>.partial`` files stayed in the spool forever.
     collector = node_collector()
@@ -279,6 +281,7 @@ COLLIDING = (PREFIX + "10120707", PREFIX + "29175454")
 Found in 2 minutes on one core by hashing PREFIX + str(n) for n below 2**25 and sorting."""
 
 
+@pytest.mark.subprocess
 def test_jobs_whose_directory_names_collide_keep_their_archives_apart(node_collector, tmp_path):
     # Before: the second job's records went into the first job's archive, under its name
     # (``report --job`` of the second found nothing), and finishing either job renamed the

@@ -29,6 +29,8 @@ from aotwatch.cli import build_parser
 from aotwatch.config import Config
 from aotwatch.export.server import serve_metrics
 
+pytestmark = pytest.mark.subprocess
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 

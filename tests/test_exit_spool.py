@@ -17,6 +17,7 @@ import signal
 import threading
 import uuid
 
+import pytest
 import ray
 
 from aotwatch.archive import private_directory
@@ -33,8 +34,10 @@ from cluster_helpers import (
     start_daemon,
     total,
 )
-from conftest import wait_for
+from helpers import wait_for
 from programs import PROGRAMS, observed, truth_of
+
+pytestmark = pytest.mark.ray
 
 JOB = "ray-test"
 

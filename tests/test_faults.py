@@ -27,8 +27,10 @@ from cluster_helpers import (
     start_daemon,
     total,
 )
-from conftest import scrape, wait_for
+from helpers import scrape, wait_for
 from programs import PROGRAMS, observed, truth_of
+
+pytestmark = [pytest.mark.ray, pytest.mark.subprocess]
 
 
 def counter_samples(text: str) -> dict[tuple, float]:

@@ -24,8 +24,8 @@ from aotwatch.cluster.driver import compiles_in_progress
 from aotwatch.metrics import IN_PROGRESS
 from aotwatch.progress import RayLogFile
 from cluster_helpers import config_at
-from test_cli import aotwatch
-from test_job_archives import compiles, worker
+from collector_helpers import compiles, worker
+from helpers import aotwatch
 
 
 def in_progress(*compiling: tuple[str, str, float]) -> Snapshot:
@@ -82,6 +82,7 @@ def test_ray_lines_logged_before_it_connects_go_to_the_file(tmp_path, capfd):
     assert "Token authentication is enabled for this Ray cluster" in path.read_text()
 
 
+@pytest.mark.subprocess
 def test_report_of_an_archive_root_shows_every_job_it_holds(tmp_path):
     root = tmp_path / "archive"
     for node, job in (("a" * 56, "demo"), ("b" * 56, "demo"), ("b" * 56, "other")):
@@ -142,6 +143,7 @@ def debian_venv(path: Path) -> None:
     subprocess.run([python, "-m", "pip", "uninstall", "--yes", "--quiet", "setuptools"], check=True)
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(
     debian_python_version() != sys.version_info[:2],
     reason="needs /usr/bin/python3 of this Python's minor version (Debian's, Ubuntu's)",

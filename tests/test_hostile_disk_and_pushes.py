@@ -21,9 +21,8 @@ import pytest
 
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import ARCHIVE_FILE, UnsafePath
-from aotwatch.cluster.collector import NodeCollector
 from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
-from aotwatch.cluster.job_archives import JOB_FILE, JOBS_DIR, job_slug
+from aotwatch.cluster.job_archives import JOB_FILE, JOBS_DIR
 from aotwatch.cluster.paths import collector_directory
 from aotwatch.cluster.worker_counts import COUNTS_FILE
 from aotwatch.config import LimitsConfig
@@ -31,27 +30,8 @@ from aotwatch.liveness import Liveness
 from aotwatch.records import new_record
 from aotwatch.wire import Worker
 from cluster_helpers import NODE, config_at
-from conftest import scrape
-from test_cli import aotwatch
-
-WORKER = {"worker_id": "w1", "job_name": "hostile", "rank": 0}
-
-
-def metric(collector: NodeCollector, name: str) -> dict[tuple, float]:
-    """One family as served: scraped over HTTP (so a bad label would fail the scrape)."""
-    scrape(collector.server.url)
-    return collector.snapshot().values.get(name, {})
-
-
-def records(count: int, **fields) -> list[dict]:
-    return [
-        new_record(job_name="hostile", graph="forward", nodes=3, **fields) for _ in range(count)
-    ]
-
-
-def job_directory(root: Path, job: str = "hostile") -> Path:
-    """Where a collector keeps one job's archive."""
-    return collector_directory(config_at(root), NODE) / JOBS_DIR / job_slug(job)
+from collector_helpers import WORKER, fill, job_directory, metric, records
+from helpers import aotwatch, scrape
 
 
 def archived_ids(root: Path) -> list[str]:
@@ -73,18 +53,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
-def fill(directory: Path) -> Path:
-    """Write a file until the disk is full; returns it (delete it to free the space)."""
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as stream:
-        try:
-            while True:
-                stream.write(b"\0" * 4096)
-        except OSError:
-            pass
-    return filler
-
-
+@pytest.mark.subprocess
 def test_a_full_disk_is_an_error_to_the_worker_never_an_acknowledgement(node_collector, small_disk):
     collector = node_collector(small_disk / "archive")
     filler = fill(small_disk)
@@ -122,6 +91,7 @@ def test_every_accepted_record_is_archived_and_unknown_keys_are_refused(node_col
     assert node_collector().replayed == 2  # every acknowledged record comes back after a restart
 
 
+@pytest.mark.subprocess
 def test_a_corrupt_archive_is_read_around_by_the_collector_and_by_report(node_collector, tmp_path):
     first = node_collector()
     first.push(WORKER, records(2), {"dropped": {"queue_full": 4}})
@@ -266,6 +236,7 @@ def test_files_are_private_and_file_sd_readable_but_not_writable_by_others(
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
+@pytest.mark.subprocess
 def test_trace_refuses_an_archive_directory_of_another_user(tmp_path):
     as_root()
     archive = tmp_path / f"theirs-{uuid.uuid4().hex[:6]}"

@@ -22,8 +22,8 @@ from aotwatch.archive import ARCHIVE_FILE
 from aotwatch.divergence import Finding
 from aotwatch.html_report import Page, render
 from aotwatch.records import MAX_TIME, PHASES, encode_record, new_record, to_record
-from test_cli import aotwatch
-from test_properties import FIELDS
+from helpers import aotwatch
+from strategies import FIELDS
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
@@ -50,6 +50,7 @@ def frame(rank: int = 0, when: float = 1.7e9, **fields) -> dict:
 # -- item 7: a valid record never crashes the page -----------------------------------------
 
 
+@pytest.mark.subprocess
 def test_a_time_past_the_calendar_is_refused_and_counted_not_a_crash(tmp_path):
     archive = write_archive(
         tmp_path / "archive",
@@ -158,6 +159,7 @@ def test_a_page_of_few_records_leaves_nothing_out(tmp_path):
     assert 'class="left-out"' not in render(page, [], [tmp_path])
 
 
+@pytest.mark.subprocess
 def test_duplicate_records_count_once_as_in_the_table(tmp_path):
     records = [frame(rank=rank, recompile_reason="size mismatch") for rank in (0, 1)]
     archive = write_archive(tmp_path / "archive", records, copies=3)
@@ -172,6 +174,7 @@ def test_duplicate_records_count_once_as_in_the_table(tmp_path):
     assert "2 records from 1 archive" in page_text(out)
 
 
+@pytest.mark.subprocess
 def test_the_memory_benchmark_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "report_memory.py"), "--records", "300"],

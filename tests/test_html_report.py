@@ -13,8 +13,9 @@ import pytest
 
 from aotwatch.archive import archive_files, read_archive
 from browser import Browser
-from test_cli import aotwatch, write_script
-from test_launchers import SCRIPT, trace
+from helpers import LAUNCHED_SCRIPT, aotwatch, trace, write_script
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.browser]
 
 DOCS = Path(__file__).parent.parent / "docs"
 
@@ -26,7 +27,7 @@ def traced_runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("html")
     archive = root / "trace"
     torchrun = ["torchrun", "--standalone", "--nproc-per-node", "2"]
-    trace(archive, *torchrun, str(SCRIPT), str(root), "--extra-frame-on-rank-1")
+    trace(archive, *torchrun, str(LAUNCHED_SCRIPT), str(root), "--extra-frame-on-rank-1")
     script = write_script(
         root / "programs.py",
         "import programs\nprograms.shape_recompile('aot_eager', 'cpu')\n"

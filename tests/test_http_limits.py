@@ -32,7 +32,7 @@ from aotwatch.export.server import connection_cap, serve_metrics
 from aotwatch.export.unfinished import Unfinished
 from aotwatch.metrics import FRAMES, RECORDS_REJECTED
 from aotwatch.sink import RecordSink
-from conftest import scrape, wait_for
+from helpers import scrape, wait_for
 
 DAEMON = Path(__file__).resolve().parents[1] / "daemon"
 
@@ -225,7 +225,9 @@ def test_connections_that_say_nothing_stay_in_the_kernel(server):
     silent = [socket.create_connection(("127.0.0.1", metrics.port)) for _ in range(500)]
     try:
         assert _get(metrics.port, "/metrics") == 200
-        time.sleep(0.5)
+        # A second scrape, behind every silent connection in the listen queue: had the server
+        # accepted one of them, it would have done so before answering this.
+        assert _get(metrics.port, "/metrics") == 200
         assert metrics.server.peak_connections == 1  # the scrape; not one silent connection
         assert all(not _closed_by_peer(sock, wait_s=0) for sock in silent)  # all still open
     finally:
@@ -316,6 +318,7 @@ def _ask(child: subprocess.Popen, command: str) -> dict:
     return json.loads(child.stdout.readline())
 
 
+@pytest.mark.subprocess
 def test_a_connection_flood_under_ulimit_64_starves_neither_training_nor_health_checks():
     env = {**os.environ, "PYTHONPATH": str(DAEMON)}
     child = subprocess.Popen(
@@ -383,7 +386,7 @@ def test_a_wrong_password_flood_does_not_keep_a_valid_scrape_waiting(tmp_path):
     try:
         for thread in attackers:
             thread.start()
-        time.sleep(1)  # the flood is in full swing
+        wait_for(lambda: len(statuses) >= 32, timeout=30, message="the flood to be answered")
         # Uncached and valid, from another address, with Prometheus's default 10 s timeout
         # halved: answered while the flood runs.
         assert _get(metrics.port, "/metrics", _basic("prometheus", "right"), timeout=5) == 200

@@ -15,22 +15,13 @@ import pytest
 
 from aotwatch import divergence
 from aotwatch.archive import ARCHIVE_FILE
-from aotwatch.cluster.collector import NodeCollector
 from aotwatch.cluster.job_archives import JOB_FILE, JobArchives, job_slug
 from aotwatch.cluster.spool import write_spool
 from aotwatch.config import CollectorConfig
 from aotwatch.records import new_record, to_record
 from cluster_helpers import lines
-from test_cli import aotwatch
-from test_hostile_disk_and_pushes import job_directory, metric
-
-
-def worker(job: str, index: int = 0) -> dict:
-    return {"worker_id": f"{job}-w{index}", "job_name": job, "rank": index}
-
-
-def compiles(job: str, count: int, **fields) -> list[dict]:
-    return [new_record(job_name=job, graph="forward", nodes=3, **fields) for _ in range(count)]
+from collector_helpers import compiles, finish_all, job_directory, metric, worker
+from helpers import aotwatch
 
 
 def graphs(job: str, rank: int, compile_ids: range) -> list[dict]:
@@ -43,14 +34,7 @@ def graphs(job: str, rank: int, compile_ids: range) -> list[dict]:
     ]
 
 
-def finish_all(collector: NodeCollector) -> list[str]:
-    """Let the grace period pass (the job clock moved past it) and finish ended jobs."""
-    clock = collector.jobs.clock
-    collector.jobs.clock = lambda: clock() + collector.config.collector.worker_timeout_s + 1
-    finished, _ = collector.advance_jobs()
-    return finished
-
-
+@pytest.mark.subprocess
 def test_a_restart_after_20_finished_jobs_replays_only_the_live_job(node_collector, tmp_path):
     collector = node_collector(
         collector=CollectorConfig(address="127.0.0.1", port=0, job_retention_s=0)

@@ -14,7 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aotwatch.cluster.paths import HEAD_NAME, collector_name
 from cluster_helpers import Worker, actor_pid, cluster_config, ranked_worker, start_serve
-from conftest import scrape, wait_for
+from helpers import scrape, wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.subprocess]
 
 RETENTION_S = 4
 CAP = 30

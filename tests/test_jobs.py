@@ -8,7 +8,7 @@ import pytest
 
 from aotwatch.config import ConfigError
 from aotwatch.jobs import load_job
-from test_cli import aotwatch
+from helpers import aotwatch
 
 JOBS = Path(__file__).parent.parent / "config" / "jobs"
 
@@ -27,6 +27,7 @@ def test_the_demo_job():
     assert job.config.cluster.address is None  # a local cluster
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("text", "message"),
     [

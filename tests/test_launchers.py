@@ -20,33 +20,18 @@ from aotwatch.archive import archive_files
 from aotwatch.bootstrap import environment, site_directory
 from aotwatch.cli import __file__ as CLI_FILE
 from aotwatch.report import read_archives
+from helpers import LAUNCHED_SCRIPT as SCRIPT
+from helpers import TRACE_TIMEOUT_S as TIMEOUT_S
+from helpers import aotwatch, report_json, trace
 from programs import Truth, observed
-from test_cli import aotwatch
 
-SCRIPT = Path(__file__).parent / "launched_train.py"
-TIMEOUT_S = 240
+pytestmark = pytest.mark.subprocess
 
 
 def free_port() -> str:
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         return str(free.getsockname()[1])
-
-
-def trace(archive: Path, *command: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    result = aotwatch(
-        "trace",
-        "--port",
-        "0",
-        "--archive",
-        str(archive),
-        "--",
-        *command,
-        env=env,
-        timeout=TIMEOUT_S,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def truth_of(out: Path, rank: int) -> Truth:
@@ -71,12 +56,6 @@ def assert_each_rank_equals_torch(archive: Path, out: Path, ranks: int = 2) -> N
 
 def report_html_line(archive: Path) -> str:
     return f"HTML report: aotwatch report {archive} --format html -o report.html"
-
-
-def report_json(archive: Path) -> dict:
-    result = aotwatch("report", "--format", "json", str(archive))
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_torchrun_ranks_each_write_their_own_archive(tmp_path):

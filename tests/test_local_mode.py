@@ -15,7 +15,7 @@ import aotwatch
 from aotwatch.capture import hooks
 from aotwatch.export.server import ExportError
 from aotwatch.local import export_port
-from conftest import scrape, test_config, wait_for
+from helpers import scrape, test_config, wait_for
 from programs import PROGRAMS
 
 

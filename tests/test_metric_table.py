@@ -17,11 +17,12 @@ from aotwatch.aggregate import Aggregate
 from aotwatch.config import ConfigError, load_config
 from aotwatch.export.collector import exposition
 from aotwatch.metrics import ALL_FAMILIES, BUILD_INFO, BY_NAME, SAMPLE_NAMES, _checked, contract
-from test_properties import valid_records
+from strategies import valid_records
 
 CONTRACT = Path(__file__).parents[1] / "docs" / "metrics.md"
 
 
+@pytest.mark.subprocess
 def test_docs_metrics_md_is_generated_from_the_table():
     assert CONTRACT.read_text() == contract(), (
         "docs/metrics.md is stale: run `python -m aotwatch.metrics > docs/metrics.md`"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import scrape
+from helpers import scrape
 
 TOKEN_VARIABLE = "AOTWATCH_TEST_API_TOKEN"
 DAEMON = Path(__file__).resolve().parents[1] / "daemon"

@@ -19,8 +19,9 @@ import pytest
 from aotwatch.archive import archive_files, read_archive
 from aotwatch.cluster.job_archives import JobArchives
 from aotwatch.records import Record, encode_record, new_record, to_record
-from test_cli import aotwatch
-from test_launchers import SCRIPT, trace
+from helpers import LAUNCHED_SCRIPT, aotwatch, trace
+
+pytestmark = pytest.mark.subprocess
 
 METADATA = {"process_name": "name", "thread_name": "name"}
 SORT_INDEXES = ("process_sort_index", "thread_sort_index")
@@ -179,7 +180,7 @@ def torchrun_archive(tmp_path_factory) -> Path:
     """A 2-rank torchrun job where rank 1 compiles an extra frame (gloo, CPU)."""
     root = tmp_path_factory.mktemp("torchrun")
     torchrun = ["torchrun", "--standalone", "--nproc-per-node", "2"]
-    trace(root / "trace", *torchrun, str(SCRIPT), str(root), "--extra-frame-on-rank-1")
+    trace(root / "trace", *torchrun, str(LAUNCHED_SCRIPT), str(root), "--extra-frame-on-rank-1")
     return root / "trace"
 
 

@@ -26,8 +26,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import wait_for
+from helpers import wait_for
 from prometheus_server import PrometheusServer, PromQLError
+
+pytestmark = [pytest.mark.ray, pytest.mark.subprocess]
 
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = REPO / "dashboards" / "prometheus"

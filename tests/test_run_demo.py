@@ -11,10 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from aotwatch.metrics import FAMILIES
-from conftest import scrape
+from helpers import scrape
+
+pytestmark = [pytest.mark.ray, pytest.mark.subprocess, pytest.mark.browser]
 
 REPO = Path(__file__).parent.parent
 

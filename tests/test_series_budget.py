@@ -10,7 +10,7 @@ from aotwatch.config import LimitsConfig
 from aotwatch.metrics import FAMILIES, IN_PROGRESS, NODE_SUMMED
 from aotwatch.records import new_record
 from cluster_helpers import lines
-from conftest import scrape
+from helpers import scrape
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import footprint  # noqa: E402

@@ -24,10 +24,14 @@ import ray  # noqa: F401 - puts the psutil that Ray bundles on sys.path
 import psutil
 
 from aotwatch.cluster.serve import SERVE_CLEANUP_TIMEOUT_S
-from conftest import wait_for
+from helpers import wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.subprocess]
 
 EXIT_WITHIN_S = 15.0
 """The cleanup deadline plus starting to stop, with room for a loaded machine."""
+STATUS_INTERVAL_S = 1
+"""Seconds between serve's status prints."""
 
 _CLUSTER = (
     "import ray, time\n"
@@ -147,7 +151,7 @@ class Serve:
                 "--address",
                 cluster.address,
                 "--interval",
-                "1",
+                str(STATUS_INTERVAL_S),
             ],
             stdout=subprocess.PIPE,
             stderr=self.stderr_file,
@@ -156,12 +160,14 @@ class Serve:
             start_new_session=True,
         )
         self.lines: list[str] = []
+        self.last_output = time.monotonic()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self) -> None:
         for line in self.process.stdout:
             self.lines.append(line)
+            self.last_output = time.monotonic()
 
     @property
     def stdout(self) -> str:
@@ -232,7 +238,10 @@ def _assert_reported_and_exited(serve: Serve, cluster: RayCluster, elapsed: floa
 def test_sigterm_after_the_cluster_died_exits_promptly_and_says_what_it_left(serve, cluster):
     serve.wait_serving()
     _kill_cluster(cluster)
-    time.sleep(1)  # a status call is now waiting on the dead cluster
+    wait_for(  # its status output stopped: a status call is now waiting on the dead cluster
+        lambda: time.monotonic() - serve.last_output > 2 * STATUS_INTERVAL_S,
+        message="serve's status output to stop",
+    )
     elapsed = serve.terminate()
     _assert_reported_and_exited(serve, cluster, elapsed)
 

@@ -14,7 +14,9 @@ from aotwatch.config import CollectorConfig
 from aotwatch.metrics import IN_PROGRESS
 from aotwatch.records import new_record
 from cluster_helpers import cluster_config, collector_values, ranked_worker
-from conftest import scrape, wait_for
+from helpers import scrape, wait_for
+
+pytestmark = pytest.mark.ray
 
 SLOW_S = 20.0
 """Rank 1's compile: longer than the head's 10 s settle time for a missing compile id."""
@@ -112,8 +114,9 @@ def test_a_slow_rank_is_in_progress_live_and_a_straggler_not_a_missing_compile_i
     assert (job, rank, device, compile_id) == ("ray-test", "1", "cpu", "0/0")
     assert time.time() - 15 < since <= time.time()
     first = wait_for(lambda: straggler_seconds(config), timeout=10)
-    time.sleep(2.5)
-    assert straggler_seconds(config) > first  # growing while rank 1 compiles
+    wait_for(  # growing while rank 1 compiles
+        lambda: straggler_seconds(config) > first, timeout=10, message="the straggler to grow"
+    )
     assert time.monotonic() - started < SLOW_S  # all of this while it still compiled
 
     ray.get(slow, timeout=120)

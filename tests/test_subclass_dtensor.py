@@ -9,10 +9,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from aotwatch.report import read_archives
+
+pytestmark = pytest.mark.subprocess
 
 FAMILY = "torch_compile_subclass_tensors"
 TIMEOUT_S = 120

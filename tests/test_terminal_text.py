@@ -14,7 +14,7 @@ from aotwatch.cluster import serve
 from aotwatch.config import Config
 from aotwatch.divergence import Finding
 from aotwatch.records import RecordError, encode_record, new_record, printable, to_record
-from test_cli import aotwatch
+from helpers import aotwatch
 
 ERASE_LINE = "\x1b[2K\r"
 CLIPBOARD = "\x1b]52;c;cm0gLXJmIH4K\x07"  # OSC 52: write "rm -rf ~" to the clipboard
@@ -74,6 +74,7 @@ def test_printable_escapes_every_control_character_and_keeps_the_rest():
     assert printable(3) == "3"
 
 
+@pytest.mark.subprocess
 def test_report_prints_no_escape_from_a_crafted_archive(tmp_path):
     archive = tmp_path / "archive"
     archive.mkdir()

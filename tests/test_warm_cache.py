@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from aotwatch.archive import read_archive
 from aotwatch.records import as_dict
-from test_cli import aotwatch, write_script
+from helpers import aotwatch, write_script
+
+pytestmark = pytest.mark.subprocess
 
 GRAPH_FIELDS = (
     "graph",

@@ -31,8 +31,7 @@ from aotwatch.export.server import MetricsServer, serve_metrics
 from aotwatch.export.webconfig import load_web_config
 from aotwatch.process import current
 from aotwatch.sink import RecordSink
-from conftest import wait_for
-from test_config import laughs
+from helpers import laughs, wait_for
 
 PASSWORD = "correct horse"
 
