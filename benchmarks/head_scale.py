@@ -34,11 +34,11 @@ import pickle
 import threading
 import time
 import types
-import uuid
 
 from aotwatch.cluster.collector import NodeCollector
-from aotwatch.cluster.head import DivergenceWatch
 from aotwatch.config import Config
+from aotwatch.digest import ChangeLog
+from aotwatch.judging import DivergenceWatch
 from aotwatch.liveness import Liveness
 from aotwatch.records import SCHEMA_VERSION, Record
 
@@ -52,16 +52,11 @@ def collector_state(first_rank: int, ids: int) -> types.SimpleNamespace:
         _accept_lock=threading.Lock(),
         _lock=threading.Lock(),
         liveness=Liveness(None, RANKS_PER_COLLECTOR, 1),
-        _epoch=uuid.uuid4().hex,
-        _versions={},
-        _fingerprints={},
-        _changes={},
-        _changes_since={},
+        _changes=ChangeLog(),
         _work={},
         config=Config(),
     )
-    for method in (NodeCollector._delta, NodeCollector._live):
-        setattr(state, method.__name__, types.MethodType(method, state))
+    state._live = types.MethodType(NodeCollector._live, state)
     state.ranks = range(first_rank, first_rank + RANKS_PER_COLLECTOR)
     for rank in state.ranks:
         for index in range(ids):
@@ -113,6 +108,13 @@ def head_round(
     return sent, collectors, head, len(watch.divergences())
 
 
+def rss_mib(field: str) -> float:
+    """This process's ``VmRSS`` (now) or ``VmHWM`` (its peak) in MiB (Linux)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(f"{field}:"))
+    return int(line.split()[1]) / 1024
+
+
 def each_rank(states: list, compile: types.FunctionType) -> None:
     for state in states:
         for rank in state.ranks:
@@ -138,6 +140,7 @@ def main() -> None:
             collector_state(first, args.ids) for first in range(0, ranks, RANKS_PER_COLLECTOR)
         ]
         gc.freeze()  # the collectors' objects live in their own processes: not the head's GC
+        built = rss_mib("VmRSS")
         watch = DivergenceWatch(Config())
         rows = [
             ("first (all)", head_round(watch, states)),
@@ -163,7 +166,11 @@ def main() -> None:
                 f"| {head:.3f} | {findings:,} |",
                 flush=True,
             )
-        print(f"\nrestarted head's findings equal the running head's: {same}\n")
+        print(f"\nrestarted head's findings equal the running head's: {same}")
+        print(
+            f"RSS with the collectors' state built: {built:,.0f} MiB; peak: "
+            f"{rss_mib('VmHWM'):,.0f} MiB (with both heads and a round's answers)\n"
+        )
 
 
 if __name__ == "__main__":

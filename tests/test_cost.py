@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aotwatch import cost, divergence
 from aotwatch.config import Config
+from aotwatch.digest import summary
 from aotwatch.export.collector import family_exposition
 from aotwatch.records import new_record, to_record
 
@@ -163,7 +164,7 @@ def answer(prints, work, live):
     return {
         "epoch": "e1",
         "versions": dict.fromkeys(prints, 1),
-        "jobs": {job: divergence.summary(ranks) for job, ranks in prints.items()},
+        "jobs": {job: summary(ranks) for job, ranks in prints.items()},
         "deltas": {},
         "work": work,
         "live": live,
@@ -182,7 +183,7 @@ def served(watch) -> dict:
 
 
 def test_the_head_serves_waits_redundant_seconds_and_a_straggler_cause():
-    from aotwatch.cluster.head import DivergenceWatch
+    from aotwatch.judging import DivergenceWatch
 
     config = Config()
     config = replace(config, collector=replace(config.collector, straggler_after_s=5))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aotwatch import divergence
+from aotwatch.digest import Digest, summary
 from aotwatch.records import new_record, to_record
 
 
@@ -55,12 +56,12 @@ def test_a_different_cache_pattern():
 
 def answer(epoch: str, prints: dict, versions: dict | None = None) -> dict:
     """What a collector's ``fingerprints_since`` returns for a head that has nothing yet."""
-    jobs = {job: divergence.summary(ranks) for job, ranks in prints.items()}
+    jobs = {job: summary(ranks) for job, ranks in prints.items()}
     return {"epoch": epoch, "versions": versions or dict.fromkeys(prints, 1), "jobs": jobs}
 
 
 def test_the_digest_merges_collectors_and_takes_only_what_changed():
-    digest = divergence.Digest()
+    digest = Digest()
     a = fingerprints(graph(0, graph_hash="aaaa"))
     b = fingerprints(graph(1, graph_hash="bbbb"))
     digest.update("node-a", answer("e1", a))
@@ -110,7 +111,7 @@ def test_finding_at_some_compile_ids_finds_what_the_full_search_finds_there():
 
 def test_a_summary_sends_each_distinct_fingerprint_once_as_an_independent_copy():
     prints = fingerprints(graph(0), graph(1, graph_hash="bbbb"), graph(2), graph(3))
-    classes = divergence.summary(prints["j"])
+    classes = summary(prints["j"])
     assert [names for names, _ in classes] == [("0", "2", "3"), ("1",)]
     assert classes[0][1] == prints["j"]["0"] and classes[1][1] == prints["j"]["1"]
     divergence.observe(
@@ -154,7 +155,7 @@ def test_a_collective_only_one_rank_issues():
 
 def test_the_digest_carries_collective_schedules_to_the_head():
     prints = fingerprints(collective_graph(0, "sum"), collective_graph(1, "max"))
-    digest = divergence.Digest()
+    digest = Digest()
     answer = {"epoch": "e", "versions": {"j": 2}, "jobs": {}, "deltas": {"j": prints["j"]}}
     digest.update("node", answer)
     assert kinds({"j": digest.ranks("j")}) == [("collective_schedule", "0/0")]
@@ -208,7 +209,7 @@ def test_ranks_of_different_compare_groups_are_never_compared():
 
 
 def test_the_compare_group_reaches_the_head_in_a_delta():
-    digest = divergence.Digest()
+    digest = Digest()
     digest.update("node", answer("e", fingerprints(staged(0, stage="0"))))
     collector_prints = fingerprints(staged(0, stage="0"))
     changes = divergence.observe(collector_prints, to_record(staged(1, graph_hash="b", stage="1")))
@@ -228,16 +229,14 @@ def test_a_compile_id_with_a_space_is_compared_whole():
     )
     (finding,) = divergence.find("j", prints["j"])
     assert (finding.kind, finding.compile_id) == ("graph_hash", compile_id)
-    digest = divergence.Digest()
+    digest = Digest()
     digest.update("node", {"epoch": "e", "versions": {"j": 1}, "jobs": {}, "deltas": prints})
     assert digest.changes() == {"j": {compile_id}}
 
 
-def test_ranks_that_change_alike_keep_one_fingerprint_and_one_that_changes_alone_leaves_it():
-    digest = divergence.Digest()
+def test_ranks_that_change_alike_share_each_entry_and_one_that_changes_alone_has_its_own():
+    digest = Digest()
     digest.update("node", answer("e", fingerprints(graph(0), graph(1), graph(2))))
-    ranks = digest.ranks("j")
-    assert ranks["0"] is ranks["1"] is ranks["2"]  # read whole: one object, compared once
 
     def change(version: int, *ranks: str, key=("1/0", "forward"), value="bbbb") -> None:
         delta = {rank: {"graphs": {key: [value]}} for rank in ranks}
@@ -247,24 +246,51 @@ def test_ranks_that_change_alike_keep_one_fingerprint_and_one_that_changes_alone
 
     change(2, "0", "1", "2")
     ranks = digest.ranks("j")
-    assert ranks["0"] is ranks["1"] is ranks["2"]
+    assert ranks["0"] == ranks["1"] == ranks["2"]
     assert ranks["0"]["graphs"][("1/0", "forward")] == ["bbbb"]
     change(3, "1", key=("2/0", "forward"))
-    change(4, "1", key=("3/0", "forward"))  # its own now: changed in place
+    change(4, "1", key=("3/0", "forward"))
     ranks = digest.ranks("j")
-    assert ranks["0"] is ranks["2"] and ranks["1"] is not ranks["0"]
+    assert ranks["0"] == ranks["2"] != ranks["1"]
     assert kinds({"j": ranks}) == [("compile_ids", "2/0"), ("compile_ids", "3/0")]
     assert set(ranks["0"]["graphs"]) == {("0/0", "forward"), ("1/0", "forward")}
+    assert digest.ranks("j", "2/0")["1"]["graphs"] == {("2/0", "forward"): ["bbbb"]}
     delta = {
         "0": {"graphs": {("4/0", "forward"): ["x"]}},
         "2": {"graphs": {("4/0", "forward"): ["y"]}},
     }
     digest.update("node", {"epoch": "e", "versions": {"j": 5}, "jobs": {}, "deltas": {"j": delta}})
-    found = divergence.find("j", digest.ranks("j"), {"4/0"})  # 0 and 2 changed unlike
-    assert [(f.kind, dict(f.groups)) for f in found] == [
+    expected = [
         ("graph_hash", {"x": ("0",), "y": ("2",)}),
         ("compile_ids", {"compiled": ("0", "2"), "missing": ("1",)}),
     ]
+    found = divergence.find("j", digest.ranks("j"), {"4/0"})  # 0 and 2 changed unlike
+    assert [(f.kind, dict(f.groups)) for f in found] == expected
+    assert [(f.kind, dict(f.groups)) for f in digest.find("j", {"4/0"})] == expected
+    # A later hash of rank 0 replaces its value: its old group loses it.
+    delta = {"0": {"graphs": {("4/0", "forward"): ["x", "y"]}}}
+    digest.update("node", {"epoch": "e", "versions": {"j": 6}, "jobs": {}, "deltas": {"j": delta}})
+    (found, _) = digest.find("j", {"4/0"})
+    assert dict(found.groups) == {"x,y": ("0",), "y": ("2",)}
+
+
+def test_an_entry_held_alike_is_one_value_whatever_the_ranks():
+    index = divergence.JobIndex.of(fingerprints(*(graph(rank) for rank in range(1000)))["j"])
+    (entry,) = index.at["0/0"].values()
+    assert list(entry.values) == [("aaaa",)] and entry.holders.bit_count() == 1000
+
+
+def test_a_summary_of_ranks_that_differ_sends_what_they_share_once():
+    prints = fingerprints(
+        *(graph(rank, compile_id=f"{i}/0") for rank in range(4) for i in range(3)),
+        *(graph(rank, compile_id=f"own/{rank}") for rank in range(4)),
+    )
+    classes = summary(prints["j"])
+    assert [names for names, _ in classes] == [("0", "1", "2", "3"), ("0",), ("1",), ("2",), ("3",)]
+    assert len(classes[0][1]["graphs"]) == 3 and len(classes[1][1]["graphs"]) == 1
+    digest = Digest()
+    digest.update("node", answer("e", prints))
+    assert digest.ranks("j") == prints["j"]
 
 
 class CountedParts(dict):

@@ -9,7 +9,6 @@ ready, so a collector killed mid-job loses nothing and counts nothing twice.
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import logging
 import os
@@ -17,8 +16,6 @@ import socket
 import tempfile
 import threading
 import time
-import uuid
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,10 +35,11 @@ from aotwatch.cluster.job_archives import JobArchives
 from aotwatch.cluster.job_life import JobLife
 from aotwatch.cluster.worker_counts import CountsLedger
 from aotwatch.config import Config
+from aotwatch.digest import ChangeLog
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import serve_metrics
 from aotwatch.liveness import Liveness
-from aotwatch.lru import LruCache, trim_oldest
+from aotwatch.lru import LruCache
 from aotwatch.records import (
     MAX_ID,
     MAX_NUMBER,
@@ -63,9 +61,6 @@ SPOOL_BATCH = 500
 """Spooled records taken in per archive write."""
 PRUNE_S = 10.0
 """How often finished jobs' archives are checked against the retention limits."""
-MAX_CHANGES = 200_000
-"""Fingerprint entries whose last change a collector remembers per job (each entry once), to
-send the head only what changed; a head further behind gets the whole job."""
 REFUSED_WORKERS = 10_000
 """Ids of refused workers remembered, so each is logged and counted once."""
 HOUSEKEEPING_S = 2.0
@@ -193,13 +188,8 @@ class NodeCollector:
         self._refused_workers = LruCache(REFUSED_WORKERS)  # ids of workers refused, told once
         self.jobs = JobLife(config.collector.worker_timeout_s, config.collector.job_retention_s)
         directory = collector_directory(config, node_id)
-        self._fingerprints: divergence.Fingerprints = {}
+        self._changes = ChangeLog()  # the fingerprints, and what changed for the head
         self._work: cost.Work = {}  # job -> the compile seconds of graphs compiled here
-        self._epoch = uuid.uuid4().hex  # this instance: a head re-reads a restarted collector
-        self._versions: dict[str, int] = {}  # job -> how often its fingerprints changed
-        self._changes: dict[str, OrderedDict[divergence.Change, int]] = {}  # job -> entry ->
-        # the version that last changed it, oldest first
-        self._changes_since: dict[str, int] = {}  # job -> oldest version its log still covers
         self._restore(directory)
         self.spool = spool_directory(config, node_id)
         self.drain_spool()
@@ -282,18 +272,9 @@ class NodeCollector:
             return len(accepted)
 
     def _observe(self, record: Record) -> None:
-        changes = divergence.observe(self._fingerprints, record)
-        cost.fold(self._work, record, self._fingerprints, self.config.collector.max_cost_graphs)
-        if not changes:
-            return
-        job = record.job_name
-        version = self._versions[job] = self._versions.get(job, 0) + 1
-        log = self._changes.setdefault(job, OrderedDict())
-        for change in changes:
-            log[change] = version
-            log.move_to_end(change)
-        # the oldest entries go; a head that far behind reads the whole job
-        trim_oldest(log, MAX_CHANGES, lambda _, oldest: self._changes_since.update({job: oldest}))
+        self._changes.observe(record)
+        fingerprints = self._changes.fingerprints
+        cost.fold(self._work, record, fingerprints, self.config.collector.max_cost_graphs)
 
     def goodbye(self, worker: Any) -> None:
         """A worker is exiting: its gauges go now rather than at its timeout."""
@@ -421,11 +402,8 @@ class NodeCollector:
             with self._accept_lock:
                 for job_name in forgotten:
                     self.sink.forget_job(job_name)
-                    self._fingerprints.pop(job_name, None)
+                    self._changes.forget(job_name)
                     self._work.pop(job_name, None)
-                    self._versions.pop(job_name, None)
-                    self._changes.pop(job_name, None)
-                    self._changes_since.pop(job_name, None)
             log.info("aotwatch: forgot finished jobs %s", ", ".join(forgotten))
         if time.monotonic() - self._pruned_at >= PRUNE_S:
             self._pruned_at = time.monotonic()
@@ -475,24 +453,15 @@ class NodeCollector:
         self.counts.close()
 
     def fingerprints_since(self, epoch: str | None, versions: dict[str, int]) -> dict[str, Any]:
-        """What the head lacks (see ``divergence.Digest``): this instance's epoch, every job's
-        version, whole fingerprints of the jobs the head has none of (or is too far behind
-        on: ``divergence.summary``, each distinct fingerprint once), and for the others the
-        entries changed since the head's version (copies: Ray serialises them after this
-        returns, while pushes may add more); ``work``: the ``cost.Work`` of those jobs."""
+        """What the head lacks (see ``digest.Digest``): this instance's epoch, every job's
+        version, the jobs it lacks whole and the entries changed since its versions of the
+        others (``digest.ChangeLog.since``); ``work``: the ``cost.Work`` of those jobs;
+        ``live``: the ranks attached and compiling now."""
         with self._accept_lock:
-            jobs, deltas = {}, {}
-            for job, version in self._versions.items():
-                known = versions.get(job) if epoch == self._epoch else None
-                if known == version:
-                    continue
-                if known is None or known < self._changes_since.get(job, 0):
-                    jobs[job] = divergence.summary(self._fingerprints[job])
-                else:
-                    deltas[job] = self._delta(job, known)
+            jobs, deltas = self._changes.since(epoch, versions)
             return {
-                "epoch": self._epoch,
-                "versions": dict(self._versions),
+                "epoch": self._changes.epoch,
+                "versions": dict(self._changes.versions),
                 "jobs": jobs,
                 "deltas": deltas,
                 "work": {
@@ -514,18 +483,6 @@ class NodeCollector:
                     running = {"compile_id": state["compile_id"], "for_s": elapsed}
                     live["compiling"].setdefault(job, {})[rank] = running
         return live
-
-    def _delta(self, job: str, since: int) -> dict[str, dict[str, dict[str, Any]]]:
-        """The entries of ``job`` changed after version ``since``, per rank and kind."""
-        ranks, delta = self._fingerprints[job], {}
-        for (rank, kind, key), version in reversed(self._changes[job].items()):
-            if version <= since:
-                break
-            value = ranks.get(rank, {}).get(kind, {}).get(key)
-            if value is not None:  # None: forgotten since (the oldest compile ids go)
-                parts = delta.setdefault(rank, divergence.empty_parts())
-                parts[kind][key] = copy.copy(value)
-        return delta
 
 
 def scrape_host(bind_address: str) -> str:
