@@ -70,15 +70,11 @@ def summary(ranks: dict[str, dict[str, Any]]) -> Classes:
             same.append(rank)
     if len(classes) < 2:
         return [(tuple(names), copy_parts(parts)) for names, parts in classes]
-    first, others = classes[0][1], [parts for _, parts in classes[1:]]
-    common = {
-        part: {
-            key: value
-            for key, value in first.get(part, {}).items()
-            if all(other.get(part, {}).get(key, _NONE) == value for other in others)
-        }
-        for part in PARTS
-    }
+    common = {part: classes[0][1].get(part, {}) for part in PARTS}
+    for _, other in classes[1:]:
+        for part in PARTS:
+            theirs = other.get(part, {})
+            common[part] = {k: v for k, v in common[part].items() if theirs.get(k, _NONE) == v}
     shared = any(common.values())
     answer = [(tuple(rank for names, _ in classes for rank in names), copy_parts(common))]
     for names, parts in classes:

@@ -247,6 +247,7 @@ class JobIndex:
     def __init__(self) -> None:
         self.bit: dict[str, int] = {}  # rank -> its bit
         self.names: list[str] = []  # bit -> rank
+        self.numbers: list[int] = []  # bit -> rank, as a number (ranks sort as numbers)
         self.members: Mask = 0
         self.at: dict[str, dict[tuple[str, Any], _Entry]] = {}  # compile id -> entries
         self.group_of: dict[str, str] = {}  # rank -> the compare group it names
@@ -270,6 +271,7 @@ class JobIndex:
             if bit is None:
                 bit = self.bit[rank] = len(self.names)
                 self.names.append(rank)
+                self.numbers.append(int(rank))
             mask |= 1 << bit
         return mask
 
@@ -292,7 +294,7 @@ class JobIndex:
         """Each rank's entries in ``delta`` (rank -> part -> key -> value) replace its own."""
         by_entry: dict[tuple[str, Any], dict[Any, Mask]] = {}
         for rank, parts in delta.items():
-            bit = self.mask((rank,))
+            bit = 1 << self.bit[rank] if rank in self.bit else self.mask((rank,))
             self.members |= bit
             for part, entries in parts.items():
                 for key, value in entries.items():
@@ -446,8 +448,8 @@ class _Among:
         return tuple(sorted((value, self.names(ranks)) for value, ranks in values.items()))
 
     def ranks(self, mask: Mask) -> list[int]:
-        names = self.index.names
-        return sorted(int(names[bit]) for bit in _bits(mask))
+        numbers = self.index.numbers
+        return sorted([numbers[bit] for bit in _bits(mask)])
 
     def names(self, mask: Mask) -> tuple[str, ...]:
         """``ranges`` of the ranks in ``mask``: listed from the fewer of them and the rest of
