@@ -3,7 +3,7 @@
 Ranks that compile different graphs under the same compile id, compile
 different sets of frames, or hit the cache differently are the usual cause
 of collective hangs. Collectors keep a small fingerprint of every record;
-the head merges them per job and compares the ranks.
+the head merges them per job (``digest``) into a ``JobIndex`` and compares the ranks.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ class JobIndex:
     """One job's fingerprints by entry: for each compile id, each entry's distinct values and
     the ranks holding each (a ``Mask``), so ranks are shared per entry rather than per whole
     fingerprint. Judging a compile id costs its entries' distinct values, not ranks; a change
-    costs the entries it touches (see ``divergence.Digest``)."""
+    costs the entries it touches (see ``digest.Digest``)."""
 
     def __init__(self) -> None:
         self.bit: dict[str, int] = {}  # rank -> its bit
