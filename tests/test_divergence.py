@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
+import random
+
 from aotwatch import divergence
-from aotwatch.digest import Digest, summary
+from aotwatch.digest import ChangeLog, Digest, summary
 from aotwatch.records import new_record, to_record
 
 
@@ -326,3 +329,52 @@ def test_groups_name_runs_of_ranks_as_ranges_and_are_read_back():
     assert names == ("-3-0", "2", "3", "5-7")
     assert divergence.expand(names) == ["-3", "-2", "-1", "0", "2", "3", "5", "6", "7"]
     assert divergence.size(names) == 9
+
+
+def random_record(rng: random.Random, node: int, ids: list[str]):
+    """A record of one of a node's ranks (node 0: even ranks, node 1: odd)."""
+    rank, compile_id = rng.randrange(4) * 2 + node, rng.choice(ids)
+    if rng.random() < 0.6:
+        record = graph(rank, compile_id, rng.choice(["a", "b", ""]))
+        record["graph"] = rng.choice(["forward", "backward"])
+        if rng.random() < 0.3:
+            op = rng.choice(["sum", "max"])
+            record.update(collectives=[f"all_reduce({op})"], collective_hash=f"h{op}")
+    else:
+        record = frame(rank, compile_id, {"fx_graph": {rng.choice(["hit", "miss"]): 1}})
+    if rng.random() < 0.05:
+        record["compare_group"] = rng.choice(["0", "1"])
+    return to_record(record)
+
+
+def head_round(digest: Digest, logs: list[ChangeLog], answering=(0, 1)) -> None:
+    """The collectors of ``answering`` answer the head, pickled as Ray sends them."""
+    for node in answering:
+        jobs, deltas = logs[node].since(*digest.known(str(node)))
+        versions = dict(logs[node].versions)
+        answer = {"epoch": logs[node].epoch, "versions": versions, "jobs": jobs, "deltas": deltas}
+        digest.update(str(node), pickle.loads(pickle.dumps(answer)))
+    digest.changes()
+
+
+def test_a_digest_kept_from_changes_judges_as_the_collectors_fingerprints_read_whole():
+    """Random rounds of two collectors (one sometimes silent, one sometimes restarted): the
+    head's index, kept up to date from deltas, finds what its fingerprints read whole find."""
+    rng = random.Random(7)
+    for _ in range(200):
+        ids = [f"{i}/0" for i in range(rng.randint(1, 4))]
+        logs, digest = [ChangeLog(), ChangeLog()], Digest()
+        for _ in range(rng.randint(1, 6)):
+            for node in (0, 1):
+                if rng.random() < 0.1:  # restarted: a new epoch, its fingerprints replayed
+                    restarted = ChangeLog()
+                    restarted.fingerprints = logs[node].fingerprints
+                    restarted.versions = dict(logs[node].versions)
+                    logs[node] = restarted
+                for _ in range(rng.randint(0, 8)):
+                    logs[node].observe(random_record(rng, node, ids))
+            head_round(digest, logs, [node for node in (0, 1) if rng.random() > 0.15])
+        head_round(digest, logs)
+        ranks = {**logs[0].fingerprints.get("j", {}), **logs[1].fingerprints.get("j", {})}
+        assert digest.find("j") == divergence.find_in_groups("j", ranks)
+        assert digest.ranks("j") == ranks
