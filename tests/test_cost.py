@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aotwatch import cost, divergence
 from aotwatch.config import Config
+from aotwatch.digest import summary
 from aotwatch.export.collector import family_exposition
 from aotwatch.records import new_record, to_record
 from aotwatch.wire import Answer, Live, Running
@@ -163,7 +164,7 @@ def test_the_cause_of_a_straggler():
 
 
 def answer(prints, work, live, epoch="e1"):
-    jobs = {job: divergence.summary(ranks) for job, ranks in prints.items()}
+    jobs = {job: summary(ranks) for job, ranks in prints.items()}
     return Answer(epoch, dict.fromkeys(prints, 1), jobs, work=work, live=live)
 
 
@@ -179,7 +180,7 @@ def served(watch) -> dict:
 
 
 def test_the_head_serves_waits_redundant_seconds_and_a_straggler_cause():
-    from aotwatch.cluster.head import DivergenceWatch
+    from aotwatch.judging import DivergenceWatch
 
     config = Config()
     config = replace(config, collector=replace(config.collector, straggler_after_s=5))

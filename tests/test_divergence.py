@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
+import random
+
 from aotwatch import divergence
+from aotwatch.digest import ChangeLog, Digest, summary
 from aotwatch.records import new_record, to_record
 from aotwatch.wire import Answer, Live, Running
 
@@ -56,12 +60,12 @@ def test_a_different_cache_pattern():
 
 def answer(epoch: str, prints: dict, versions: dict | None = None) -> dict:
     """What a collector's ``fingerprints_since`` returns for a head that has nothing yet."""
-    jobs = {job: divergence.summary(ranks) for job, ranks in prints.items()}
+    jobs = {job: summary(ranks) for job, ranks in prints.items()}
     return Answer(epoch, versions or dict.fromkeys(prints, 1), jobs)
 
 
 def test_the_digest_merges_collectors_and_takes_only_what_changed():
-    digest = divergence.Digest()
+    digest = Digest()
     a = fingerprints(graph(0, graph_hash="aaaa"))
     b = fingerprints(graph(1, graph_hash="bbbb"))
     digest.update("node-a", answer("e1", a))
@@ -109,7 +113,7 @@ def test_finding_at_some_compile_ids_finds_what_the_full_search_finds_there():
 
 def test_a_summary_sends_each_distinct_fingerprint_once_as_an_independent_copy():
     prints = fingerprints(graph(0), graph(1, graph_hash="bbbb"), graph(2), graph(3))
-    classes = divergence.summary(prints["j"])
+    classes = summary(prints["j"])
     assert [names for names, _ in classes] == [("0", "2", "3"), ("1",)]
     assert classes[0][1] == prints["j"]["0"] and classes[1][1] == prints["j"]["1"]
     divergence.observe(
@@ -153,7 +157,7 @@ def test_a_collective_only_one_rank_issues():
 
 def test_the_digest_carries_collective_schedules_to_the_head():
     prints = fingerprints(collective_graph(0, "sum"), collective_graph(1, "max"))
-    digest = divergence.Digest()
+    digest = Digest()
     answer = Answer("e", {"j": 2}, deltas={"j": prints["j"]})
     digest.update("node", answer)
     assert kinds({"j": digest.ranks("j")}) == [("collective_schedule", "0/0")]
@@ -201,7 +205,7 @@ def test_ranks_of_different_compare_groups_are_never_compared():
 
 
 def test_the_compare_group_reaches_the_head_in_a_delta():
-    digest = divergence.Digest()
+    digest = Digest()
     digest.update("node", answer("e", fingerprints(staged(0, stage="0"))))
     collector_prints = fingerprints(staged(0, stage="0"))
     changes = divergence.observe(collector_prints, to_record(staged(1, graph_hash="b", stage="1")))
@@ -221,16 +225,14 @@ def test_a_compile_id_with_a_space_is_compared_whole():
     )
     (finding,) = divergence.find("j", prints["j"])
     assert (finding.kind, finding.compile_id) == ("graph_hash", compile_id)
-    digest = divergence.Digest()
+    digest = Digest()
     digest.update("node", Answer("e", {"j": 1}, deltas=prints))
     assert digest.changes() == {"j": {compile_id}}
 
 
-def test_ranks_that_change_alike_keep_one_fingerprint_and_one_that_changes_alone_leaves_it():
-    digest = divergence.Digest()
+def test_ranks_that_change_alike_share_each_entry_and_one_that_changes_alone_has_its_own():
+    digest = Digest()
     digest.update("node", answer("e", fingerprints(graph(0), graph(1), graph(2))))
-    ranks = digest.ranks("j")
-    assert ranks["0"] is ranks["1"] is ranks["2"]  # read whole: one object, compared once
 
     def change(version: int, *ranks: str, key=("1/0", "forward"), value="bbbb") -> None:
         delta = {rank: {"graphs": {key: [value]}} for rank in ranks}
@@ -240,24 +242,51 @@ def test_ranks_that_change_alike_keep_one_fingerprint_and_one_that_changes_alone
 
     change(2, "0", "1", "2")
     ranks = digest.ranks("j")
-    assert ranks["0"] is ranks["1"] is ranks["2"]
+    assert ranks["0"] == ranks["1"] == ranks["2"]
     assert ranks["0"]["graphs"][("1/0", "forward")] == ["bbbb"]
     change(3, "1", key=("2/0", "forward"))
-    change(4, "1", key=("3/0", "forward"))  # its own now: changed in place
+    change(4, "1", key=("3/0", "forward"))
     ranks = digest.ranks("j")
-    assert ranks["0"] is ranks["2"] and ranks["1"] is not ranks["0"]
+    assert ranks["0"] == ranks["2"] != ranks["1"]
     assert kinds({"j": ranks}) == [("compile_ids", "2/0"), ("compile_ids", "3/0")]
     assert set(ranks["0"]["graphs"]) == {("0/0", "forward"), ("1/0", "forward")}
+    assert digest.ranks("j", "2/0")["1"]["graphs"] == {("2/0", "forward"): ["bbbb"]}
     delta = {
         "0": {"graphs": {("4/0", "forward"): ["x"]}},
         "2": {"graphs": {("4/0", "forward"): ["y"]}},
     }
     digest.update("node", Answer("e", {"j": 5}, deltas={"j": delta}))
-    found = divergence.find("j", digest.ranks("j"), {"4/0"})  # 0 and 2 changed unlike
-    assert [(f.kind, dict(f.groups)) for f in found] == [
+    expected = [
         ("graph_hash", {"x": ("0",), "y": ("2",)}),
         ("compile_ids", {"compiled": ("0", "2"), "missing": ("1",)}),
     ]
+    found = divergence.find("j", digest.ranks("j"), {"4/0"})  # 0 and 2 changed unlike
+    assert [(f.kind, dict(f.groups)) for f in found] == expected
+    assert [(f.kind, dict(f.groups)) for f in digest.find("j", {"4/0"})] == expected
+    # A later hash of rank 0 replaces its value: its old group loses it.
+    delta = {"0": {"graphs": {("4/0", "forward"): ["x", "y"]}}}
+    digest.update("node", Answer("e", {"j": 6}, deltas={"j": delta}))
+    (found, _) = digest.find("j", {"4/0"})
+    assert dict(found.groups) == {"x,y": ("0",), "y": ("2",)}
+
+
+def test_an_entry_held_alike_is_one_value_whatever_the_ranks():
+    index = divergence.JobIndex.of(fingerprints(*(graph(rank) for rank in range(1000)))["j"])
+    (entry,) = index.at["0/0"].values()
+    assert list(entry.values) == [("aaaa",)] and entry.holders.bit_count() == 1000
+
+
+def test_a_summary_of_ranks_that_differ_sends_what_they_share_once():
+    prints = fingerprints(
+        *(graph(rank, compile_id=f"{i}/0") for rank in range(4) for i in range(3)),
+        *(graph(rank, compile_id=f"own/{rank}") for rank in range(4)),
+    )
+    classes = summary(prints["j"])
+    assert [names for names, _ in classes] == [("0", "1", "2", "3"), ("0",), ("1",), ("2",), ("3",)]
+    assert len(classes[0][1]["graphs"]) == 3 and len(classes[1][1]["graphs"]) == 1
+    digest = Digest()
+    digest.update("node", answer("e", prints))
+    assert digest.ranks("j") == prints["j"]
 
 
 class CountedParts(dict):
@@ -293,3 +322,52 @@ def test_groups_name_runs_of_ranks_as_ranges_and_are_read_back():
     assert names == ("-3-0", "2", "3", "5-7")
     assert divergence.expand(names) == ["-3", "-2", "-1", "0", "2", "3", "5", "6", "7"]
     assert divergence.size(names) == 9
+
+
+def random_record(rng: random.Random, node: int, ids: list[str]):
+    """A record of one of a node's ranks (node 0: even ranks, node 1: odd)."""
+    rank, compile_id = rng.randrange(4) * 2 + node, rng.choice(ids)
+    if rng.random() < 0.6:
+        record = graph(rank, compile_id, rng.choice(["a", "b", ""]))
+        record["graph"] = rng.choice(["forward", "backward"])
+        if rng.random() < 0.3:
+            op = rng.choice(["sum", "max"])
+            record.update(collectives=[f"all_reduce({op})"], collective_hash=f"h{op}")
+    else:
+        record = frame(rank, compile_id, {"fx_graph": {rng.choice(["hit", "miss"]): 1}})
+    if rng.random() < 0.05:
+        record["compare_group"] = rng.choice(["0", "1"])
+    return to_record(record)
+
+
+def head_round(digest: Digest, logs: list[ChangeLog], answering=(0, 1)) -> None:
+    """The collectors of ``answering`` answer the head, pickled as Ray sends them."""
+    for node in answering:
+        jobs, deltas = logs[node].since(*digest.known(str(node)))
+        versions = dict(logs[node].versions)
+        answer = Answer(logs[node].epoch, versions, jobs, deltas)
+        digest.update(str(node), pickle.loads(pickle.dumps(answer)))
+    digest.changes()
+
+
+def test_a_digest_kept_from_changes_judges_as_the_collectors_fingerprints_read_whole():
+    """Random rounds of two collectors (one sometimes silent, one sometimes restarted): the
+    head's index, kept up to date from deltas, finds what its fingerprints read whole find."""
+    rng = random.Random(7)
+    for _ in range(200):
+        ids = [f"{i}/0" for i in range(rng.randint(1, 4))]
+        logs, digest = [ChangeLog(), ChangeLog()], Digest()
+        for _ in range(rng.randint(1, 6)):
+            for node in (0, 1):
+                if rng.random() < 0.1:  # restarted: a new epoch, its fingerprints replayed
+                    restarted = ChangeLog()
+                    restarted.fingerprints = logs[node].fingerprints
+                    restarted.versions = dict(logs[node].versions)
+                    logs[node] = restarted
+                for _ in range(rng.randint(0, 8)):
+                    logs[node].observe(random_record(rng, node, ids))
+            head_round(digest, logs, [node for node in (0, 1) if rng.random() > 0.15])
+        head_round(digest, logs)
+        ranks = {**logs[0].fingerprints.get("j", {}), **logs[1].fingerprints.get("j", {})}
+        assert digest.find("j") == divergence.find_in_groups("j", ranks)
+        assert digest.ranks("j") == ranks

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pickle
 
-from aotwatch.cluster.head import DivergenceWatch
 from aotwatch.config import Config
+from aotwatch.judging import DivergenceWatch
 from aotwatch.records import new_record
 
 JOB = "spmd"
@@ -69,3 +69,29 @@ def test_a_restarted_head_finds_what_the_running_head_found(node_collector, tmp_
     # Each graph's distinct hashes so far: rank 1 has both.
     both = "0/0forward,0/0lateforward"
     assert found[("graph_hash", "0/0")] == {"0/0forward": ["0", "2-7"], both: ["1"]}
+
+
+def test_a_restarted_head_finds_what_the_running_head_found_when_every_rank_differs(
+    node_collector, tmp_path
+):
+    """Every rank compiled an id of its own and a graph of its own: no two fingerprints are
+    equal, so collectors send what their ranks share once and each rank's rest apart."""
+    collectors = {f"node-{n}": node_collector(tmp_path / f"archive-{n}") for n in range(2)}
+    running = DivergenceWatch(Config())
+    for rank in range(8):
+        push(collectors, rank, [r for i in range(3) for r in compile_id(rank, f"{i}/0")])
+    head_round(running, collectors)
+    for rank in range(8):
+        push(collectors, rank, compile_id(rank, f"own/{rank}"))
+        push(collectors, rank, compile_id(rank, "3/0", graph_hash=str(rank % 3)))
+    head_round(running, collectors)
+    found = head_round(running, collectors, final=True)
+    assert len(found) == 9 and found[("graph_hash", "3/0")] == {
+        "3/00forward": ["0", "3", "6"],
+        "3/01forward": ["1", "4", "7"],
+        "3/02forward": ["2", "5"],
+    }
+    assert found[("compile_ids", "own/5")] == {"compiled": ["5"], "missing": ["0-4", "6", "7"]}
+
+    restarted = DivergenceWatch(Config())
+    assert head_round(restarted, collectors, final=True) == found

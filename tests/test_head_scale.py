@@ -31,3 +31,7 @@ def test_head_scale_runs_at_a_tiny_size():
     assert "restarted head's findings equal the running head's: True" in result.stdout
     findings = [int(row.split("|")[-2]) for row in rows]
     assert findings[-3:] == [16, 17, 17]  # a compile id of its own per rank, then one hash
+    names = [row.split("|")[3].strip() for row in rows]
+    assert names[4] == "a compile id of its own per rank"  # every rank's compile ids differ
+    assert names[7] == "a graph hash of its own per rank"  # every rank's graph hashes differ
+    assert names[8] == "restarted head (first, all)"  # a restart when every rank differs

@@ -123,7 +123,7 @@ def test_status_escapes_what_collectors_and_the_head_report(capsys):
 
 
 def test_the_head_logs_a_divergence_escaped(caplog):
-    from aotwatch.cluster.head import DivergenceWatch
+    from aotwatch.judging import DivergenceWatch
 
     watch = DivergenceWatch(Config())
     with caplog.at_level(logging.WARNING, logger="aotwatch.cluster.head"):

@@ -3,18 +3,20 @@
 Ranks that compile different graphs under the same compile id, compile
 different sets of frames, or hit the cache differently are the usual cause
 of collective hangs. Collectors keep a small fingerprint of every record;
-the head merges them per job and compares the ranks.
+the head merges them per job (``digest``) into a ``JobIndex`` and compares the ranks.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from aotwatch.lru import trim_oldest
 from aotwatch.records import GRAPH_KINDS, Record
-from aotwatch.wire import Answer, Live, Running
+from aotwatch.wire import Live, Running
 
 KINDS = ("graph_hash", "collective_schedule", "compile_ids", "cache_pattern", "compile_straggler")
 """What a finding says differs between ranks."""
@@ -88,157 +90,6 @@ def observe(fingerprints: Fingerprints, record: Record) -> list[Change]:
 def compile_id_of(key: GraphKey | str) -> str:
     """The compile id of a fingerprint entry's key (a graph key, or a compile id itself)."""
     return key[0] if type(key) is tuple else key
-
-
-Classes = list[tuple[tuple[str, ...], dict[str, dict[Any, Any]]]]
-"""A job's fingerprints in short: each distinct fingerprint once, with the ranks that have it
-(the ranks of an SPMD job compile the same things)."""
-
-
-def copy_parts(parts: dict[str, dict[Any, Any]]) -> dict[str, dict[Any, Any]]:
-    """A copy of one rank's fingerprint that later records cannot change (about ten times
-    faster than ``copy.deepcopy``: the shape is known, lists of hashes or a pattern)."""
-    return {
-        part: {
-            key: list(value) if type(value) is list else value
-            for key, value in parts.get(part, {}).items()
-        }
-        for part in PARTS
-    }
-
-
-def summary(ranks: dict[str, dict[str, Any]]) -> Classes:
-    """One job's fingerprints as ``Classes``: equal fingerprints copied and sent once."""
-    classes: list[tuple[list[str], dict[str, Any]]] = []
-    for rank, parts in ranks.items():
-        same = next((names for names, seen in classes if seen == parts), None)
-        if same is None:
-            classes.append(([rank], parts))
-        else:
-            same.append(rank)
-    return [(tuple(names), copy_parts(parts)) for names, parts in classes]
-
-
-class Digest:
-    """The head's copy of every collector's fingerprints, kept up to date from what changed.
-
-    A collector numbers each job's changes and answers, per round, every job's number and,
-    for the jobs whose number moved since the head last saw it, the entries that changed
-    since then (``NodeCollector.fingerprints_since``; a whole job, in ``summary`` form, when
-    the head has nothing of it yet). So a round costs what is new, not ranks x history. A
-    collector that restarted (a new ``epoch``) is read afresh. ``changes`` tells the head
-    which compile ids of which jobs to compare again.
-
-    Ranks read whole share one fingerprint object per distinct fingerprint, across
-    collectors (what makes a restarted head's first round cost seconds at 10,240 ranks: it
-    compares each distinct fingerprint once). A change to such a rank goes to a copy,
-    shared by the ranks that had the same fingerprint and changed alike in the round (an
-    SPMD job's ranks stay on one); a copy taken by one rank alone is its own from then on.
-    """
-
-    def __init__(self) -> None:
-        self._nodes: dict[str, dict[str, Any]] = {}  # node -> epoch, versions, jobs, shared
-        self._changed: dict[str, set[str] | None] = {}  # job -> compile ids; None: all
-        self._last: dict[str, dict[str, Any]] = {}  # job -> the fingerprint last read whole
-        self._copies: dict[tuple[int, str], tuple[dict, dict, list]] = {}  # this round:
-        # (shared fingerprint, delta) -> (that fingerprint, its changed copy, who took it)
-
-    def known(self, node: str) -> tuple[str | None, dict[str, int]]:
-        """(epoch, job versions) the head holds for ``node``: what it asks the collector for."""
-        entry = self._nodes.get(node)
-        return (entry["epoch"], entry["versions"]) if entry else (None, {})
-
-    def update(self, node: str, answer: Answer) -> None:
-        """Take a collector's answer."""
-        entry = self._nodes.get(node)
-        if entry is None or entry["epoch"] != answer.epoch:
-            for job in entry["jobs"] if entry else ():
-                self._changed[job] = None
-            entry = self._nodes[node] = {
-                "epoch": answer.epoch,
-                "versions": {},
-                "jobs": {},
-                "shared": {},  # job -> its ranks whose fingerprint object is shared
-            }
-        for job in set(entry["jobs"]) - set(answer.versions):  # forgotten by the collector
-            del entry["jobs"][job]
-            entry["shared"].pop(job, None)
-            self._changed[job] = None
-        for job, classes in answer.jobs.items():
-            entry["jobs"][job] = self._whole(job, classes)
-            entry["shared"][job] = set(entry["jobs"][job])
-            self._changed[job] = None
-        for job, delta in answer.deltas.items():
-            ranks = entry["jobs"].setdefault(job, {})
-            self._apply(ranks, entry["shared"].setdefault(job, set()), job, delta)
-        entry["versions"] = answer.versions
-
-    def _whole(self, job: str, classes: Classes) -> dict[str, dict[str, Any]]:
-        """A job read whole: equal fingerprints (from any collector) become one object."""
-        ranks = {}
-        for names, parts in classes:
-            if parts == self._last.get(job):
-                parts = self._last[job]
-            self._last[job] = parts
-            ranks.update(dict.fromkeys(names, parts))
-        return ranks
-
-    def _apply(
-        self, ranks: dict[str, dict[str, Any]], shared: set[str], job: str, delta: dict
-    ) -> None:
-        changed = self._changed.setdefault(job, set())
-        for rank, parts in delta.items():
-            if parts.get("compare_group"):  # a rank joined a group: its job is judged anew
-                changed = self._changed[job] = None
-            if changed is not None:
-                for kind in PARTS:
-                    if entries := parts.get(kind):
-                        changed.update(map(compile_id_of, entries))
-            mine = ranks.get(rank)
-            if mine is None:
-                mine = ranks[rank] = empty_parts()
-            elif rank in shared:  # a copy, shared by the ranks that had it and change alike
-                key = (id(mine), repr(parts))  # equal entries in the same order
-                if key in self._copies:
-                    ranks[rank] = self._copies[key][1]
-                    self._copies[key][2].append((shared, rank))
-                    continue
-                copy = ranks[rank] = {kind: dict(mine.get(kind, {})) for kind in PARTS}
-                self._copies[key] = (mine, copy, [(shared, rank)])  # keeps ``mine``'s id
-                mine = copy
-            for kind in PARTS:
-                mine.setdefault(kind, {}).update(parts.get(kind, {}))
-                trim_oldest(mine[kind], MAX_COMPILE_IDS)
-
-    def forget(self, node: str) -> None:
-        """A node is gone."""
-        for job in self._nodes.pop(node, {"jobs": {}})["jobs"]:
-            self._changed[job] = None
-
-    def changes(self) -> dict[str, set[str] | None]:
-        """The jobs changed since the last call: the compile ids to compare again (None: all)."""
-        for _, _, takers in self._copies.values():
-            if len(takers) == 1:  # its own copy: changed in place from now on
-                shared, rank = takers[0]
-                shared.discard(rank)
-        self._copies.clear()
-        changed, self._changed = self._changed, {}
-        jobs = self.jobs()
-        self._last = {job: parts for job, parts in self._last.items() if job in jobs}
-        return changed
-
-    def nodes(self) -> set[str]:
-        return set(self._nodes)
-
-    def jobs(self) -> set[str]:
-        return {job for entry in self._nodes.values() for job in entry["jobs"]}
-
-    def ranks(self, job: str) -> dict[str, dict[str, Any]]:
-        """One job's ranks across every node."""
-        merged: dict[str, dict[str, Any]] = {}
-        for entry in self._nodes.values():
-            merged.update(entry["jobs"].get(job, {}))
-        return merged
 
 
 @dataclass(frozen=True)
@@ -317,55 +168,6 @@ def size(names: tuple[str, ...] | list[str]) -> int:
     return sum(last - first + 1 for first, last in map(_bounds, names))
 
 
-class _Job:
-    """One job's ranks for ``find``: ranks sharing one fingerprint object are compared once
-    (a class), and each compile id is judged on the classes that hold it."""
-
-    def __init__(self, ranks: dict[str, dict[str, Any]]) -> None:
-        by_object: dict[int, tuple[dict[str, Any], list[int]]] = {}
-        for rank, parts in ranks.items():
-            by_object.setdefault(id(parts), (parts, []))[1].append(int(rank))
-        self.classes = list(by_object.values())
-        self.order = sorted(int(rank) for rank in ranks)  # every rank, for who is missing
-        self.position = {rank: index for index, rank in enumerate(self.order)}
-        self.run_end = list(range(len(self.order)))  # index -> last index of its run
-        for index in range(len(self.order) - 2, -1, -1):
-            if self.order[index + 1] == self.order[index] + 1:
-                self.run_end[index] = self.run_end[index + 1]
-
-    def holders(self, compile_ids: set[str] | None) -> dict[str, list[int]]:
-        """compile id -> the classes that hold it (a graph or a cache pattern), for
-        ``compile_ids`` (None: every compile id)."""
-        keys = None if compile_ids is None else {(c, g) for c in compile_ids for g in GRAPH_KINDS}
-        held: dict[str, list[int]] = {}
-        for index, (parts, _) in enumerate(self.classes):
-            graphs, cache = parts["graphs"].keys(), parts["cache"].keys()
-            found = {key[0] for key in (graphs if keys is None else graphs & keys)}
-            found.update(cache if compile_ids is None else cache & compile_ids)
-            for compile_id in found:
-                held.setdefault(compile_id, []).append(index)
-        return held
-
-    def groups(self, values: dict[int, str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        """Class -> value, as (value, ranks) pairs sorted by value."""
-        by_value: dict[str, list[int]] = {}
-        for index, value in values.items():
-            by_value.setdefault(value, []).extend(self.classes[index][1])
-        return tuple(sorted((value, ranges(sorted(r))) for value, r in by_value.items()))
-
-    def missing(self, present: list[int]) -> tuple[str, ...]:
-        """The ranks not in ``present`` (sorted), named by run: costs ``present``, not the job."""
-        names: list[str] = []
-        start = 0
-        for stop in [self.position[rank] for rank in present] + [len(self.order)]:
-            while start < stop:  # the runs of the gap before ``stop``
-                end = min(self.run_end[start], stop - 1)
-                names += _run(self.order[start], self.order[end])
-                start = end + 1
-            start = stop + 1
-        return tuple(names)
-
-
 def compare_groups(ranks: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """One job's ranks split by compare group (see ``Record.compare_group``; "": ranks that
     name none): ranks meant to compile different things (pipeline stages) are never compared."""
@@ -378,71 +180,306 @@ def compare_groups(ranks: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict
 def find_in_groups(
     job_name: str, ranks: dict[str, dict[str, Any]], compile_ids: set[str] | None = None
 ) -> list[Finding]:
-    """``find`` within each compare group of the job: what the head and the reports call."""
-    return [
-        replace(finding, compare_group=group)
-        for group, members in sorted(compare_groups(ranks).items())
-        for finding in find(job_name, members, compile_ids)
-    ]
+    """``find`` within each compare group of the job: what the reports call (the head keeps a
+    ``JobIndex`` per job instead of rebuilding one)."""
+    return JobIndex.of(ranks).find(job_name, compile_ids)
 
 
 def find(
     job_name: str, ranks: dict[str, dict[str, Any]], compile_ids: set[str] | None = None
 ) -> list[Finding]:
-    """Every divergence between the ranks of one job, at ``compile_ids`` (None: all).
-
-    Costs the classes holding each compile id (ranks sharing a fingerprint object count
-    once), not ranks x compile ids: 10,240 ranks that each compiled an id of their own are
-    judged in one pass."""
-    if len(ranks) < 2:
-        return []
-    job = _Job(ranks)
-    held = job.holders(compile_ids)
-    findings = []
-    for compile_id in sorted(held):
-        findings += _find_at(job_name, job, compile_id, held[compile_id])
-    return findings
+    """Every divergence between the ranks of one job, at ``compile_ids`` (None: all), compare
+    groups ignored."""
+    return JobIndex.of(ranks).find(job_name, compile_ids, in_groups=False)
 
 
-def _find_at(job_name: str, job: _Job, compile_id: str, holders: list[int]) -> list[Finding]:
-    findings = _values_at(job_name, job, compile_id, holders) if len(holders) > 1 else []
-    present = sorted(rank for i in holders for rank in job.classes[i][1])
-    if len(present) < len(job.order):
-        groups = (("compiled", ranges(present)), ("missing", job.missing(present)))
-        findings.append(Finding(job_name, "compile_ids", compile_id, groups))
-    return findings
+Mask = int
+"""A set of a job's ranks: bit ``i`` stands for the ``i``-th rank its ``JobIndex`` met."""
+
+_ONE = re.compile("1")
 
 
-def _values_at(job_name: str, job: _Job, compile_id: str, holders: list[int]) -> list[Finding]:
-    """Graphs, schedules and cache patterns that differ at ``compile_id`` between classes
-    (one class alone has one of each)."""
-    findings = []
-    for graph in GRAPH_KINDS:
-        key = (compile_id, graph)
-        hashes = {
-            i: ",".join(job.classes[i][0]["graphs"][key])
-            for i in holders
-            if key in job.classes[i][0]["graphs"]
-        }
-        schedules = {
-            i: f"{graph}: "
-            + (" | ".join(job.classes[i][0].get("collectives", {}).get(key, ())) or "none")
-            for i in hashes
-        }
-        if len(set(schedules.values())) > 1:  # may hang, or silently corrupt the values
-            findings.append(
-                Finding(job_name, "collective_schedule", compile_id, job.groups(schedules))
-            )
-        elif len(set(hashes.values())) > 1:
-            findings.append(Finding(job_name, "graph_hash", compile_id, job.groups(hashes)))
-    patterns = {
-        i: job.classes[i][0]["cache"][compile_id] or "none"
-        for i in holders
-        if compile_id in job.classes[i][0]["cache"]
-    }
-    if len(set(patterns.values())) > 1:
-        findings.append(Finding(job_name, "cache_pattern", compile_id, job.groups(patterns)))
-    return findings
+def _bits(mask: Mask) -> list[int]:
+    """The bits set in ``mask`` (one alone without a scan)."""
+    if not mask & (mask - 1):
+        return [mask.bit_length() - 1] if mask else []
+    text = bin(mask)
+    top = len(text) - 1
+    return [top - found.start() for found in _ONE.finditer(text, 2)]
+
+
+class _Entry:
+    """One fingerprint entry of a job (a part and its key): each distinct value, with the
+    ranks that hold it, and all of those ranks."""
+
+    __slots__ = ("holders", "values")
+
+    def __init__(self) -> None:
+        self.holders: Mask = 0
+        self.values: dict[Any, Mask] = {}
+
+    def drop(self, ranks: Mask) -> None:
+        """Forget ``ranks``' values (a scan of the values only when one of them has one)."""
+        if not self.holders & ranks:
+            return
+        self.holders &= ~ranks
+        for value in [v for v, held in self.values.items() if held & ranks]:
+            left = self.values[value] & ~ranks
+            if left:
+                self.values[value] = left
+            else:
+                del self.values[value]
+
+    def add(self, value: Any, ranks: Mask) -> None:
+        self.holders |= ranks
+        self.values[value] = self.values.get(value, 0) | ranks
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if type(value) is list else value
+
+
+class JobIndex:
+    """One job's fingerprints by entry: for each compile id, each entry's distinct values and
+    the ranks holding each (a ``Mask``), so ranks are shared per entry rather than per whole
+    fingerprint. Judging a compile id costs its entries' distinct values, not ranks; a change
+    costs the entries it touches (see ``digest.Digest``)."""
+
+    def __init__(self) -> None:
+        self.bit: dict[str, int] = {}  # rank -> its bit
+        self.names: list[str] = []  # bit -> rank
+        self.numbers: list[int] = []  # bit -> rank, as a number (ranks sort as numbers)
+        self.members: Mask = 0
+        self.at: dict[str, dict[tuple[str, Any], _Entry]] = {}  # compile id -> entries
+        self.group_of: dict[str, str] = {}  # rank -> the compare group it names
+
+    @classmethod
+    def of(cls, ranks: dict[str, dict[str, Any]]) -> JobIndex:
+        """The index of plain fingerprints (ranks sharing one object are read once)."""
+        index = cls()
+        by_object: dict[int, tuple[dict[str, Any], list[str]]] = {}
+        for rank, parts in ranks.items():
+            by_object.setdefault(id(parts), (parts, []))[1].append(rank)
+        for parts, names in by_object.values():
+            index.add(names, parts)
+        return index
+
+    def mask(self, ranks: Iterable[str]) -> Mask:
+        """The mask of ``ranks``, bits given to those new to the index."""
+        mask = 0
+        for rank in ranks:
+            bit = self.bit.get(rank)
+            if bit is None:
+                bit = self.bit[rank] = len(self.names)
+                self.names.append(rank)
+                self.numbers.append(int(rank))
+            mask |= 1 << bit
+        return mask
+
+    def add(self, ranks: list[str] | tuple[str, ...], parts: dict[str, dict[Any, Any]]) -> None:
+        """``ranks`` hold ``parts`` (entries they held none of before: a class read whole)."""
+        mask = self.mask(ranks)
+        self.members |= mask
+        for part in PARTS:
+            for key, value in parts.get(part, {}).items():
+                if part == "compare_group":
+                    self.group_of.update(dict.fromkeys(ranks, value))
+                    continue
+                entries = self.at.get(compile_id_of(key)) or self.at.setdefault(
+                    compile_id_of(key), {}
+                )
+                entry = entries.get((part, key)) or entries.setdefault((part, key), _Entry())
+                entry.add(_hashable(value), mask)
+
+    def change(self, delta: dict[str, dict[str, dict[Any, Any]]]) -> None:
+        """Each rank's entries in ``delta`` (rank -> part -> key -> value) replace its own."""
+        by_entry: dict[tuple[str, Any], dict[Any, Mask]] = {}
+        for rank, parts in delta.items():
+            bit = 1 << self.bit[rank] if rank in self.bit else self.mask((rank,))
+            self.members |= bit
+            for part, entries in parts.items():
+                for key, value in entries.items():
+                    if part == "compare_group":
+                        self.group_of[rank] = value
+                        continue
+                    values = by_entry.setdefault((part, key), {})
+                    value = _hashable(value)
+                    values[value] = values.get(value, 0) | bit
+        for (part, key), values in by_entry.items():
+            compile_id = compile_id_of(key)
+            entries = self.at.get(compile_id) or self.at.setdefault(compile_id, {})
+            entry = entries.get((part, key)) or entries.setdefault((part, key), _Entry())
+            changed = 0
+            for ranks in values.values():
+                changed |= ranks
+            entry.drop(changed)
+            for value, ranks in values.items():
+                entry.add(value, ranks)
+
+    def drop(self, ranks: set[str]) -> None:
+        """Forget ``ranks`` (their collector restarted, forgot the job or left)."""
+        mask = self.mask(ranks)
+        self.members &= ~mask
+        for rank in ranks:
+            self.group_of.pop(rank, None)
+        for compile_id in list(self.at):
+            entries = self.at[compile_id]
+            for key in list(entries):
+                entries[key].drop(mask)
+                if not entries[key].holders:
+                    del entries[key]
+            if not entries:
+                del self.at[compile_id]
+
+    def trim(self, capacity: int) -> None:
+        """Forget the compile ids first seen longest ago beyond ``capacity``."""
+        trim_oldest(self.at, capacity)
+
+    def fingerprints(self, compile_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """Every rank's fingerprint (only its entries at ``compile_id``, if given)."""
+        ranks = {self.names[bit]: empty_parts() for bit in _bits(self.members)}
+        for rank, group in self.group_of.items():
+            ranks[rank]["compare_group"][""] = group
+        at = self.at if compile_id is None else {compile_id: self.at.get(compile_id, {})}
+        for entries in at.values():
+            for (part, key), entry in entries.items():
+                for value, held in entry.values.items():
+                    value = list(value) if type(value) is tuple else value
+                    for bit in _bits(held):
+                        ranks[self.names[bit]][part][key] = value
+        return ranks
+
+    def groups(self) -> dict[str, Mask]:
+        """Compare group -> its ranks (see ``compare_groups``)."""
+        named: dict[str, Mask] = {}
+        for rank, group in self.group_of.items():
+            named[group] = named.get(group, 0) | 1 << self.bit[rank]
+        rest = self.members
+        for mask in named.values():
+            rest &= ~mask
+        if rest:
+            named[""] = named.get("", 0) | rest
+        return {group: mask & self.members for group, mask in named.items() if mask}
+
+    def find(
+        self, job_name: str, compile_ids: set[str] | None = None, in_groups: bool = True
+    ) -> list[Finding]:
+        """Every divergence at ``compile_ids`` (None: all) within each compare group (or in
+        the whole job): a compile id costs its entries' distinct values, and the ranks
+        missing one are named from the fewer of those who have it and those who lack it."""
+        groups = self.groups() if in_groups else {"": self.members}
+        ids = sorted(self.at if compile_ids is None else compile_ids & self.at.keys())
+        findings = []
+        for group, members in sorted(groups.items()):
+            if not members & (members - 1):  # one rank alone never diverges
+                continue
+            among = _Among(self, members)
+            for compile_id in ids:
+                for finding in among.find(job_name, compile_id, self.at[compile_id]):
+                    findings.append(replace(finding, compare_group=group) if group else finding)
+        return findings
+
+
+class _Among:
+    """The ranks of one compare group, judged one compile id at a time."""
+
+    def __init__(self, index: JobIndex, members: Mask) -> None:
+        self.index = index
+        self.members = members
+        self.count = members.bit_count()
+        self._order: list[int] | None = None  # every rank, sorted, once a run is named
+
+    def find(self, job_name: str, compile_id: str, entries: dict) -> list[Finding]:
+        holders = 0
+        for (part, _), entry in entries.items():
+            if part != "collectives":
+                holders |= entry.holders
+        holders &= self.members
+        if not holders:
+            return []
+        findings = self._values_at(job_name, compile_id, entries) if holders & (holders - 1) else []
+        if holders != self.members:
+            missing = self.members & ~holders
+            groups = (("compiled", self.names(holders)), ("missing", self.names(missing)))
+            findings.append(Finding(job_name, "compile_ids", compile_id, groups))
+        return findings
+
+    def _values_at(self, job_name: str, compile_id: str, entries: dict) -> list[Finding]:
+        """Graphs, schedules and cache patterns that differ at ``compile_id``."""
+        findings = []
+        for graph in GRAPH_KINDS:
+            key = (compile_id, graph)
+            hashes = self._values(entries.get(("graphs", key)), ",".join)
+            if not hashes:
+                continue
+            holders = 0
+            for ranks in hashes.values():
+                holders |= ranks
+            schedules: dict[str, Mask] = {}
+            for value, ranks in self._values(entries.get(("collectives", key)), tuple).items():
+                if ranks := ranks & holders:
+                    text = f"{graph}: " + (" | ".join(value) or "none")
+                    schedules[text] = schedules.get(text, 0) | ranks
+                    holders &= ~ranks
+            if holders:
+                schedules[f"{graph}: none"] = schedules.get(f"{graph}: none", 0) | holders
+            if len(schedules) > 1:  # may hang, or silently corrupt the values
+                groups = self.groups(schedules)
+                findings.append(Finding(job_name, "collective_schedule", compile_id, groups))
+            elif len(hashes) > 1:
+                findings.append(Finding(job_name, "graph_hash", compile_id, self.groups(hashes)))
+        patterns = self._values(entries.get(("cache", compile_id)), lambda p: p or "none")
+        if len(patterns) > 1:
+            findings.append(Finding(job_name, "cache_pattern", compile_id, self.groups(patterns)))
+        return findings
+
+    def _values(self, entry: _Entry | None, text: Callable[[Any], Any]) -> dict[Any, Mask]:
+        """An entry's values as ``text`` shows them -> the group's ranks that hold each."""
+        shown: dict[Any, Mask] = {}
+        if entry is None or not entry.holders & self.members:
+            return shown
+        for value, ranks in entry.values.items():
+            if ranks := ranks & self.members:
+                value = text(value)
+                shown[value] = shown.get(value, 0) | ranks
+        return shown
+
+    def groups(self, values: dict[str, Mask]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Value -> ranks, as (value, rank names) pairs sorted by value."""
+        return tuple(sorted((value, self.names(ranks)) for value, ranks in values.items()))
+
+    def ranks(self, mask: Mask) -> list[int]:
+        numbers = self.index.numbers
+        return sorted([numbers[bit] for bit in _bits(mask)])
+
+    def names(self, mask: Mask) -> tuple[str, ...]:
+        """``ranges`` of the ranks in ``mask``: listed from the fewer of them and the rest of
+        the group (a rank missing from 10,239 costs one, not 10,239)."""
+        count = mask.bit_count()
+        if count * 4 <= self.count:
+            return ranges(self.ranks(mask))
+        return self._others(self.ranks(self.members & ~mask))
+
+    def _others(self, absent: list[int]) -> tuple[str, ...]:
+        """The group's ranks not in ``absent`` (sorted), named by run: costs ``absent`` and
+        the runs, not the group."""
+        if self._order is None:
+            self._order = self.ranks(self.members)
+            self._position = {rank: index for index, rank in enumerate(self._order)}
+            self._run_end = list(range(len(self._order)))  # index -> last index of its run
+            for index in range(len(self._order) - 2, -1, -1):
+                if self._order[index + 1] == self._order[index] + 1:
+                    self._run_end[index] = self._run_end[index + 1]
+        order = self._order
+        names: list[str] = []
+        start = 0
+        for stop in [self._position[rank] for rank in absent] + [len(order)]:
+            while start < stop:  # the runs of the gap before ``stop``
+                end = min(self._run_end[start], stop - 1)
+                names += _run(order[start], order[end])
+                start = end + 1
+            start = stop + 1
+        return tuple(names)
 
 
 Straggler = tuple[str, str, str, float, int]

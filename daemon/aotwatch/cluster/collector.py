@@ -9,19 +9,16 @@ ready, so a collector killed mid-job loses nothing and counts nothing twice.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import socket
 import threading
 import time
-import uuid
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aotwatch import cost, divergence
+from aotwatch import cost
 from aotwatch.aggregate import Aggregate, Snapshot
 from aotwatch.archive import (
     ARCHIVE_FILE,
@@ -35,10 +32,11 @@ from aotwatch.cluster.paths import collector_directory, spool_directory
 from aotwatch.cluster.spool import read_spool, remove_abandoned, spooled
 from aotwatch.cluster.worker_counts import CountsLedger
 from aotwatch.config import Config
+from aotwatch.digest import ChangeLog
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import serve_metrics
 from aotwatch.liveness import Attached, Liveness
-from aotwatch.lru import LruCache, trim_oldest
+from aotwatch.lru import LruCache
 from aotwatch.metrics import RECORDS_REJECTED, WORKERS_REFUSED
 from aotwatch.records import Record, RecordError
 from aotwatch.sink import RecordSink
@@ -61,9 +59,6 @@ SPOOL_BATCH = 500
 """Spooled records taken in per archive write."""
 PRUNE_S = 10.0
 """How often finished jobs' archives are checked against the retention limits."""
-MAX_CHANGES = 200_000
-"""Fingerprint entries whose last change a collector remembers per job (each entry once), to
-send the head only what changed; a head further behind gets the whole job."""
 REFUSED_WORKERS = 10_000
 """Ids of refused workers remembered, so each is logged and counted once."""
 HOUSEKEEPING_S = 2.0
@@ -111,13 +106,8 @@ class NodeCollector:
         self._refused_workers = LruCache(REFUSED_WORKERS)  # ids of workers refused, told once
         self.jobs = JobLife(config.collector.worker_timeout_s, config.collector.job_retention_s)
         directory = collector_directory(config, node_id)
-        self._fingerprints: divergence.Fingerprints = {}
+        self._changes = ChangeLog()  # the fingerprints, and what changed for the head
         self._work: cost.Work = {}  # job -> the compile seconds of graphs compiled here
-        self._epoch = uuid.uuid4().hex  # this instance: a head re-reads a restarted collector
-        self._versions: dict[str, int] = {}  # job -> how often its fingerprints changed
-        self._changes: dict[str, OrderedDict[divergence.Change, int]] = {}  # job -> entry ->
-        # the version that last changed it, oldest first
-        self._changes_since: dict[str, int] = {}  # job -> oldest version its log still covers
         self._restore(directory)
         self.spool = spool_directory(config, node_id)
         self.drain_spool()
@@ -201,18 +191,9 @@ class NodeCollector:
             return len(accepted)
 
     def _observe(self, record: Record) -> None:
-        changes = divergence.observe(self._fingerprints, record)
-        cost.fold(self._work, record, self._fingerprints, self.config.collector.max_cost_graphs)
-        if not changes:
-            return
-        job = record.job_name
-        version = self._versions[job] = self._versions.get(job, 0) + 1
-        log = self._changes.setdefault(job, OrderedDict())
-        for change in changes:
-            log[change] = version
-            log.move_to_end(change)
-        # the oldest entries go; a head that far behind reads the whole job
-        trim_oldest(log, MAX_CHANGES, lambda _, oldest: self._changes_since.update({job: oldest}))
+        self._changes.observe(record)
+        fingerprints = self._changes.fingerprints
+        cost.fold(self._work, record, fingerprints, self.config.collector.max_cost_graphs)
 
     def goodbye(self, worker: Any) -> None:
         """A worker is exiting: its gauges go now rather than at its timeout."""
@@ -316,11 +297,8 @@ class NodeCollector:
             with self._accept_lock:
                 for job_name in forgotten:
                     self.sink.forget_job(job_name)
-                    self._fingerprints.pop(job_name, None)
+                    self._changes.forget(job_name)
                     self._work.pop(job_name, None)
-                    self._versions.pop(job_name, None)
-                    self._changes.pop(job_name, None)
-                    self._changes_since.pop(job_name, None)
             log.info("aotwatch: forgot finished jobs %s", ", ".join(forgotten))
         if time.monotonic() - self._pruned_at >= PRUNE_S:
             self._pruned_at = time.monotonic()
@@ -370,26 +348,18 @@ class NodeCollector:
         self.counts.close()
 
     def fingerprints_since(self, epoch: str | None, versions: dict[str, int]) -> Answer:
-        """What the head lacks (see ``divergence.Digest``): this instance's epoch, every job's
-        version, whole fingerprints of the jobs the head has none of (or is too far behind
-        on: ``divergence.summary``, each distinct fingerprint once), and for the others the
-        entries changed since the head's version (copies: Ray serialises them after this
-        returns, while pushes may add more); ``work``: the ``cost.Work`` of those jobs."""
+        """What the head lacks (see ``digest.Digest``): this instance's epoch, every job's
+        version, the jobs it lacks whole and the entries changed since its versions of the
+        others (``digest.ChangeLog.since``); ``work``: the ``cost.Work`` of those jobs;
+        ``live``: the ranks attached and compiling now."""
         with self._accept_lock:
-            jobs, deltas = {}, {}
-            for job, version in self._versions.items():
-                known = versions.get(job) if epoch == self._epoch else None
-                if known == version:
-                    continue
-                if known is None or known < self._changes_since.get(job, 0):
-                    jobs[job] = divergence.summary(self._fingerprints[job])
-                else:
-                    deltas[job] = self._delta(job, known)
+            jobs, deltas = self._changes.since(epoch, versions)
             work = {
                 job: {key: list(entry) for key, entry in self._work.get(job, {}).items()}
                 for job in [*jobs, *deltas]
             }
-            return Answer(self._epoch, dict(self._versions), jobs, deltas, work, self._live())
+            changes = self._changes
+            return Answer(changes.epoch, dict(changes.versions), jobs, deltas, work, self._live())
 
     def _live(self) -> Live:
         """The ranks attached now per job, and those compiling (for how long, what)."""
@@ -402,18 +372,6 @@ class NodeCollector:
                     running = Running(state.compile_id, time.monotonic() - state.began)
                     live.compiling.setdefault(job, {})[rank] = running
         return live
-
-    def _delta(self, job: str, since: int) -> dict[str, dict[str, dict[str, Any]]]:
-        """The entries of ``job`` changed after version ``since``, per rank and kind."""
-        ranks, delta = self._fingerprints[job], {}
-        for (rank, kind, key), version in reversed(self._changes[job].items()):
-            if version <= since:
-                break
-            value = ranks.get(rank, {}).get(kind, {}).get(key)
-            if value is not None:  # None: forgotten since (the oldest compile ids go)
-                parts = delta.setdefault(rank, divergence.empty_parts())
-                parts[kind][key] = copy.copy(value)
-        return delta
 
 
 def scrape_host(bind_address: str) -> str:
