@@ -1,5 +1,5 @@
 """What an archive append costs: ``ArchiveWriter.write`` of one line and of a batch of 100,
-as a collector appends a push (whole lines or nothing: see ``aotwatch.archive``).
+as a collector appends a push (whole lines or nothing: see ``aotwatch.core.archive``).
 
     python benchmarks/archive_write.py [--directory DIR] [--writes 20000]
 
@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 
-from aotwatch.archive import ArchiveWriter
+from aotwatch.core.archive import ArchiveWriter
 
 LINE = b'{"x": "' + b"y" * 1000 + b'"}\n'
 

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from aotwatch.bootstrap import environment, site_directory
+from aotwatch.attachment.bootstrap import environment, site_directory
 
 
 def _run(code: str, env: dict[str, str]) -> tuple[float, float]:

@@ -91,7 +91,7 @@ def import_compile_modules() -> None:
 def attach_aotwatch() -> Any:
     """Attach aotwatch with the /metrics endpoint off; returns the attachment."""
     import aotwatch
-    from aotwatch.config import Config, ExportConfig
+    from aotwatch.core.config import Config, ExportConfig
 
     return aotwatch.attach(Config(export=ExportConfig(enabled=False)))
 

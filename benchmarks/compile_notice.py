@@ -39,10 +39,10 @@ def notices_per_step(steps: int) -> int:
     """Start notices during ``steps`` training steps of an already compiled model."""
     import torch
 
-    import aotwatch.process
+    import aotwatch.attachment.process
 
     session_calls = []
-    sink = aotwatch.process.current().sink
+    sink = aotwatch.attachment.process.current().sink
     original = sink.compiling
     sink.compiling = lambda state: (session_calls.append(state), original(state))[1]
     model = torch.compile(torch.nn.Linear(16, 16), backend="aot_eager")
@@ -62,7 +62,7 @@ def main() -> None:
     import torch._dynamo  # noqa: F401
 
     import aotwatch
-    from aotwatch.config import ArchiveConfig, Config, ExportConfig
+    from aotwatch.core.config import ArchiveConfig, Config, ExportConfig
 
     bare = per_call_us(args.calls)
     archive = tempfile.mkdtemp()
@@ -74,7 +74,7 @@ def main() -> None:
     import ray
 
     from aotwatch.cluster.head import ensure_head, stop_daemon
-    from aotwatch.config import ClusterConfig, CollectorConfig
+    from aotwatch.core.config import ClusterConfig, CollectorConfig
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     config = Config(

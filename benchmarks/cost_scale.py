@@ -12,8 +12,8 @@ import argparse
 import pickle
 import time
 
-from aotwatch import cost, divergence
-from aotwatch.records import SCHEMA_VERSION, Record
+from aotwatch.core import cost, divergence
+from aotwatch.core.records import SCHEMA_VERSION, Record
 
 RANKS_PER_COLLECTOR = 8
 IDENTITY = {"schema": SCHEMA_VERSION, "record_id": "r", "world_size": 1, "device": "cpu"}

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 import aotwatch
-from aotwatch.archive import archive_files, read_lines
 from aotwatch.cluster.collector import NodeCollector
-from aotwatch.config import ArchiveConfig, CollectorConfig, Config, ExportConfig, LimitsConfig
+from aotwatch.core.archive import archive_files, read_lines
+from aotwatch.core.config import ArchiveConfig, CollectorConfig, Config, ExportConfig, LimitsConfig
 from aotwatch.examples.demo_train import TinyTransformer, log_step
 
 JOB = "footprint"

@@ -78,9 +78,9 @@ def main() -> int:
 
     import aotwatch
     import programs
-    from aotwatch.aggregate import Aggregate
     from aotwatch.capture import hooks
-    from aotwatch.config import Config, ExportConfig
+    from aotwatch.core.aggregate import Aggregate
+    from aotwatch.core.config import Config, ExportConfig
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         print(f"CUDA is not available (torch {torch.__version__}); nothing checked.")

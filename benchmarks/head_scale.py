@@ -37,11 +37,11 @@ import time
 import types
 
 from aotwatch.cluster.collector import NodeCollector
-from aotwatch.config import Config
-from aotwatch.digest import ChangeLog
-from aotwatch.judging import DivergenceWatch
-from aotwatch.liveness import Liveness
-from aotwatch.records import SCHEMA_VERSION, Record
+from aotwatch.core.config import Config
+from aotwatch.core.digest import ChangeLog
+from aotwatch.core.judging import DivergenceWatch
+from aotwatch.core.liveness import Liveness
+from aotwatch.core.records import SCHEMA_VERSION, Record
 
 JOB = "big-job"
 RANKS_PER_COLLECTOR = 8

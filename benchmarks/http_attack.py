@@ -80,8 +80,8 @@ def _os_threads() -> int:
 
 def _collector_target(web_config: str | None = None) -> tuple[object, object]:
     from aotwatch.cluster.collector import NodeCollector
-    from aotwatch.config import ArchiveConfig, CollectorConfig, Config
-    from aotwatch.records import new_record
+    from aotwatch.core.config import ArchiveConfig, CollectorConfig, Config
+    from aotwatch.core.records import new_record
 
     config = Config(
         job_name="attack-bench",
@@ -119,8 +119,8 @@ def _local_target() -> tuple[object, object, object]:
     import torch
 
     import aotwatch
-    import aotwatch.process
-    from aotwatch.config import Config, ExportConfig
+    import aotwatch.attachment.process
+    from aotwatch.core.config import Config, ExportConfig
 
     torch.set_num_threads(1)  # the step measures this process, not the CPU the attacker takes
     aotwatch.attach(Config(job_name="attack-bench", export=ExportConfig(address=HOST, port=0)))
@@ -138,7 +138,7 @@ def _local_target() -> tuple[object, object, object]:
 
     for _ in range(300):  # compile and warm up
         step()
-    return aotwatch.process.current().server, aotwatch.detach, step
+    return aotwatch.attachment.process.current().server, aotwatch.detach, step
 
 
 def child(kind: str, web_config: str | None = None) -> None:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from aotwatch.records import encode_record, new_record, to_record
+from aotwatch.core.records import encode_record, new_record, to_record
 
 PHASES = {"dynamo": 0.9, "aot_autograd": 0.8, "inductor": 0.6, "inductor_codegen": 0.5}
 

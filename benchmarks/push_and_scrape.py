@@ -27,17 +27,17 @@ import ray_env  # noqa: F401 - sets Ray's environment before Ray is imported
 
 # isort: split
 
-from aotwatch.aggregate import Aggregate
-from aotwatch.config import (
+from aotwatch.core.aggregate import Aggregate
+from aotwatch.core.config import (
     ArchiveConfig,
     ClusterConfig,
     CollectorConfig,
     Config,
     PushConfig,
 )
+from aotwatch.core.records import empty_record, encode_record, new_record
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import serve_metrics
-from aotwatch.records import empty_record, encode_record, new_record
 
 WORKER = {"job_name": "bench", "hostname": "h", "pid": 1, "rank": 0, "worker_id": "w"}
 

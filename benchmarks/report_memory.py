@@ -24,8 +24,8 @@ from pathlib import Path
 DAEMON = Path(__file__).resolve().parent.parent / "daemon"
 sys.path.insert(0, str(DAEMON))
 
-from aotwatch.archive import ARCHIVE_FILE  # noqa: E402
-from aotwatch.records import empty_record, encode_record, new_record  # noqa: E402
+from aotwatch.core.archive import ARCHIVE_FILE  # noqa: E402
+from aotwatch.core.records import empty_record, encode_record, new_record  # noqa: E402
 
 FORMATS = ("table", "html")
 

@@ -32,13 +32,13 @@ import ray
 
 from aotwatch.cluster.paths import collector_directory
 from aotwatch.cluster.placement import ensure_collector
-from aotwatch.config import (
+from aotwatch.core.config import (
     ArchiveConfig,
     ClusterConfig,
     CollectorConfig,
     Config,
 )
-from aotwatch.records import new_record
+from aotwatch.core.records import new_record
 
 BATCH = 100
 

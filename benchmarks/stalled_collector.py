@@ -25,7 +25,7 @@ import ray_env  # noqa: F401 - sets Ray's environment before Ray is imported
 
 import ray
 
-from aotwatch.config import (
+from aotwatch.core.config import (
     ArchiveConfig,
     ClusterConfig,
     CollectorConfig,
@@ -72,9 +72,9 @@ class Trainer:
         return times
 
     def pending(self) -> int:
-        import aotwatch.process
+        import aotwatch.attachment.process
 
-        return aotwatch.process.current().sink.pending()
+        return aotwatch.attachment.process.current().sink.pending()
 
 
 def main() -> None:

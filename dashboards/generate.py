@@ -6,7 +6,7 @@
 
 Every query filters on ``$job_name``, ``$instance`` and ``$rank`` where its family carries
 that label (docs/metrics.md). Every sample name but Prometheus's own goes through
-``aotwatch.metrics.sample``: a name the metric table does not declare fails here, not as a
+``aotwatch.core.metrics.sample``: a name the metric table does not declare fails here, not as a
 blank panel. Counters that aotwatch creates on their first increment (failures,
 recompiles, drops, errors, divergences) have no series at all on a healthy run; their queries
 fall back to 0, which is the truthful value there.
@@ -20,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from aotwatch.metrics import RANK_LABELS, sample
+from aotwatch.core.metrics import RANK_LABELS, sample
 
 OUT_DIR = Path(__file__).resolve().parent / "grafana"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

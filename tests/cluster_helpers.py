@@ -12,14 +12,14 @@ from pathlib import Path
 
 import ray
 
-from aotwatch.config import (
+from aotwatch.core.config import (
     ArchiveConfig,
     ClusterConfig,
     CollectorConfig,
     Config,
     PushConfig,
 )
-from aotwatch.records import encode_record
+from aotwatch.core.records import encode_record
 
 TESTS = Path(__file__).parent
 WORKER_ENV = {
@@ -164,9 +164,9 @@ class Worker:
     def state(self) -> dict:
         import sys
 
-        import aotwatch.process
+        import aotwatch.attachment.process
 
-        attachment = aotwatch.process.current()
+        attachment = aotwatch.attachment.process.current()
         sink = attachment.sink if attachment else None
         return {
             "attached": attachment is not None,
@@ -176,9 +176,9 @@ class Worker:
         }
 
     def flush(self) -> bool:
-        import aotwatch.process
+        import aotwatch.attachment.process
 
-        return aotwatch.process.current().sink.flush(timeout=30)
+        return aotwatch.attachment.process.current().sink.flush(timeout=30)
 
     def detach(self) -> None:
         import aotwatch

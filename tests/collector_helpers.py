@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from aotwatch.cluster.collector import NodeCollector, collector_directory
-from aotwatch.cluster.job_archives import JOBS_DIR, job_slug
-from aotwatch.records import new_record
+from aotwatch.core.job_archives import JOBS_DIR, job_slug
+from aotwatch.core.records import new_record
 from cluster_helpers import NODE, config_at
 from helpers import scrape
 

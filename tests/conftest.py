@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import aotwatch  # noqa: E402
-from aotwatch.process import Attachment  # noqa: E402
+from aotwatch.attachment.process import Attachment  # noqa: E402
 from helpers import test_config  # noqa: E402
 
 

@@ -3,9 +3,9 @@ dashboard tests."""
 
 from __future__ import annotations
 
-from aotwatch import metrics
-from aotwatch.aggregate import Aggregate
-from aotwatch.records import empty_record, new_record
+from aotwatch.core import metrics
+from aotwatch.core.aggregate import Aggregate
+from aotwatch.core.records import empty_record, new_record
 
 
 def fixed_records() -> list[dict]:

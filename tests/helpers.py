@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aotwatch.config import ArchiveConfig, Config, ExportConfig
+from aotwatch.core.config import ArchiveConfig, Config, ExportConfig
 
 TESTS = Path(__file__).parent
 LAUNCHED_SCRIPT = TESTS / "launched_train.py"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from aotwatch import categories
-from aotwatch.records import (
+from aotwatch.core import categories
+from aotwatch.core.records import (
     CACHE_RESULTS,
     CACHES,
     GRAPH_KINDS,

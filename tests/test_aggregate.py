@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aotwatch import categories, metrics
-from aotwatch.aggregate import Aggregate
-from aotwatch.records import new_record
+from aotwatch.core import categories, metrics
+from aotwatch.core.aggregate import Aggregate
+from aotwatch.core.records import new_record
 
 
 def graph_record(**fields):

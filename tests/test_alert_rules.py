@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
-from aotwatch.config import Config
-from aotwatch.metrics import FAMILIES, HEAD_FAMILIES
+from aotwatch.core.config import Config
+from aotwatch.core.metrics import FAMILIES, HEAD_FAMILIES
 
 PROMETHEUS_DIR = Path(__file__).parent.parent / "dashboards" / "prometheus"
 RULES = PROMETHEUS_DIR / "aotwatch-rules.yml"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from aotwatch.archive import ArchiveWriter, read_archive
-from aotwatch.records import RecordError, new_record
+from aotwatch.core.archive import ArchiveWriter, read_archive
+from aotwatch.core.records import RecordError, new_record
 
 
 def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path):

@@ -181,8 +181,8 @@ JOBS: dict[str, tuple[Writer, str]] = {
         "entrypoint: 'aotwatch.examples.demo_train' has no function 'no_such_loop'",
     ),
     "entrypoint_not_a_function": (
-        text("name: x\nentrypoint: aotwatch.records:SCHEMA_VERSION\n"),
-        "entrypoint: 'aotwatch.records' has no function 'SCHEMA_VERSION'",
+        text("name: x\nentrypoint: aotwatch.core.records:SCHEMA_VERSION\n"),
+        "entrypoint: 'aotwatch.core.records' has no function 'SCHEMA_VERSION'",
     ),
     "command_program_missing": (
         text("name: x\ncommand: aotwatch-no-such-program --flag\n"),

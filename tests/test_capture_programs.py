@@ -79,7 +79,7 @@ def _frame_metrics():
 
 
 def _counter(snapshot, metric, **labels):
-    from aotwatch.metrics import BY_NAME
+    from aotwatch.core.metrics import BY_NAME
 
     names = BY_NAME[metric].labels
     return sum(
@@ -118,8 +118,8 @@ def test_recompile_counted_with_its_category(capture):
 
 
 def test_records_carry_the_metrics_md_fields(capture, tmp_path):
-    from aotwatch.archive import read_archive
-    from aotwatch.records import as_dict
+    from aotwatch.core.archive import read_archive
+    from aotwatch.core.records import as_dict
 
     torch._dynamo.utils.clear_compilation_metrics()
     PROGRAMS["training_step"]("aot_eager", "cpu")
@@ -223,7 +223,7 @@ def test_cache_bypasses_by_category_equal_torch_log(capture):
     import torch._inductor.config as inductor_config
     from torch._dynamo.utils import counters
 
-    from aotwatch.categories import cache_bypass_category
+    from aotwatch.core.categories import cache_bypass_category
 
     opaque = torch._dynamo.allow_in_graph(_opaque_scale)
     before = counters["aot_autograd"]["autograd_cache_bypass"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from aotwatch.archive import read_archive
-from aotwatch.records import as_dict
+from aotwatch.core.archive import read_archive
+from aotwatch.core.records import as_dict
 from helpers import aotwatch, scrape, write_script
 from programs import PROGRAMS
 

@@ -13,8 +13,8 @@ import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from aotwatch.cluster.placement import ensure_collector
-from aotwatch.config import LimitsConfig
-from aotwatch.records import MAX_NUMBER, SCHEMA_VERSION, new_record
+from aotwatch.core.config import LimitsConfig
+from aotwatch.core.records import MAX_NUMBER, SCHEMA_VERSION, new_record
 from cluster_helpers import (
     actor_pid,
     cluster_config,

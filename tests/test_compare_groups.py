@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import ray
 
-from aotwatch import divergence
-from aotwatch.archive import archive_files, read_archive
-from aotwatch.capture.identity import compare_group
 from aotwatch.cluster.head import ensure_head, stop_daemon
-from aotwatch.config import CaptureConfig
-from aotwatch.records import MAX_ID, new_record, to_record
+from aotwatch.core import divergence
+from aotwatch.core.archive import archive_files, read_archive
+from aotwatch.core.config import CaptureConfig
+from aotwatch.core.identity import compare_group
+from aotwatch.core.records import MAX_ID, new_record, to_record
 from cluster_helpers import WORKER_ENV, Worker, cluster_config
 from helpers import TRACE_TIMEOUT_S, aotwatch, report_json
 

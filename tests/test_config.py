@@ -1,4 +1,4 @@
-"""Tests for aotwatch.config: the default file, overrides, and one-line errors naming the key."""
+"""Tests for aotwatch.core.config: the default file, overrides, one-line errors naming the key."""
 
 import copy
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aotwatch.config import (
+from aotwatch.core.config import (
     LOCAL_PORTS,
     RESERVED_LABEL_NAMES,
     ArchiveConfig,
@@ -20,7 +20,7 @@ from aotwatch.config import (
     config_from_dict,
     load_config,
 )
-from aotwatch.records import MAX_LABEL, RecordError, new_record, to_record
+from aotwatch.core.records import MAX_LABEL, RecordError, new_record, to_record
 from helpers import laughs
 
 DEFAULT_FILE = Path(__file__).resolve().parents[1] / "config" / "aotwatch.yaml"

@@ -9,12 +9,12 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aotwatch import cost, divergence
-from aotwatch.config import Config
-from aotwatch.digest import summary
+from aotwatch.core import cost, divergence
+from aotwatch.core.config import Config
+from aotwatch.core.digest import summary
+from aotwatch.core.records import new_record, to_record
+from aotwatch.core.wire import Answer, Live, Running
 from aotwatch.export.collector import family_exposition
-from aotwatch.records import new_record, to_record
-from aotwatch.wire import Answer, Live, Running
 
 MISS = {"fx_graph": {"miss": 1}}
 HIT = {"fx_graph": {"hit": 1}}
@@ -180,7 +180,7 @@ def served(watch) -> dict:
 
 
 def test_the_head_serves_waits_redundant_seconds_and_a_straggler_cause():
-    from aotwatch.judging import DivergenceWatch
+    from aotwatch.core.judging import DivergenceWatch
 
     config = Config()
     config = replace(config, collector=replace(config.collector, straggler_after_s=5))
@@ -216,8 +216,8 @@ def test_the_head_serves_waits_redundant_seconds_and_a_straggler_cause():
 
 @pytest.mark.subprocess
 def test_the_text_report_names_the_waits_the_work_done_twice_and_the_cures(tmp_path):
-    from aotwatch.archive import ARCHIVE_FILE
-    from aotwatch.records import encode_record
+    from aotwatch.core.archive import ARCHIVE_FILE
+    from aotwatch.core.records import encode_record
     from helpers import aotwatch
 
     first = program("a", 4)
@@ -267,8 +267,8 @@ def test_status_shows_the_cost_the_head_counted(capsys):
 
 @pytest.mark.subprocess
 def test_the_html_report_names_the_cost_of_each_job(tmp_path):
-    from aotwatch.archive import ARCHIVE_FILE
-    from aotwatch.records import encode_record
+    from aotwatch.core.archive import ARCHIVE_FILE
+    from aotwatch.core.records import encode_record
     from helpers import aotwatch
 
     later = program("b", 2)

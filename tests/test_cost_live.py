@@ -13,7 +13,7 @@ import ray
 
 from aotwatch.cluster import serve
 from aotwatch.cluster.head import ensure_head, stop_daemon
-from aotwatch.config import CollectorConfig
+from aotwatch.core.config import CollectorConfig
 from cluster_helpers import cluster_config, ranked_worker
 from helpers import aotwatch, scrape, wait_for
 from prometheus_server import free_port

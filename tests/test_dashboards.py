@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from aotwatch.aggregate import Aggregate
+from aotwatch.core.aggregate import Aggregate
+from aotwatch.core.metrics import FAMILIES, HEAD_FAMILIES
+from aotwatch.core.records import new_record
 from aotwatch.export.collector import AggregateCollector, build_info, registry_for
 from aotwatch.export.server import serve_metrics
-from aotwatch.metrics import FAMILIES, HEAD_FAMILIES
-from aotwatch.records import new_record
 from golden_records import fixed_records, golden_aggregate
 from helpers import wait_for
 from prometheus_server import PrometheusServer, PromQLError

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from aotwatch.archive import ARCHIVE_FILE, ArchiveWriter
-from aotwatch.cluster.job_archives import JOB_FILE, job_slug
 from aotwatch.cluster.paths import collector_directory
 from aotwatch.cluster.spool import SPOOL_SUFFIX, write_spool
 from aotwatch.cluster.worker_counts import COUNTS_FILE
+from aotwatch.core.archive import ARCHIVE_FILE, ArchiveWriter
+from aotwatch.core.job_archives import JOB_FILE, job_slug
 from cluster_helpers import NODE, config_at, lines
 from collector_helpers import WORKER, fill, finish_all, job_directory, metric, records
 from helpers import aotwatch

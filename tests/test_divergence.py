@@ -5,10 +5,10 @@ from __future__ import annotations
 import pickle
 import random
 
-from aotwatch import divergence
-from aotwatch.digest import ChangeLog, Digest, summary
-from aotwatch.records import new_record, to_record
-from aotwatch.wire import Answer, Live, Running
+from aotwatch.core import divergence
+from aotwatch.core.digest import ChangeLog, Digest, summary
+from aotwatch.core.records import new_record, to_record
+from aotwatch.core.wire import Answer, Live, Running
 
 
 def fingerprints(*records):

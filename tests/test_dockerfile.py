@@ -26,7 +26,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from aotwatch.cli import build_parser
-from aotwatch.config import Config
+from aotwatch.core.config import Config
 from aotwatch.export.server import serve_metrics
 
 pytestmark = pytest.mark.subprocess

@@ -20,13 +20,13 @@ import uuid
 import pytest
 import ray
 
-from aotwatch.archive import private_directory
 from aotwatch.cluster.head import stop_daemon
 from aotwatch.cluster.paths import spool_directory
 from aotwatch.cluster.push import MAX_CALLS, RecordPusher
 from aotwatch.cluster.spool import SPOOL_SUFFIX, write_spool
-from aotwatch.config import PushConfig
-from aotwatch.records import new_record
+from aotwatch.core.archive import private_directory
+from aotwatch.core.config import PushConfig
+from aotwatch.core.records import new_record
 from cluster_helpers import (
     Worker,
     collector_pid,
@@ -55,7 +55,9 @@ def worker_id_of(worker) -> str:
     """The id the attached worker's pusher announces (its spool file is named after it)."""
     return ray.get(
         worker.__ray_call__.remote(
-            lambda self: __import__("aotwatch.process").process.current().sink.worker.worker_id
+            lambda self: (
+                __import__("aotwatch.attachment.process").process.current().sink.worker.worker_id
+            )
         ),
         timeout=30,
     )

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from aotwatch.aggregate import Snapshot
+from aotwatch.core.aggregate import Snapshot
+from aotwatch.core.liveness import Liveness
+from aotwatch.core.metrics import FAMILIES
+from aotwatch.core.wire import Compiling, Worker
 from aotwatch.export.collector import exposition
-from aotwatch.liveness import Liveness
-from aotwatch.metrics import FAMILIES
-from aotwatch.wire import Compiling, Worker
 from golden_records import golden_aggregate
 from helpers import scrape
 from programs import PROGRAMS

@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aotwatch.cluster.head import stop_daemon
 from aotwatch.cluster.push import MAX_CALLS
-from aotwatch.config import PushConfig
-from aotwatch.metrics import IN_PROGRESS
+from aotwatch.core.config import PushConfig
+from aotwatch.core.metrics import IN_PROGRESS
 from cluster_helpers import (
     Worker,
     collector_pid,
@@ -158,7 +158,7 @@ def test_a_stalled_collector_blocks_no_step_and_drops_only_what_it_counts(ray_se
 
 UNREACHABLE_SCRIPT = """
 import sys, torch, aotwatch
-from aotwatch.config import ClusterConfig, Config, ExportConfig
+from aotwatch.core.config import ClusterConfig, Config, ExportConfig
 config = Config(cluster=ClusterConfig(address=sys.argv[1]), export=ExportConfig(port=0))
 attachment = aotwatch.attach(config)
 model = torch.compile(torch.nn.Linear(4, 4), backend="aot_eager")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from aotwatch import progress as progress_module
-from aotwatch.aggregate import Snapshot
+from aotwatch.cluster import progress as progress_module
 from aotwatch.cluster.collector import NodeCollector
 from aotwatch.cluster.driver import compiles_in_progress
-from aotwatch.metrics import IN_PROGRESS
-from aotwatch.progress import RayLogFile
+from aotwatch.cluster.progress import RayLogFile
+from aotwatch.core.aggregate import Snapshot
+from aotwatch.core.metrics import IN_PROGRESS
 from cluster_helpers import config_at
 from collector_helpers import compiles, worker
 from helpers import aotwatch

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pickle
 
-from aotwatch.config import Config
-from aotwatch.judging import DivergenceWatch
-from aotwatch.records import new_record
+from aotwatch.core.config import Config
+from aotwatch.core.judging import DivergenceWatch
+from aotwatch.core.records import new_record
 
 JOB = "spmd"
 

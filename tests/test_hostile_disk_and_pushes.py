@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from aotwatch.aggregate import Aggregate, Snapshot
-from aotwatch.archive import ARCHIVE_FILE, UnsafePath
 from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
-from aotwatch.cluster.job_archives import JOB_FILE, JOBS_DIR
 from aotwatch.cluster.paths import collector_directory
 from aotwatch.cluster.worker_counts import COUNTS_FILE
-from aotwatch.config import LimitsConfig
-from aotwatch.liveness import Liveness
-from aotwatch.records import new_record
-from aotwatch.wire import Worker
+from aotwatch.core.aggregate import Aggregate, Snapshot
+from aotwatch.core.archive import ARCHIVE_FILE, UnsafePath
+from aotwatch.core.config import LimitsConfig
+from aotwatch.core.job_archives import JOB_FILE, JOBS_DIR
+from aotwatch.core.liveness import Liveness
+from aotwatch.core.records import new_record
+from aotwatch.core.wire import Worker
 from cluster_helpers import NODE, config_at
 from collector_helpers import WORKER, fill, job_directory, metric, records
 from helpers import aotwatch, scrape

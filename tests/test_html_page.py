@@ -17,11 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aotwatch import html_report, report
-from aotwatch.archive import ARCHIVE_FILE
-from aotwatch.divergence import Finding
-from aotwatch.html_report import Page, render
-from aotwatch.records import MAX_TIME, PHASES, encode_record, new_record, to_record
+from aotwatch.core.archive import ARCHIVE_FILE
+from aotwatch.core.divergence import Finding
+from aotwatch.core.records import MAX_TIME, PHASES, encode_record, new_record, to_record
+from aotwatch.report import html as html_report
+from aotwatch.report import summary as report
+from aotwatch.report.html import Page, render
 from helpers import aotwatch
 from strategies import FIELDS
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aotwatch.archive import archive_files, read_archive
+from aotwatch.core.archive import archive_files, read_archive
 from browser import Browser
 from helpers import LAUNCHED_SCRIPT, aotwatch, trace, write_script
 

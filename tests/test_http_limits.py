@@ -25,13 +25,13 @@ import bcrypt
 import pytest
 import yaml
 
-from aotwatch.config import LimitsConfig
+from aotwatch.core.config import LimitsConfig
+from aotwatch.core.metrics import FRAMES, RECORDS_REJECTED
+from aotwatch.core.sink import RecordSink
 from aotwatch.export.auth import BasicAuth, Busy
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import connection_cap, serve_metrics
 from aotwatch.export.unfinished import Unfinished
-from aotwatch.metrics import FRAMES, RECORDS_REJECTED
-from aotwatch.sink import RecordSink
 from helpers import scrape, wait_for
 
 DAEMON = Path(__file__).resolve().parents[1] / "daemon"
@@ -272,8 +272,8 @@ CHILD = textwrap.dedent(
     """
     import json, os, resource, sys, threading, time
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-    from aotwatch.config import Config, ExportConfig
-    from aotwatch.local import local_sink
+    from aotwatch.core.config import Config, ExportConfig
+    from aotwatch.attachment.local import local_sink
     sink, server = local_sink(Config(export=ExportConfig(address="127.0.0.1", port=0)))
     print(json.dumps({"port": server.port, "cap": server.server.cap}), flush=True)
     errors, hog = [], []

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from aotwatch.archive import ARCHIVE_FILE
-from aotwatch.cluster.job_archives import JOB_FILE, JobArchives, job_slug
 from aotwatch.cluster.spool import write_spool
-from aotwatch.config import CollectorConfig
-from aotwatch.digest import Digest
-from aotwatch.records import new_record, to_record
+from aotwatch.core.archive import ARCHIVE_FILE
+from aotwatch.core.config import CollectorConfig
+from aotwatch.core.digest import Digest
+from aotwatch.core.job_archives import JOB_FILE, JobArchives, job_slug
+from aotwatch.core.records import new_record, to_record
 from cluster_helpers import lines
 from collector_helpers import compiles, finish_all, job_directory, metric, worker
 from helpers import aotwatch

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from aotwatch.config import ConfigError
-from aotwatch.jobs import load_job
+from aotwatch.cluster.jobs import load_job
+from aotwatch.core.config import ConfigError
 from helpers import aotwatch
 
 JOBS = Path(__file__).parent.parent / "config" / "jobs"

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from aotwatch.archive import archive_files
-from aotwatch.bootstrap import environment, site_directory
+from aotwatch.attachment.bootstrap import environment, site_directory
 from aotwatch.cli import __file__ as CLI_FILE
-from aotwatch.report import read_archives
+from aotwatch.core.archive import archive_files
+from aotwatch.report.summary import read_archives
 from helpers import LAUNCHED_SCRIPT as SCRIPT
 from helpers import TRACE_TIMEOUT_S as TIMEOUT_S
 from helpers import aotwatch, report_json, trace
@@ -149,7 +149,10 @@ def test_children_that_do_not_compile_are_untouched(tmp_path):
     )
     result = trace(archive, "sh", "-c", f'echo not python; {sys.executable} -c "{check}"')
     assert "not python" in result.stdout
-    assert "loaded: ['aotwatch.bootstrap', 'aotwatch.first_compile'] threads: 1" in result.stdout
+    assert (
+        "loaded: ['aotwatch.attachment', 'aotwatch.attachment.bootstrap', "
+        "'aotwatch.attachment.first_compile'] threads: 1" in result.stdout
+    )
     assert archive_files(archive) == []
     assert result.stderr.strip().endswith("no compiles recorded")
 
@@ -369,7 +372,7 @@ def test_a_python_without_aotwatch_runs_untraced_and_says_so_once_per_trace(tmp_
 
 
 def test_a_hostile_hostname_stays_inside_the_archive_directory(tmp_path, monkeypatch):
-    from aotwatch.bootstrap import process_archive
+    from aotwatch.attachment.bootstrap import process_archive
 
     monkeypatch.setattr(socket, "gethostname", lambda: "../../etc/passwd\n")
     path = process_archive(tmp_path)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import aotwatch
+from aotwatch.attachment.local import export_port
 from aotwatch.capture import hooks
 from aotwatch.export.server import ExportError
-from aotwatch.local import export_port
 from helpers import scrape, test_config, wait_for
 from programs import PROGRAMS
 
@@ -136,7 +136,7 @@ def test_capture_keeps_no_tensor_or_graph_alive(capture):
 
 
 def test_port_that_cannot_be_bound_is_a_clear_error(tmp_path):
-    from aotwatch.config import ExportConfig
+    from aotwatch.core.config import ExportConfig
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -161,7 +161,7 @@ def test_port_zero_picks_a_free_port_and_logs_it(tmp_path, caplog):
 
 
 def test_local_rank_offsets_the_port(tmp_path, monkeypatch):
-    from aotwatch.config import Config, ExportConfig
+    from aotwatch.core.config import Config, ExportConfig
 
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert export_port(Config(export=ExportConfig(port=9420))) == 9423
@@ -178,8 +178,8 @@ def test_rank_and_world_size_come_from_torch_distributed(tmp_path):
     try:
         attachment = aotwatch.attach(test_config(tmp_path, job_name="dist"))
         PROGRAMS["input_mutation"]("aot_eager", "cpu")
-        from aotwatch.archive import read_archive
-        from aotwatch.records import as_dict
+        from aotwatch.core.archive import read_archive
+        from aotwatch.core.records import as_dict
 
         records = [as_dict(r) for r in read_archive(tmp_path / "archive")]
         assert {(r["job_name"], r["rank"], r["world_size"]) for r in records} == {("dist", 0, 1)}
@@ -208,9 +208,9 @@ def test_a_hook_missing_from_this_torch_is_skipped_and_counted(tmp_path, monkeyp
 
 
 def test_graph_hashes_and_node_counts_can_be_switched_off(tmp_path):
-    from aotwatch.archive import read_archive
-    from aotwatch.config import CaptureConfig
-    from aotwatch.records import as_dict
+    from aotwatch.core.archive import read_archive
+    from aotwatch.core.config import CaptureConfig
+    from aotwatch.core.records import as_dict
 
     config = test_config(tmp_path, capture=CaptureConfig(graph_hashes=False, node_counts=False))
     aotwatch.attach(config)

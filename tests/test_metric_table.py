@@ -12,11 +12,18 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from aotwatch import metrics
-from aotwatch.aggregate import Aggregate
-from aotwatch.config import ConfigError, load_config
+from aotwatch.core import metrics
+from aotwatch.core.aggregate import Aggregate
+from aotwatch.core.config import ConfigError, load_config
+from aotwatch.core.metrics import (
+    ALL_FAMILIES,
+    BUILD_INFO,
+    BY_NAME,
+    SAMPLE_NAMES,
+    _checked,
+    contract,
+)
 from aotwatch.export.collector import exposition
-from aotwatch.metrics import ALL_FAMILIES, BUILD_INFO, BY_NAME, SAMPLE_NAMES, _checked, contract
 from strategies import valid_records
 
 CONTRACT = Path(__file__).parents[1] / "docs" / "metrics.md"
@@ -25,10 +32,10 @@ CONTRACT = Path(__file__).parents[1] / "docs" / "metrics.md"
 @pytest.mark.subprocess
 def test_docs_metrics_md_is_generated_from_the_table():
     assert CONTRACT.read_text() == contract(), (
-        "docs/metrics.md is stale: run `python -m aotwatch.metrics > docs/metrics.md`"
+        "docs/metrics.md is stale: run `python -m aotwatch.core.metrics > docs/metrics.md`"
     )
     generated = subprocess.run(
-        [sys.executable, "-m", "aotwatch.metrics"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "aotwatch.core.metrics"], capture_output=True, text=True, check=True
     ).stdout
     assert generated == CONTRACT.read_text()
     for family in ALL_FAMILIES:  # every family has a section that says what to do

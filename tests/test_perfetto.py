@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from aotwatch.archive import archive_files, read_archive
-from aotwatch.cluster.job_archives import JobArchives
-from aotwatch.records import Record, encode_record, new_record, to_record
+from aotwatch.core.archive import archive_files, read_archive
+from aotwatch.core.job_archives import JobArchives
+from aotwatch.core.records import Record, encode_record, new_record, to_record
 from helpers import LAUNCHED_SCRIPT, aotwatch, trace
 
 pytestmark = pytest.mark.subprocess

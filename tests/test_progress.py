@@ -9,8 +9,8 @@ import os
 import pty
 import stat
 
-from aotwatch import progress as progress_module
-from aotwatch.progress import RayLogFile
+from aotwatch.cluster import progress as progress_module
+from aotwatch.cluster.progress import RayLogFile
 
 
 def test_on_a_terminal_one_line_updates_in_place():

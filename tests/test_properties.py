@@ -14,8 +14,8 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aotwatch.aggregate import Aggregate
-from aotwatch.records import (
+from aotwatch.core.aggregate import Aggregate
+from aotwatch.core.records import (
     GRAPH_KINDS,
     MAX_ID,
     MAX_LABEL,
@@ -32,7 +32,7 @@ from aotwatch.records import (
     encode_record,
     to_record,
 )
-from aotwatch.report import prometheus
+from aotwatch.report.summary import prometheus
 from strategies import (
     FIELDS,
     label_text,

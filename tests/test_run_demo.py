@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aotwatch.metrics import FAMILIES
+from aotwatch.core.metrics import FAMILIES
 from helpers import scrape
 
 pytestmark = [pytest.mark.ray, pytest.mark.subprocess, pytest.mark.browser]
@@ -148,8 +148,8 @@ def test_a_driver_command_job_gets_capture_on_its_workers(tmp_path):
         "def step():\n"
         "    f = torch.compile(lambda x: x.sin() + 1, backend='aot_eager')\n"
         "    f(torch.ones(3))\n"
-        "    import aotwatch.process\n"
-        "    return aotwatch.process.current().sink.flush(timeout=30)\n"
+        "    import aotwatch.attachment.process\n"
+        "    return aotwatch.attachment.process.current().sink.flush(timeout=30)\n"
         "assert ray.get(step.remote(), timeout=300)\n"
     )
     job = tmp_path / "job.yaml"

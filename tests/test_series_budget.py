@@ -6,9 +6,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from aotwatch.config import LimitsConfig
-from aotwatch.metrics import FAMILIES, IN_PROGRESS, NODE_SUMMED
-from aotwatch.records import new_record
+from aotwatch.core.config import LimitsConfig
+from aotwatch.core.metrics import FAMILIES, IN_PROGRESS, NODE_SUMMED
+from aotwatch.core.records import new_record
 from cluster_helpers import lines
 from helpers import scrape
 

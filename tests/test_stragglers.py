@@ -10,9 +10,9 @@ import pytest
 import ray
 
 from aotwatch.cluster.head import ensure_head, stop_daemon
-from aotwatch.config import CollectorConfig
-from aotwatch.metrics import IN_PROGRESS
-from aotwatch.records import new_record
+from aotwatch.core.config import CollectorConfig
+from aotwatch.core.metrics import IN_PROGRESS
+from aotwatch.core.records import new_record
 from cluster_helpers import cluster_config, collector_values, ranked_worker
 from helpers import scrape, wait_for
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from aotwatch.report import read_archives
+from aotwatch.report.summary import read_archives
 
 pytestmark = pytest.mark.subprocess
 
@@ -32,7 +32,7 @@ def _rank_main(rank: int, port: int, root: str) -> None:
     from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
 
     import aotwatch
-    from aotwatch.config import ArchiveConfig, Config, ExportConfig
+    from aotwatch.core.config import ArchiveConfig, Config, ExportConfig
 
     dist.init_process_group(
         "gloo",

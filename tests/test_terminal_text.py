@@ -8,12 +8,12 @@ import logging
 
 import pytest
 
-from aotwatch import report
-from aotwatch.archive import ARCHIVE_FILE
 from aotwatch.cluster import serve
-from aotwatch.config import Config
-from aotwatch.divergence import Finding
-from aotwatch.records import RecordError, encode_record, new_record, printable, to_record
+from aotwatch.core.archive import ARCHIVE_FILE
+from aotwatch.core.config import Config
+from aotwatch.core.divergence import Finding
+from aotwatch.core.records import RecordError, encode_record, new_record, printable, to_record
+from aotwatch.report import summary as report
 from helpers import aotwatch
 
 ERASE_LINE = "\x1b[2K\r"
@@ -123,7 +123,7 @@ def test_status_escapes_what_collectors_and_the_head_report(capsys):
 
 
 def test_the_head_logs_a_divergence_escaped(caplog):
-    from aotwatch.judging import DivergenceWatch
+    from aotwatch.core.judging import DivergenceWatch
 
     watch = DivergenceWatch(Config())
     with caplog.at_level(logging.WARNING, logger="aotwatch.cluster.head"):

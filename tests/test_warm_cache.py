@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from aotwatch.archive import read_archive
-from aotwatch.records import as_dict
+from aotwatch.core.archive import read_archive
+from aotwatch.core.records import as_dict
 from helpers import aotwatch, write_script
 
 pytestmark = pytest.mark.subprocess

@@ -24,13 +24,13 @@ import trustme
 import yaml
 
 import aotwatch
-from aotwatch.config import Config, ConfigError, ExportConfig, LimitsConfig, load_config
+from aotwatch.attachment.process import current
+from aotwatch.core.config import Config, ConfigError, ExportConfig, LimitsConfig, load_config
+from aotwatch.core.sink import RecordSink
 from aotwatch.export import auth as auth_module
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import MetricsServer, serve_metrics
 from aotwatch.export.webconfig import load_web_config
-from aotwatch.process import current
-from aotwatch.sink import RecordSink
 from helpers import laughs, wait_for
 
 PASSWORD = "correct horse"

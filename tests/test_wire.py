@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from aotwatch.archive import private_directory
 from aotwatch.cluster.spool import read_spool, write_spool
-from aotwatch.records import encode_record, new_record, parse_compile_id
-from aotwatch.wire import CompileNotice, SpoolHeader, Totals, WireError, Worker, decode, to_wire
+from aotwatch.core.archive import private_directory
+from aotwatch.core.records import encode_record, new_record, parse_compile_id
+from aotwatch.core.wire import (
+    CompileNotice,
+    SpoolHeader,
+    Totals,
+    WireError,
+    Worker,
+    decode,
+    to_wire,
+)
 
 WORKER = {"worker_id": "w1", "job_name": "j", "rank": 0}
 

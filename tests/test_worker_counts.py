@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aotwatch.cluster.worker_counts import COUNTS_FILE, CountsLedger
-from aotwatch.sink import RecordSink
+from aotwatch.core.sink import RecordSink
 
 
 def values(sink: RecordSink, metric: str) -> dict:

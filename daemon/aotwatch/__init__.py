@@ -10,7 +10,7 @@ TYPE_CHECKING = False  # typing itself costs start-up time in every bootstrapped
 if TYPE_CHECKING:
     from typing import Any
 
-    from aotwatch.process import Attachment
+    from aotwatch.attachment.process import Attachment
 
 
 def __getattr__(name: str) -> Any:
@@ -27,15 +27,15 @@ def __getattr__(name: str) -> Any:
 
 
 def attach(config: Any = None) -> Attachment:
-    """Capture every compile in this process (see ``aotwatch.process.attach``)."""
-    from aotwatch.process import attach as _attach
+    """Capture every compile in this process (see ``aotwatch.attachment.process.attach``)."""
+    from aotwatch.attachment.process import attach as _attach
 
     return _attach(config)
 
 
 def detach() -> None:
-    """Stop capturing (see ``aotwatch.process.detach``)."""
-    from aotwatch.process import detach as _detach
+    """Stop capturing (see ``aotwatch.attachment.process.detach``)."""
+    from aotwatch.attachment.process import detach as _detach
 
     _detach()
 

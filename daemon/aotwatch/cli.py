@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from aotwatch.config import ArchiveConfig, Config, ConfigError, load_config
+from aotwatch.core.config import ArchiveConfig, Config, ConfigError, load_config
 
 EXAMPLE_MODULE = "aotwatch.examples.tiny_train"
 DEFAULT_TRACE_ARCHIVE = "aotwatch-trace"
@@ -38,7 +38,7 @@ def _trace_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from aotwatch import bootstrap, trace
+    from aotwatch.attachment import bootstrap, trace
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
@@ -54,7 +54,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     import shlex
 
-    from aotwatch import bootstrap
+    from aotwatch.attachment import bootstrap
 
     try:
         config = load_config(args.config) if args.config else None
@@ -68,7 +68,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from aotwatch import report
+    from aotwatch.report import summary as report
 
     try:
         config = load_config(args.config)
@@ -113,7 +113,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _write_perfetto(paths: list[Path], output: str | None) -> int:
     """The Chrome Trace Event file of the archives, streamed to ``output`` or stdout."""
-    from aotwatch.perfetto import write_trace
+    from aotwatch.report.perfetto import write_trace
 
     try:
         if not output:
@@ -128,12 +128,13 @@ def _write_perfetto(paths: list[Path], output: str | None) -> int:
 
 
 def _report_text(output: str, paths: list[Path], config: Config) -> str:
-    from aotwatch import cost, report
+    from aotwatch.core import cost
+    from aotwatch.report import summary as report
 
     limit = config.limits.max_series_per_metric
     ledger = cost.Ledger(config.collector.max_cost_graphs)
     if output == "html":
-        from aotwatch.html_report import Page, render
+        from aotwatch.report.html import Page, render
 
         page = Page()
         _, findings = report.read_archives(paths, limit, lambda r: (page.add(r), ledger.add(r)))
@@ -199,14 +200,14 @@ def _check_local_ports(config: Config, source: str) -> None:
 def _check_archive_root(config: Config) -> None:
     """A local cluster's collector and head keep their files on this machine: an archive
     directory that another user controls fails here (UnsafePath), not in a collector."""
-    from aotwatch.archive import private_directory
     from aotwatch.cluster.paths import archive_root
+    from aotwatch.core.archive import private_directory
 
     private_directory(archive_root(config), 0o711)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from aotwatch.jobs import check_runnable, load_job
+    from aotwatch.cluster.jobs import check_runnable, load_job
 
     try:
         job = load_job(args.job)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from aotwatch import categories
-from aotwatch.records import PHASE_FIELDS_US, RECOMPILE_LIMITS, GraphBreak, clip_text
+from aotwatch.core import categories
+from aotwatch.core.records import PHASE_FIELDS_US, RECOMPILE_LIMITS, GraphBreak, clip_text
 
 _COMPARED_VALUE = re.compile(
     r"""(==|!=)(\s*)"""

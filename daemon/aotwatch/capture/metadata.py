@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aotwatch.records import (
+from aotwatch.core.records import (
     MAX_ID,
     MUTATION_FLAGS,
     MUTATION_KINDS,

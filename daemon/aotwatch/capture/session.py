@@ -16,13 +16,13 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from aotwatch import categories
 from aotwatch.capture import compile_metrics, graphs
-from aotwatch.capture.identity import identity
 from aotwatch.capture.metadata import read_metadata, saved_for_backward
-from aotwatch.lru import LruCache
-from aotwatch.records import CacheBypass, Record, clip_text, make_record
-from aotwatch.wire import Compiling
+from aotwatch.core import categories
+from aotwatch.core.identity import identity
+from aotwatch.core.lru import LruCache
+from aotwatch.core.records import CacheBypass, Record, clip_text, make_record
+from aotwatch.core.wire import Compiling
 
 log = logging.getLogger("aotwatch.capture")
 

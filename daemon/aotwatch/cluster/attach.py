@@ -13,9 +13,9 @@ from typing import Any
 
 import ray
 
+from aotwatch.attachment.first_compile import attach_at_first_compile
 from aotwatch.cluster.workers import runtime_env
-from aotwatch.config import Config, config_from_env
-from aotwatch.first_compile import attach_at_first_compile
+from aotwatch.core.config import Config, config_from_env
 
 __all__ = ["attach_actors", "runtime_env", "worker_process_setup"]
 

@@ -18,29 +18,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aotwatch import cost
-from aotwatch.aggregate import Aggregate, Snapshot
-from aotwatch.archive import (
+from aotwatch.cluster.job_life import JobLife
+from aotwatch.cluster.paths import collector_directory, spool_directory
+from aotwatch.cluster.spool import read_spool, remove_abandoned, spooled
+from aotwatch.cluster.worker_counts import CountsLedger
+from aotwatch.core import cost
+from aotwatch.core.aggregate import Aggregate, Snapshot
+from aotwatch.core.archive import (
     ARCHIVE_FILE,
     UnsafePath,
     read_records,
     set_aside,
 )
-from aotwatch.cluster.job_archives import JobArchives
-from aotwatch.cluster.job_life import JobLife
-from aotwatch.cluster.paths import collector_directory, spool_directory
-from aotwatch.cluster.spool import read_spool, remove_abandoned, spooled
-from aotwatch.cluster.worker_counts import CountsLedger
-from aotwatch.config import Config
-from aotwatch.digest import ChangeLog
-from aotwatch.export.collector import AggregateCollector, registry_for
-from aotwatch.export.server import serve_metrics
-from aotwatch.liveness import Attached, Liveness
-from aotwatch.lru import LruCache
-from aotwatch.metrics import RECORDS_REJECTED, WORKERS_REFUSED
-from aotwatch.records import Record, RecordError
-from aotwatch.sink import RecordSink
-from aotwatch.wire import (
+from aotwatch.core.config import Config
+from aotwatch.core.digest import ChangeLog
+from aotwatch.core.job_archives import JobArchives
+from aotwatch.core.liveness import Attached, Liveness
+from aotwatch.core.lru import LruCache
+from aotwatch.core.metrics import RECORDS_REJECTED, WORKERS_REFUSED
+from aotwatch.core.records import Record, RecordError
+from aotwatch.core.sink import RecordSink
+from aotwatch.core.wire import (
     Answer,
     CompileNotice,
     Compiling,
@@ -52,6 +50,8 @@ from aotwatch.wire import (
     decode,
     to_wire,
 )
+from aotwatch.export.collector import AggregateCollector, registry_for
+from aotwatch.export.server import serve_metrics
 
 log = logging.getLogger(__name__)
 

@@ -12,16 +12,16 @@ from typing import Any
 
 import ray
 
-from aotwatch import report
-from aotwatch.aggregate import Snapshot
-from aotwatch.archive import private_directory
 from aotwatch.cluster.head import ensure_head, stop_daemon
-from aotwatch.cluster.job_archives import job_slug
+from aotwatch.cluster.jobs import JobConfig, run_command, run_trainer
 from aotwatch.cluster.paths import HEAD_NAME, archive_root, collector_name
+from aotwatch.cluster.progress import Progress, RayLogFile
 from aotwatch.cluster.workers import runtime_env
-from aotwatch.config import Config
-from aotwatch.jobs import JobConfig, run_command, run_trainer
-from aotwatch.metrics import (
+from aotwatch.core.aggregate import Snapshot
+from aotwatch.core.archive import private_directory
+from aotwatch.core.config import Config
+from aotwatch.core.job_archives import job_slug
+from aotwatch.core.metrics import (
     BY_NAME,
     COMPILE_SECONDS,
     GRAPH_BREAKS,
@@ -31,7 +31,7 @@ from aotwatch.metrics import (
     WORKERS_ATTACHED,
     Family,
 )
-from aotwatch.progress import Progress, RayLogFile
+from aotwatch.report import summary as report
 
 PROGRESS_S = 2.0
 TIMEOUT_S = 30.0

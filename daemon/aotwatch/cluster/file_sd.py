@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from aotwatch.archive import private_directory
 from aotwatch.cluster.paths import archive_root
-from aotwatch.config import Config
+from aotwatch.core.archive import private_directory
+from aotwatch.core.config import Config
 
 
 def file_sd_path(config: Config) -> Path:

@@ -16,11 +16,9 @@ from aotwatch.cluster.collector import scrape_host
 from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
 from aotwatch.cluster.paths import HEAD_NAME
 from aotwatch.cluster.placement import alive_nodes, daemon_actor_options, ensure_collector
-from aotwatch.config import Config
-from aotwatch.export.collector import build_info_family, registry_for, render
-from aotwatch.export.server import serve_metrics
-from aotwatch.judging import DivergenceWatch
-from aotwatch.metrics import (
+from aotwatch.core.config import Config
+from aotwatch.core.judging import DivergenceWatch
+from aotwatch.core.metrics import (
     HEAD_FAMILIES,
     RANK_DIVERGENCES,
     REDUNDANT_SECONDS,
@@ -28,6 +26,8 @@ from aotwatch.metrics import (
     WAIT_RANK_SECONDS,
     Family,
 )
+from aotwatch.export.collector import build_info_family, registry_for, render
+from aotwatch.export.server import serve_metrics
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from aotwatch.archive import private_directory
-from aotwatch.config import Config
+from aotwatch.core.archive import private_directory
+from aotwatch.core.config import Config
 
 HEAD_NAME = "aotwatch-head"
 SPOOL_DIR = "spool"

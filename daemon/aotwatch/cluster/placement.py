@@ -10,7 +10,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from aotwatch.cluster.collector import NodeCollector
 from aotwatch.cluster.paths import collector_name
-from aotwatch.config import Config
+from aotwatch.core.config import Config
 
 _CollectorActor = ray.remote(NodeCollector)
 

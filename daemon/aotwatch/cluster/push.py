@@ -25,11 +25,11 @@ from typing import Any
 import msgspec
 import ray
 
-from aotwatch.capture.identity import rank_and_world_size
 from aotwatch.cluster.spool import write_spool
-from aotwatch.config import PushConfig
-from aotwatch.records import Record, RecordError, encode_record
-from aotwatch.wire import CompileNotice, Compiling, SpoolHeader, Totals, Worker, to_wire
+from aotwatch.core.config import PushConfig
+from aotwatch.core.identity import rank_and_world_size
+from aotwatch.core.records import Record, RecordError, encode_record
+from aotwatch.core.wire import CompileNotice, Compiling, SpoolHeader, Totals, Worker, to_wire
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import ray
 
 from aotwatch.cluster import driver
 from aotwatch.cluster.head import stop_daemon
-from aotwatch.config import Config
-from aotwatch.records import printable
-from aotwatch.report import cost_lines
+from aotwatch.core.config import Config
+from aotwatch.core.records import printable
+from aotwatch.report.summary import cost_lines
 
 
 def print_status(status: dict) -> None:

@@ -16,9 +16,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from aotwatch.archive import open_private, read_lines
-from aotwatch.records import RecordError, parse_json, to_json
-from aotwatch.wire import SpoolHeader, WireError, decode, to_wire
+from aotwatch.core.archive import open_private, read_lines
+from aotwatch.core.records import RecordError, parse_json, to_json
+from aotwatch.core.wire import SpoolHeader, WireError, decode, to_wire
 
 log = logging.getLogger(__name__)
 

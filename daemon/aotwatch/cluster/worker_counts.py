@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from aotwatch.archive import ArchiveWriter, UnsafePath, read_json_lines, set_aside
-from aotwatch.lru import LruCache
-from aotwatch.metrics import CAPTURE_ERRORS, RECORDS_DROPPED, RECORDS_REJECTED
-from aotwatch.records import RecordError
-from aotwatch.sink import RecordSink
-from aotwatch.wire import CountsEntry, Totals, WireError, decode, to_wire
+from aotwatch.core.archive import ArchiveWriter, UnsafePath, read_json_lines, set_aside
+from aotwatch.core.lru import LruCache
+from aotwatch.core.metrics import CAPTURE_ERRORS, RECORDS_DROPPED, RECORDS_REJECTED
+from aotwatch.core.records import RecordError
+from aotwatch.core.sink import RecordSink
+from aotwatch.core.wire import CountsEntry, Totals, WireError, decode, to_wire
 
 COUNTS_FILE = "counts.jsonl"
 KINDS = {"dropped": (RECORDS_DROPPED, "reason"), "capture_errors": (CAPTURE_ERRORS, "stage")}

@@ -15,7 +15,7 @@ import ray
 
 from aotwatch.cluster.paths import spool_directory
 from aotwatch.cluster.push import RecordPusher
-from aotwatch.config import CONFIG_ENV, Config
+from aotwatch.core.config import CONFIG_ENV, Config
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 import bcrypt
 
+from aotwatch.core.lru import LruCache
 from aotwatch.export.webconfig import LiveWebConfig
-from aotwatch.lru import LruCache
 
 REALM = "aotwatch"
 HASH_SLOTS = 2

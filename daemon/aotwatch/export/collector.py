@@ -14,8 +14,8 @@ from prometheus_client.core import (
     Metric,
 )
 
-from aotwatch.aggregate import Histogram, Snapshot
-from aotwatch.metrics import BUILD_INFO, FAMILIES, Family, Labels
+from aotwatch.core.aggregate import Histogram, Snapshot
+from aotwatch.core.metrics import BUILD_INFO, FAMILIES, Family, Labels
 
 _METRIC_TYPES = {
     "counter": CounterMetricFamily,

@@ -47,7 +47,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from aotwatch.config import LimitsConfig
+from aotwatch.core.config import LimitsConfig
 from aotwatch.export.auth import with_basic_auth
 from aotwatch.export.unfinished import Unfinished
 from aotwatch.export.webconfig import LiveWebConfig

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aotwatch.config import ConfigError, Section, length, read_yaml, section_from_dict
+from aotwatch.core.config import ConfigError, Section, length, read_yaml, section_from_dict
 
 log = logging.getLogger(__name__)
 

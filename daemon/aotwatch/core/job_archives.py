@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aotwatch.archive import ARCHIVE_FILE, ArchiveWriter, open_private, private_directory
-from aotwatch.lru import LruCache
-from aotwatch.records import Record, RecordError, parse_json
+from aotwatch.core.archive import ARCHIVE_FILE, ArchiveWriter, open_private, private_directory
+from aotwatch.core.lru import LruCache
+from aotwatch.core.records import Record, RecordError, parse_json
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import msgspec
 
-from aotwatch.aggregate import Snapshot
-from aotwatch.metrics import IN_PROGRESS, LIVE, WORKERS_ATTACHED, Family, Labels
-from aotwatch.wire import Compiling, Worker
+from aotwatch.core.aggregate import Snapshot
+from aotwatch.core.metrics import IN_PROGRESS, LIVE, WORKERS_ATTACHED, Family, Labels
+from aotwatch.core.wire import Compiling, Worker
 
 LOCAL_WORKER = "this process"
 """The worker id of local mode's one worker: the process that captures and serves."""

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aotwatch.divergence import Finding
-from aotwatch.metrics import (
+from aotwatch.core.divergence import Finding
+from aotwatch.core.metrics import (
     AOT_AUTOGRAD_CACHE_BYPASSES,
     CACHE_LOOKUPS,
     FRAME_FAILURES,
@@ -31,7 +31,7 @@ from aotwatch.metrics import (
     RECOMPILES,
     Family,
 )
-from aotwatch.records import CACHE_RESULTS, PHASES, Record
+from aotwatch.core.records import CACHE_RESULTS, PHASES, Record
 
 MAX_JOBS = 20
 """Jobs shown (the first seen); the records of others are counted, not shown."""
@@ -483,7 +483,7 @@ def render(
     import plotly.offline
 
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("aotwatch", "templates"),
+        loader=jinja2.PackageLoader("aotwatch.report", "templates"),
         autoescape=jinja2.select_autoescape(["html"]),
     )
     jobs = [

@@ -20,7 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from aotwatch.records import MAX_RECORD_BYTES, Record, RecordError, decode_line, parse_json, to_json
+from aotwatch.core.records import (
+    MAX_RECORD_BYTES,
+    Record,
+    RecordError,
+    decode_line,
+    parse_json,
+    to_json,
+)
 
 log = logging.getLogger(__name__)
 

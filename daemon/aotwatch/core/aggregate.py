@@ -1,7 +1,7 @@
 """A pure fold of CompileRecords into bounded counters, histograms and gauges.
 
 ``Aggregate`` is not thread-safe: its owner serialises ``add`` and
-``snapshot`` (see ``aotwatch.sink``). Label sets per family are capped. A family full to its
+``snapshot`` (see ``aotwatch.core.sink``). Label sets per family are capped. A family full to its
 cap makes room for a new label set by dropping one of a finished job (see ``finish_job``), so
 the newest job keeps its series while old ones still hold some; what the cap refuses all the
 same is counted in ``aotwatch_series_dropped_total``, once per label set.
@@ -13,8 +13,8 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-from aotwatch.lru import LruCache
-from aotwatch.metrics import (
+from aotwatch.core.lru import LruCache
+from aotwatch.core.metrics import (
     BY_NAME,
     FOLDED,
     JOBS,
@@ -25,7 +25,7 @@ from aotwatch.metrics import (
     Family,
     Labels,
 )
-from aotwatch.records import Record, RecordError, to_record
+from aotwatch.core.records import Record, RecordError, to_record
 
 REFUSED_MEMORY = 100_000
 """Refused label sets remembered (by hash, about 100 bytes each), so each is counted in

@@ -8,13 +8,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from aotwatch import cost, divergence
-from aotwatch.aggregate import Aggregate, Snapshot
-from aotwatch.archive import ARCHIVE_FILE, archive_files, read_archive
-from aotwatch.divergence import Finding
-from aotwatch.export.collector import exposition, family_exposition, render
-from aotwatch.liveness import Liveness
-from aotwatch.metrics import (
+from aotwatch.core import cost, divergence
+from aotwatch.core.aggregate import Aggregate, Snapshot
+from aotwatch.core.archive import ARCHIVE_FILE, archive_files, read_archive
+from aotwatch.core.divergence import Finding
+from aotwatch.core.liveness import Liveness
+from aotwatch.core.metrics import (
     BY_NAME,
     CACHE_LOOKUPS,
     COMPILE_SECONDS,
@@ -33,8 +32,9 @@ from aotwatch.metrics import (
     WAIT_RANK_SECONDS,
     Family,
 )
-from aotwatch.records import Record, RecordError, printable
-from aotwatch.wire import Worker
+from aotwatch.core.records import Record, RecordError, printable
+from aotwatch.core.wire import Worker
+from aotwatch.export.collector import exposition, family_exposition, render
 
 
 def read_archives(
@@ -90,7 +90,7 @@ def trusted_archives(paths: list[Path]) -> tuple[list[Path], list[str]]:
 def job_archives(root: str | os.PathLike, job_name: str | None = None) -> list[Path]:
     """The archive files of ``job_name`` (None: of every job) under an archive root: one per
     node whose collector saw the job (``collectors/<node>/jobs/<slug>/records.jsonl``)."""
-    from aotwatch.cluster.job_archives import JOBS_DIR, job_directories
+    from aotwatch.core.job_archives import JOBS_DIR, job_directories
 
     return [
         directory / ARCHIVE_FILE

@@ -13,7 +13,7 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from aotwatch.divergence import (
+from aotwatch.core.divergence import (
     MAX_COMPILE_IDS,
     PARTS,
     Change,
@@ -24,9 +24,9 @@ from aotwatch.divergence import (
     empty_parts,
     observe,
 )
-from aotwatch.lru import trim_oldest
-from aotwatch.records import Record
-from aotwatch.wire import Answer
+from aotwatch.core.lru import trim_oldest
+from aotwatch.core.records import Record
+from aotwatch.core.wire import Answer
 
 MAX_CHANGES = 200_000
 """Fingerprint entries whose last change a collector remembers per job (each entry once), to

@@ -4,7 +4,7 @@ A row says what the family is (name, type, help, unit, label names and their all
 values), how a record folds into it (``fold``), and what a user should do when it moves
 (``action``). ``Aggregate`` folds records by looping over this table, the exporter renders
 it, and the reserved label names, the dashboards' names, the golden exposition and
-docs/metrics.md (``python -m aotwatch.metrics``) are derived from it.
+docs/metrics.md (``python -m aotwatch.core.metrics``) are derived from it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from aotwatch import categories, cost, divergence
-from aotwatch.records import (
+from aotwatch.core import categories, cost, divergence
+from aotwatch.core.records import (
     CACHE_RESULTS,
     CACHES,
     GRAPH_KINDS,
@@ -940,7 +940,7 @@ def contract() -> str:
     lines = [
         "# Metrics",
         "",
-        "Generated from `daemon/aotwatch/metrics.py` by `python -m aotwatch.metrics > "
+        "Generated from `daemon/aotwatch/core/metrics.py` by `python -m aotwatch.core.metrics > "
         "docs/metrics.md`; a test fails when this file is stale. The head serves "
         + ", ".join(f"`{family.name}`" for family in HEAD_FAMILIES)
         + "; collectors serve every other family (both serve `aotwatch_build_info`). The "

@@ -40,10 +40,10 @@ from typing import Any, TextIO
 
 import msgspec
 
-from aotwatch.aggregate import DEDUPE_WINDOW
-from aotwatch.archive import read_archive
-from aotwatch.lru import LruCache
-from aotwatch.records import Record, RecordError, to_json
+from aotwatch.core.aggregate import DEDUPE_WINDOW
+from aotwatch.core.archive import read_archive
+from aotwatch.core.lru import LruCache
+from aotwatch.core.records import Record, RecordError, to_json
 
 PHASE_TREE = {
     "total": ("dynamo",),

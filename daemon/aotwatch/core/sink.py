@@ -8,13 +8,13 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from aotwatch.aggregate import Aggregate, Snapshot
-from aotwatch.archive import RecordArchive
-from aotwatch.capture.identity import rank_and_world_size
-from aotwatch.liveness import LOCAL_WORKER, Liveness
-from aotwatch.metrics import CAPTURE_ERRORS, RECORDS_DROPPED, RECORDS_REJECTED, Family, Labels
-from aotwatch.records import Record, RecordError, decode_lines, record_line
-from aotwatch.wire import Compiling
+from aotwatch.core.aggregate import Aggregate, Snapshot
+from aotwatch.core.archive import RecordArchive
+from aotwatch.core.identity import rank_and_world_size
+from aotwatch.core.liveness import LOCAL_WORKER, Liveness
+from aotwatch.core.metrics import CAPTURE_ERRORS, RECORDS_DROPPED, RECORDS_REJECTED, Family, Labels
+from aotwatch.core.records import Record, RecordError, decode_lines, record_line
+from aotwatch.core.wire import Compiling
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""aotwatch's process bootstrap (see aotwatch.bootstrap): start capture when AOTWATCH_TRACE is
-set, then run the sitecustomize this one shadows, if there is one.
+"""aotwatch's process bootstrap (see aotwatch.attachment.bootstrap): start capture when
+AOTWATCH_TRACE is set, then run the sitecustomize this one shadows, if there is one.
 
-Every copy of this file starts with the same line (MARKER): another install's bootstrap
+Every copy of this file starts with the same words (MARKER, the same before the bootstrap moved
+into aotwatch.attachment): another install's bootstrap
 directory on the path too is skipped when chaining, so one bootstrap runs per process and the
 user's own sitecustomize still runs after it.
 """
@@ -9,8 +10,8 @@ user's own sitecustomize still runs after it.
 import os
 import sys
 
-MARKER = b'"""aotwatch\'s process bootstrap (see aotwatch.bootstrap)'
-UNTRACED_PREFIX = ".untraced-"  # aotwatch.bootstrap.UNTRACED_PREFIX
+MARKER = b'"""aotwatch\'s process bootstrap'
+UNTRACED_PREFIX = ".untraced-"  # aotwatch.attachment.bootstrap.UNTRACED_PREFIX
 
 
 def _say_once(message):
@@ -29,7 +30,7 @@ def _say_once(message):
 
 def _aotwatch_start():
     try:
-        from aotwatch.bootstrap import start
+        from aotwatch.attachment.bootstrap import start
     except ImportError as err:  # a Python without aotwatch: say so once, run untraced
         _say_once(f"aotwatch: not capturing in {sys.executable}: {err}")
         return

@@ -11,11 +11,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from aotwatch import cost, divergence
-from aotwatch.config import Config
-from aotwatch.digest import Digest
-from aotwatch.records import printable
-from aotwatch.wire import Answer, Live
+from aotwatch.core import cost, divergence
+from aotwatch.core.config import Config
+from aotwatch.core.digest import Digest
+from aotwatch.core.records import printable
+from aotwatch.core.wire import Answer, Live
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aotwatch import bootstrap, report
-from aotwatch.archive import archive_files
-from aotwatch.config import Config
+from aotwatch.attachment import bootstrap
+from aotwatch.core.archive import archive_files
+from aotwatch.core.config import Config
+from aotwatch.report import summary as report
 
 PYTHON_NAMES = ("python", "python3")
 """A command starting with one of these runs on the Python aotwatch runs on."""
@@ -45,8 +46,8 @@ def resolve(command: list[str]) -> list[str]:
 def check_port(config: Config) -> None:
     """ExportError now, before anything runs, when the first rank's port is taken."""
     if config.export.enabled and config.export.port:
+        from aotwatch.attachment.local import export_port
         from aotwatch.export.server import check_port as check
-        from aotwatch.local import export_port
 
         check(config.export.address, export_port(config))
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from msgspec import Meta
 
-from aotwatch.records import MAX_ID, Count, label_value_problem
+from aotwatch.core.records import MAX_ID, Count, label_value_problem
 
 MAX_COMPILE_S = 7 * 86_400.0
 """The longest a compile may say it has run: beyond it, a broken clock or a forged value."""

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from aotwatch.archive import ArchiveWriter
-from aotwatch.capture.identity import local_rank, rank_and_world_size
-from aotwatch.config import Config, ConfigError
+from aotwatch.core.archive import ArchiveWriter
+from aotwatch.core.config import Config, ConfigError
+from aotwatch.core.identity import local_rank, rank_and_world_size
+from aotwatch.core.liveness import LOCAL_WORKER, Liveness
+from aotwatch.core.sink import RecordSink
+from aotwatch.core.wire import Worker
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import MetricsServer, serve_metrics
-from aotwatch.liveness import LOCAL_WORKER, Liveness
-from aotwatch.sink import RecordSink
-from aotwatch.wire import Worker
 
 
 def export_port(config: Config) -> int:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from aotwatch.config import (
+from aotwatch.core.config import (
     Config,
     ConfigError,
     Section,

@@ -10,11 +10,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from aotwatch.attachment.local import local_sink
 from aotwatch.capture import hooks
 from aotwatch.capture.session import CaptureSession
-from aotwatch.config import Config, load_config
+from aotwatch.core.config import Config, load_config
 from aotwatch.export.server import MetricsServer
-from aotwatch.local import local_sink
 
 log = logging.getLogger("aotwatch")
 

@@ -38,7 +38,7 @@ def environment(archive: str | os.PathLike, config_json: str | None = None) -> d
     """The variables that trace every Python process started with them: ``PYTHONPATH``
     (this one's, with the site directory first), ``AOTWATCH_TRACE`` and, if given,
     ``AOTWATCH_CONFIG``."""
-    from aotwatch.config import CONFIG_ENV
+    from aotwatch.core.config import CONFIG_ENV
 
     paths = [str(site_directory())]
     paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -52,7 +52,7 @@ def trace_root(path: str | os.PathLike) -> Path:
     """The trace's archive directory, created if absent (others may enter it, not list it);
     ``archive.UnsafePath`` when another user controls it. ``aotwatch trace`` and ``env``
     check it, and so does every traced process (the variables may be set by hand)."""
-    from aotwatch.archive import private_directory
+    from aotwatch.core.archive import private_directory
 
     return private_directory(path, 0o711)
 
@@ -71,7 +71,7 @@ def process_archive(root: str | os.PathLike) -> Path:
     import time
     from pathlib import Path
 
-    from aotwatch.capture.identity import rank_and_world_size
+    from aotwatch.core.identity import rank_and_world_size
 
     rank, _ = rank_and_world_size()
     host = re.sub(r"[^A-Za-z0-9_.-]+", "_", socket.gethostname())[:64] or "host"
@@ -85,9 +85,9 @@ def _attach() -> None:
     import dataclasses
     import logging
 
-    from aotwatch.config import ArchiveConfig, config_from_env
+    from aotwatch.attachment.process import attach
+    from aotwatch.core.config import ArchiveConfig, config_from_env
     from aotwatch.export.server import ExportError
-    from aotwatch.process import attach
 
     log = logging.getLogger("aotwatch")
     try:
@@ -108,6 +108,6 @@ def start() -> None:
     """Called by the sitecustomize at interpreter start: attach at the first compile."""
     if not os.environ.get(TRACE_ENV):
         return
-    from aotwatch.first_compile import attach_at_first_compile
+    from aotwatch.attachment.first_compile import attach_at_first_compile
 
     attach_at_first_compile(_attach)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from aotwatch.archive import open_private
+from aotwatch.core.archive import open_private
 
 PLAIN_EVERY_S = 15.0
 """How often a plain (not a terminal) progress line repeats when the stage is unchanged."""

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from aotwatch import divergence
-from aotwatch.lru import LruCache
-from aotwatch.records import GRAPH_KINDS, Record, parse_compile_id
+from aotwatch.core import divergence
+from aotwatch.core.lru import LruCache
+from aotwatch.core.records import GRAPH_KINDS, Record, parse_compile_id
 
 SCOPES = ("job", "fleet")
 """Where compile work was done twice (see the module's docstring)."""

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from aotwatch.lru import trim_oldest
-from aotwatch.records import GRAPH_KINDS, Record
-from aotwatch.wire import Live, Running
+from aotwatch.core.lru import trim_oldest
+from aotwatch.core.records import GRAPH_KINDS, Record
+from aotwatch.core.wire import Live, Running
 
 KINDS = ("graph_hash", "collective_schedule", "compile_ids", "cache_pattern", "compile_straggler")
 """What a finding says differs between ranks."""

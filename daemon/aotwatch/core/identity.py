@@ -7,7 +7,7 @@ import socket
 import sys
 from typing import Any
 
-from aotwatch.records import MAX_ID
+from aotwatch.core.records import MAX_ID
 
 LAUNCHER_ENV = (
     ("RANK", "WORLD_SIZE", "LOCAL_RANK"),  # torchrun, Ray Train, most launchers

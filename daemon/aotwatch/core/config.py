@@ -18,8 +18,8 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
-from aotwatch.metrics import RESERVED_LABEL_NAMES
-from aotwatch.records import MAX_LABEL, label_value_problem
+from aotwatch.core.metrics import RESERVED_LABEL_NAMES
+from aotwatch.core.records import MAX_LABEL, label_value_problem
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
