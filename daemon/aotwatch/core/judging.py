@@ -51,6 +51,25 @@ class DivergenceWatch:
     def take(self, answers: dict[str, Answer], nodes: set[str], final: bool) -> set[str]:
         """One round: the answers of the collectors of ``nodes`` that answered; returns the
         nodes whose endpoint to ask again (restarted, maybe on a new port, or silent)."""
+        restarted = self._receive(answers, nodes)
+        jobs = self._digest.jobs() | {job for live in self._lives.values() for job in live.attached}
+        self._forget_jobs_but(jobs)
+        changed = self._digest.changes()
+        with self._lock:
+            for job, _, compile_id, _ in self._candidates:  # still settling: look again
+                if changed.get(job, set()) is not None:
+                    changed.setdefault(job, set()).add(compile_id)
+        compiling = self._judge_waits(jobs, set(changed))
+        now = time.monotonic()
+        for job, compile_ids in changed.items():
+            if job in jobs:
+                found = self._digest.find(job, compile_ids)
+                self._judge(job, found, compile_ids, now, final, compiling.get(job, set()))
+        return restarted | (nodes - set(answers))
+
+    def _receive(self, answers: dict[str, Answer], nodes: set[str]) -> set[str]:
+        """Take in the answers; forget the collectors no longer among ``nodes``. Returns the
+        nodes whose collector restarted (a new epoch)."""
         restarted = {
             node for node, answer in answers.items() if answer.epoch != self.known(node)[0]
         }
@@ -65,24 +84,18 @@ class DivergenceWatch:
         for table in (self._lives, self._work):
             for node in set(table) - nodes:
                 del table[node]
-        attached = {job for live in self._lives.values() for job in live.attached}
-        jobs = self._digest.jobs() | attached
-        self._forget_jobs_but(jobs)
-        changed = self._digest.changes()
-        with self._lock:
-            for job, _, compile_id, _ in self._candidates:  # still settling: look again
-                if changed.get(job, set()) is not None:
-                    changed.setdefault(job, set()).add(compile_id)
-        late, longest, compiling, waits = divergence.stragglers(
-            list(self._lives.values()), self.config.collector.straggler_after_s
-        )
-        now = time.monotonic()
-        redundant, twice = self._judge_work(jobs, set(changed))
+        return restarted
+
+    def _judge_waits(self, jobs: set[str], changed: set[str]) -> dict[str, set[str]]:
+        """Stragglers, the rank-seconds waited for them and the seconds compiled twice, this
+        round; returns the ranks compiling now per job."""
+        after_s = self.config.collector.straggler_after_s
+        late, longest, compiling, waits = divergence.stragglers(list(self._lives.values()), after_s)
+        redundant, twice = self._judge_work(jobs, changed)
         with self._lock:
             self._stragglers = longest
             self._redundant = {key: s for key, s in redundant.items() if key[0] in jobs}
             self._twice = {job: n for job, n in twice.items() if job in jobs}
-            after_s = self.config.collector.straggler_after_s
             for job, seconds in cost.waited(self._counted, waits, after_s).items():
                 self._waited[job] = self._waited.get(job, 0.0) + seconds
             for finding in late:
@@ -91,17 +104,7 @@ class DivergenceWatch:
                     finding = _with_cause(finding, ranks)
                     self._findings[finding.key] = finding
                     log.warning("aotwatch: compile straggler: %s", printable(finding.describe()))
-        for job, compile_ids in changed.items():
-            if job in jobs:
-                self._judge(
-                    job,
-                    self._digest.find(job, compile_ids),
-                    compile_ids,
-                    now,
-                    final,
-                    compiling.get(job, set()),
-                )
-        return restarted | (nodes - set(answers))
+        return compiling
 
     def _judge_work(
         self, jobs: set[str], changed: set[str]

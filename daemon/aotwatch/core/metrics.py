@@ -935,6 +935,32 @@ def _anchor(family: Family) -> str:
     return re.sub(r"[^a-z0-9_ -]", "", ", ".join(family.samples())).replace(" ", "-")
 
 
+_FOLDED_TEXT = {
+    "graph": "graph records",
+    "frame": "frame records",
+    "any": "every record",
+    "none": "aotwatch itself",
+}
+"""``Family.records`` in docs/metrics.md's words."""
+
+
+def _family_section(family: Family) -> list[str]:
+    """One family's section of docs/metrics.md."""
+    return [
+        f"## `{', '.join(family.samples())}`",
+        "",
+        f"{family.kind}{f' ({family.unit})' if family.unit else ''}: {family.help} "
+        f"Set from {_FOLDED_TEXT[family.records]}: {family.fed_by}. Kept {_kept_text(family)}.",
+        "",
+        "| label | values |",
+        "| --- | --- |",
+        *(f"| `{label}` | {_values_text(family, label)} |" for label in family.labels),
+        "",
+        f"When it moves: {family.action}",
+        "",
+    ]
+
+
 def contract() -> str:
     """docs/metrics.md: the metric contract, generated from the table."""
     lines = [
@@ -963,25 +989,7 @@ def contract() -> str:
         "",
     ]
     for family in ALL_FAMILIES:
-        folded = {
-            "graph": "graph records",
-            "frame": "frame records",
-            "any": "every record",
-            "none": "aotwatch itself",
-        }[family.records]
-        lines += [
-            f"## `{', '.join(family.samples())}`",
-            "",
-            f"{family.kind}{f' ({family.unit})' if family.unit else ''}: {family.help} "
-            f"Set from {folded}: {family.fed_by}. Kept {_kept_text(family)}.",
-            "",
-            "| label | values |",
-            "| --- | --- |",
-            *(f"| `{label}` | {_values_text(family, label)} |" for label in family.labels),
-            "",
-            f"When it moves: {family.action}",
-            "",
-        ]
+        lines += _family_section(family)
     lines += [
         "## Reserved label names",
         "",

@@ -395,9 +395,41 @@ def timeline_figure(view: JobView, causes: list[tuple[str, float, str]] = ()) ->
     figure = go.Figure()
     shown = view.compiles
     for kind, color in _COLORS.items():
-        bars = [c for c in shown if c.kind == kind]
-        if not bars:
-            continue
+        _add_bars(figure, kind, [c for c in shown if c.kind == kind], color)
+    _add_marks(
+        figure,
+        "graph break",
+        [
+            (c.rank, c.start + c.seconds, f"{c.graph_breaks} graph break(s)<br>{c.text}")
+            for c in shown
+            if c.graph_breaks
+        ],
+        {"symbol": "x", "size": 11, "color": "#222"},
+    )
+    shown_causes = [c for c in causes if int(c[0]) in view.ranks][:MAX_FINDINGS]
+    _add_marks(
+        figure,
+        "why a rank was slow",
+        [(rank, ended, html.escape(said)) for rank, ended, said in shown_causes],
+        {"symbol": "star", "size": 13, "color": "#d62728"},
+    )
+    ranks = [f"rank {r}" for r in sorted(view.ranks)]
+    figure.update_layout(
+        barmode="overlay",
+        height=140 + 36 * len(ranks),
+        margin={"l": 80, "r": 20, "t": 50, "b": 40},
+        xaxis={"type": "date", "title": "time (UTC)"},
+        yaxis={"categoryorder": "array", "categoryarray": ranks[::-1], "type": "category"},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
+    )
+    return figure
+
+
+def _add_bars(figure: Any, kind: str, bars: list, color: str) -> None:
+    """A trace of compiles of one kind, each a bar from its start to its end."""
+    import plotly.graph_objects as go
+
+    if bars:
         figure.add_trace(
             go.Bar(
                 name=kind,
@@ -410,42 +442,24 @@ def timeline_figure(view: JobView, causes: list[tuple[str, float, str]] = ()) ->
                 hoverinfo="text",
             )
         )
-    breaks = [c for c in shown if c.graph_breaks]
-    if breaks:
+
+
+def _add_marks(figure: Any, name: str, marks: list[tuple[Any, float, str]], marker: dict) -> None:
+    """A trace of marks (rank, when, hover text) on the timeline; none when there are none."""
+    import plotly.graph_objects as go
+
+    if marks:
         figure.add_trace(
             go.Scatter(
-                name="graph break",
+                name=name,
                 mode="markers",
-                y=[f"rank {c.rank}" for c in breaks],
-                x=[_when(c.start + c.seconds) for c in breaks],
-                marker={"symbol": "x", "size": 11, "color": "#222"},
-                hovertext=[f"{c.graph_breaks} graph break(s)<br>{c.text}" for c in breaks],
+                y=[f"rank {rank}" for rank, _, _ in marks],
+                x=[_when(when) for _, when, _ in marks],
+                marker=marker,
+                hovertext=[text for _, _, text in marks],
                 hoverinfo="text",
             )
         )
-    shown_causes = [c for c in causes if int(c[0]) in view.ranks][:MAX_FINDINGS]
-    if shown_causes:
-        figure.add_trace(
-            go.Scatter(
-                name="why a rank was slow",
-                mode="markers",
-                y=[f"rank {rank}" for rank, _, _ in shown_causes],
-                x=[_when(ended) for _, ended, _ in shown_causes],
-                marker={"symbol": "star", "size": 13, "color": "#d62728"},
-                hovertext=[html.escape(said) for _, _, said in shown_causes],
-                hoverinfo="text",
-            )
-        )
-    ranks = [f"rank {r}" for r in sorted(view.ranks)]
-    figure.update_layout(
-        barmode="overlay",
-        height=140 + 36 * len(ranks),
-        margin={"l": 80, "r": 20, "t": 50, "b": 40},
-        xaxis={"type": "date", "title": "time (UTC)"},
-        yaxis={"categoryorder": "array", "categoryarray": ranks[::-1], "type": "category"},
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
-    )
-    return figure
 
 
 def phase_figure(view: JobView) -> Any:
