@@ -113,3 +113,23 @@ def test_every_folded_label_value_is_one_the_table_allows(record):
                 allowed = family.values.get(label)
                 if isinstance(allowed, tuple):
                     assert value in allowed, (name, label, value)
+
+
+def test_every_record_field_names_the_module_that_reads_it():
+    """``records.READ_BY`` covers the schema exactly, and names modules that exist: the index
+    docs/metrics.md shows a newcomer (row, then reader) cannot point nowhere."""
+    import importlib.util
+
+    from aotwatch.core.records import READ_BY, Record
+
+    assert set(READ_BY) == set(Record.__struct_fields__)
+    assert all(importlib.util.find_spec(module) for module in set(READ_BY.values()))
+
+
+def test_a_row_fed_by_record_fields_names_real_fields_and_their_readers():
+    from aotwatch.core.metrics import FAMILIES, readers
+
+    fed_by_records = [family for family in FAMILIES if "`Record." in family.fed_by]
+    assert len(fed_by_records) >= 25
+    for family in fed_by_records:
+        assert readers(family), family.name  # a misspelled field is a KeyError here

@@ -22,6 +22,7 @@ from aotwatch.core.records import (
     MUTATION_KINDS,
     PHASES,
     PLACEMENTS,
+    READ_BY,
     RECOMPILE_LIMITS,
     SUBCLASS_ROLES,
     TANGENT_LAYOUTS,
@@ -917,6 +918,15 @@ FREE_LABELS = {
 """What the values of labels without a fixed list are (docs/metrics.md)."""
 
 
+_FIELD = re.compile(r"`Record\.(\w+)`")
+
+
+def readers(family: Family) -> list[str]:
+    """The modules that read the record fields a family's ``fed_by`` names (``READ_BY``)."""
+    fields = _FIELD.findall(family.fed_by)
+    return list(dict.fromkeys(READ_BY[field] for field in fields))
+
+
 def _kept_text(family: Family) -> str:
     if family.kept == "node":
         return "per job on a node (`rank` and `device` only with `limits.per_rank_detail`)"
@@ -980,10 +990,11 @@ def contract() -> str:
         "differs). `limits.per_rank_detail: true` keeps every family per rank; local mode "
         "(one rank) and `aotwatch report` (rebuilt from the archives) always do.",
         "",
-        "| family | type | fed by |",
-        "| --- | --- | --- |",
+        "| family | type | fed by | read from torch in |",
+        "| --- | --- | --- | --- |",
         *(
-            f"| [`{family.name}`](#{_anchor(family)}) | {family.kind} | {family.fed_by} |"
+            f"| [`{family.name}`](#{_anchor(family)}) | {family.kind} | {family.fed_by} | "
+            f"{', '.join(f'`{module}`' for module in readers(family)) or '-'} |"
             for family in ALL_FAMILIES
         ),
         "",

@@ -286,6 +286,73 @@ def clip_text(text: Any) -> str | None:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
 
 
+def _read_by(module: str, *fields: str) -> dict[str, str]:
+    return dict.fromkeys(fields, module)
+
+
+READ_BY = {
+    **_read_by(
+        "aotwatch.core.identity",
+        "job_name",
+        "rank",
+        "world_size",
+        "hostname",
+        "pid",
+        "compare_group",
+    ),
+    **_read_by(
+        "aotwatch.capture.session",
+        "schema",
+        "record_id",
+        "time",
+        "graph",
+        "aot_id",
+        "cache_hit",
+        "tensors_saved_for_backward",
+        "durations_s",
+        "cache",
+        "cache_bypasses",
+    ),
+    **_read_by(
+        "aotwatch.capture.graphs",
+        "device",
+        "graph_hash",
+        "collectives",
+        "collective_hash",
+        "nodes",
+        "bytes_saved_for_backward",
+    ),
+    **_read_by(
+        "aotwatch.capture.metadata",
+        "inputs",
+        "mutation_placement",
+        "outputs",
+        "intermediate_bases",
+        "tokens",
+        "symints_saved_for_backward",
+        "static_inputs",
+        "donated_buffers",
+        "subclasses",
+        "tangent_layouts",
+        "rng_functionalized",
+    ),
+    **_read_by(
+        "aotwatch.capture.compile_metrics",
+        "compile_id",
+        "frame",
+        "graph_breaks",
+        "recompile_limits",
+        "recompile_reason",
+        "recompile_category",
+        "fail_type",
+        "fail_category",
+        "fail_reason",
+    ),
+}
+"""Each ``Record`` field -> the module that reads it from torch (or the process): with a
+metric row's ``fed_by``, the two places a newcomer opens to follow a metric from torch."""
+
+
 class RecordError(ValueError):
     """A record refused as malformed; ``reason`` is a bounded label value."""
 
