@@ -10,6 +10,7 @@ was written, no collector read one, and the records were lost with no drop count
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -56,7 +57,9 @@ def worker_id_of(worker) -> str:
     return ray.get(
         worker.__ray_call__.remote(
             lambda self: (
-                __import__("aotwatch.attachment.process").process.current().sink.worker.worker_id
+                importlib.import_module("aotwatch.attachment.process")
+                .current()
+                .sink.worker.worker_id
             )
         ),
         timeout=30,

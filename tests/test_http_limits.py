@@ -228,7 +228,9 @@ def test_connections_that_say_nothing_stay_in_the_kernel(server):
         # A second scrape, behind every silent connection in the listen queue: had the server
         # accepted one of them, it would have done so before answering this.
         assert _get(metrics.port, "/metrics") == 200
-        assert metrics.server.peak_connections == 1  # the scrape; not one silent connection
+        # The two scrapes (the first may still be closing when the second is accepted), never
+        # one of the silent connections: up to max_connections would be held then.
+        assert metrics.server.peak_connections <= 2
         assert all(not _closed_by_peer(sock, wait_s=0) for sock in silent)  # all still open
     finally:
         for sock in silent:
