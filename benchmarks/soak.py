@@ -117,7 +117,7 @@ def main() -> None:
     node_id = ray.get_runtime_context().get_node_id()
     collector = ensure_collector(node_id, config)
     endpoint = ray.get(collector.endpoint.remote(), timeout=120)
-    url = f"http://127.0.0.1:{endpoint['port']}"
+    url = f"http://127.0.0.1:{endpoint.port}"
     directory = collector_directory(config, node_id)
     pid = ray.get(collector.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
     print(
@@ -159,7 +159,7 @@ def main() -> None:
                 pid = ray.get(collector.__ray_call__.remote(lambda self: os.getpid()), timeout=600)
             restart = time.perf_counter() - killed
             endpoint = ray.get(collector.endpoint.remote(), timeout=60)
-            url, replayed = f"http://127.0.0.1:{endpoint['port']}", endpoint["replayed"]
+            url, replayed = f"http://127.0.0.1:{endpoint.port}", endpoint.replayed
             assert scrape(url + "/readyz")[0] == 200
             print(
                 f"| {index + 1} | {total} | {newest} | {memory:.0f} | {disk:.1f} | "

@@ -14,6 +14,7 @@ import yaml
 from aotwatch.cluster.file_sd import file_sd_path, write_file_sd
 from aotwatch.core.config import Config
 from aotwatch.core.metrics import FAMILIES, HEAD_FAMILIES
+from aotwatch.core.wire import Endpoint, Target
 
 PROMETHEUS_DIR = Path(__file__).parent.parent / "dashboards" / "prometheus"
 RULES = PROMETHEUS_DIR / "aotwatch-rules.yml"
@@ -86,10 +87,10 @@ def test_example_config_reads_a_file_sd_file_written_by_the_head(tmp_path: Path)
     """promtool validates the targets and labels of a file_sd file the head wrote."""
     sd_file = tmp_path / "file_sd.json"
     collectors = [
-        {"ip": "10.0.0.1", "port": 9430, "node_id": "a1", "hostname": "gpu-1"},
-        {"ip": "10.0.0.2", "port": 9430, "node_id": "b2", "hostname": "gpu-2"},
+        Endpoint("10.0.0.1", 9430, "http", "a1", "gpu-1", True, 0, []),
+        Endpoint("10.0.0.2", 9430, "http", "b2", "gpu-2", True, 0, []),
     ]
-    write_file_sd(sd_file, collectors, {"ip": "10.0.0.1", "port": 9429})
+    write_file_sd(sd_file, collectors, Target("10.0.0.1", 9429, "http"))
     config = yaml.safe_load(CONFIG.read_text())
     config["scrape_configs"][0]["file_sd_configs"][0]["files"] = [str(sd_file)]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))

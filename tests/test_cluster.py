@@ -50,10 +50,10 @@ def test_explicit_attach_pushes_to_the_node_collector(config):
     snapshot = ray.get(collector.snapshot.remote(), timeout=30)
     assert observed(snapshot) == truth_of("training_step", "input_mutation")
     endpoint = ray.get(collector.endpoint.remote(), timeout=30)
-    text = scrape(f"http://127.0.0.1:{endpoint['port']}/metrics")
+    text = scrape(f"http://127.0.0.1:{endpoint.port}/metrics")
     assert 'torch_compile_graphs_total{device="cpu",graph="backward",job_name="ray-test"' in text
-    assert scrape(f"http://127.0.0.1:{endpoint['port']}/healthz") == "ok\n"
-    assert scrape(f"http://127.0.0.1:{endpoint['port']}/readyz") == "ok\n"
+    assert scrape(f"http://127.0.0.1:{endpoint.port}/healthz") == "ok\n"
+    assert scrape(f"http://127.0.0.1:{endpoint.port}/readyz") == "ok\n"
     assert collector_values(collector, "aotwatch_workers_attached") == {("ray-test",): 1}
 
 
@@ -82,7 +82,7 @@ def test_collector_killed_mid_job_loses_and_doubles_nothing(config):
     snapshot = ray.get(collector.snapshot.remote(), timeout=60)
     assert observed(snapshot) == truth_of("training_step", "input_mutation", "output_aliases_input")
     endpoint = ray.get(collector.endpoint.remote(), timeout=30)
-    assert endpoint["replayed"] >= 4  # this instance rebuilt itself from the archive
+    assert endpoint.replayed >= 4  # this instance rebuilt itself from the archive
 
 
 def test_a_worker_that_exits_keeps_its_counters_and_loses_its_gauges(config):
@@ -127,7 +127,7 @@ def test_divergent_ranks_are_found(config):
     (graph_hash,) = [f for f in findings if f["kind"] == "graph_hash"]
     assert sorted(rank for ranks in graph_hash["groups"].values() for rank in ranks) == ["0", "1"]
     status = ray.get(head.status.remote(), timeout=30)
-    text = scrape(f"http://127.0.0.1:{status['head']['port']}/metrics")
+    text = scrape(f"http://127.0.0.1:{status.head.port}/metrics")
     assert 'torch_compile_rank_divergences_total{job_name="ray-test",kind="graph_hash"} 1.0' in text
 
 

@@ -47,7 +47,7 @@ def test_one_collector_per_node_each_with_its_own_workers(cluster, tmp_path):
         nodes = alive_node_ids()
         assert len(nodes) == 3
         status = ray.get(head.status.remote(), timeout=60)
-        assert {c["node_id"] for c in status["collectors"]} == nodes
+        assert {c.node_id for c in status.collectors} == nodes
         targets = collector_targets(file_sd_path(config))
         assert set(targets) == nodes
 
@@ -61,17 +61,17 @@ def test_one_collector_per_node_each_with_its_own_workers(cluster, tmp_path):
         ray.get([w.run.remote("input_mutation") for w in workers.values()], timeout=300)
         assert all(ray.get([w.flush.remote() for w in workers.values()], timeout=60))
 
-        handles = {c["node_id"]: c for c in status["collectors"]}
+        handles = {c.node_id: c for c in status.collectors}
         for node_id in nodes:
             text = scrape(f"http://{targets[node_id]}/metrics")
             assert 'torch_compile_graphs_total{device="cpu",graph="inference"' in text
             assert 'job_name="ray-test",rank="0"} 1.0' in text  # exactly its own worker's graph
-            assert handles[node_id]["hostname"]
+            assert handles[node_id].endpoint.hostname
         collector = ray.get_actor(
             f"aotwatch-collector-{next(iter(nodes))}", namespace=config.cluster.namespace
         )
         endpoint = ray.get(collector.endpoint.remote(), timeout=30)
-        assert [w["node_id"] for w in endpoint["workers"]] == [endpoint["node_id"]]
+        assert [w.node_id for w in endpoint.workers] == [endpoint.node_id]
         assert collector_values(collector, "aotwatch_workers_attached") == {("ray-test",): 1}
 
         cluster.add_node(num_cpus=1)

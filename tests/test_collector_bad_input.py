@@ -38,7 +38,7 @@ def collector(ray_session, tmp_path):
     )
     handle = ensure_collector(ray.get_runtime_context().get_node_id(), config)
     endpoint = ray.get(handle.endpoint.remote(), timeout=120)
-    yield handle, f"http://127.0.0.1:{endpoint['port']}"
+    yield handle, f"http://127.0.0.1:{endpoint.port}"
     ray.kill(handle, no_restart=True)  # detached: it would outlive the test
 
 

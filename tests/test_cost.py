@@ -13,7 +13,7 @@ from aotwatch.core import cost, divergence
 from aotwatch.core.config import Config
 from aotwatch.core.digest import summary
 from aotwatch.core.records import new_record, to_record
-from aotwatch.core.wire import Answer, Live, Running
+from aotwatch.core.wire import Answer, Live, Running, Status, Target
 from aotwatch.export.collector import family_exposition
 
 MISS = {"fx_graph": {"miss": 1}}
@@ -247,18 +247,12 @@ def test_the_text_report_names_the_waits_the_work_done_twice_and_the_cures(tmp_p
 def test_status_shows_the_cost_the_head_counted(capsys):
     from aotwatch.cluster import serve
 
-    serve.print_status(
-        {
-            "collectors": [],
-            "divergences": [],
-            "cost": {
-                "waits": {"a": 7200.0},
-                "redundant": [["a", "job", 3600.0], ["a", "fleet", 0.0]],
-                "twice": {"a": [1024, 40]},
-            },
-            "file_sd": "f",
-        }
-    )
+    cost = {
+        "waits": {"a": 7200.0},
+        "redundant": [["a", "job", 3600.0], ["a", "fleet", 0.0]],
+        "twice": {"a": [1024, 40]},
+    }
+    serve.print_status(Status([], Target("10.0.0.1", 9429, "http"), "f", [], cost))
     out = capsys.readouterr().out
     assert "a: ranks waited 7,200 s (2.00 rank-hours) for a slower rank's compile" in out
     assert "a: 1024 ranks compiled the same 40 graphs: 3,600 s (1.00 rank-hours)" in out

@@ -40,7 +40,7 @@ def config(ray_session, tmp_path):
 def head_values(config, name: str) -> dict[str, float]:
     """The head's samples of ``name``: label text -> value."""
     head = ray.get_actor("aotwatch-head", namespace=config.cluster.namespace)
-    port = ray.get(head.status.remote(), timeout=30)["head"]["port"]
+    port = ray.get(head.status.remote(), timeout=30).head.port
     text = scrape(f"http://127.0.0.1:{port}/metrics")
     return {
         line.split("{", 1)[1].rsplit("}", 1)[0]: float(line.rsplit(" ", 1)[1])

@@ -82,7 +82,7 @@ def test_a_worker_killed_mid_compile_keeps_counters_and_loses_its_gauges(ray_ses
         ray.get([w.attach.remote(config) for w in (survivor, victim)], timeout=120)
         ray.get(survivor.compile_many.remote(2), timeout=120)
         assert ray.get(survivor.flush.remote(), timeout=60)
-        port = ray.get(collector.endpoint.remote(), timeout=30)["port"]
+        port = ray.get(collector.endpoint.remote(), timeout=30).port
         url = f"http://127.0.0.1:{port}/metrics"
         before = total(collector, "aotwatch_records_received")
 

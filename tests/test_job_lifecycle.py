@@ -63,8 +63,8 @@ def served(ray_session, tmp_path):
         node_id = ray.get_runtime_context().get_node_id()
         collector = ray.get_actor(collector_name(node_id), namespace=namespace)
         head = ray.get_actor(HEAD_NAME, namespace=namespace)
-        port = ray.get(collector.endpoint.remote(), timeout=30)["port"]
-        head_port = ray.get(head.status.remote(), timeout=30)["head"]["port"]
+        port = ray.get(collector.endpoint.remote(), timeout=30).port
+        head_port = ray.get(head.status.remote(), timeout=30).head.port
         yield (
             cluster_config(tmp_path, namespace),
             f"http://127.0.0.1:{port}/metrics",
@@ -162,7 +162,7 @@ def test_a_restarted_head_rebuilds_its_findings_from_the_collectors(served):
     before = actor_pid(head)
     ray.kill(head, no_restart=False)  # Ray starts it again: it has no state of its own
     wait_for(lambda: actor_pid(head) != before, timeout=60, message="the head to restart")
-    port = ray.get(head.status.remote(), timeout=60)["head"]["port"]
+    port = ray.get(head.status.remote(), timeout=60).head.port
     restarted = f"http://127.0.0.1:{port}/metrics"
     wait_for(
         lambda: value(scrape(restarted), name, **labels) == 1,

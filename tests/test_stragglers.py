@@ -80,7 +80,7 @@ def test_an_absurd_compile_time_is_refused_and_the_batch_kept(node_collector, co
 
 def head_metric(config, name: str) -> list[str]:
     head = ray.get_actor("aotwatch-head", namespace=config.cluster.namespace)
-    port = ray.get(head.status.remote(), timeout=30)["head"]["port"]
+    port = ray.get(head.status.remote(), timeout=30).head.port
     text = scrape(f"http://127.0.0.1:{port}/metrics")
     return [line for line in text.splitlines() if line.startswith(name + "{")]
 

@@ -13,6 +13,7 @@ from aotwatch.core.archive import ARCHIVE_FILE
 from aotwatch.core.config import Config
 from aotwatch.core.divergence import Finding
 from aotwatch.core.records import RecordError, encode_record, new_record, printable, to_record
+from aotwatch.core.wire import CollectorStatus, Endpoint, Status, Target, Worker
 from aotwatch.report import summary as report
 from helpers import aotwatch
 
@@ -101,22 +102,20 @@ def test_divergence_lines_and_the_run_summary_escape(capsys):
 
 
 def test_status_escapes_what_collectors_and_the_head_report(capsys):
-    serve.print_status(
-        {
-            "collectors": [
-                {
-                    "node_id": "n" * 20,
-                    "hostname": f"host{CONCEAL}",
-                    "ip": "10.0.0.1",
-                    "port": 9430,
-                    "healthy": True,
-                    "workers": [{"job_name": f"job{ERASE_LINE}", "rank": 0}],
-                }
-            ],
-            "divergences": [HOSTILE.to_dict()],
-            "file_sd": "/tmp/file_sd.json",
-        }
+    worker = Worker(worker_id="w", job_name=f"job{ERASE_LINE}", rank=0)
+    endpoint = Endpoint(
+        ip="10.0.0.1",
+        port=9430,
+        scheme="http",
+        node_id="n" * 20,
+        hostname=f"host{CONCEAL}",
+        ready=True,
+        replayed=0,
+        workers=[worker],
     )
+    collector = CollectorStatus("n" * 20, True, endpoint)
+    head = Target("10.0.0.1", 9429, "http")
+    serve.print_status(Status([collector], head, "/tmp/file_sd.json", [HOSTILE.to_dict()]))
     out = capsys.readouterr().out
     assert "host\\x1b[8m" in out and "job\\x1b[2K\\r" in out and "0/0\\x1b]52" in out
     assert not any(control in out for control in CONTROLS), repr(out)

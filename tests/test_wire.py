@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import pickle
+
 import pytest
 
+from aotwatch.cluster.file_sd import write_file_sd
 from aotwatch.cluster.spool import read_spool, write_spool
 from aotwatch.core.archive import private_directory
-from aotwatch.core.records import encode_record, new_record, parse_compile_id
+from aotwatch.core.job_archives import JOB_FILE, JobArchives, job_slug, read_job_file
+from aotwatch.core.records import encode_record, new_record, parse_compile_id, to_record
 from aotwatch.core.wire import (
+    CollectorStatus,
     CompileNotice,
+    Endpoint,
+    JobFile,
     SpoolHeader,
+    Status,
+    Target,
     Totals,
     WireError,
     Worker,
@@ -101,3 +111,52 @@ def test_a_torn_spool_header_is_none(tmp_path):
     path.chmod(0o600)
     read, lines = read_spool(path)
     assert read is None and list(lines) == []
+
+
+def _endpoint(node_id: str, scheme: str = "http") -> Endpoint:
+    worker = decode(Worker, WORKER)
+    return Endpoint("10.0.0.1", 9430, scheme, node_id, "gpu-1", True, 3, [worker])
+
+
+def test_a_status_crosses_ray_as_a_pickle():
+    status = Status(
+        [CollectorStatus("a1", True, _endpoint("a1")), CollectorStatus("b2", False)],
+        Target("10.0.0.1", 9429, "https"),
+        "/tmp/file_sd.json",
+        [],
+    )
+    assert pickle.loads(pickle.dumps(status)) == status
+    assert status.head.url() == "https://10.0.0.1:9429/metrics"
+
+
+def test_file_sd_lists_each_collector_and_the_head_as_before(tmp_path):
+    path = tmp_path / "file_sd.json"
+    head = Target("10.0.0.9", 9429, "http")
+    write_file_sd(path, [_endpoint("b2", "https"), _endpoint("a1")], head)
+    assert json.loads(path.read_text()) == [
+        {
+            "targets": ["10.0.0.1:9430"],
+            "labels": {"node_id": "a1", "hostname": "gpu-1", "role": "collector"},
+        },
+        {
+            "targets": ["10.0.0.1:9430"],
+            "labels": {
+                "node_id": "b2",
+                "hostname": "gpu-1",
+                "role": "collector",
+                "__scheme__": "https",
+            },
+        },
+        {"targets": ["10.0.0.9:9429"], "labels": {"role": "head"}},
+    ]
+
+
+def test_job_json_keeps_its_form_and_an_older_one_reads(tmp_path):
+    archives = JobArchives(tmp_path)
+    archives.write_records([to_record(new_record(job_name="j"))], [b"{}\n"])
+    directory = archives.path / job_slug("j")
+    assert (directory / JOB_FILE).read_text() == '{"job_name": "j", "finished": null}'
+    (directory / JOB_FILE).write_text('{"job_name": "j", "finished": 1700000000, "more": 1}')
+    assert read_job_file(directory) == JobFile("j", 1700000000.0)
+    (directory / JOB_FILE).write_text('{"job_name": "j", "finished": "yesterday"}')
+    assert read_job_file(directory) is None  # not aotwatch's: read around, as a hostile one

@@ -42,13 +42,13 @@ from aotwatch.core.wire import (
     Answer,
     CompileNotice,
     Compiling,
+    Endpoint,
     Live,
     Running,
     SpoolHeader,
     WireError,
     Worker,
     decode,
-    to_wire,
 )
 from aotwatch.export.collector import AggregateCollector, registry_for
 from aotwatch.export.server import serve_metrics
@@ -327,18 +327,18 @@ class NodeCollector:
                     aggregate.add(item)
         return aggregate.snapshot()
 
-    def endpoint(self) -> dict[str, Any]:
+    def endpoint(self) -> Endpoint:
         """What file_sd and ``aotwatch status`` need to know about this collector."""
-        return {
-            "node_id": self.node_id,
-            "hostname": self.hostname,
-            "ip": scrape_host(self.config.collector.address),
-            "port": self.server.port,
-            "scheme": "https" if self.server.tls else "http",
-            "ready": self._ready,
-            "replayed": self.replayed,
-            "workers": [to_wire(attached.worker) for attached in self._live_workers()],
-        }
+        return Endpoint(
+            ip=scrape_host(self.config.collector.address),
+            port=self.server.port,
+            scheme="https" if self.server.tls else "http",
+            node_id=self.node_id,
+            hostname=self.hostname,
+            ready=self._ready,
+            replayed=self.replayed,
+            workers=[attached.worker for attached in self._live_workers()],
+        )
 
     def close(self) -> None:
         """Stop serving and close the files (Ray kills the actor instead; tests call this)."""

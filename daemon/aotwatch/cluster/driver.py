@@ -31,6 +31,7 @@ from aotwatch.core.metrics import (
     WORKERS_ATTACHED,
     Family,
 )
+from aotwatch.core.wire import Status
 from aotwatch.report import summary as report
 
 PROGRESS_S = 2.0
@@ -198,13 +199,9 @@ def ray_log_path(config: Config, name: str) -> Path:
     return private_directory(archive_root(config) / "logs") / f"{job_slug(name)}-{stamp}.log"
 
 
-def targets(status: dict[str, Any]) -> list[str]:
+def targets(status: Status) -> list[str]:
     """The collectors' /metrics URLs in a head's ``status``."""
-    return [
-        f"{c.get('scheme', 'http')}://{c['ip']}:{c['port']}/metrics"
-        for c in status["collectors"]
-        if "port" in c
-    ]
+    return [c.endpoint.url() for c in status.collectors if c.endpoint is not None]
 
 
 def quiet_ray(config: Config, name: str, say: Any = print) -> RayLogFile:
@@ -266,11 +263,7 @@ def _print_summary(job: JobConfig, config: Config, head: Any, findings: list) ->
     detail = merged_snapshot(config, job.name, detail=True)
     print(report.job_summary(job.name, detail, findings))
     status = ray.get(head.status.remote(), timeout=TIMEOUT_S)
-    head_endpoint = status["head"]
     print(f"\nmetrics: {', '.join(targets(status))}")
-    print(
-        f"head (divergences): {head_endpoint['scheme']}://{head_endpoint['ip']}:"
-        f"{head_endpoint['port']}/metrics"
-    )
-    print(f"Prometheus file_sd: {status['file_sd']}")
+    print(f"head (divergences): {status.head.url()}")
+    print(f"Prometheus file_sd: {status.file_sd}")
     print(report.html_command(archive_root(config), "--job", job.name))

@@ -11,6 +11,7 @@ from typing import Any
 from aotwatch.cluster.paths import archive_root
 from aotwatch.core.archive import private_directory
 from aotwatch.core.config import Config
+from aotwatch.core.wire import Endpoint, Target
 
 
 def file_sd_path(config: Config) -> Path:
@@ -20,12 +21,12 @@ def file_sd_path(config: Config) -> Path:
     return private_directory(archive_root(config), 0o711) / "file_sd.json"
 
 
-def write_file_sd(path: Path, endpoints: list[dict[str, Any]], head: dict[str, Any] | None) -> None:
+def write_file_sd(path: Path, endpoints: list[Endpoint], head: Target | None) -> None:
     """Replace ``path`` atomically with one file_sd target group per collector and the head
     (none when the daemon stops: Prometheus then stops scraping, and no alert fires)."""
     groups = [
-        _target_group(e, {"node_id": e["node_id"], "hostname": e["hostname"], "role": "collector"})
-        for e in sorted(endpoints, key=lambda e: e["node_id"])
+        _target_group(e, {"node_id": e.node_id, "hostname": e.hostname, "role": "collector"})
+        for e in sorted(endpoints, key=lambda e: e.node_id)
     ]
     if head is not None:
         groups.append(_target_group(head, {"role": "head"}))
@@ -42,8 +43,8 @@ def write_file_sd(path: Path, endpoints: list[dict[str, Any]], head: dict[str, A
     os.replace(tmp.name, path)
 
 
-def _target_group(endpoint: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+def _target_group(target: Target, labels: dict[str, str]) -> dict[str, Any]:
     """One file_sd group; ``__scheme__`` tells Prometheus to scrape a TLS endpoint over https."""
-    if endpoint.get("scheme") == "https":
+    if target.scheme == "https":
         labels = {**labels, "__scheme__": "https"}
-    return {"targets": [f"{endpoint['ip']}:{endpoint['port']}"], "labels": labels}
+    return {"targets": [f"{target.ip}:{target.port}"], "labels": labels}

@@ -26,6 +26,7 @@ from aotwatch.core.metrics import (
     WAIT_RANK_SECONDS,
     Family,
 )
+from aotwatch.core.wire import CollectorStatus, Status, Target
 from aotwatch.export.collector import build_info_family, registry_for, render
 from aotwatch.export.server import serve_metrics
 
@@ -76,7 +77,7 @@ class Head:
         self.config = config
         self._lock = threading.Lock()
         self._collectors: dict[str, Any] = {}
-        self._endpoints: dict[str, dict[str, Any]] = {}
+        self._endpoints: dict[str, CollectorStatus] = {}
         self.watch = DivergenceWatch(config)
         self._stale: set[str] = set()  # nodes whose endpoint to ask again (restarted, silent)
         self._file_sd_targets: list | None = None  # what file_sd lists now
@@ -104,7 +105,7 @@ class Head:
             except Exception:  # noqa: BLE001 - keep watching; the next round retries
                 log.warning("aotwatch head: round failed", exc_info=True)
 
-    def reconcile(self, everything: bool = True) -> list[dict[str, Any]]:
+    def reconcile(self, everything: bool = True) -> list[CollectorStatus]:
         """Create collectors on new nodes, forget dead ones, refresh endpoints (of every
         collector, or only of new, restarted and silent ones) and file_sd (when a target
         changed, and at every refresh of everything)."""
@@ -122,7 +123,8 @@ class Head:
                 for node_id, handle in self._collectors.items()
                 if everything
                 or node_id in self._stale
-                or not self._endpoints.get(node_id, {}).get("healthy")
+                or node_id not in self._endpoints
+                or not self._endpoints[node_id].healthy
             }
             self._stale -= set(due)
             if everything:
@@ -130,24 +132,17 @@ class Head:
         answers = _answers({node_id: handle.endpoint.remote() for node_id, handle in due.items()})
         with self._lock:
             for node_id in due:
-                if node_id in answers:
-                    self._endpoints[node_id] = {**answers[node_id], "healthy": True}
-                else:  # restarting or unreachable: keep its last target
-                    self._endpoints[node_id] = {
-                        **self._endpoints.get(node_id, {}),
-                        "healthy": False,
-                    }
-        endpoints = self.endpoints()
+                last = self._endpoints.get(node_id)  # restarting or unreachable: its last target
+                endpoint = answers.get(node_id, last.endpoint if last else None)
+                self._endpoints[node_id] = CollectorStatus(node_id, node_id in answers, endpoint)
+        collectors = self.endpoints()
         with self._lock:  # shutdown() empties file_sd under this lock, after setting _stop
-            targets = [e for e in endpoints if "port" in e]
-            written = [
-                (e["node_id"], e.get("hostname"), e.get("ip"), e["port"], e.get("scheme"))
-                for e in targets
-            ]
+            targets = [c.endpoint for c in collectors if c.endpoint is not None]
+            written = [(e.node_id, e.hostname, e.ip, e.port, e.scheme) for e in targets]
             if not self._stop.is_set() and written != self._file_sd_targets:
                 write_file_sd(self.file_sd, targets, self.head_endpoint())
                 self._file_sd_targets = written
-        return endpoints
+        return collectors
 
     def check_divergences(self, final: bool = False) -> list[dict[str, Any]]:
         """Compare the ranks of every job that changed since the last round (and of those
@@ -171,26 +166,27 @@ class Head:
             self._stale |= stale
         return self.watch.divergences()
 
-    def endpoints(self) -> list[dict[str, Any]]:
+    def endpoints(self) -> list[CollectorStatus]:
+        """Every collector as of the last round, by node."""
         with self._lock:
-            return [{"node_id": n, **e} for n, e in sorted(self._endpoints.items())]
+            return [status for _, status in sorted(self._endpoints.items())]
 
-    def head_endpoint(self) -> dict[str, Any]:
-        return {
-            "ip": scrape_host(self.config.collector.address),
-            "port": self.server.port,
-            "scheme": "https" if self.server.tls else "http",
-        }
+    def head_endpoint(self) -> Target:
+        return Target(
+            scrape_host(self.config.collector.address),
+            self.server.port,
+            "https" if self.server.tls else "http",
+        )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         """Collectors (node, target, healthy, workers) as of now, divergences, file_sd path."""
-        return {
-            "collectors": self.reconcile(),
-            "head": self.head_endpoint(),
-            "file_sd": str(self.file_sd),
-            "divergences": self.watch.divergences(),
-            "cost": self.watch.cost(),
-        }
+        return Status(
+            self.reconcile(),
+            self.head_endpoint(),
+            str(self.file_sd),
+            self.watch.divergences(),
+            self.watch.cost(),
+        )
 
     def shutdown(self) -> None:
         """Kill every collector, empty file_sd, stop watching (the caller kills the head)."""

@@ -14,37 +14,35 @@ from aotwatch.cluster import driver
 from aotwatch.cluster.head import stop_daemon
 from aotwatch.core.config import Config
 from aotwatch.core.records import printable
+from aotwatch.core.wire import Status, Worker
 from aotwatch.report.summary import cost_lines
 
 
-def print_status(status: dict) -> None:
+def print_status(status: Status) -> None:
     """Print the head's status (``Head.status``): collectors, jobs, divergences, cost."""
     print("collectors:")
-    for c in status["collectors"]:
-        target = f"{c.get('ip')}:{c.get('port')}" if "port" in c else "-"
-        health = "healthy" if c.get("healthy") else "unreachable"
-        print(
-            printable(f"  node {c['node_id'][:12]}  {c.get('hostname', '?')}  {target}  {health}")
-        )
-    jobs: dict[str, list] = {}
-    for c in status["collectors"]:
-        for w in c.get("workers", []):
-            jobs.setdefault(w["job_name"], []).append(w)
+    for c in status.collectors:
+        target = f"{c.endpoint.ip}:{c.endpoint.port}" if c.endpoint else "-"
+        hostname = c.endpoint.hostname if c.endpoint else "?"
+        health = "healthy" if c.healthy else "unreachable"
+        print(printable(f"  node {c.node_id[:12]}  {hostname}  {target}  {health}"))
+    jobs: dict[str, list[Worker]] = {}
+    for c in status.collectors:
+        for w in c.endpoint.workers if c.endpoint else []:
+            jobs.setdefault(w.job_name, []).append(w)
     print("jobs:" if jobs else "jobs: none attached")
     for name, workers in sorted(jobs.items()):
-        ranks = ",".join(
-            str(w.get("rank", "?")) for w in sorted(workers, key=lambda w: str(w.get("rank")))
-        )
+        ranks = ",".join(str(w.rank) for w in sorted(workers, key=lambda w: str(w.rank)))
         print(printable(f"  {name}: {len(workers)} workers attached (ranks {ranks})"))
-    print(f"divergences: {len(status['divergences']) or 'none'}")
-    for f in status["divergences"]:
+    print(f"divergences: {len(status.divergences) or 'none'}")
+    for f in status.divergences:
         print(printable(f"  {f['job_name']} {f['kind']} at {f['compile_id']}: {f['groups']}"))
-    if "cost" in status:  # a head before issue 22 answers none
-        known = status["cost"]
+    if status.cost is not None:  # a head before issue 22 answers none
+        known = status.cost
         redundant = {(job, scope): s for job, scope, s in known["redundant"]}
         twice = {job: tuple(counts) for job, counts in known["twice"].items()}
         print("\n".join(cost_lines(redundant, known["waits"], twice)))
-    print(f"file_sd: {status['file_sd']}")
+    print(f"file_sd: {status.file_sd}")
 
 
 SERVE_CLEANUP_TIMEOUT_S = 5.0

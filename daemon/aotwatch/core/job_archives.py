@@ -19,11 +19,11 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from aotwatch.core.archive import ARCHIVE_FILE, ArchiveWriter, open_private, private_directory
 from aotwatch.core.lru import LruCache
 from aotwatch.core.records import Record, RecordError, parse_json
+from aotwatch.core.wire import JobFile, WireError, decode, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,17 @@ def job_slug(job_name: str) -> str:
     return f"{readable}-{hashlib.sha256(job_name.encode()).hexdigest()[:12]}"
 
 
-def read_job_file(directory: Path) -> dict[str, Any] | None:
+def read_job_file(directory: Path) -> JobFile | None:
     """A job directory's ``job.json``, or None if it is missing or malformed."""
     try:
         fd = open_private(directory / JOB_FILE, os.O_RDONLY)
         with os.fdopen(fd, "rb") as stream:
-            info = parse_json(stream.read(MAX_JOB_FILE))
-    except (OSError, RecordError):  # missing, another user's, torn, hostile
+            return decode(JobFile, parse_json(stream.read(MAX_JOB_FILE)))
+    except (OSError, RecordError, WireError):  # missing, another user's, torn, hostile
         return None
-    if isinstance(info, dict) and isinstance(info.get("job_name"), str):
-        return info
-    return None
 
 
-def job_directories(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+def job_directories(root: Path) -> Iterator[tuple[Path, JobFile]]:
     """(directory, job.json) of every job under a collector's ``jobs`` directory."""
     if not root.is_dir():
         return
@@ -87,8 +84,8 @@ class JobArchives:
         writer = self._writers.get(job_name)
         if writer is None:
             directory, info = self._directory(job_name)
-            if info is None or info.get("finished") is not None:  # new, or running again
-                self._write_job_file(directory, {"job_name": job_name, "finished": None})
+            if info is None or info.finished is not None:  # new, or running again
+                self._write_job_file(directory, JobFile(job_name))
             writer = ArchiveWriter(directory)
             self._writers.put(job_name, writer)
         return writer
@@ -100,13 +97,13 @@ class JobArchives:
             writer.close()
         directory, _ = self._directory(job_name)
         if directory.is_dir():
-            self._write_job_file(directory, {"job_name": job_name, "finished": time.time()})
+            self._write_job_file(directory, JobFile(job_name, time.time()))
 
     def archive_file(self, job_name: str) -> Path:
         """Where the job's records are (or would be) archived on this node."""
         return self._directory(job_name)[0] / ARCHIVE_FILE
 
-    def _directory(self, job_name: str) -> tuple[Path, dict[str, Any] | None]:
+    def _directory(self, job_name: str) -> tuple[Path, JobFile | None]:
         """The job's directory and its ``job.json``: ``job_slug``, or, where that directory
         holds another job (a name crafted to collide in the slug's hash), the first of
         ``<slug>-2``, ``<slug>-3``, ... that holds this job or none."""
@@ -114,16 +111,16 @@ class JobArchives:
         for attempt in itertools.count(1):
             directory = self.path / (slug if attempt == 1 else f"{slug}-{attempt}")
             info = read_job_file(directory)
-            if info is None or info["job_name"] == job_name:
+            if info is None or info.job_name == job_name:
                 return directory, info
 
-    def _write_job_file(self, directory: Path, info: dict[str, Any]) -> None:
+    def _write_job_file(self, directory: Path, info: JobFile) -> None:
         private_directory(directory)
         temporary = directory / f".{JOB_FILE}.tmp"
         temporary.unlink(missing_ok=True)
         fd = open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         with os.fdopen(fd, "wb") as stream:
-            stream.write(json.dumps(info).encode())
+            stream.write(json.dumps(to_wire(info)).encode())
         os.replace(temporary, directory / JOB_FILE)
 
     def survey(self) -> tuple[list[Path], set[str]]:
@@ -131,8 +128,8 @@ class JobArchives:
         replays; the names of the finished ones)."""
         live, finished = [], set()
         for directory, info in job_directories(self.path):
-            if info.get("finished") is not None:
-                finished.add(info["job_name"])
+            if info.finished is not None:
+                finished.add(info.job_name)
             elif os.path.lexists(directory / ARCHIVE_FILE):  # a link too: replay refuses it
                 live.append(directory / ARCHIVE_FILE)
         return live, finished
@@ -141,9 +138,9 @@ class JobArchives:
         """Remove finished jobs' directories past ``retention_days`` (0: none by age), then
         the oldest while they hold more than ``max_bytes`` (0: no bound). Returns the jobs."""
         finished = sorted(
-            (info["finished"], directory, info["job_name"])
+            (info.finished, directory, info.job_name)
             for directory, info in job_directories(self.path)
-            if isinstance(info.get("finished"), (int, float))
+            if info.finished is not None
         )
         sizes = {directory: _size(directory) for _, directory, _ in finished}
         total, removed = sum(sizes.values()), []

@@ -3,11 +3,12 @@
 A worker announces itself with every push (``Worker``, with the compile it is in,
 ``CompileNotice``) and sends its running drop and capture-error totals (``Totals``); at exit
 it may leave a spool file whose first line is a ``SpoolHeader``. A collector answers the
-head's rounds with an ``Answer``. Messages travel as plain
-builtins (Ray pickles them, a spool file holds JSON: ``to_wire``) and are validated into
-these Structs by msgspec where they arrive (``decode``); one refused is counted and
-skipped by the receiver. ``Compiling`` is a compile in progress on the clocks of
-the process that shows it.
+head's rounds with an ``Answer`` and tells where it serves with an ``Endpoint``; the head
+answers ``aotwatch status`` with a ``Status``; a job's directory holds a ``JobFile``.
+Messages travel as plain builtins (Ray pickles them, a spool file holds JSON: ``to_wire``)
+and are validated into these Structs by msgspec where they arrive (``decode``); one refused
+is counted and skipped by the receiver. ``Compiling`` is a compile in progress on the clocks
+of the process that shows it.
 """
 
 from __future__ import annotations
@@ -142,6 +143,61 @@ class Answer(msgspec.Struct):
     deltas: dict[str, Any] = msgspec.field(default_factory=dict)
     work: dict[str, Any] = msgspec.field(default_factory=dict)
     live: Live = msgspec.field(default_factory=Live)
+
+
+class Target(msgspec.Struct):
+    """Where Prometheus scrapes a /metrics server (a collector's, the head's)."""
+
+    ip: str
+    port: int
+    scheme: str
+    """``http`` or ``https``."""
+
+    def url(self) -> str:
+        return f"{self.scheme}://{self.ip}:{self.port}/metrics"
+
+
+class Endpoint(Target):
+    """A collector as file_sd and ``aotwatch status`` know it (``NodeCollector.endpoint``):
+    its target, node, readiness, the records it replayed at its start, its workers now."""
+
+    node_id: str
+    hostname: str
+    ready: bool
+    replayed: int
+    workers: list[Worker]
+
+
+class CollectorStatus(msgspec.Struct):
+    """A collector as the head knows it: whether it answered the last round, and the last
+    endpoint it answered (None before its first answer)."""
+
+    node_id: str
+    healthy: bool
+    endpoint: Endpoint | None = None
+
+
+class Status(msgspec.Struct):
+    """The head's answer to ``aotwatch status`` and ``aotwatch run`` (``Head.status``):
+    collectors, the head's target, the file_sd path, divergences (``Finding.to_dict``) and
+    the cost it counted (``DivergenceWatch.cost``)."""
+
+    collectors: list[CollectorStatus]
+    head: Target
+    file_sd: str
+    divergences: list[dict[str, Any]]
+    cost: dict[str, Any] | None = None
+
+
+class JobFile(msgspec.Struct):
+    """A job directory's ``job.json`` (``job_archives``): the job's name, and when it
+    finished (None while it runs)."""
+
+    job_name: str
+    finished: float | None = None
+
+    def problem(self) -> str | None:
+        return None
 
 
 def decode(kind: type[T], message: Any) -> T:

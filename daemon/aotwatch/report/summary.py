@@ -96,7 +96,7 @@ def job_archives(root: str | os.PathLike, job_name: str | None = None) -> list[P
         directory / ARCHIVE_FILE
         for jobs in sorted(Path(root).glob(f"collectors/*/{JOBS_DIR}"))
         for directory, info in job_directories(jobs)
-        if job_name in (None, info["job_name"]) and (directory / ARCHIVE_FILE).is_file()
+        if job_name in (None, info.job_name) and (directory / ARCHIVE_FILE).is_file()
     ]
 
 
