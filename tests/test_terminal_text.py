@@ -115,10 +115,21 @@ def test_status_escapes_what_collectors_and_the_head_report(capsys):
     )
     collector = CollectorStatus("n" * 20, True, endpoint)
     head = Target("10.0.0.1", 9429, "http")
-    serve.print_status(Status([collector], head, "/tmp/file_sd.json", [HOSTILE.to_dict()]))
+    assert serve.print_status(Status([collector], head, "/tmp/file_sd.json", [HOSTILE.to_dict()]))
     out = capsys.readouterr().out
     assert "host\\x1b[8m" in out and "job\\x1b[2K\\r" in out and "0/0\\x1b]52" in out
     assert not any(control in out for control in CONTROLS), repr(out)
+
+
+def test_a_head_of_another_version_is_named_not_a_traceback(capsys):
+    """An older head answers ``status`` with a dict: one line says to restart the daemon."""
+    assert serve.print_status({"collectors": [], "divergences": [], "file_sd": "f"}) is False
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().splitlines() == [
+        "aotwatch: the head on this cluster runs another version of aotwatch; restart the "
+        "daemon (`aotwatch serve`) with this one"
+    ]
 
 
 def test_the_head_logs_a_divergence_escaped(caplog):

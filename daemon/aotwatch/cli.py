@@ -265,8 +265,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         ray.shutdown()
         return 1
     try:
-        serve.print_status(ray.get(head.status.remote(), timeout=driver.TIMEOUT_S))
-        return 0
+        return (
+            0 if serve.print_status(ray.get(head.status.remote(), timeout=driver.TIMEOUT_S)) else 1
+        )
     finally:
         ray.shutdown()
 

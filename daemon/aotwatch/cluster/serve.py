@@ -18,8 +18,16 @@ from aotwatch.core.wire import Status, Worker
 from aotwatch.report.summary import cost_lines
 
 
-def print_status(status: Status) -> None:
-    """Print the head's status (``Head.status``): collectors, jobs, divergences, cost."""
+def print_status(status: Status) -> bool:
+    """Print the head's status (``Head.status``): collectors, jobs, divergences, cost. False,
+    with one line on stderr, for a head of another aotwatch version (it answers a dict)."""
+    if not isinstance(status, Status):
+        print(
+            "aotwatch: the head on this cluster runs another version of aotwatch; restart the "
+            "daemon (`aotwatch serve`) with this one",
+            file=sys.stderr,
+        )
+        return False
     print("collectors:")
     for c in status.collectors:
         target = f"{c.endpoint.ip}:{c.endpoint.port}" if c.endpoint else "-"
@@ -43,6 +51,7 @@ def print_status(status: Status) -> None:
         twice = {job: tuple(counts) for job, counts in known["twice"].items()}
         print("\n".join(cost_lines(redundant, known["waits"], twice)))
     print(f"file_sd: {status.file_sd}")
+    return True
 
 
 SERVE_CLEANUP_TIMEOUT_S = 5.0
