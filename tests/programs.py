@@ -298,3 +298,8 @@ def truth_of(*names: str, device: str = "cpu") -> Truth:
         )
     torch._dynamo.reset()
     return truth
+
+
+def subclasses(tensors) -> Counter:
+    """Tensor subclasses among ``tensors`` by type name (plain tensors left out)."""
+    return Counter(type(t).__name__ for t in tensors if type(t) is not torch.Tensor)

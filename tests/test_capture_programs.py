@@ -11,7 +11,7 @@ import torch
 
 from aotwatch.export.collector import exposition
 from helpers import scrape
-from programs import PROGRAMS, Truth, observed, run_with_truth, truth_backend
+from programs import PROGRAMS, Truth, observed, run_with_truth, subclasses, truth_backend
 
 # What each program exists to show: the truth must carry it, or the comparison proves nothing.
 FEATURES = {
@@ -168,10 +168,6 @@ def test_lazy_backward_is_recorded_without_the_optional_hook(tmp_path, monkeypat
         torch._dynamo.reset()
 
 
-def _subclasses(tensors) -> Counter:
-    return Counter(type(t).__name__ for t in tensors if type(t) is not torch.Tensor)
-
-
 def test_subclass_tensors_by_role_and_type_equal_the_tensors_themselves(capture):
     """Read from the tensors handed in and out, not from torch's metadata: a TwoTensor and a
     jagged NestedTensor, each with a backward (their outputs come back as tangents)."""
@@ -191,9 +187,9 @@ def test_subclass_tensors_by_role_and_type_equal_the_tensors_themselves(capture)
     for compiled, args in calls:
         out = compiled(*args)
         (out.values() if out.is_nested else out).sum().backward()
-        expected["input"] += _subclasses(args)
-        expected["output"] += _subclasses([out])
-        expected["tangent"] += _subclasses([out] if out.requires_grad else [])
+        expected["input"] += subclasses(args)
+        expected["output"] += subclasses([out])
+        expected["tangent"] += subclasses([out] if out.requires_grad else [])
     torch._dynamo.reset()
     seen = {role: Counter() for role in expected}
     table = capture.sink.snapshot().values["torch_compile_subclass_tensors"]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from aotwatch.core.metrics import FAMILIES
-from helpers import scrape
+from helpers import aotwatch, scrape
 
 pytestmark = [pytest.mark.ray, pytest.mark.subprocess, pytest.mark.browser]
 
@@ -76,12 +76,7 @@ def assert_html_report_shows_both_ranks(tmp_path: Path, lines: list[str]) -> Non
     (command,) = [line for line in lines if line.startswith("HTML report: ")]
     words = command.removeprefix("HTML report: ").split()
     assert words[:2] == ["aotwatch", "report"] and words[-2:] == ["-o", "report.html"]
-    result = subprocess.run(
-        [sys.executable, "-m", "aotwatch.cli", *words[1:-1], str(tmp_path / "report.html")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = aotwatch(*words[1:-1], str(tmp_path / "report.html"), timeout=120)
     assert result.returncode == 0, result.stderr
     with Browser() as browser:
         visit = browser.visit((tmp_path / "report.html").as_uri())

@@ -10,6 +10,7 @@ from aotwatch.core.config import LimitsConfig
 from aotwatch.core.metrics import FAMILIES, IN_PROGRESS, NODE_SUMMED
 from aotwatch.core.records import new_record
 from cluster_helpers import lines
+from collector_helpers import metric
 from helpers import scrape
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -23,12 +24,6 @@ def worker(number: int, job: str = JOB, compiling: str | None = None) -> dict:
     if compiling is not None:
         announced["compiling"] = {"compile_id": compiling, "elapsed_s": 1.0, "device": "cuda:0"}
     return announced
-
-
-def served(collector, name: str) -> dict[tuple, float]:
-    """One family as served: scraped over HTTP first (a bad label set would fail it)."""
-    scrape(collector.server.url)
-    return collector.snapshot().values.get(name, {})
 
 
 def rank_records(rank: int) -> bytes:
@@ -76,7 +71,7 @@ def test_per_rank_detail_keeps_every_family_per_rank(node_collector):
     collector = node_collector(limits=LimitsConfig(per_rank_detail=True))
     for rank in range(2):
         collector.push(worker(rank), rank_records(rank), None)
-    assert served(collector, "torch_compile_graph_outputs") == {
+    assert metric(collector, "torch_compile_graph_outputs") == {
         (JOB, str(rank), f"cuda:{rank}", "alias_of_input"): 1 for rank in range(2)
     }
     assert 'rank="1"' in next(
@@ -106,13 +101,13 @@ def test_in_progress_series_are_capped_and_the_refused_counted(node_collector):
         collector.push(worker(number, compiling=f"{number}/0"), [], None)
     for number in range(20):  # announced again: counted once per label set
         collector.push(worker(number, compiling=f"{number}/0"), [], None)
-    shown = served(collector, IN_PROGRESS.name)
+    shown = metric(collector, IN_PROGRESS.name)
     assert len(shown) == 5
-    assert served(collector, "aotwatch_series_dropped") == {(IN_PROGRESS.name,): 15}
+    assert metric(collector, "aotwatch_series_dropped") == {(IN_PROGRESS.name,): 15}
     # a rank that ends its compile makes room for another's
     collector.push(worker(0), [], None)
     collector.push(worker(7, compiling="7/0"), [], None)
-    ranks = {labels[1] for labels in served(collector, IN_PROGRESS.name)}
+    ranks = {labels[1] for labels in metric(collector, IN_PROGRESS.name)}
     assert len(ranks) == 5 and "7" in ranks and "0" not in ranks
 
 
@@ -120,10 +115,10 @@ def test_a_compiling_worker_that_leaves_frees_its_series(node_collector):
     collector = node_collector(limits=LimitsConfig(max_series_per_metric=1))
     collector.push(worker(0, compiling="0/0"), [], None)
     collector.push(worker(1, compiling="0/0"), [], None)
-    assert [labels[1] for labels in served(collector, IN_PROGRESS.name)] == ["0"]
+    assert [labels[1] for labels in metric(collector, IN_PROGRESS.name)] == ["0"]
     collector.goodbye(worker(0))
     collector.push(worker(1, compiling="0/0"), [], None)
-    assert [labels[1] for labels in served(collector, IN_PROGRESS.name)] == ["1"]
+    assert [labels[1] for labels in metric(collector, IN_PROGRESS.name)] == ["1"]
 
 
 # -- workers per collector --------------------------------------------------------------------
@@ -138,9 +133,9 @@ def test_workers_per_collector_are_bounded_across_jobs(node_collector):
             record = new_record(job_name=job, rank=number, record_id=f"{round_}-{number}")
             assert collector.push(announced, [record], None) == 1  # records still taken
     assert len(collector._live_workers()) == 3
-    assert sum(served(collector, "aotwatch_workers_attached").values()) == 3
-    assert served(collector, "aotwatch_workers_refused") == {("max_workers_per_collector",): 3}
-    assert sum(served(collector, "aotwatch_records_received").values()) == 12
+    assert sum(metric(collector, "aotwatch_workers_attached").values()) == 3
+    assert metric(collector, "aotwatch_workers_refused") == {("max_workers_per_collector",): 3}
+    assert sum(metric(collector, "aotwatch_records_received").values()) == 12
     # one leaves: the next worker announcing itself takes its place
     collector.goodbye(worker(0, job="job-0"))
     collector.push(worker(5, job="job-1"), [], None)
@@ -151,4 +146,4 @@ def test_a_worker_past_the_per_job_bound_is_counted_with_its_reason(node_collect
     collector = node_collector(limits=LimitsConfig(max_workers_per_job=2))
     for number in range(4):
         collector.push(worker(number), [], None)
-    assert served(collector, "aotwatch_workers_refused") == {("max_workers_per_job",): 2}
+    assert metric(collector, "aotwatch_workers_refused") == {("max_workers_per_job",): 2}

@@ -14,15 +14,12 @@ import torch
 import torch.multiprocessing as mp
 
 from aotwatch.report.summary import read_archives
+from programs import subclasses
 
 pytestmark = pytest.mark.subprocess
 
 FAMILY = "torch_compile_subclass_tensors"
 TIMEOUT_S = 120
-
-
-def _subclasses(tensors) -> Counter:
-    return Counter(type(t).__name__ for t in tensors if type(t) is not torch.Tensor)
 
 
 def _rank_main(rank: int, port: int, root: str) -> None:
@@ -49,9 +46,9 @@ def _rank_main(rank: int, port: int, root: str) -> None:
         out = torch.compile(lambda w: w.sin() * 2, backend="aot_eager")(weight)
         out.to_local().sum().backward()
         expected = {
-            "input": _subclasses([weight]),
-            "output": _subclasses([out]),
-            "tangent": _subclasses([out] if out.requires_grad else []),
+            "input": subclasses([weight]),
+            "output": subclasses([out]),
+            "tangent": subclasses([out] if out.requires_grad else []),
         }
         (Path(root) / f"expected{rank}.json").write_text(json.dumps(expected))
     finally:

@@ -45,6 +45,7 @@ class HeadCollector:
 
     def __init__(self, watch: DivergenceWatch, labels: dict[str, str]) -> None:
         self.labels = labels
+        self._build_info = build_info_family(labels)  # the installed versions: read once
         self._readers = {  # family name -> its series now
             RANK_DIVERGENCES.name: watch.divergence_counts,
             STRAGGLER_SECONDS.name: lambda: _per_job(STRAGGLER_SECONDS, watch.straggler_seconds()),
@@ -61,7 +62,7 @@ class HeadCollector:
         return self._families(live=True)
 
     def _families(self, live: bool) -> Any:
-        yield build_info_family(self.labels)
+        yield self._build_info
         for family in HEAD_FAMILIES:
             yield render(family, self._readers[family.name]() if live else {}, self.labels)
 

@@ -1,7 +1,7 @@
 """Names and directories that workers, collectors, the head and the CLI share.
 
-Kept apart from ``cluster.collector`` so a worker process (``cluster.push``,
-``cluster.attach``) never imports the collector actor's module.
+Kept apart from ``cluster.collector`` so ``cluster.workers``, ``cluster.spool`` and the CLI
+need not import the collector actor's module to find these.
 """
 
 from __future__ import annotations

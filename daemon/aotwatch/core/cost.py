@@ -57,16 +57,23 @@ def compiled(cache: dict[str, dict[str, int]]) -> bool:
     return not results or not results <= set(SERVED)
 
 
-def fold(work: Work, record: Record, fingerprints: dict[str, Any], max_keys: int) -> bool:
+def fold(
+    work: Work,
+    record: Record,
+    fingerprints: dict[str, Any],
+    max_keys: int,
+    key: WorkKey | None = None,
+) -> bool:
     """Fold one frame record into ``work`` (its rank's graph hashes from ``fingerprints``,
-    ``divergence.observe``'s, which hold the graph records that came before it); at most
-    ``max_keys`` keys per job (later ones are not counted). Returns whether it counted."""
+    ``divergence.observe``'s, which hold the graph records that came before it; ``key``: its
+    ``work_key`` when the caller has it); at most ``max_keys`` keys per job (later ones are
+    not counted). Returns whether it counted."""
     seconds = record.durations_s.get("total")
     if record.graph is not None or record.compile_id is None or not seconds:
         return False
     if not compiled(record.cache):
         return False
-    key = work_key(record, fingerprints)
+    key = key or work_key(record, fingerprints)
     table = work.setdefault(record.job_name, {})
     if key not in table and len(table) >= max_keys:
         return False
@@ -215,11 +222,11 @@ class Ledger:
         job = record.job_name
         self._first[job] = min(self._first.get(job, record.time), record.time)
         divergence.observe(self._fingerprints, record)
-        fold(self.work, record, self._fingerprints, self.max_keys)
         seconds = record.durations_s.get("total")
         if record.graph is None and record.compile_id is not None and seconds:
-            compiles = self._compiles.setdefault(job, {})
             key = work_key(record, self._fingerprints)
+            fold(self.work, record, self._fingerprints, self.max_keys, key)
+            compiles = self._compiles.setdefault(job, {})
             if key in compiles or len(compiles) < self.max_keys:
                 seconds = min(seconds, MAX_COMPILE_S)
                 entry = compiles.setdefault(key, _Compile())

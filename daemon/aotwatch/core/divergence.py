@@ -285,11 +285,13 @@ class JobIndex:
                 if part == "compare_group":
                     self.group_of.update(dict.fromkeys(ranks, value))
                     continue
-                entries = self.at.get(compile_id_of(key)) or self.at.setdefault(
-                    compile_id_of(key), {}
-                )
-                entry = entries.get((part, key)) or entries.setdefault((part, key), _Entry())
-                entry.add(_hashable(value), mask)
+                self._entry(part, key).add(_hashable(value), mask)
+
+    def _entry(self, part: str, key: Any) -> _Entry:
+        """The entry of ``part`` at ``key``, made empty when it is new."""
+        compile_id = compile_id_of(key)
+        entries = self.at.get(compile_id) or self.at.setdefault(compile_id, {})
+        return entries.get((part, key)) or entries.setdefault((part, key), _Entry())
 
     def change(self, delta: dict[str, dict[str, dict[Any, Any]]]) -> None:
         """Each rank's entries in ``delta`` (rank -> part -> key -> value) replace its own."""
@@ -306,9 +308,7 @@ class JobIndex:
                     value = _hashable(value)
                     values[value] = values.get(value, 0) | bit
         for (part, key), values in by_entry.items():
-            compile_id = compile_id_of(key)
-            entries = self.at.get(compile_id) or self.at.setdefault(compile_id, {})
-            entry = entries.get((part, key)) or entries.setdefault((part, key), _Entry())
+            entry = self._entry(part, key)
             changed = 0
             for ranks in values.values():
                 changed |= ranks

@@ -32,8 +32,8 @@ class DivergenceWatch:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._lock = threading.Lock()  # the findings: rounds write, scrapes and status read
-        self._findings: dict[tuple[str, str, str], divergence.Finding] = {}
-        self._candidates: dict[tuple[str, str, str], float] = {}  # compile_ids, first seen
+        self._findings: dict[tuple[str, str, str, str], divergence.Finding] = {}
+        self._candidates: dict[tuple[str, str, str, str], float] = {}  # compile_ids, first seen
         self._digest = Digest()
         self._lives: dict[str, Live] = {}  # node -> its collector's present
         self._stragglers: dict[str, float] = {}  # job -> longest wait now (0: none)

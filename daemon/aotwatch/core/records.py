@@ -268,9 +268,7 @@ def make_record(**fields: Any) -> Record:
 
 def new_record(**fields: Any) -> dict[str, Any]:
     """A fresh record as a plain dict (as JSON has it), updated with ``fields``."""
-    record = empty_record()
-    record["record_id"] = uuid.uuid4().hex
-    record["time"] = time.time()
+    record = msgspec.structs.asdict(make_record())
     record.update(fields)
     return record
 

@@ -132,8 +132,8 @@ class Live(msgspec.Struct):
 
 class Answer(msgspec.Struct):
     """A collector's answer to the head's round (``NodeCollector.fingerprints_since``; the
-    head's ``divergence.Digest`` takes it): the collector's instance and every job's version,
-    whole fingerprints (``jobs``: ``divergence.summary`` form) or the entries changed since
+    head's ``digest.Digest`` takes it): the collector's instance and every job's version,
+    whole fingerprints (``jobs``: ``digest.summary`` form) or the entries changed since
     the head's version (``deltas``), ``cost.Work`` of those jobs, and its present. Between
     aotwatch's own actors: Ray pickles it, nobody else sends one."""
 

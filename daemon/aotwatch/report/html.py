@@ -277,7 +277,7 @@ class Page:
         self.more_other_jobs = False
 
     def add(self, record: Record) -> None:
-        """Fold one record (a valid one, not seen before: ``report.read_archives`` hands them)."""
+        """Fold one record (a valid one, not seen before: ``summary.read_archives`` hands them)."""
         self.records += 1
         view = self.views.get(record.job_name)
         if view is None:
@@ -491,7 +491,7 @@ def render(
     causes: dict[str, list[tuple[str, float, str]]] | None = None,
 ) -> str:
     """The page for the records folded into ``page`` (read from ``sources``), their
-    ``findings``, what compiling cost each job (``report.costs_by_job``) and why its slow
+    ``findings``, what compiling cost each job (``summary.costs_by_job``) and why its slow
     ranks compiled (``cost.Ledger.causes``, marked on the timeline)."""
     import jinja2
     import plotly.offline
