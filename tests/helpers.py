@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aotwatch.core.config import ArchiveConfig, Config, ExportConfig
 
@@ -26,6 +27,17 @@ TRACE_TIMEOUT_S = 240
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.read().decode()
+
+
+def samples(text: str, types: tuple[str, ...] | None = None) -> dict[tuple[str, tuple], float]:
+    """Every sample of an exposition (of the families of ``types``, None: all), by name and
+    sorted labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        if types is None or family.type in types
+        for sample in family.samples
+    }
 
 
 def test_config(tmp_path: Path, **changes) -> Config:

@@ -70,6 +70,15 @@ def train(
         (out / f"truth{rank}.json").write_text(json.dumps(fields))
     finally:
         dist.destroy_process_group()
+    if reduce_op_differs:
+        # A gloo worker thread may still hold the functional all_reduce's work when Python
+        # finalizes (Dynamo's graph keeps the process group alive past destroy); its tensors are
+        # Python objects, and releasing them then aborts the process ("terminate called without
+        # an active exception": pytorch/pytorch#190489, 3 runs in about 100 on a loaded
+        # machine). Leave without finalizing: aotwatch writes its archive lines unbuffered.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _spawned(index: int, out: Path, extra_frame: bool, world: int) -> None:

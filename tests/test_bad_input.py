@@ -233,3 +233,32 @@ def test_run_on_a_port_in_use_fails_before_ray_starts(tmp_path, workdir, busy_po
         "Address already in use; expected a free port (0 picks any free port)"
     )
     assert_one_line_error(run_job(job, workdir), job, message)
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["serve", "status", "run"])
+def test_a_cluster_address_nothing_answers_is_one_line(tmp_path, workdir, closed_port, command):
+    """A mistyped address: one line naming it, in seconds (Ray alone retries for minutes)."""
+    address = f"127.0.0.1:{closed_port}"
+    config = tmp_path / "aotwatch.yaml"
+    config.write_text(f"archive: {{path: {tmp_path / 'archive'}}}\n")
+    if command == "run":
+        job = tmp_path / "job.yaml"
+        cluster = f"{{cluster: {{address: '{address}'}}, archive: {{path: {tmp_path / 'a'}}}}}"
+        job.write_text(f"name: x\n{GOOD_ENTRYPOINT}aotwatch: {cluster}\n")
+        args = ["run", str(job)]
+    else:
+        args = [command, "--config", str(config), "--address", address]
+    result = aotwatch(*args, cwd=workdir, env={"RAY_ADDRESS": ""}, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"aotwatch: error: Ray cluster '{address}' unreachable: [Errno 111] Connection refused"
+    ]
+    assert list(workdir.iterdir()) == []

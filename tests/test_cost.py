@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import msgspec
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from aotwatch.core import cost, divergence
 from aotwatch.core.config import Config
@@ -15,6 +14,7 @@ from aotwatch.core.digest import summary
 from aotwatch.core.records import new_record, to_record
 from aotwatch.core.wire import Answer, Live, Running, Status, Target
 from aotwatch.export.collector import family_exposition
+from helpers import aotwatch, samples
 
 MISS = {"fx_graph": {"miss": 1}}
 HIT = {"fx_graph": {"hit": 1}}
@@ -172,11 +172,7 @@ def served(watch) -> dict:
     from aotwatch.cluster.head import HeadCollector
 
     text = family_exposition(*HeadCollector(watch, {}).collect()).decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    return samples(text)
 
 
 def test_the_head_serves_waits_redundant_seconds_and_a_straggler_cause():
@@ -218,7 +214,6 @@ def test_the_head_serves_waits_redundant_seconds_and_a_straggler_cause():
 def test_the_text_report_names_the_waits_the_work_done_twice_and_the_cures(tmp_path):
     from aotwatch.core.archive import ARCHIVE_FILE
     from aotwatch.core.records import encode_record
-    from helpers import aotwatch
 
     first = program("a", 4)
     first[-1]["durations_s"] = {"total": 30.0}  # rank 3 compiled 20 s longer: 60 rank-s waited
@@ -263,7 +258,6 @@ def test_status_shows_the_cost_the_head_counted(capsys):
 def test_the_html_report_names_the_cost_of_each_job(tmp_path):
     from aotwatch.core.archive import ARCHIVE_FILE
     from aotwatch.core.records import encode_record
-    from helpers import aotwatch
 
     later = program("b", 2)
     for record in later:

@@ -212,7 +212,7 @@ def test_the_compare_group_reaches_the_head_in_a_delta():
     assert (changes[0][0], changes[0][1]) == ("1", "compare_group")
     delta = {"1": collector_prints["j"]["1"]}
     digest.update("node", Answer("e", {"j": 2}, deltas={"j": delta}))
-    assert set(divergence.compare_groups(digest.ranks("j"))) == {"0", "1"}
+    assert set(divergence.JobIndex.of(digest.ranks("j")).groups()) == {"0", "1"}
     assert divergence.find_in_groups("j", digest.ranks("j")) == []
 
 

@@ -13,7 +13,6 @@ import time
 
 import pytest
 import ray
-from prometheus_client.parser import text_string_to_metric_families
 
 from aotwatch.cluster.head import stop_daemon
 from aotwatch.cluster.push import MAX_CALLS
@@ -27,20 +26,10 @@ from cluster_helpers import (
     start_daemon,
     total,
 )
-from helpers import scrape, wait_for
+from helpers import samples, scrape, wait_for
 from programs import PROGRAMS, observed, truth_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.subprocess]
-
-
-def counter_samples(text: str) -> dict[tuple, float]:
-    """Every counter and histogram sample of an exposition, by name and labels."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        if family.type in ("counter", "histogram")
-        for sample in family.samples
-    }
 
 
 def test_collector_sigkilled_again_and_again_while_workers_compile(ray_session, tmp_path):
@@ -97,7 +86,7 @@ def test_a_worker_killed_mid_compile_keeps_counters_and_loses_its_gauges(ray_ses
         assert collector_values(collector, "aotwatch_workers_attached") == {("ray-test",): 2}
         in_progress = lambda: collector_values(collector, IN_PROGRESS.name)  # noqa: E731
         wait_for(lambda: any(key[1] == "1" for key in in_progress()), timeout=30)
-        mid_compile = counter_samples(scrape(url))
+        mid_compile = samples(scrape(url), ("counter", "histogram"))
         os.kill(victim_pid, signal.SIGKILL)
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(compiling, timeout=60)
@@ -108,7 +97,7 @@ def test_a_worker_killed_mid_compile_keeps_counters_and_loses_its_gauges(ray_ses
             timeout=30,
             message="the killed worker to expire",
         )
-        after = counter_samples(scrape(url))
+        after = samples(scrape(url), ("counter", "histogram"))
         shrunk = {
             key: (value, after.get(key))
             for key, value in mid_compile.items()

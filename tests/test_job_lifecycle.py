@@ -10,26 +10,16 @@ import uuid
 
 import pytest
 import ray
-from prometheus_client.parser import text_string_to_metric_families
 
 from aotwatch.cluster.paths import HEAD_NAME, collector_name
 from cluster_helpers import Worker, actor_pid, cluster_config, ranked_worker, start_serve
-from helpers import scrape, wait_for
+from helpers import samples, scrape, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.subprocess]
 
 RETENTION_S = 4
 CAP = 30
 JOBS = 6
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    """Every sample of an exposition, by name and sorted labels."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def job_series(text: str, job: str) -> set[tuple[str, tuple]]:

@@ -7,10 +7,16 @@ import io
 import logging
 import os
 import pty
+import socket
 import stat
 
+import pytest
+
+from aotwatch.cluster import driver
 from aotwatch.cluster import progress as progress_module
 from aotwatch.cluster.progress import RayLogFile
+from aotwatch.cluster.workers import ClusterUnreachable
+from aotwatch.core.config import ArchiveConfig, ClusterConfig, Config
 
 
 def test_on_a_terminal_one_line_updates_in_place():
@@ -78,3 +84,25 @@ def test_ray_lines_go_to_a_private_file_and_come_back_after(tmp_path):
     assert "after the run" not in text
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert (ray_logger.handlers, ray_logger.propagate) == before
+
+
+def test_ray_lines_come_back_when_the_cluster_does_not_answer(tmp_path):
+    """``aotwatch run`` and ``serve`` on a mistyped address: the file is closed and Ray's
+    loggers are as they were, though ``connect`` raised."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+    config = Config(
+        cluster=ClusterConfig(address=address), archive=ArchiveConfig(path=str(tmp_path))
+    )
+    ray_logger = logging.getLogger("ray")
+    before = (ray_logger.handlers[:], ray_logger.propagate)
+    said = []
+    quiet = driver.quiet_ray(config, "job", verbose=False, say=said.append)
+    with pytest.raises(ClusterUnreachable, match="Connection refused"), quiet as ray_log:
+        assert ray_logger.handlers != before[0]
+        driver.connect(config, None, ray_log)
+    assert (ray_logger.handlers, ray_logger.propagate) == before
+    assert said == [f"aotwatch: Ray and worker logs -> {ray_log.path}"]
+    ray_log.write_worker_lines({"pid": 1, "lines": ["after the run"]})  # the file is closed
+    assert ray_log.path.read_text() == ""

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +230,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(err))
     from aotwatch.cluster import driver
 
-    return driver.run_job(job, linger=args.linger, verbose=args.verbose)
+    return _on_cluster(lambda: driver.run_job(job, linger=args.linger, verbose=args.verbose))
+
+
+def _on_cluster(command: Callable[[], int]) -> int:
+    """``command()``, or one line and exit 2 when the named Ray cluster does not answer."""
+    from aotwatch.cluster.workers import ClusterUnreachable
+
+    try:
+        return command()
+    except ClusterUnreachable as err:
+        return _fail(str(err))
 
 
 def _cluster_config(args: argparse.Namespace) -> Config:
@@ -245,7 +256,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(str(err))
     from aotwatch.cluster import serve
 
-    return serve.serve(config, interval=args.interval, verbose=args.verbose)
+    return _on_cluster(lambda: serve.serve(config, interval=args.interval, verbose=args.verbose))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -253,6 +264,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         config = _cluster_config(args)
     except ConfigError as err:
         return _fail(str(err))
+    return _on_cluster(lambda: _status(config))
+
+
+def _status(config: Config) -> int:
     import ray
 
     from aotwatch.cluster import driver, serve

@@ -16,7 +16,7 @@ from aotwatch.cluster.head import ensure_head, stop_daemon
 from aotwatch.cluster.jobs import JobConfig, run_command, run_trainer
 from aotwatch.cluster.paths import HEAD_NAME, archive_root, collector_name
 from aotwatch.cluster.progress import Progress, RayLogFile
-from aotwatch.cluster.workers import runtime_env
+from aotwatch.cluster.workers import ClusterUnreachable, probe, runtime_env
 from aotwatch.core.aggregate import Snapshot
 from aotwatch.core.archive import private_directory
 from aotwatch.core.config import Config
@@ -44,14 +44,23 @@ def connect(
     ray_log: RayLogFile | None = None,
 ) -> None:
     """Join the configured cluster, or start a local one when none is named; with
-    ``ray_log`` (installed), the workers' lines go to its file."""
-    ray.init(
-        address=config.cluster.address,
-        include_dashboard=False,
-        runtime_env=job_runtime_env,
-        logging_level="WARNING",
-        log_to_driver=True,
-    )
+    ``ray_log`` (installed), the workers' lines go to its file. Raises ClusterUnreachable
+    when the named cluster does not answer."""
+    address = config.cluster.address
+    if address is not None:
+        probe(address)
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            runtime_env=job_runtime_env,
+            logging_level="WARNING",
+            log_to_driver=True,
+        )
+    except ConnectionError as err:  # "auto" with no cluster running
+        if address is None:
+            raise
+        raise ClusterUnreachable.at(address, err) from None
     if ray_log is not None:
         ray_log.hook_workers()
 
@@ -204,9 +213,15 @@ def targets(status: Status) -> list[str]:
     return [c.endpoint.url() for c in status.collectors if c.endpoint is not None]
 
 
-def quiet_ray(config: Config, name: str, say: Any = print) -> RayLogFile:
-    """Send Ray's log lines to a file from now on (before ``connect``: ``ray.init`` logs
-    too), and its workers' once ``connect`` is handed it; ``say`` where, once."""
+def quiet_ray(
+    config: Config, name: str, verbose: bool, say: Any = print
+) -> contextlib.AbstractContextManager[RayLogFile | None]:
+    """Where Ray's log lines go while a command runs: a file from now on (before ``connect``:
+    ``ray.init`` logs too), and its workers' once ``connect`` is handed it, ``say``ing where
+    once; or, ``verbose``, the terminal as Ray prints them (None). The file is closed however
+    the command ends, a failed ``connect`` included."""
+    if verbose:
+        return contextlib.nullcontext()
     ray_log = RayLogFile(ray_log_path(config, name))
     ray_log.install()
     say(f"aotwatch: Ray and worker logs -> {ray_log.path}")
@@ -221,8 +236,16 @@ def run_job(job: JobConfig, linger: float = 0, verbose: bool = False) -> int:
     config = job.config
     progress = Progress()
     progress.update("starting the cluster")
-    ray_log = None if verbose else quiet_ray(config, job.name, progress.print)
-    connect(config, runtime_env(config), ray_log)
+    with quiet_ray(config, job.name, verbose, progress.print) as ray_log:
+        try:
+            connect(config, runtime_env(config), ray_log)
+            return _run_connected(job, linger, progress)
+        finally:
+            progress.close()
+
+
+def _run_connected(job: JobConfig, linger: float, progress: Progress) -> int:
+    config = job.config
     try:
         progress.update("placing collectors")
         head = ensure_head(config)
@@ -254,8 +277,6 @@ def run_job(job: JobConfig, linger: float = 0, verbose: bool = False) -> int:
         if config.cluster.address is None:
             stop_daemon(config)
         ray.shutdown()
-        if ray_log is not None:
-            ray_log.close()
 
 
 def _print_summary(job: JobConfig, config: Config, head: Any, findings: list) -> None:

@@ -127,7 +127,14 @@ class RayLogFile:
                 self._file.write(f"{stream} {prefix}{line}\n")
             self._file.flush()
 
+    def __enter__(self) -> RayLogFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Ray's loggers back as they were; the file closed (later worker lines are dropped)."""
         for logger, handlers, propagate in self._saved:
             logger.handlers, logger.propagate = handlers, propagate
         self._saved.clear()

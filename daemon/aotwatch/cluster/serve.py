@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 import ray
 
@@ -128,8 +129,12 @@ def serve(config: Config, interval: float, verbose: bool) -> int:
     stderr when they could not be removed (a cluster that is gone takes SERVE_CLEANUP_TIMEOUT_S
     at most). A cluster that stops answering meanwhile is reported once; serve keeps waiting
     (Ray itself ends a driver whose GCS stays unreachable, after its reconnect timeout)."""
-    ray_log = None if verbose else driver.quiet_ray(config, "serve")
-    head = driver.start(config, job_runtime_env=False, ray_log=ray_log)
+    with driver.quiet_ray(config, "serve", verbose) as ray_log:
+        head = driver.start(config, job_runtime_env=False, ray_log=ray_log)
+        return _serve_connected(config, head, interval)
+
+
+def _serve_connected(config: Config, head: Any, interval: float) -> int:
     where = ray.get_runtime_context().gcs_address or config.cluster.address
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -149,6 +154,4 @@ def serve(config: Config, interval: float, verbose: bool) -> int:
     finally:
         stop.set()
         code = stop_serving(config, watcher, where)
-        if ray_log is not None:
-            ray_log.close()
     return code

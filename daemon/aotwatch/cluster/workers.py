@@ -29,25 +29,36 @@ def in_ray_worker() -> bool:
 
 
 PROBE_TIMEOUT_S = 3.0
-"""How long attach waits for the configured cluster's address to answer."""
+"""How long a connection to the configured cluster's address may take to answer."""
 
 
 class ClusterUnreachable(ConnectionError):
-    """The Ray cluster (or this node's collector) cannot be reached: capture stays local."""
+    """The Ray cluster (or this node's collector) cannot be reached."""
+
+    @classmethod
+    def at(cls, address: str, err: Exception) -> ClusterUnreachable:
+        return cls(f"Ray cluster {address!r} unreachable: {err}")
+
+
+def probe(address: str) -> None:
+    """Raise ClusterUnreachable unless ``address`` (``host:port``, ``ray://host:port``,
+    ``[::1]:port``; "auto" is not probed) accepts a connection: an unreachable cluster costs
+    seconds, not Ray's minutes of connection retries."""
+    if address == "auto":
+        return
+    try:
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except (OSError, ValueError) as err:
+        raise ClusterUnreachable.at(address, err) from None
 
 
 def join_cluster(config: Config) -> None:
-    """Connect this process to ``cluster.address`` as a Ray driver, or raise ClusterUnreachable.
-
-    The address is probed first, so an unreachable cluster costs seconds, not Ray's minutes of
-    connection retries.
-    """
+    """Connect this process to ``cluster.address`` as a Ray driver, or raise
+    ClusterUnreachable (capture then stays local)."""
     address = config.cluster.address
+    probe(address)
     try:
-        if address != "auto":
-            host, _, port = address.removeprefix("ray://").rpartition(":")
-            probe = (host.strip("[]"), int(port))  # [::1]:6379 too
-            socket.create_connection(probe, timeout=PROBE_TIMEOUT_S).close()
         ray.init(
             address=address,
             namespace=config.cluster.namespace,
@@ -55,7 +66,7 @@ def join_cluster(config: Config) -> None:
             log_to_driver=False,
         )
     except (OSError, ValueError, RuntimeError) as err:
-        raise ClusterUnreachable(f"Ray cluster {address!r} unreachable: {err}") from None
+        raise ClusterUnreachable.at(address, err) from None
 
 
 def cluster_sink(config: Config) -> RecordPusher:

@@ -168,15 +168,6 @@ def size(names: tuple[str, ...] | list[str]) -> int:
     return sum(last - first + 1 for first, last in map(_bounds, names))
 
 
-def compare_groups(ranks: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """One job's ranks split by compare group (see ``Record.compare_group``; "": ranks that
-    name none): ranks meant to compile different things (pipeline stages) are never compared."""
-    split: dict[str, dict[str, dict[str, Any]]] = {}
-    for rank, parts in ranks.items():
-        split.setdefault(parts.get("compare_group", {}).get("", ""), {})[rank] = parts
-    return split
-
-
 def find_in_groups(
     job_name: str, ranks: dict[str, dict[str, Any]], compile_ids: set[str] | None = None
 ) -> list[Finding]:
@@ -350,7 +341,7 @@ class JobIndex:
         return ranks
 
     def groups(self) -> dict[str, Mask]:
-        """Compare group -> its ranks (see ``compare_groups``)."""
+        """Compare group -> its ranks (see ``Record.compare_group``; "": ranks that name none)."""
         named: dict[str, Mask] = {}
         for rank, group in self.group_of.items():
             named[group] = named.get(group, 0) | 1 << self.bit[rank]
