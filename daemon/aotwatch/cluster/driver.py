@@ -103,8 +103,9 @@ def merged_snapshot(config: Config, job_name: str | None = None, detail: bool = 
 def _of_job(metric: str, labels: tuple[str, ...], job_name: str | None, per_rank: bool) -> bool:
     """Whether a series belongs in a snapshot of ``job_name`` (any series when None): one of
     that job, or of a family without a job label."""
-    named = BY_NAME[metric].named(labels, per_rank)
-    return job_name is None or named.get("job_name", job_name) == job_name
+    if job_name is None:
+        return True
+    return BY_NAME[metric].named(labels, per_rank).get("job_name", job_name) == job_name
 
 
 def progress_counts(snapshot: Snapshot) -> tuple[int, int, str]:

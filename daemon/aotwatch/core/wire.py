@@ -69,8 +69,8 @@ class Worker(msgspec.Struct, forbid_unknown_fields=True):
     hostname: Name | None = None
     pid: Count | None = None
     compiling: dict[str, Any] | None = None
-    """A ``CompileNotice``, decoded apart (``notice``): one refused is dropped, not the
-    worker's batch (an older worker's wall-clock ``since``, a broken clock)."""
+    """A ``CompileNotice``, decoded apart (``cluster.collector.on_this_clock``): one refused is
+    dropped, not the worker's batch (an older worker's wall-clock ``since``, a broken clock)."""
 
     def problem(self) -> str | None:
         return label_value_problem(self.job_name)
